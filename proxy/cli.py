@@ -1,0 +1,228 @@
+"""``plugstrip serve`` and ``plugstrip trace``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.request
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy import logs
+from proxy.addresses import SocketAddress
+from proxy.admin import admin_app
+from proxy.config import ConfigError
+from proxy.server import Listener, ProxyServer
+from proxy.tls import TlsFiles, client_context, server_context
+from proxy.upstream import Upstream
+
+log = logging.getLogger("plugstrip")
+
+DEFAULT_LISTEN = "unix:///run/plugstrip/docker.sock"
+DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
+DEFAULT_STATE_DIR = "/var/lib/plugstrip"
+RUNTIME_FILE = "serve.json"  # in the state dir: where `plugstrip trace` finds the admin URL
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except (UsageError, ConfigError, ValueError, OSError) as exc:
+        print(f"plugstrip: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plugstrip", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy in front of a Docker daemon")
+    serve.add_argument("--listen", action="append", metavar="URL",
+                       help=f"unix:///path or tcp://host:port, repeatable (default {DEFAULT_LISTEN})")
+    serve.add_argument("--upstream", metavar="URL",
+                       default=os.environ.get("PLUGSTRIP_UPSTREAM", DEFAULT_UPSTREAM),
+                       help="the daemon (default $PLUGSTRIP_UPSTREAM, else %(default)s)")
+    serve.add_argument("--config", metavar="FILE", help="adapters.yml (Powerstrip's format)")
+    serve.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR)
+    serve.add_argument("--admin", metavar="URL", help="metrics, status and trace listener")
+    serve.add_argument("--tls", action="store_true", help="TLS on TCP listeners")
+    serve.add_argument("--tlsverify", action="store_true",
+                       help="TLS, and require client certificates signed by --tlscacert")
+    serve.add_argument("--tlscacert", metavar="FILE")
+    serve.add_argument("--tlscert", metavar="FILE")
+    serve.add_argument("--tlskey", metavar="FILE")
+    serve.add_argument("--upstream-tlsverify", action="store_true",
+                       help="TLS to a tcp:// upstream, checking its certificate")
+    serve.add_argument("--upstream-tls", action="store_true", help="TLS to a tcp:// upstream")
+    serve.add_argument("--upstream-tlscacert", metavar="FILE")
+    serve.add_argument("--upstream-tlscert", metavar="FILE")
+    serve.add_argument("--upstream-tlskey", metavar="FILE")
+    serve.add_argument("--allow-insecure-tcp", action="store_true",
+                       help="allow a TCP listener without verified TLS on a non-loopback address")
+    serve.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=("json", "text"), default="json")
+    serve.set_defaults(func=_serve)
+
+    trace = sub.add_parser("trace", help="show the last intercepted calls and adapter changes")
+    trace.add_argument("--admin", metavar="URL", help="admin URL (default: from --state-dir)")
+    trace.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR)
+    trace.add_argument("--limit", type=int, default=20)
+    trace.add_argument("--json", action="store_true", help="raw JSON")
+    trace.set_defaults(func=_trace)
+    return parser
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logs.setup(args.log_level, args.log_format)
+    listeners = _listeners(args)
+    upstream = _upstream(args)
+    admin = SocketAddress.parse(args.admin, default_port=9323) if args.admin else None
+    return asyncio.run(_run(args, listeners, upstream, admin))
+
+
+def _listeners(args: argparse.Namespace) -> list[Listener]:
+    tls = None
+    if args.tls or args.tlsverify:
+        tls = server_context(TlsFiles(args.tlsverify, args.tlscacert, args.tlscert, args.tlskey))
+    out = []
+    for url in args.listen or [DEFAULT_LISTEN]:
+        addr = SocketAddress.parse(url)
+        if addr.scheme == "tcp" and not addr.is_loopback and not args.tlsverify:
+            # Whoever reaches the Docker API is root on the host.
+            if not args.allow_insecure_tcp:
+                raise UsageError(
+                    f"refusing to listen on {addr} without --tlsverify: anyone who can "
+                    "connect would control the host (force with --allow-insecure-tcp)"
+                )
+            log.warning("listening on %s without verified TLS: anyone reaching it is root", addr)
+        out.append(Listener(addr, tls if addr.scheme == "tcp" else None))
+    return out
+
+
+def _upstream(args: argparse.Namespace) -> Upstream:
+    addr = SocketAddress.parse(args.upstream)
+    tls = None
+    if args.upstream_tls or args.upstream_tlsverify:
+        tls = client_context(TlsFiles(args.upstream_tlsverify, args.upstream_tlscacert,
+                                      args.upstream_tlscert, args.upstream_tlskey))
+    return Upstream(addr, tls)
+
+
+async def _run(
+    args: argparse.Namespace,
+    listeners: list[Listener],
+    upstream: Upstream,
+    admin: SocketAddress | None,
+) -> int:
+    server = ProxyServer(upstream, args.config)
+    for listener in listeners:
+        await server.listen(listener)
+    runner = None
+    if admin is not None:
+        runner = web.AppRunner(admin_app(server), access_log=None)
+        await runner.setup()
+        site: web.BaseSite = (
+            web.UnixSite(runner, admin.path) if admin.scheme == "unix"
+            else web.TCPSite(runner, admin.host, admin.port)
+        )
+        await site.start()
+    _write_runtime(args.state_dir, listeners, admin)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    watcher = asyncio.create_task(server.watch_config())
+    for listener in listeners:
+        if listener.address.scheme == "unix":
+            print(f"export DOCKER_HOST=unix://{listener.address.path}", flush=True)
+    log.info("plugstrip ready", extra={"upstream": str(upstream.address)})
+    await stop.wait()
+    log.info("draining", extra={"grace_seconds": args.shutdown_timeout})
+    watcher.cancel()
+    await server.drain(args.shutdown_timeout)
+    if runner is not None:
+        await runner.cleanup()
+    with suppress(OSError):
+        (Path(args.state_dir) / RUNTIME_FILE).unlink()
+    log.info("stopped")
+    return 0
+
+
+def _write_runtime(
+    state_dir: str, listeners: list[Listener], admin: SocketAddress | None
+) -> None:
+    path = Path(state_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    doc = {"pid": os.getpid(), "listen": [str(li.address) for li in listeners],
+           "admin": str(admin) if admin else None}
+    (path / RUNTIME_FILE).write_text(json.dumps(doc))
+
+
+# ---- trace ---------------------------------------------------------------------------------
+
+
+def _trace(args: argparse.Namespace) -> int:
+    admin = args.admin
+    if admin is None:
+        try:
+            admin = json.loads((Path(args.state_dir) / RUNTIME_FILE).read_text())["admin"]
+        except (OSError, ValueError, KeyError):
+            admin = None
+        if not admin:
+            raise UsageError("no admin listener known: pass --admin URL (serve with --admin)")
+    records = _get_json(SocketAddress.parse(admin, default_port=9323), f"/trace?limit={args.limit}")
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    for rec in records:
+        stamp = time.strftime("%H:%M:%S", time.localtime(rec["time"]))
+        print(f"{stamp} {rec['method']} {rec['target']} -> {rec['status']}  "
+              f"[{rec['endpoint']}] {rec['peer']}")
+        for step in rec["steps"]:
+            print(f"    {step['hook']:<9} {step['adapter']:<16} {step['outcome']} "
+                  f"({step['seconds'] * 1000:.1f} ms)")
+            for change in step["changes"]:
+                print("        " + change.replace("\n", "\n        "))
+    return 0
+
+
+def _get_json(addr: SocketAddress, path: str) -> Any:
+    if addr.scheme == "tcp":
+        with urllib.request.urlopen(f"http://{addr.host}:{addr.port}{path}", timeout=10) as r:
+            return json.load(r)
+    import http.client
+    import socket
+
+    class _UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(addr.path)
+
+    conn = _UnixConnection("localhost", timeout=10)
+    conn.request("GET", path)
+    return json.load(conn.getresponse())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

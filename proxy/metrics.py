@@ -1,0 +1,50 @@
+"""Prometheus metrics, served on the admin listener (never on the Docker API socket)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "plugstrip_requests", "API requests by endpoint, method and status",
+            ["endpoint", "method", "status"], registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "plugstrip_upstream_latency_seconds", "Time to the upstream's response head",
+            ["endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.adapter_latency = Histogram(
+            "plugstrip_adapter_latency_seconds", "Time spent in each adapter hook",
+            ["adapter", "hook", "outcome"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "plugstrip_open_streams", "Streamed responses in flight", registry=self.registry
+        )
+        self.open_hijacks = Gauge(
+            "plugstrip_open_hijacks", "Hijacked (attach/exec/session) connections open",
+            registry=self.registry,
+        )
+        self.connections = Gauge(
+            "plugstrip_client_connections", "Client connections open", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        out: bytes = generate_latest(self.registry)
+        return out
+
+
+def endpoint_label(path: str) -> str:
+    """A low-cardinality label: the resource, without ids (``/containers/{id}/start``)."""
+    from adapters.contract import split_version
+
+    parts = split_version(path)[1].strip("/").split("/")
+    if len(parts) >= 3:
+        return f"/{parts[0]}/{{id}}/{parts[-1]}"
+    if len(parts) == 2 and parts[1] not in ("json", "create", "prune", "search", "load", "get"):
+        return f"/{parts[0]}/{{id}}"
+    return "/" + "/".join(parts)

@@ -1,0 +1,129 @@
+"""The hook pipeline: which adapters run on a call, in what order, and what a failure does.
+
+Every endpoint whose pattern matches contributes its chain, in configuration order (an
+adapter named by several matching endpoints runs once, at its first place). Each hook
+runs under its adapter's timeout. ``Refuse`` always ends the call. Any other failure (a
+timeout, an exception, a broken remote adapter) ends the call with an error when the
+adapter's policy is ``refuse`` (the default: fail closed); with ``skip`` the adapter's
+changes are undone and the chain goes on. Plain (non-async) hooks run on the event loop
+and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from adapters.contract import AdapterError, Call, HttpRequest, HttpResponse, Refuse
+from adapters.registry import LoadedAdapter, Registry
+from proxy.config import Config
+from proxy.metrics import Metrics
+from proxy.routes import Route
+from proxy.trace import Record, Step, changes
+
+log = logging.getLogger("plugstrip.pipeline")
+
+Hook = Literal["pre_hook", "post_hook"]
+
+
+@dataclass(frozen=True)
+class Chain:
+    endpoint: str
+    pre: tuple[LoadedAdapter, ...]
+    post: tuple[LoadedAdapter, ...]
+
+
+class Pipeline:
+    def __init__(self, config: Config, registry: Registry, metrics: Metrics) -> None:
+        self.registry = registry
+        self._metrics = metrics
+        self._endpoints: list[tuple[Route, tuple[LoadedAdapter, ...], tuple[LoadedAdapter, ...]]]
+        self._endpoints = [
+            (
+                ep.route,
+                tuple(registry[n] for n in ep.pre),
+                tuple(registry[n] for n in ep.post),
+            )
+            for ep in config.endpoints
+        ]
+
+    def match(self, method: str, path: str) -> Chain | None:
+        hits = [e for e in self._endpoints if e[0].matches(method, path)]
+        if not hits:
+            return None
+        return Chain(
+            " + ".join(route.text for route, _, _ in hits),
+            _unique(a for _, pre, _ in hits for a in pre),
+            _unique(a for _, _, post in hits for a in post),
+        )
+
+    async def run(self, hook: Hook, chain: Chain, call: Call, record: Record) -> None:
+        for loaded in chain.pre if hook == "pre_hook" else chain.post:
+            await self._run_one(loaded, hook, call, record)
+
+    async def _run_one(self, loaded: LoadedAdapter, hook: Hook, call: Call, record: Record) -> None:
+        fn = getattr(loaded.instance, hook, None)
+        if fn is None:
+            return
+        spec = loaded.spec
+        before = _message(call, hook).snapshot()
+        started = time.perf_counter()
+        failure: tuple[int, str] | None = None
+        outcome = "ok"
+        try:
+            result = fn(call)
+            if inspect.isawaitable(result):
+                await asyncio.wait_for(result, spec.timeout)
+        except Refuse as refusal:
+            outcome = f"refused {refusal.status}: {refusal.message}"
+            raise
+        except TimeoutError:
+            failure = (504, f"timed out after {spec.timeout:g}s")
+        except AdapterError as exc:
+            failure = (exc.status, str(exc))
+        except Exception as exc:
+            log.exception("adapter %s %s raised", spec.name, hook)
+            failure = (500, f"{type(exc).__name__}: {exc}")
+        finally:
+            seconds = time.perf_counter() - started
+            if failure is not None:
+                outcome = f"failed ({spec.on_failure}): {failure[1]}"
+            after = _message(call, hook).snapshot()
+            record.steps.append(Step(spec.name, hook, seconds, outcome, changes(before, after)))
+            self._metrics.adapter_latency.labels(spec.name, hook, outcome.split(" ")[0]).observe(
+                seconds
+            )
+        if failure is None:
+            return
+        status, why = failure
+        hook_name = hook.replace("_", "-")
+        if spec.on_failure == "refuse":
+            raise Refuse(status, f"plugstrip: adapter {spec.name!r} {hook_name} failed: {why}")
+        log.warning("adapter %s %s failed, skipped: %s", spec.name, hook_name, why)
+        _restore(call, hook, before)
+
+
+def _message(call: Call, hook: Hook) -> HttpRequest | HttpResponse:
+    if hook == "pre_hook":
+        return call.request
+    assert call.response is not None
+    return call.response
+
+
+def _restore(call: Call, hook: Hook, before: HttpRequest | HttpResponse) -> None:
+    if isinstance(before, HttpRequest):
+        call.request = before
+    elif isinstance(before, HttpResponse):
+        call.response = before
+
+
+def _unique(adapters: Iterable[LoadedAdapter]) -> tuple[LoadedAdapter, ...]:
+    seen: dict[str, LoadedAdapter] = {}
+    for a in adapters:
+        seen.setdefault(a.name, a)
+    return tuple(seen.values())

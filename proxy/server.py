@@ -1,0 +1,207 @@
+"""Listeners, configuration reloads and a clean drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.contract import Peer
+from adapters.registry import Registry
+from proxy.addresses import SocketAddress
+from proxy.config import Config, ConfigError, load_file
+from proxy.connection import ClientConnection, Shared
+from proxy.metrics import Metrics
+from proxy.pipeline import Pipeline
+from proxy.trace import Trace
+from proxy.upstream import STREAM_LIMIT, Upstream
+
+log = logging.getLogger("plugstrip.server")
+
+# In-flight calls may still be using the adapters a reload replaced.
+_OLD_ADAPTERS_GRACE = 60.0
+
+
+@dataclass(frozen=True)
+class Listener:
+    address: SocketAddress
+    tls: ssl.SSLContext | None = None
+
+
+def build_pipeline(config: Config, metrics: Metrics) -> Pipeline:
+    return Pipeline(config, Registry(config.adapters.values()), metrics)
+
+
+class ProxyServer:
+    def __init__(
+        self, upstream: Upstream, config_path: str | None, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.config_path = config_path
+        config = load_file(config_path) if config_path else Config()
+        self.shared = Shared(upstream, build_pipeline(config, self.metrics), self.metrics,
+                             Trace())
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[ClientConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._config_mtime = _mtime(config_path)
+
+    # ---- listening ---------------------------------------------------------------------
+
+    async def listen(self, listener: Listener) -> None:
+        addr = listener.address
+        if addr.scheme == "unix":
+            _prepare_unix_path(addr.path)
+            server = await asyncio.start_unix_server(
+                self._accept, addr.path, ssl=listener.tls, limit=STREAM_LIMIT
+            )
+            _copy_socket_permissions(addr.path, self.shared.upstream.address)
+        else:
+            server = await asyncio.start_server(
+                self._accept, addr.host, addr.port, ssl=listener.tls, limit=STREAM_LIMIT,
+                reuse_address=True,
+            )
+        self._servers.append(server)
+        log.info("listening", extra={"listen": str(addr), "tls": listener.tls is not None})
+
+    def bound_ports(self) -> list[int]:
+        """TCP ports actually bound (for tcp://127.0.0.1:0)."""
+        return [
+            s.getsockname()[1]
+            for server in self._servers
+            for s in server.sockets
+            if s.family in (socket.AF_INET, socket.AF_INET6)
+        ]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ClientConnection(self.shared, reader, writer, _peer_of(writer))
+        self._connections.add(conn)
+        self.metrics.connections.inc()
+        try:
+            await conn.serve()
+        finally:
+            self._connections.discard(conn)
+            self.metrics.connections.dec()
+
+    # ---- configuration -----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the file again; a bad file is logged and the running configuration kept."""
+        if not self.config_path:
+            return False
+        self._config_mtime = _mtime(self.config_path)
+        try:
+            pipeline = build_pipeline(load_file(self.config_path), self.metrics)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            return False
+        old, self.shared.pipeline = self.shared.pipeline, pipeline
+        self._spawn(self._close_later(old.registry))
+        log.info("configuration reloaded", extra={"config": self.config_path})
+        return True
+
+    async def watch_config(self, interval: float = 2.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.config_path and _mtime(self.config_path) != self._config_mtime:
+                self.reload()
+
+    async def _close_later(self, registry: Registry) -> None:
+        await asyncio.sleep(_OLD_ADAPTERS_GRACE)
+        await registry.aclose()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- shutdown ----------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let calls in flight finish for up to ``grace`` seconds, then close
+        the rest (streams and hijacks have no natural end)."""
+        for server in self._servers:
+            server.close()
+        for conn in list(self._connections):
+            if not conn.busy:
+                conn.client.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(c.busy for c in self._connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self._connections):
+            conn.client.close()
+            conn.close_upstream()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        for task in self._tasks:
+            task.cancel()
+        await self.shared.pipeline.registry.aclose()
+        for server in self._servers:
+            for sock in server.sockets:
+                if sock.family == socket.AF_UNIX:
+                    with contextlib.suppress(OSError, TypeError):
+                        os.unlink(sock.getsockname())
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
+def _prepare_unix_path(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # a stale socket left by a process that died
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path} is in use by another process")
+
+
+def _copy_socket_permissions(path: str, upstream: SocketAddress) -> None:
+    """Give our socket the daemon socket's owner, group and mode (root:docker 0660 usually),
+    so exactly the users who may use the daemon may use the proxy."""
+    try:
+        st = os.stat(upstream.path) if upstream.scheme == "unix" else None
+    except OSError:
+        st = None
+    if st is None:
+        os.chmod(path, 0o660)
+        return
+    os.chown(path, st.st_uid, st.st_gid)
+    os.chmod(path, st.st_mode & 0o777)
+
+
+def _peer_of(writer: asyncio.StreamWriter) -> Peer:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return Peer("unix", uid=uid, pid=pid)
+        except OSError:
+            return Peer("unix")
+    peername = writer.get_extra_info("peername")
+    address = f"{peername[0]}:{peername[1]}" if peername else ""
+    cert = writer.get_extra_info("peercert")
+    subject = None
+    if cert:
+        subject = next(
+            (v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), None
+        )
+    return Peer("tcp", address=address, tls_subject=subject)
