@@ -5,7 +5,9 @@ An adapter is a plain object with an async (or plain) ``pre_hook(call)`` and/or
 headers, body); a post-hook may change ``call.response`` (status, headers, body) and sees
 both ``call.client_request`` (as the client sent it) and ``call.request`` (as it went
 upstream). ``call.context`` carries state from an adapter's pre-hook to its post-hook.
-Raising :class:`Refuse` ends the call with a Docker-format error.
+Raising :class:`Refuse` ends the call with a Docker-format error. ``finished(call)`` runs
+after every intercepted call however it ended (``call.status`` is what the client got); it
+observes only, and its errors are logged, never sent to the client.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import simplejson
 
-HOOK_NAMES = ("pre_hook", "post_hook")
+HOOK_NAMES = ("pre_hook", "post_hook", "finished")
 
 
 class Refuse(Exception):
@@ -213,6 +215,7 @@ class Call:
     endpoint: str
     response: HttpResponse | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None  # the status the client got, set before ``finished``
 
     @property
     def api_version(self) -> str | None:

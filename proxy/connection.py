@@ -134,18 +134,23 @@ class ClientConnection:
         record = self.shared.trace.start(
             request.method, request.target, chain.endpoint, self.peer.describe()
         )
+        pipeline = self.shared.pipeline  # the one this call started with, even over a reload
         try:
-            await self.shared.pipeline.run("pre_hook", chain, call, record)
-        except Refuse as refusal:
-            # An unread streamed body cannot be skipped on a kept-alive connection.
-            self._must_close = not held
-            record.status = await self._reply_error(refusal.status, refusal.message)
-            return record.status
-        call.request.settle()
-        if held and call.request.body != call.client_request.body:
-            _set_length(call.request.headers, call.request.body)
-        record.status = await self._forward(call.request, chain, call, record, held)
-        return record.status
+            try:
+                await pipeline.run("pre_hook", chain, call, record)
+            except Refuse as refusal:
+                # An unread streamed body cannot be skipped on a kept-alive connection.
+                self._must_close = not held
+                call.status = await self._reply_error(refusal.status, refusal.message)
+                return call.status
+            call.request.settle()
+            if held and call.request.body != call.client_request.body:
+                _set_length(call.request.headers, call.request.body)
+            call.status = await self._forward(call.request, chain, call, record, held)
+            return call.status
+        finally:
+            record.status = call.status
+            await pipeline.finish(chain, call)
 
     async def _forward(
         self,

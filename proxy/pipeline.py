@@ -66,6 +66,18 @@ class Pipeline:
         for loaded in chain.pre if hook == "pre_hook" else chain.post:
             await self._run_one(loaded, hook, call, record)
 
+    async def finish(self, chain: Chain, call: Call) -> None:
+        for loaded in _unique((*chain.pre, *chain.post)):
+            fn = getattr(loaded.instance, "finished", None)
+            if fn is None:
+                continue
+            try:
+                result = fn(call)
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, loaded.spec.timeout)
+            except Exception:
+                log.exception("adapter %s finished hook failed", loaded.name)
+
     async def _run_one(self, loaded: LoadedAdapter, hook: Hook, call: Call, record: Record) -> None:
         fn = getattr(loaded.instance, hook, None)
         if fn is None:
