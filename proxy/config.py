@@ -129,8 +129,14 @@ def _endpoint(key: str, raw: Any, adapters: dict[str, AdapterSpec]) -> EndpointS
     chains = []
     for hook in ("pre", "post"):
         names = spec.get(hook) or []
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list):
             raise ConfigError(f"{where}.{hook}: expected a list of adapter names")
+        for n in names:
+            if not isinstance(n, str):
+                raise ConfigError(
+                    f"{where}.{hook}: {n!r} is not an adapter name (YAML reads bare "
+                    "no/yes/on/off as booleans: quote the name)"
+                )
         for n in names:
             if n not in adapters:
                 raise ConfigError(f"{where}.{hook}: no adapter named {n!r} under adapters")

@@ -92,6 +92,8 @@ class ClientConnection:
             pass
         except (ConnectionError, OSError, h11.ProtocolError) as exc:
             log.debug("connection ended: %s", exc)
+        except Exception:
+            log.exception("bug: connection aborted")
         finally:
             self.close_upstream()
             self.client.close()
@@ -228,13 +230,13 @@ class ClientConnection:
                 else:
                     leftover = body
             call.response = response
+            held_body = response.body
             try:
                 await self.shared.pipeline.run("post_hook", chain, call, record)
             except Refuse as refusal:
                 if response.streaming:
                     self.close_upstream()
                 return await self._reply_error(refusal.status, refusal.message)
-            held_body = response.body
             response = call.response
             response.settle()
             if not response.streaming and response.body != held_body:

@@ -1,7 +1,9 @@
 """Which responses are streams, so post-hooks must not hold them whole.
 
 A response is held for post-hooks only when it is JSON and not one of the JSON streams
-below (progress of pull/push/build/load, events, live stats). Everything that is not JSON
+below (progress of pull/push/build/load, events, live stats), nor ``wait``: the daemon sends
+its head at once and its body when the container exits, and ``docker run`` waits for that
+head before it starts the container, so holding it would deadlock the run. Everything that is not JSON
 (logs, tar archives, raw attach streams) is streamed anyway.
 """
 
@@ -14,6 +16,7 @@ _JSON_STREAMS = tuple(
     for p in (
         "GET /events",
         "GET /containers/*/stats",
+        "POST /containers/*/wait",
         "POST /build",
         "POST /images/create",
         "POST /images/*/push",

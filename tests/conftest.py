@@ -85,7 +85,9 @@ def start_plugstrip(upstream: str, workdir: Path, config: str | None = None,
         args += ["--config", str(cfg)]
     args += extra or []
     log = workdir / "plugstrip.log"
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    # tests.sample_adapters must be importable, as a user's own adapter package would be
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
     ps = Plugstrip(f"unix://{sock}", str(sock), f"http://127.0.0.1:{port}", proc, workdir, log)
     harness.wait_for(lambda: sock.exists() or proc.poll() is not None, 20, "no socket")
     if proc.poll() is not None:

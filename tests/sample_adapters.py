@@ -1,0 +1,35 @@
+"""Python adapters used by the tests through ``python: tests.sample_adapters:...``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from adapters.contract import Call
+
+
+class Tagger:
+    """Adds a label on create (in place on the parsed body) and reads it back after."""
+
+    def __init__(self, value: str = "python") -> None:
+        self.value = value
+
+    def pre_hook(self, call: Call) -> None:
+        body = call.request.json()
+        body.setdefault("Labels", {})["plugstrip.tag"] = self.value
+        call.context["tagged"] = self.value
+
+    def post_hook(self, call: Call) -> None:
+        assert call.response is not None
+        body = call.response.json()
+        body["Warnings"] = [*(body.get("Warnings") or []), f"tagged {call.context['tagged']}"]
+
+
+class Broken:
+    async def pre_hook(self, call: Call) -> None:
+        call.request.json()["Labels"] = {"half": "done"}  # a change to be undone on skip
+        raise RuntimeError("adapter bug")
+
+
+class Sleepy:
+    async def pre_hook(self, call: Call) -> None:
+        await asyncio.sleep(30)
