@@ -80,17 +80,17 @@ def parse(text: str) -> Config:
     _only_keys(data, {"version", "endpoints", "adapters", "defaults"}, "the file")
     if data.get("version", 1) != 1:
         raise ConfigError(f"version: expected 1, got {data['version']!r}")
-    defaults = _mapping(data.get("defaults") or {}, "defaults")
+    defaults = _mapping(_absent_empty(data.get("defaults")), "defaults")
     _only_keys(defaults, {"timeout", "on_failure"}, "defaults")
     timeout = _timeout(defaults.get("timeout", DEFAULT_TIMEOUT), "defaults.timeout")
     on_failure = _failure(defaults.get("on_failure", "refuse"), "defaults.on_failure")
     adapters = {
         str(name): _adapter(str(name), raw, timeout, on_failure)
-        for name, raw in _mapping(data.get("adapters") or {}, "adapters").items()
+        for name, raw in _mapping(_absent_empty(data.get("adapters")), "adapters").items()
     }
     endpoints = tuple(
         _endpoint(str(key), raw, adapters)
-        for key, raw in _mapping(data.get("endpoints") or {}, "endpoints").items()
+        for key, raw in _mapping(_absent_empty(data.get("endpoints")), "endpoints").items()
     )
     return Config(endpoints, adapters)
 
@@ -104,7 +104,7 @@ def _adapter(name: str, raw: Any, timeout: float, on_failure: FailurePolicy) -> 
     kinds = [k for k in ("url", "python", "use") if k in spec]
     if len(kinds) != 1:
         raise ConfigError(f"{where}: give exactly one of url, python, use")
-    options = _mapping(spec.get("options") or {}, f"{where}.options")
+    options = _mapping(_absent_empty(spec.get("options")), f"{where}.options")
     timeout = _timeout(spec.get("timeout", timeout), f"{where}.timeout")
     on_failure = _failure(spec.get("on_failure", on_failure), f"{where}.on_failure")
     if kinds[0] == "url":
@@ -124,11 +124,12 @@ def _endpoint(key: str, raw: Any, adapters: dict[str, AdapterSpec]) -> EndpointS
         route = Route.parse(key)
     except RouteError as exc:
         raise ConfigError(str(exc)) from exc
-    spec = _mapping(raw or {}, where)
+    spec = _mapping(_absent_empty(raw), where)
     _only_keys(spec, {"pre", "post"}, where)
     chains = []
     for hook in ("pre", "post"):
-        names = spec.get(hook) or []
+        names = spec.get(hook)
+        names = [] if names is None else names
         if not isinstance(names, list):
             raise ConfigError(f"{where}.{hook}: expected a list of adapter names")
         for n in names:
@@ -142,6 +143,12 @@ def _endpoint(key: str, raw: Any, adapters: dict[str, AdapterSpec]) -> EndpointS
                 raise ConfigError(f"{where}.{hook}: no adapter named {n!r} under adapters")
         chains.append(tuple(names))
     return EndpointSpec(route, chains[0], chains[1])
+
+
+def _absent_empty(value: Any) -> Any:
+    """A key present with no value (``pre:``) reads as empty; ``[]`` where a mapping is due
+    stays wrong."""
+    return {} if value is None else value
 
 
 def _mapping(value: Any, where: str) -> dict[Any, Any]:

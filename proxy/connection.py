@@ -73,7 +73,13 @@ class ClientConnection:
                 try:
                     event = await self.client.next_event()
                 except h11.RemoteProtocolError as exc:
-                    await self._reply_error(exc.error_status_hint, f"bad request: {exc}")
+                    # h11 will not answer a request it could not parse: write it ourselves.
+                    body = dumps({"message": f"bad request: {exc}"}) + b"\n"
+                    await self.client.write_raw(encode_response_head(
+                        exc.error_status_hint, "", [
+                            ("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body))), ("Connection", "close"),
+                        ]) + body)
                     return
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed, or junk after a finished exchange

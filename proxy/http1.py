@@ -8,6 +8,7 @@ as ``trailing_data`` so nothing a hijacked peer already sent is lost.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -58,6 +59,8 @@ def encode_head(method: str, target: str, headers: list[tuple[str, str]]) -> byt
 
 
 def encode_response_head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
+    if not reason:
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
     lines = [f"HTTP/1.1 {status} {reason}".rstrip()] + [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

@@ -48,6 +48,7 @@ class ProxyServer:
         self.shared = Shared(upstream, build_pipeline(config, self.metrics), self.metrics,
                              Trace())
         self._servers: list[asyncio.Server] = []
+        self._unix_paths: list[str] = []  # asyncio (before 3.13) leaves socket files behind
         self._connections: set[ClientConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._config_mtime = _mtime(config_path)
@@ -62,6 +63,7 @@ class ProxyServer:
                 self._accept, addr.path, ssl=listener.tls, limit=STREAM_LIMIT
             )
             _copy_socket_permissions(addr.path, self.shared.upstream.address)
+            self._unix_paths.append(addr.path)
         else:
             server = await asyncio.start_server(
                 self._accept, addr.host, addr.port, ssl=listener.tls, limit=STREAM_LIMIT,
@@ -144,11 +146,9 @@ class ProxyServer:
         for task in self._tasks:
             task.cancel()
         await self.shared.pipeline.registry.aclose()
-        for server in self._servers:
-            for sock in server.sockets:
-                if sock.family == socket.AF_UNIX:
-                    with contextlib.suppress(OSError, TypeError):
-                        os.unlink(sock.getsockname())
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _mtime(path: str | None) -> float | None:
