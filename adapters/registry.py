@@ -57,8 +57,10 @@ def _instantiate(spec: AdapterSpec) -> Any:
     where = f"adapters.{spec.name}"
     if spec.kind == "remote":
         return RemoteAdapter(spec.target)
-    factory = _resolve_python(spec.target, where) if spec.kind == "python" else (
-        _resolve_entry_point(spec.target, where)
+    factory = (
+        _resolve_python(spec.target, where)
+        if spec.kind == "python"
+        else (_resolve_entry_point(spec.target, where))
     )
     try:
         instance = factory(**spec.options)

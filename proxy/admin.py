@@ -25,7 +25,7 @@ def admin_app(server: ProxyServer) -> web.Application:
                 "upstream": str(server.shared.upstream.address),
                 "config": server.config_path,
                 "adapters": [a.name for a in pipeline.registry],
-                "connections": len(server._connections),
+                "connections": server.connection_count,
             }
         )
 

@@ -53,28 +53,44 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the proxy in front of a Docker daemon")
-    serve.add_argument("--listen", action="append", metavar="URL",
-                       help=f"unix:///path or tcp://host:port, repeatable (default {DEFAULT_LISTEN})")
-    serve.add_argument("--upstream", metavar="URL",
-                       default=os.environ.get("PLUGSTRIP_UPSTREAM", DEFAULT_UPSTREAM),
-                       help="the daemon (default $PLUGSTRIP_UPSTREAM, else %(default)s)")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="URL",
+        help=f"unix:///path or tcp://host:port, repeatable (default {DEFAULT_LISTEN})",
+    )
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        default=os.environ.get("PLUGSTRIP_UPSTREAM", DEFAULT_UPSTREAM),
+        help="the daemon (default $PLUGSTRIP_UPSTREAM, else %(default)s)",
+    )
     serve.add_argument("--config", metavar="FILE", help="adapters.yml (Powerstrip's format)")
     serve.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR)
     serve.add_argument("--admin", metavar="URL", help="metrics, status and trace listener")
     serve.add_argument("--tls", action="store_true", help="TLS on TCP listeners")
-    serve.add_argument("--tlsverify", action="store_true",
-                       help="TLS, and require client certificates signed by --tlscacert")
+    serve.add_argument(
+        "--tlsverify",
+        action="store_true",
+        help="TLS, and require client certificates signed by --tlscacert",
+    )
     serve.add_argument("--tlscacert", metavar="FILE")
     serve.add_argument("--tlscert", metavar="FILE")
     serve.add_argument("--tlskey", metavar="FILE")
-    serve.add_argument("--upstream-tlsverify", action="store_true",
-                       help="TLS to a tcp:// upstream, checking its certificate")
+    serve.add_argument(
+        "--upstream-tlsverify",
+        action="store_true",
+        help="TLS to a tcp:// upstream, checking its certificate",
+    )
     serve.add_argument("--upstream-tls", action="store_true", help="TLS to a tcp:// upstream")
     serve.add_argument("--upstream-tlscacert", metavar="FILE")
     serve.add_argument("--upstream-tlscert", metavar="FILE")
     serve.add_argument("--upstream-tlskey", metavar="FILE")
-    serve.add_argument("--allow-insecure-tcp", action="store_true",
-                       help="allow a TCP listener without verified TLS on a non-loopback address")
+    serve.add_argument(
+        "--allow-insecure-tcp",
+        action="store_true",
+        help="allow a TCP listener without verified TLS on a non-loopback address",
+    )
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
@@ -123,8 +139,14 @@ def _upstream(args: argparse.Namespace) -> Upstream:
     addr = SocketAddress.parse(args.upstream)
     tls = None
     if args.upstream_tls or args.upstream_tlsverify:
-        tls = client_context(TlsFiles(args.upstream_tlsverify, args.upstream_tlscacert,
-                                      args.upstream_tlscert, args.upstream_tlskey))
+        tls = client_context(
+            TlsFiles(
+                args.upstream_tlsverify,
+                args.upstream_tlscacert,
+                args.upstream_tlscert,
+                args.upstream_tlskey,
+            )
+        )
     return Upstream(addr, tls)
 
 
@@ -142,7 +164,8 @@ async def _run(
         runner = web.AppRunner(admin_app(server), access_log=None)
         await runner.setup()
         site: web.BaseSite = (
-            web.UnixSite(runner, admin.path) if admin.scheme == "unix"
+            web.UnixSite(runner, admin.path)
+            if admin.scheme == "unix"
             else web.TCPSite(runner, admin.host, admin.port)
         )
         await site.start()
@@ -169,13 +192,14 @@ async def _run(
     return 0
 
 
-def _write_runtime(
-    state_dir: str, listeners: list[Listener], admin: SocketAddress | None
-) -> None:
+def _write_runtime(state_dir: str, listeners: list[Listener], admin: SocketAddress | None) -> None:
     path = Path(state_dir)
     path.mkdir(parents=True, exist_ok=True)
-    doc = {"pid": os.getpid(), "listen": [str(li.address) for li in listeners],
-           "admin": str(admin) if admin else None}
+    doc = {
+        "pid": os.getpid(),
+        "listen": [str(li.address) for li in listeners],
+        "admin": str(admin) if admin else None,
+    }
     (path / RUNTIME_FILE).write_text(json.dumps(doc))
 
 
@@ -197,11 +221,15 @@ def _trace(args: argparse.Namespace) -> int:
         return 0
     for rec in records:
         stamp = time.strftime("%H:%M:%S", time.localtime(rec["time"]))
-        print(f"{stamp} {rec['method']} {rec['target']} -> {rec['status']}  "
-              f"[{rec['endpoint']}] {rec['peer']}")
+        print(
+            f"{stamp} {rec['method']} {rec['target']} -> {rec['status']}  "
+            f"[{rec['endpoint']}] {rec['peer']}"
+        )
         for step in rec["steps"]:
-            print(f"    {step['hook']:<9} {step['adapter']:<16} {step['outcome']} "
-                  f"({step['seconds'] * 1000:.1f} ms)")
+            print(
+                f"    {step['hook']:<9} {step['adapter']:<16} {step['outcome']} "
+                f"({step['seconds'] * 1000:.1f} ms)"
+            )
             for change in step["changes"]:
                 print("        " + change.replace("\n", "\n        "))
     return 0

@@ -64,6 +64,7 @@ class ClientConnection:
         self.peer = peer
         self.upstream: H11Stream | None = None
         self.busy = False  # a request is in flight (used by drain)
+        self.draining = False  # set on shutdown: close once the call in flight is done
         self._must_close = False
         self._watcher: asyncio.Task[None] | None = None
 
@@ -75,11 +76,18 @@ class ClientConnection:
                 except h11.RemoteProtocolError as exc:
                     # h11 will not answer a request it could not parse: write it ourselves.
                     body = dumps({"message": f"bad request: {exc}"}) + b"\n"
-                    await self.client.write_raw(encode_response_head(
-                        exc.error_status_hint, "", [
-                            ("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body))), ("Connection", "close"),
-                        ]) + body)
+                    await self.client.write_raw(
+                        encode_response_head(
+                            exc.error_status_hint,
+                            "",
+                            [
+                                ("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body))),
+                                ("Connection", "close"),
+                            ],
+                        )
+                        + body
+                    )
                     return
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed, or junk after a finished exchange
@@ -89,7 +97,7 @@ class ClientConnection:
                         return
                 finally:
                     self.busy = False
-                if self.client.conn.our_state is not h11.DONE:
+                if self.draining or self.client.conn.our_state is not h11.DONE:
                     return
                 if self.client.conn.their_state is not h11.DONE:
                     return
@@ -207,8 +215,9 @@ class ClientConnection:
         )
         response = HttpResponse(
             event.status_code,
-            Headers((k.decode("latin-1"), v.decode("latin-1"))
-                    for k, v in event.headers.raw_items()),
+            Headers(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()
+            ),
         )
         reason = event.reason.decode("latin-1")
         switching = event.status_code == 101
@@ -250,8 +259,7 @@ class ClientConnection:
         if switching or legacy:
             await self._hijack(up, response, reason, legacy)
         await self.client.send(
-            h11.Response(status_code=response.status, headers=list(response.headers),
-                         reason=reason)
+            h11.Response(status_code=response.status, headers=list(response.headers), reason=reason)
         )
         if not response.streaming and response.body is not None:
             if response.body:
@@ -406,7 +414,8 @@ class ClientConnection:
     async def _hijack(
         self, up: H11Stream, response: HttpResponse, reason: str, legacy: bool
     ) -> None:
-        if not legacy and self.client.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+        asked = self.client.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+        if not legacy and asked:
             await self.client.send(
                 h11.InformationalResponse(
                     status_code=101, headers=list(response.headers), reason=reason

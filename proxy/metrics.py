@@ -11,22 +11,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "plugstrip_requests", "API requests by endpoint, method and status",
-            ["endpoint", "method", "status"], registry=self.registry,
+            "plugstrip_requests",
+            "API requests by endpoint, method and status",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
         )
         self.upstream_latency = Histogram(
-            "plugstrip_upstream_latency_seconds", "Time to the upstream's response head",
-            ["endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "plugstrip_upstream_latency_seconds",
+            "Time to the upstream's response head",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.adapter_latency = Histogram(
-            "plugstrip_adapter_latency_seconds", "Time spent in each adapter hook",
-            ["adapter", "hook", "outcome"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "plugstrip_adapter_latency_seconds",
+            "Time spent in each adapter hook",
+            ["adapter", "hook", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.open_streams = Gauge(
             "plugstrip_open_streams", "Streamed responses in flight", registry=self.registry
         )
         self.open_hijacks = Gauge(
-            "plugstrip_open_hijacks", "Hijacked (attach/exec/session) connections open",
+            "plugstrip_open_hijacks",
+            "Hijacked (attach/exec/session) connections open",
             registry=self.registry,
         )
         self.connections = Gauge(

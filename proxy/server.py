@@ -9,8 +9,10 @@ import os
 import socket
 import ssl
 import struct
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adapters.contract import Peer
 from adapters.registry import Registry
@@ -45,11 +47,10 @@ class ProxyServer:
         self.metrics = metrics or Metrics()
         self.config_path = config_path
         config = load_file(config_path) if config_path else Config()
-        self.shared = Shared(upstream, build_pipeline(config, self.metrics), self.metrics,
-                             Trace())
+        self.shared = Shared(upstream, build_pipeline(config, self.metrics), self.metrics, Trace())
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []  # asyncio (before 3.13) leaves socket files behind
-        self._connections: set[ClientConnection] = set()
+        self._connections: dict[ClientConnection, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._config_mtime = _mtime(config_path)
 
@@ -66,7 +67,11 @@ class ProxyServer:
             self._unix_paths.append(addr.path)
         else:
             server = await asyncio.start_server(
-                self._accept, addr.host, addr.port, ssl=listener.tls, limit=STREAM_LIMIT,
+                self._accept,
+                addr.host,
+                addr.port,
+                ssl=listener.tls,
+                limit=STREAM_LIMIT,
                 reuse_address=True,
             )
         self._servers.append(server)
@@ -83,13 +88,19 @@ class ProxyServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ClientConnection(self.shared, reader, writer, _peer_of(writer))
-        self._connections.add(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[conn] = task
         self.metrics.connections.inc()
         try:
             await conn.serve()
         finally:
-            self._connections.discard(conn)
+            del self._connections[conn]
             self.metrics.connections.dec()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     # ---- configuration -----------------------------------------------------------------
 
@@ -118,8 +129,8 @@ class ProxyServer:
         await asyncio.sleep(_OLD_ADAPTERS_GRACE)
         await registry.aclose()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -130,13 +141,15 @@ class ProxyServer:
         the rest (streams and hijacks have no natural end)."""
         for server in self._servers:
             server.close()
-        for conn in list(self._connections):
+        for path in self._unix_paths:  # no new client finds the socket while we drain
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        for conn in self._connections:
+            conn.draining = True  # close after the call in flight
             if not conn.busy:
                 conn.client.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while any(c.busy for c in self._connections) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if self._connections:
+            await asyncio.wait(list(self._connections.values()), timeout=grace)
         for conn in list(self._connections):
             conn.client.close()
             conn.close_upstream()
@@ -146,9 +159,6 @@ class ProxyServer:
         for task in self._tasks:
             task.cancel()
         await self.shared.pipeline.registry.aclose()
-        for path in self._unix_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 def _mtime(path: str | None) -> float | None:

@@ -3,8 +3,8 @@
 A response is held for post-hooks only when it is JSON and not one of the JSON streams
 below (progress of pull/push/build/load, events, live stats), nor ``wait``: the daemon sends
 its head at once and its body when the container exits, and ``docker run`` waits for that
-head before it starts the container, so holding it would deadlock the run. Everything that is not JSON
-(logs, tar archives, raw attach streams) is streamed anyway.
+head before it starts the container, so holding it would deadlock the run. Everything that
+is not JSON (logs, tar archives, raw attach streams) is streamed anyway.
 """
 
 from __future__ import annotations

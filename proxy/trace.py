@@ -34,8 +34,12 @@ class Record:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "time": self.time, "method": self.method, "target": self.target,
-            "endpoint": self.endpoint, "peer": self.peer, "status": self.status,
+            "time": self.time,
+            "method": self.method,
+            "target": self.target,
+            "endpoint": self.endpoint,
+            "peer": self.peer,
+            "status": self.status,
             "steps": [vars(s) for s in self.steps],
         }
 
@@ -54,9 +58,7 @@ class Trace:
         return [r.as_dict() for r in records]
 
 
-def changes(
-    before: HttpRequest | HttpResponse, after: HttpRequest | HttpResponse
-) -> list[str]:
+def changes(before: HttpRequest | HttpResponse, after: HttpRequest | HttpResponse) -> list[str]:
     """Human-readable differences between two snapshots of the same message."""
     out: list[str] = []
     if isinstance(before, HttpRequest) and isinstance(after, HttpRequest):

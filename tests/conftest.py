@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,30 @@ def dockerd() -> Iterator[str]:
     sock = root / "docker.sock"
     log = (root / "dockerd.log").open("w")
     proc = subprocess.Popen(
-        ["dockerd", "--host", f"unix://{sock}", "--data-root", str(root / "data"),
-         "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"),
-         "--bridge", "none", "--iptables=false"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            "dockerd",
+            "--host",
+            f"unix://{sock}",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "--bridge",
+            "none",
+            "--iptables=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     host = f"unix://{sock}"
     try:
-        harness.wait_for(lambda: harness.docker(host, "info", check=False).returncode == 0, 60,
-                         "dockerd did not start")
+        harness.wait_for(
+            lambda: harness.docker(host, "info", check=False).returncode == 0,
+            60,
+            "dockerd did not start",
+        )
         harness.make_busybox_image(host, root)
         yield host
     finally:
@@ -71,14 +85,26 @@ def free_port() -> int:
         return port
 
 
-def start_plugstrip(upstream: str, workdir: Path, config: str | None = None,
-                    extra: list[str] | None = None) -> Plugstrip:
+def start_plugstrip(
+    upstream: str, workdir: Path, config: str | None = None, extra: list[str] | None = None
+) -> Plugstrip:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "plugstrip.sock"
     port = free_port()
-    args = ["plugstrip", "serve", "--listen", f"unix://{sock}", "--upstream", upstream,
-            "--state-dir", str(workdir / "state"), "--admin", f"tcp://127.0.0.1:{port}",
-            "--shutdown-timeout", "3"]
+    args = [
+        "plugstrip",
+        "serve",
+        "--listen",
+        f"unix://{sock}",
+        "--upstream",
+        upstream,
+        "--state-dir",
+        str(workdir / "state"),
+        "--admin",
+        f"tcp://127.0.0.1:{port}",
+        "--shutdown-timeout",
+        "3",
+    ]
     if config is not None:
         cfg = workdir / "adapters.yml"
         cfg.write_text(config)
@@ -99,8 +125,9 @@ def start_plugstrip(upstream: str, workdir: Path, config: str | None = None,
 def plugstrip_factory(dockerd: str, tmp_path: Path) -> Iterator[object]:
     started: list[Plugstrip] = []
 
-    def factory(config: str | None = None, extra: list[str] | None = None,
-                name: str = "ps") -> Plugstrip:
+    def factory(
+        config: str | None = None, extra: list[str] | None = None, name: str = "ps"
+    ) -> Plugstrip:
         ps = start_plugstrip(dockerd, tmp_path / name, config, extra)
         started.append(ps)
         return ps

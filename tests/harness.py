@@ -10,16 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def docker(host: str, *args: str, input: bytes | None = None, check: bool = True,
-           timeout: float = 120, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[bytes]:
-    full_env = {**os.environ, "DOCKER_HOST": host, "DOCKER_CLI_HINTS": "false",
-                **(env or {})}
-    proc = subprocess.run(["docker", *args], input=input, capture_output=True,
-                          timeout=timeout, env=full_env)
+def docker(
+    host: str,
+    *args: str,
+    input: bytes | None = None,
+    check: bool = True,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    full_env = {**os.environ, "DOCKER_HOST": host, "DOCKER_CLI_HINTS": "false", **(env or {})}
+    proc = subprocess.run(
+        ["docker", *args], input=input, capture_output=True, timeout=timeout, env=full_env
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): "
-                             f"{proc.stderr.decode(errors='replace')}")
+        raise AssertionError(
+            f"docker {' '.join(args)} failed ({proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')}"
+        )
     return proc
 
 
@@ -40,8 +47,9 @@ def make_busybox_image(host: str, workdir: Path) -> None:
     root = workdir / "busybox-root"
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "tmp", "etc", "root"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
+    applets = subprocess.run(
+        [busybox, "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
     for applet in applets:
         link = root / applet
         if not link.exists():

@@ -18,7 +18,7 @@ from aiohttp import web
 def build(record: str) -> web.Application:
     async def hook(request: web.Request) -> web.StreamResponse:
         payload = await request.json()
-        with open(record, "a") as f:
+        with open(record, "a") as f:  # noqa: ASYNC230 (a test tool; tiny appends)
             f.write(json.dumps({"path": request.path, "payload": payload}) + "\n")
         kind = request.match_info["kind"]
         if kind == "refuse":
@@ -35,15 +35,13 @@ def build(record: str) -> web.Application:
                 body = json.loads(req["Body"])
                 body.setdefault("Labels", {})["plugstrip.test"] = "from-remote"
                 req["Body"] = json.dumps(body)
-            return web.json_response({"PowerstripProtocolVersion": 1,
-                                      "ModifiedClientRequest": req})
+            return web.json_response({"PowerstripProtocolVersion": 1, "ModifiedClientRequest": req})
         resp = payload["ServerResponse"]
         if kind == "warn" and resp["Body"]:
             body = json.loads(resp["Body"])
             body["Warnings"] = [*(body.get("Warnings") or []), "remote post-hook was here"]
             resp["Body"] = json.dumps(body)
-        return web.json_response({"PowerstripProtocolVersion": 1,
-                                  "ModifiedServerResponse": resp})
+        return web.json_response({"PowerstripProtocolVersion": 1, "ModifiedServerResponse": resp})
 
     app = web.Application()
     app.router.add_post("/{kind}", hook)

@@ -26,10 +26,28 @@ def remote(tmp_path: Path) -> Iterator[dict[str, Any]]:
     port = free_port()
     unix = tmp_path / "adapter.sock"
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tests.remote_adapter", "--port", str(port),
-                          "--record", str(record)]),
-        subprocess.Popen([sys.executable, "-m", "tests.remote_adapter", "--unix", str(unix),
-                          "--record", str(record)]),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.remote_adapter",
+                "--port",
+                str(port),
+                "--record",
+                str(record),
+            ]
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.remote_adapter",
+                "--unix",
+                str(unix),
+                "--record",
+                str(record),
+            ]
+        ),
     ]
     import socket
 
@@ -59,8 +77,9 @@ def exists(dockerd: str, name: str) -> bool:
     return docker(dockerd, "inspect", name, check=False).returncode == 0
 
 
-def test_powerstrip_adapters_yml_unchanged(dockerd: str, plugstrip_factory: Any,
-                                           remote: dict[str, Any]) -> None:
+def test_powerstrip_adapters_yml_unchanged(
+    dockerd: str, plugstrip_factory: Any, remote: dict[str, Any]
+) -> None:
     # Powerstrip's own example file, byte for byte in its shape.
     ps = plugstrip_factory(f"""
 endpoints:
@@ -68,8 +87,8 @@ endpoints:
     pre: [adder]
     post: [warner]
 adapters:
-  adder: {remote['url']}/label
-  warner: {remote['url']}/warn
+  adder: {remote["url"]}/label
+  warner: {remote["url"]}/warn
 """)
     name = cname()
     out = docker(ps.host, "create", "--name", name, "busybox", "true")
@@ -81,7 +100,9 @@ adapters:
         assert pre["payload"]["PowerstripProtocolVersion"] == 1
         assert pre["payload"]["Type"] == "pre-hook"
         assert pre["payload"]["ClientRequest"]["Method"] == "POST"
-        assert pre["payload"]["ClientRequest"]["Request"].endswith(f"/containers/create?name={name}")
+        assert pre["payload"]["ClientRequest"]["Request"].endswith(
+            f"/containers/create?name={name}"
+        )
         assert json.loads(pre["payload"]["ClientRequest"]["Body"])["Image"] == "busybox"
         server = post["payload"]["ServerResponse"]
         assert server["Code"] == 201 and server["ContentType"] == "application/json"
@@ -92,8 +113,9 @@ adapters:
         docker(dockerd, "rm", "-f", name)
 
 
-def test_remote_adapter_over_unix_socket(dockerd: str, plugstrip_factory: Any,
-                                         remote: dict[str, Any]) -> None:
+def test_remote_adapter_over_unix_socket(
+    dockerd: str, plugstrip_factory: Any, remote: dict[str, Any]
+) -> None:
     sock = remote["unix"].replace("/", "%2F")
     ps = plugstrip_factory(f"""
 version: 1
@@ -111,13 +133,14 @@ adapters:
         docker(dockerd, "rm", "-f", name)
 
 
-def test_remote_refusal_reaches_cli_and_creates_nothing(dockerd: str, plugstrip_factory: Any,
-                                                        remote: dict[str, Any]) -> None:
+def test_remote_refusal_reaches_cli_and_creates_nothing(
+    dockerd: str, plugstrip_factory: Any, remote: dict[str, Any]
+) -> None:
     ps = plugstrip_factory(f"""
 endpoints:
   "POST /*/containers/create": {{pre: [nope]}}
 adapters:
-  nope: {remote['url']}/refuse
+  nope: {remote["url"]}/refuse
 """)
     name = cname()
     out = docker(ps.host, "run", "--name", name, "busybox", "true", check=False)
@@ -136,8 +159,14 @@ adapters:
     ],
     ids=["timeout", "5xx", "non-json", "refused-connection"],
 )
-def test_remote_failures_fail_closed(dockerd: str, plugstrip_factory: Any, remote: dict[str, Any],
-                                     path: str | None, timeout: int, expected: bytes) -> None:
+def test_remote_failures_fail_closed(
+    dockerd: str,
+    plugstrip_factory: Any,
+    remote: dict[str, Any],
+    path: str | None,
+    timeout: int,
+    expected: bytes,
+) -> None:
     url = f"{remote['url']}{path}" if path else f"http://127.0.0.1:{free_port()}/nobody"
     ps = plugstrip_factory(f"""
 endpoints:
@@ -155,8 +184,9 @@ adapters:
     assert not exists(dockerd, name)
 
 
-def test_python_adapters_rewrite_in_place_and_keep_context(dockerd: str, plugstrip_factory: Any
-                                                           ) -> None:
+def test_python_adapters_rewrite_in_place_and_keep_context(
+    dockerd: str, plugstrip_factory: Any
+) -> None:
     ps = plugstrip_factory("""
 endpoints:
   "POST /containers/create": {pre: [tag], post: [tag]}
@@ -203,8 +233,9 @@ adapters:
     assert not exists(dockerd, name)
 
 
-def test_policy_refusals_are_clear_403s(dockerd: str, plugstrip_factory: Any,
-                                        tmp_path: Path) -> None:
+def test_policy_refusals_are_clear_403s(
+    dockerd: str, plugstrip_factory: Any, tmp_path: Path
+) -> None:
     ps = plugstrip_factory(f"""
 endpoints:
   "* /**": {{pre: [policy]}}
@@ -222,8 +253,10 @@ adapters:
         (["run", "--rm", "--network", "host", "busybox", "true"], b"NetworkMode=host"),
         (["run", "--rm", "--pid", "host", "busybox", "true"], b"PidMode=host"),
         (["run", "--rm", "-v", "/etc:/x", "busybox", "true"], b"bind mount of /etc"),
-        (["run", "--rm", "--mount", "type=bind,src=/root,dst=/x", "busybox", "true"],
-         b"bind mount of /root"),
+        (
+            ["run", "--rm", "--mount", "type=bind,src=/root,dst=/x", "busybox", "true"],
+            b"bind mount of /root",
+        ),
         (["volume", "create", "v1"], b"POST /v1.41/volumes/create is denied"),
     ]
     for args, why in cases:
@@ -254,8 +287,9 @@ adapters:
     assert b"plugstrip policy: the Docker API is read-only here" in out.stderr
 
 
-def test_audit_logs_mutating_calls_with_outcome(dockerd: str, plugstrip_factory: Any,
-                                                tmp_path: Path) -> None:
+def test_audit_logs_mutating_calls_with_outcome(
+    dockerd: str, plugstrip_factory: Any, tmp_path: Path
+) -> None:
     log = tmp_path / "audit.jsonl"
     ps = plugstrip_factory(f"""
 endpoints:
@@ -273,8 +307,12 @@ adapters:
     create = next(x for x in lines if x["request"].endswith(f"create?name={name}"))
     assert create["status"] == 201 and create["outcome"] == "ok"
     assert create["create"]["Image"] == "busybox" and create["who"].startswith("unix:uid=0")
-    assert any(x["request"].endswith(f"/containers/{name}") and x["method"] == "DELETE"
-               and x["status"] == 204 for x in lines)
+    assert any(
+        x["request"].endswith(f"/containers/{name}")
+        and x["method"] == "DELETE"
+        and x["status"] == 204
+        for x in lines
+    )
     refused = [x for x in lines if x["outcome"] == "refused"]
     assert refused and refused[0]["status"] == 403 and refused[0]["create"]["Privileged"]
 
@@ -289,8 +327,12 @@ adapters:
     name = cname()
     docker(ps.host, "create", "--name", name, "busybox", "true")
     docker(dockerd, "rm", name)
-    out = subprocess.run(["plugstrip", "trace", "--state-dir", str(ps.workdir / "state")],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        ["plugstrip", "trace", "--state-dir", str(ps.workdir / "state")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode == 0, out.stderr
     assert f"/containers/create?name={name} -> 201" in out.stdout
     assert '+  "plugstrip.tag": "python"' in out.stdout.replace("\n        ", "\n")

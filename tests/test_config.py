@@ -28,7 +28,11 @@ def test_powerstrip_file_unchanged() -> None:
     assert ep.route.matches("POST", "/v1.16/containers/create")
     spec = config.adapters["adapter1"]
     assert (spec.kind, spec.target, spec.timeout, spec.on_failure) == (
-        "remote", "http://adapter1/adapter", 10.0, "refuse")
+        "remote",
+        "http://adapter1/adapter",
+        10.0,
+        "refuse",
+    )
 
 
 def test_extensions() -> None:
@@ -44,7 +48,12 @@ adapters:
 """)
     p, a, far = (config.adapters[n] for n in ("p", "a", "far"))
     assert (p.kind, p.target, p.options, p.timeout, p.on_failure) == (
-        "entrypoint", "policy", {"read_only": True}, 3.0, "refuse")
+        "entrypoint",
+        "policy",
+        {"read_only": True},
+        3.0,
+        "refuse",
+    )
     assert (a.kind, a.timeout, a.on_failure) == ("python", 0.5, "skip")
     assert far.kind == "remote"
 
@@ -64,7 +73,7 @@ adapters:
         ("adapters: {a: {use: policy, on_failure: maybe}}", "one of refuse, skip"),
         ("adapters: {a: {url: http://x, options: {k: 1}}}", "takes no options"),
         ("adapters: {a: {use: policy, colour: red}}", "unknown key(s) colour"),
-        ("endpoints: {\"POST /x\": {pre: [a]", "not valid YAML"),
+        ('endpoints: {"POST /x": {pre: [a]', "not valid YAML"),
     ],
 )
 def test_errors_are_clear(text: str, message: str) -> None:
@@ -75,14 +84,20 @@ def test_errors_are_clear(text: str, message: str) -> None:
 
 yaml_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 
 
-@given(st.dictionaries(st.sampled_from(["version", "endpoints", "adapters", "defaults", "x"]),
-                       yaml_values, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["version", "endpoints", "adapters", "defaults", "x"]),
+        yaml_values,
+        max_size=4,
+    )
+)
 def test_any_document_parses_or_fails_with_config_error(doc: dict[str, object]) -> None:
     try:
         parse(yaml.safe_dump(doc))

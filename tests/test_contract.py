@@ -29,7 +29,10 @@ def test_unchanged_body_keeps_its_bytes() -> None:
 
 
 def test_in_place_edit_keeps_key_order_unknown_fields_and_exact_numbers() -> None:
-    raw = b'{"Zed":1,"Image":"busybox","Nano":0.1000000000000000055511151231257827,"Big":18446744073709551617,"Unknown":{"x":[1.0,2.50]}}'
+    raw = (
+        b'{"Zed":1,"Image":"busybox","Nano":0.1000000000000000055511151231257827,'
+        b'"Big":18446744073709551617,"Unknown":{"x":[1.0,2.50]}}'
+    )
     req = HttpRequest("POST", "/containers/create", body=raw)
     req.json()["Image"] = "alpine"
     req.settle()
@@ -37,7 +40,10 @@ def test_in_place_edit_keeps_key_order_unknown_fields_and_exact_numbers() -> Non
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text()
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
     | st.decimals(allow_nan=False, allow_infinity=False, places=6),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
@@ -53,4 +59,7 @@ def test_target_splits_query() -> None:
     req = HttpRequest("GET", "/x")
     req.target = "/v1.41/containers/json?all=1&size=0"
     assert (req.path, req.query, req.target) == (
-        "/v1.41/containers/json", "all=1&size=0", "/v1.41/containers/json?all=1&size=0")
+        "/v1.41/containers/json",
+        "all=1&size=0",
+        "/v1.41/containers/json?all=1&size=0",
+    )

@@ -45,12 +45,17 @@ def target(request: pytest.FixtureRequest, plugstrip_factory: object) -> Plugstr
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
-        (b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
-         b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"400"),
+        (
+            b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"400",
+        ),
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n", b"431"),
-        (b"GET /_ping HTTP/1.1\r\nHost: d\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-         b"400"),
+        (
+            b"GET /_ping HTTP/1.1\r\nHost: d\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"400",
+        ),
         (b"GET /_ping HTTP/1.1\r\nHo st: d\r\n\r\n", b"400"),
     ],
     ids=["cl-and-te", "garbage", "huge-headers", "two-lengths", "bad-header-name"],

@@ -21,10 +21,13 @@ from tests.conftest import Plugstrip
 from tests.harness import docker
 
 
-def both(direct: str, proxy: Plugstrip, *args: str, input: bytes | None = None
-         ) -> tuple[subprocess.CompletedProcess[bytes], subprocess.CompletedProcess[bytes]]:
-    return (docker(direct, *args, input=input, check=False),
-            docker(proxy.host, *args, input=input, check=False))
+def both(
+    direct: str, proxy: Plugstrip, *args: str, input: bytes | None = None
+) -> tuple[subprocess.CompletedProcess[bytes], subprocess.CompletedProcess[bytes]]:
+    return (
+        docker(direct, *args, input=input, check=False),
+        docker(proxy.host, *args, input=input, check=False),
+    )
 
 
 def name() -> str:
@@ -34,9 +37,14 @@ def name() -> str:
 def run_in_pty(host: str, args: list[str], timeout: float = 30) -> bytes:
     """Run the docker CLI on a real pseudo-terminal, as a user at a shell would."""
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen(["docker", *args], stdin=terminal, stdout=terminal,
-                            stderr=terminal, env={**os.environ, "DOCKER_HOST": host},
-                            close_fds=True)
+    proc = subprocess.Popen(
+        ["docker", *args],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "DOCKER_HOST": host},
+        close_fds=True,
+    )
     os.close(terminal)
     out = b""
     deadline = time.monotonic() + timeout
@@ -59,7 +67,9 @@ def run_in_pty(host: str, args: list[str], timeout: float = 30) -> bytes:
 
 
 def test_run_output_and_exit_code(dockerd: str, proxy: Plugstrip) -> None:
-    a, b = both(dockerd, proxy, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    a, b = both(
+        dockerd, proxy, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3"
+    )
     assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr)
     assert b.returncode == 3 and b.stdout == b"out\n" and b.stderr == b"err\n"
 
@@ -103,11 +113,23 @@ def test_attach_sees_output(dockerd: str, proxy: Plugstrip) -> None:
 
 def test_logs_follow_streams_lines_as_they_come(dockerd: str, proxy: Plugstrip) -> None:
     c = name()
-    docker(dockerd, "run", "-d", "--name", c, "busybox", "sh", "-c",
-           "for i in 1 2 3 4; do echo line$i; sleep 1; done")
+    docker(
+        dockerd,
+        "run",
+        "-d",
+        "--name",
+        c,
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4; do echo line$i; sleep 1; done",
+    )
     try:
-        proc = subprocess.Popen(["docker", "logs", "-f", c], stdout=subprocess.PIPE,
-                                env={**os.environ, "DOCKER_HOST": proxy.host})
+        proc = subprocess.Popen(
+            ["docker", "logs", "-f", c],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "DOCKER_HOST": proxy.host},
+        )
         assert proc.stdout is not None
         started = time.monotonic()
         first = proc.stdout.readline()
@@ -127,7 +149,9 @@ def test_events_stream(dockerd: str, proxy: Plugstrip) -> None:
     c = name()
     proc = subprocess.Popen(
         ["docker", "events", "--filter", f"container={c}", "--format", "{{.Action}}"],
-        stdout=subprocess.PIPE, env={**os.environ, "DOCKER_HOST": proxy.host})
+        stdout=subprocess.PIPE,
+        env={**os.environ, "DOCKER_HOST": proxy.host},
+    )
     try:
         time.sleep(1)
         docker(dockerd, "run", "--name", c, "busybox", "true")
@@ -146,8 +170,9 @@ def test_build_with_a_large_context(dockerd: str, proxy: Plugstrip, tmp_path: Pa
     (tmp_path / "blob").write_bytes(os.urandom(40 << 20))
     (tmp_path / "Dockerfile").write_text("FROM busybox:latest\nCOPY blob /blob\nRUN md5sum /blob\n")
     tag = f"ps-build-{uuid.uuid4().hex[:8]}"
-    out = docker(proxy.host, "build", "-t", tag, str(tmp_path), timeout=300,
-                 env={"DOCKER_BUILDKIT": "0"})
+    out = docker(
+        proxy.host, "build", "-t", tag, str(tmp_path), timeout=300, env={"DOCKER_BUILDKIT": "0"}
+    )
     want = hashlib.md5((tmp_path / "blob").read_bytes()).hexdigest()
     assert want.encode() in out.stdout
     docker(dockerd, "rmi", tag)
@@ -216,9 +241,14 @@ def test_head_and_unversioned_paths(dockerd: str, proxy: Plugstrip) -> None:
         resp = conn.getresponse()
         return resp.status, resp.read(), resp.getheader("Api-Version")
 
-    direct = dockerd[len("unix://"):]
-    for method, path in [("HEAD", "/_ping"), ("GET", "/_ping"), ("GET", "/v1.41/_ping"),
-                         ("GET", "/version"), ("GET", "/images/json")]:
+    direct = dockerd[len("unix://") :]
+    for method, path in [
+        ("HEAD", "/_ping"),
+        ("GET", "/_ping"),
+        ("GET", "/v1.41/_ping"),
+        ("GET", "/version"),
+        ("GET", "/images/json"),
+    ]:
         assert ask(proxy.socket, method, path) == ask(direct, method, path)
 
 
@@ -271,8 +301,10 @@ def raw_attach(sock_path: str, direct: str, upgrade: bool) -> tuple[bytes, bytes
         s = socket.socket(socket.AF_UNIX)
         s.connect(sock_path)
         extra = "Connection: Upgrade\r\nUpgrade: tcp\r\n" if upgrade else ""
-        s.sendall(f"POST /v1.41/containers/{c}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\n"
-                  f"Host: docker\r\n{extra}Content-Length: 0\r\n\r\n".encode())
+        s.sendall(
+            f"POST /v1.41/containers/{c}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\n"
+            f"Host: docker\r\n{extra}Content-Length: 0\r\n\r\n".encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += s.recv(1)
@@ -292,7 +324,7 @@ def raw_attach(sock_path: str, direct: str, upgrade: bool) -> tuple[bytes, bytes
 def test_raw_attach_forms(dockerd: str, proxy: Plugstrip, upgrade: bool) -> None:
     """POST attach with Upgrade (101) and without (the legacy 200 raw stream)."""
     through = raw_attach(proxy.socket, dockerd, upgrade)
-    direct = raw_attach(dockerd[len("unix://"):], dockerd, upgrade)
+    direct = raw_attach(dockerd[len("unix://") :], dockerd, upgrade)
     assert through == direct
     assert through[0] == (b"HTTP/1.1 101 UPGRADED" if upgrade else b"HTTP/1.1 200 OK")
     assert through[1] == b"\x01\x00\x00\x00\x00\x00\x00\x05ping\n"  # stdout frame

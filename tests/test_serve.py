@@ -21,24 +21,39 @@ from tests.harness import docker, wait_for
 
 
 def test_unix_socket_copies_daemon_socket_owner_and_mode(dockerd: str, proxy: Plugstrip) -> None:
-    want = os.stat(dockerd[len("unix://"):])
+    want = os.stat(dockerd[len("unix://") :])
     got = os.stat(proxy.socket)
     assert (got.st_uid, got.st_gid, got.st_mode & 0o777) == (
-        want.st_uid, want.st_gid, want.st_mode & 0o777)
+        want.st_uid,
+        want.st_gid,
+        want.st_mode & 0o777,
+    )
 
 
-def test_plain_tcp_on_a_public_address_is_refused_unless_forced(dockerd: str,
-                                                                tmp_path: Path) -> None:
+def test_plain_tcp_on_a_public_address_is_refused_unless_forced(
+    dockerd: str, tmp_path: Path
+) -> None:
     port = free_port()
-    args = ["plugstrip", "serve", "--upstream", dockerd, "--state-dir", str(tmp_path),
-            "--listen", f"tcp://0.0.0.0:{port}"]
+    args = [
+        "plugstrip",
+        "serve",
+        "--upstream",
+        dockerd,
+        "--state-dir",
+        str(tmp_path),
+        "--listen",
+        f"tcp://0.0.0.0:{port}",
+    ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=20)
     assert out.returncode == 2
     assert "refusing to listen on tcp://0.0.0.0" in out.stderr and "--tlsverify" in out.stderr
     proc = subprocess.Popen([*args, "--allow-insecure-tcp"], stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: docker(f"tcp://127.0.0.1:{port}", "version", check=False)
-                 .returncode == 0, 20, "forced insecure listener did not serve")
+        wait_for(
+            lambda: docker(f"tcp://127.0.0.1:{port}", "version", check=False).returncode == 0,
+            20,
+            "forced insecure listener did not serve",
+        )
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
@@ -51,8 +66,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("pki")
     server = ca.issue_cert("127.0.0.1", "localhost")
     client = ca.issue_cert("client@example", common_name="alice")
-    files = {"ca": d / "ca.pem", "cert": d / "cert.pem", "key": d / "key.pem",
-             "scert": d / "server-cert.pem", "skey": d / "server-key.pem"}
+    files = {
+        "ca": d / "ca.pem",
+        "cert": d / "cert.pem",
+        "key": d / "key.pem",
+        "scert": d / "server-cert.pem",
+        "skey": d / "server-key.pem",
+    }
     ca.cert_pem.write_to_path(str(files["ca"]))
     client.cert_chain_pems[0].write_to_path(str(files["cert"]))
     client.private_key_pem.write_to_path(str(files["key"]))
@@ -61,30 +81,71 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
-def test_tlsverify_listener_and_tls_upstream(dockerd: str, plugstrip_factory: Any,
-                                             pki: dict[str, str], tmp_path: Path) -> None:
+def test_tlsverify_listener_and_tls_upstream(
+    dockerd: str, plugstrip_factory: Any, pki: dict[str, str], tmp_path: Path
+) -> None:
     port = free_port()
-    plugstrip_factory(extra=["--listen", f"tcp://127.0.0.1:{port}", "--tlsverify",
-                             "--tlscacert", pki["ca"], "--tlscert", pki["scert"],
-                             "--tlskey", pki["skey"]], name="tls")
+    plugstrip_factory(
+        extra=[
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            "--tlsverify",
+            "--tlscacert",
+            pki["ca"],
+            "--tlscert",
+            pki["scert"],
+            "--tlskey",
+            pki["skey"],
+        ],
+        name="tls",
+    )
     host = f"tcp://127.0.0.1:{port}"
     wait_for(lambda: _port_open(port), 20, "TLS listener not up")
-    tls = ["--tlsverify", "--tlscacert", pki["ca"], "--tlscert", pki["cert"], "--tlskey",
-           pki["key"]]
+    tls = [
+        "--tlsverify",
+        "--tlscacert",
+        pki["ca"],
+        "--tlscert",
+        pki["cert"],
+        "--tlskey",
+        pki["key"],
+    ]
     ok = docker(host, *tls, "run", "--rm", "busybox", "echo", "over-tls")
     assert ok.stdout == b"over-tls\n"
     no_cert = docker(host, "--tlsverify", "--tlscacert", pki["ca"], "version", check=False)
     assert no_cert.returncode != 0
     # A second plugstrip whose upstream is the first one, over verified TLS.
     chained = subprocess.Popen(
-        ["plugstrip", "serve", "--listen", f"unix://{tmp_path}/c.sock", "--upstream", host,
-         "--state-dir", str(tmp_path / "c"), "--upstream-tlsverify", "--upstream-tlscacert",
-         pki["ca"], "--upstream-tlscert", pki["cert"], "--upstream-tlskey", pki["key"]],
-        stderr=subprocess.DEVNULL)
+        [
+            "plugstrip",
+            "serve",
+            "--listen",
+            f"unix://{tmp_path}/c.sock",
+            "--upstream",
+            host,
+            "--state-dir",
+            str(tmp_path / "c"),
+            "--upstream-tlsverify",
+            "--upstream-tlscacert",
+            pki["ca"],
+            "--upstream-tlscert",
+            pki["cert"],
+            "--upstream-tlskey",
+            pki["key"],
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: (tmp_path / "c.sock").exists(), 20, "chained proxy not up")
-        out = docker(f"unix://{tmp_path}/c.sock", "run", "--rm", "-i", "busybox", "cat",
-                     input=b"through two proxies and TLS\n")
+        out = docker(
+            f"unix://{tmp_path}/c.sock",
+            "run",
+            "--rm",
+            "-i",
+            "busybox",
+            "cat",
+            input=b"through two proxies and TLS\n",
+        )
         assert out.stdout == b"through two proxies and TLS\n"
     finally:
         chained.terminate()
@@ -105,8 +166,9 @@ def test_sigterm_lets_calls_in_flight_finish(dockerd: str, proxy: Plugstrip) -> 
     result: dict[str, Any] = {}
 
     def run() -> None:
-        result["out"] = docker(proxy.host, "run", "--rm", "busybox", "sh", "-c",
-                               "sleep 2; echo finished", check=False)
+        result["out"] = docker(
+            proxy.host, "run", "--rm", "busybox", "sh", "-c", "sleep 2; echo finished", check=False
+        )
 
     t = threading.Thread(target=run)
     t.start()
@@ -125,9 +187,11 @@ def test_reload_on_sighup_and_on_change_keeps_old_config_when_new_is_bad(
     dockerd: str, plugstrip_factory: Any
 ) -> None:
     def config(value: str) -> str:
-        return ('endpoints: {"POST /containers/create": {pre: [tag]}}\n'
-                f'adapters: {{tag: {{python: "tests.sample_adapters:Tagger", '
-                f'options: {{value: {value}}}}}}}\n')
+        return (
+            'endpoints: {"POST /containers/create": {pre: [tag]}}\n'
+            f'adapters: {{tag: {{python: "tests.sample_adapters:Tagger", '
+            f"options: {{value: {value}}}}}}}\n"
+        )
 
     ps = plugstrip_factory(config("one"))
     cfg = ps.workdir / "adapters.yml"
@@ -153,14 +217,20 @@ def test_reload_on_sighup_and_on_change_keeps_old_config_when_new_is_bad(
 
 
 def test_metrics_and_status_on_the_admin_listener(dockerd: str, plugstrip_factory: Any) -> None:
-    ps = plugstrip_factory('endpoints: {"POST /containers/create": {pre: [tag]}}\n'
-                           'adapters: {tag: {python: "tests.sample_adapters:Tagger"}}\n')
+    ps = plugstrip_factory(
+        'endpoints: {"POST /containers/create": {pre: [tag]}}\n'
+        'adapters: {tag: {python: "tests.sample_adapters:Tagger"}}\n'
+    )
     name = "m" + uuid.uuid4().hex[:8]
     docker(ps.host, "create", "--name", name, "busybox", "true")
     docker(dockerd, "rm", name)
     text = urllib.request.urlopen(ps.admin + "/metrics", timeout=10).read().decode()
-    assert 'plugstrip_requests_total{endpoint="/containers/create",method="POST",status="201"} 1.0' in text
-    assert 'plugstrip_adapter_latency_seconds_count{adapter="tag",hook="pre_hook",outcome="ok"} 1.0' in text
+    assert (
+        'plugstrip_requests_total{endpoint="/containers/create",method="POST",status="201"} 1.0'
+    ) in text
+    assert (
+        'plugstrip_adapter_latency_seconds_count{adapter="tag",hook="pre_hook",outcome="ok"} 1.0'
+    ) in text
     assert "plugstrip_upstream_latency_seconds_bucket" in text
     assert "plugstrip_open_hijacks 0.0" in text
     status = urllib.request.urlopen(ps.admin + "/status", timeout=10).read()
@@ -169,9 +239,19 @@ def test_metrics_and_status_on_the_admin_listener(dockerd: str, plugstrip_factor
 
 def test_daemon_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     sock = tmp_path / "p.sock"
-    proc = subprocess.Popen(["plugstrip", "serve", "--listen", f"unix://{sock}", "--upstream",
-                             f"unix://{tmp_path}/nothing.sock", "--state-dir", str(tmp_path)],
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "plugstrip",
+            "serve",
+            "--listen",
+            f"unix://{sock}",
+            "--upstream",
+            f"unix://{tmp_path}/nothing.sock",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(sock.exists, 20, "no socket")
         out = docker(f"unix://{sock}", "ps", check=False)
