@@ -19,7 +19,14 @@ from typing import Any
 import h11
 
 from adapters.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
-from proxy.http1 import H11Stream, encode_head, encode_response_head, pipe
+from proxy.http1 import (
+    ByteReader,
+    ByteWriter,
+    H11Stream,
+    encode_head,
+    encode_response_head,
+    pipe,
+)
 from proxy.metrics import Metrics, endpoint_label
 from proxy.pipeline import Chain, Pipeline
 from proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
@@ -55,8 +62,8 @@ class ClientConnection:
     def __init__(
         self,
         shared: Shared,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: ByteReader,
+        writer: ByteWriter,
         peer: Peer,
     ) -> None:
         self.shared = shared

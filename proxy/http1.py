@@ -7,9 +7,8 @@ as ``trailing_data`` so nothing a hijacked peer already sent is lost.
 
 from __future__ import annotations
 
-import asyncio
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 
@@ -18,10 +17,32 @@ READ_SIZE = 1 << 16
 MAX_HEAD = 1 << 20
 
 
+class ByteReader(Protocol):
+    """What the proxy reads from: an asyncio StreamReader, or the TLS layer's reader."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    def at_eof(self) -> bool: ...
+
+
+class ByteWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def can_write_eof(self) -> bool: ...
+
+    def write_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
 class H11Stream:
-    def __init__(
-        self, role: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, role: Any, reader: ByteReader, writer: ByteWriter) -> None:
         self.conn = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
         self.reader = reader
         self.writer = writer
@@ -65,7 +86,7 @@ def encode_response_head(status: int, reason: str, headers: list[tuple[str, str]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: ByteReader, writer: ByteWriter) -> None:
     """Copy until EOF, then pass the half-close on (attach with stdin closed keeps reading)."""
     try:
         while data := await reader.read(READ_SIZE):

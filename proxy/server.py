@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -16,9 +17,11 @@ from typing import Any
 
 from adapters.contract import Peer
 from adapters.registry import Registry
+from proxy import tls as tls_layer
 from proxy.addresses import SocketAddress
 from proxy.config import Config, ConfigError, load_file
 from proxy.connection import ClientConnection, Shared
+from proxy.http1 import ByteReader, ByteWriter
 from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline
 from proxy.trace import Trace
@@ -58,21 +61,15 @@ class ProxyServer:
 
     async def listen(self, listener: Listener) -> None:
         addr = listener.address
+        accept = functools.partial(self._accept, tls=listener.tls)
         if addr.scheme == "unix":
             _prepare_unix_path(addr.path)
-            server = await asyncio.start_unix_server(
-                self._accept, addr.path, ssl=listener.tls, limit=STREAM_LIMIT
-            )
+            server = await asyncio.start_unix_server(accept, addr.path, limit=STREAM_LIMIT)
             _copy_socket_permissions(addr.path, self.shared.upstream.address)
             self._unix_paths.append(addr.path)
         else:
             server = await asyncio.start_server(
-                self._accept,
-                addr.host,
-                addr.port,
-                ssl=listener.tls,
-                limit=STREAM_LIMIT,
-                reuse_address=True,
+                accept, addr.host, addr.port, limit=STREAM_LIMIT, reuse_address=True
             )
         self._servers.append(server)
         log.info("listening", extra={"listen": str(addr), "tls": listener.tls is not None})
@@ -86,8 +83,24 @@ class ProxyServer:
             if s.family in (socket.AF_INET, socket.AF_INET6)
         ]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = ClientConnection(self.shared, reader, writer, _peer_of(writer))
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        client: tuple[ByteReader, ByteWriter] = (reader, writer)
+        if tls is not None:
+            try:
+                client = await tls_layer.wrap(tls, reader, writer, server_side=True)
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                log.info(
+                    "TLS handshake failed",
+                    extra={"peer": str(writer.get_extra_info("peername")), "error": str(exc)},
+                )
+                writer.close()
+                return
+        conn = ClientConnection(self.shared, *client, _peer_of(client[1]))
         task = asyncio.current_task()
         assert task is not None
         self._connections[conn] = task
@@ -197,7 +210,7 @@ def _copy_socket_permissions(path: str, upstream: SocketAddress) -> None:
     os.chmod(path, st.st_mode & 0o777)
 
 
-def _peer_of(writer: asyncio.StreamWriter) -> Peer:
+def _peer_of(writer: ByteWriter) -> Peer:
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family == socket.AF_UNIX:
         try:

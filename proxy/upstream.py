@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+from proxy import tls as tls_layer
 from proxy.addresses import SocketAddress
+from proxy.http1 import ByteReader, ByteWriter
 
 STREAM_LIMIT = 1 << 20
 
@@ -21,14 +23,22 @@ class Upstream:
         self.address = address
         self._tls = tls
 
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open(self) -> tuple[ByteReader, ByteWriter]:
+        addr = self.address
         try:
-            if self.address.scheme == "unix":
-                return await asyncio.open_unix_connection(self.address.path, limit=STREAM_LIMIT)
-            return await asyncio.open_connection(
-                self.address.host, self.address.port, ssl=self._tls, limit=STREAM_LIMIT
-            )
-        except (OSError, ssl.SSLError) as exc:
+            if addr.scheme == "unix":
+                return await asyncio.open_unix_connection(addr.path, limit=STREAM_LIMIT)
+            reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=STREAM_LIMIT)
+            if self._tls is None:
+                return reader, writer
+            try:
+                return await tls_layer.wrap(
+                    self._tls, reader, writer, server_side=False, server_hostname=addr.host
+                )
+            except BaseException:
+                writer.close()
+                raise
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"plugstrip cannot reach the Docker daemon at {self.address}: {exc}"
             ) from exc

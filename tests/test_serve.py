@@ -112,6 +112,9 @@ def test_tlsverify_listener_and_tls_upstream(
     ]
     ok = docker(host, *tls, "run", "--rm", "busybox", "echo", "over-tls")
     assert ok.stdout == b"over-tls\n"
+    # the CLI half-closes TLS (close_notify) after stdin, then reads the output
+    piped = docker(host, *tls, "run", "--rm", "-i", "busybox", "cat", input=b"half-closed\n")
+    assert piped.stdout == b"half-closed\n"
     no_cert = docker(host, "--tlsverify", "--tlscacert", pki["ca"], "version", check=False)
     assert no_cert.returncode != 0
     # A second plugstrip whose upstream is the first one, over verified TLS.

@@ -1,0 +1,41 @@
+"""The driver contract, libnetwork's shape: create/delete a network, join/leave an endpoint.
+
+Plain typed objects only: Docker API shapes stay in the proxy and adapters. The control
+plane (IPAM, the store) decides; a driver only programs the datapath for what it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv4Network
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Network:
+    id: str
+    name: str
+    subnet: IPv4Network
+    vni: int
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    network_id: str
+    container_id: str
+    address: IPv4Interface
+    mac: str
+    netns_path: str  # the namespace the endpoint's interface goes into
+
+
+class Driver(Protocol):
+    name: str
+
+    async def create_network(self, network: Network) -> None: ...
+
+    async def delete_network(self, network: Network) -> None: ...
+
+    async def join(self, network: Network, endpoint: Endpoint) -> None: ...
+
+    async def leave(self, network: Network, endpoint: Endpoint) -> None: ...
