@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -39,6 +42,51 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
+def start_dockerd(root: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A private dockerd under ``root`` (never the machine's), with busybox:latest."""
+    if shutil.which("dockerd") is None:
+        raise RuntimeError("dockerd is not installed: run scripts/test (it installs docker.io)")
+    sock = root / "docker.sock"
+    log = (root / "dockerd.log").open("w")
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--host",
+            f"unix://{sock}",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "--bridge",
+            "none",
+            "--iptables=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    host = f"unix://{sock}"
+    try:
+        wait_for(
+            lambda: docker(host, "info", check=False).returncode == 0, 60, "dockerd did not start"
+        )
+        make_busybox_image(host, root)
+    except BaseException:
+        stop_dockerd(proc)
+        raise
+    return host, proc
+
+
+def stop_dockerd(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def make_busybox_image(host: str, workdir: Path) -> None:
     """busybox:latest from Debian's busybox-static (no registry is reachable here)."""
     busybox = shutil.which("busybox")
@@ -62,3 +110,62 @@ def make_busybox_image(host: str, workdir: Path) -> None:
     tar = workdir / "busybox.tar"
     subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
     docker(host, "import", "-c", 'CMD ["/bin/sh"]', str(tar), "busybox:latest")
+
+
+@dataclass
+class Plugstrip:
+    host: str  # DOCKER_HOST for clients
+    socket: str
+    admin: str  # http://127.0.0.1:PORT
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            return self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_plugstrip(
+    upstream: str, workdir: Path, config: str | None = None, extra: list[str] | None = None
+) -> Plugstrip:
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / "plugstrip.sock"
+    port = free_port()
+    args = [
+        "plugstrip",
+        "serve",
+        "--listen",
+        f"unix://{sock}",
+        "--upstream",
+        upstream,
+        "--state-dir",
+        str(workdir / "state"),
+        "--admin",
+        f"tcp://127.0.0.1:{port}",
+        "--shutdown-timeout",
+        "3",
+    ]
+    if config is not None:
+        cfg = workdir / "adapters.yml"
+        cfg.write_text(config)
+        args += ["--config", str(cfg)]
+    args += extra or []
+    log = workdir / "plugstrip.log"
+    # tests.sample_adapters must be importable, as a user's own adapter package would be
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+    ps = Plugstrip(f"unix://{sock}", str(sock), f"http://127.0.0.1:{port}", proc, workdir, log)
+    wait_for(lambda: sock.exists() or proc.poll() is not None, 20, "no socket")
+    if proc.poll() is not None:
+        raise RuntimeError(f"plugstrip exited: {log.read_text()}")
+    return ps

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
-from tests.harness import docker, wait_for
+from tests.harness import docker, free_port, wait_for
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import socket
 
 import pytest
 
-from tests.conftest import Plugstrip
-from tests.harness import docker
+from tests.harness import Plugstrip, docker
 
 
 def exchange(sock_path: str, data: bytes, timeout: float = 10) -> bytes:

@@ -17,8 +17,7 @@ from pathlib import Path
 import docker as dockerpy
 import pytest
 
-from tests.conftest import Plugstrip
-from tests.harness import docker
+from tests.harness import Plugstrip, docker
 
 
 def both(
@@ -328,3 +327,30 @@ def test_raw_attach_forms(dockerd: str, proxy: Plugstrip, upgrade: bool) -> None
     assert through == direct
     assert through[0] == (b"HTTP/1.1 101 UPGRADED" if upgrade else b"HTTP/1.1 200 OK")
     assert through[1] == b"\x01\x00\x00\x00\x00\x00\x00\x05ping\n"  # stdout frame
+
+
+async def _ws_attach(sock_path: str, container: str) -> bytes:
+    import aiohttp
+
+    path = f"/v1.41/containers/{container}/attach/ws?stream=1&stdin=1&stdout=1"
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(sock_path)) as session,
+        session.ws_connect(f"http://localhost{path}") as ws,
+    ):
+        await ws.send_bytes(b"over websocket\n")
+        got = b""
+        while b"over websocket" not in got:
+            msg = await ws.receive(timeout=10)
+            got += msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+        return got
+
+
+async def test_websocket_attach(dockerd: str, proxy: Plugstrip) -> None:
+    c = name()
+    docker(dockerd, "run", "-d", "-i", "--name", c, "busybox", "cat")
+    try:
+        through = await _ws_attach(proxy.socket, c)
+        direct = await _ws_attach(dockerd[len("unix://") :], c)
+        assert through == direct == b"over websocket\n"
+    finally:
+        docker(dockerd, "rm", "-f", c)

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.conftest import Plugstrip, free_port
-from tests.harness import docker, wait_for
+from tests.harness import Plugstrip, docker, free_port, wait_for
 
 
 def test_unix_socket_copies_daemon_socket_owner_and_mode(dockerd: str, proxy: Plugstrip) -> None:
