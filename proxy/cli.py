@@ -15,6 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 from proxy import logs
@@ -113,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     listeners = _listeners(args)
     upstream = _upstream(args)
     admin = SocketAddress.parse(args.admin, default_port=9323) if args.admin else None
-    return asyncio.run(_run(args, listeners, upstream, admin))
+    return uvloop.run(_run(args, listeners, upstream, admin))
 
 
 def _listeners(args: argparse.Namespace) -> list[Listener]:

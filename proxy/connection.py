@@ -38,6 +38,8 @@ log = logging.getLogger("plugstrip.proxy")
 # Bodies held for adapters (container create, network connect...) are small JSON; larger
 # ones are refused rather than held, and streamed bodies are never held.
 MAX_HELD_BODY = 16 << 20
+# A response slower than this gets a task watching for the client to hang up.
+_WATCH_AFTER = 0.05
 
 
 class _Hijacked(Exception):
@@ -74,6 +76,10 @@ class ClientConnection:
         self.draining = False  # set on shutdown: close once the call in flight is done
         self._must_close = False
         self._watcher: asyncio.Task[None] | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._hijackable = False
+        self._client_gone = False
 
     async def serve(self) -> None:
         try:
@@ -139,7 +145,7 @@ class ClientConnection:
         else:
             chain = self.shared.pipeline.match(method, request.path)
             if chain is None:
-                status = await self._forward(request, None, None, None, held=False)
+                status = await self._forward(request, None, None, None, False, event)
             else:
                 status = await self._intercept(request, chain)
         self.shared.metrics.requests.labels(endpoint_label(request.path), method, str(status)).inc()
@@ -182,30 +188,42 @@ class ClientConnection:
         call: Call | None,
         record: Record | None,
         held: bool,
+        unchanged: Any = None,
     ) -> int:
-        """Send ``request`` upstream and relay the answer; returns the status sent."""
+        """Send ``request`` upstream and relay the answer; returns the status sent.
+        ``unchanged`` is the client's parsed h11 request when it goes up as it came."""
         try:
-            up = await self._send_request(request, held)
+            up = await self._send_request(request, held, unchanged)
         except UpstreamUnavailable as exc:
             self._must_close = not held
             return await self._reply_error(502, str(exc))
-        hijackable = may_hijack(request.method, request.path, "Upgrade" in request.headers)
-        watcher = self._watcher = asyncio.create_task(self._watch_client(hijackable))
-        answer = asyncio.create_task(self._answer(up, request, chain, call, record))
+        self._hijackable = may_hijack(request.method, request.path, "Upgrade" in request.headers)
+        self._main = asyncio.current_task()
+        # Most answers come at once; only a slow one (or a stream) gets a watcher for the
+        # client hanging up, so quick calls pay no extra task.
+        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start_watcher)
         try:
-            while True:
-                await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if answer.done():
-                    return answer.result()
-                if not watcher.cancelled():  # the client hung up
-                    answer.cancel()
-                    raise _ClientGone()
-                await answer  # the watcher was stopped by a splice: the pipe runs to its end
+            return await self._answer(up, request, chain, call, record)
+        except asyncio.CancelledError:
+            if self._client_gone:
+                raise _ClientGone() from None
+            raise
         finally:
-            # Both must have ended before anything reads either stream again.
-            for task in (watcher, answer):
-                task.cancel()
-            await asyncio.gather(watcher, answer, return_exceptions=True)
+            await self._stop_watcher()
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_client())
+
+    async def _stop_watcher(self) -> None:
+        """No watcher now, nor later: a splice reads the client itself from here on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
 
     async def _answer(
         self,
@@ -281,12 +299,16 @@ class ClientConnection:
 
     # ---- upstream side -----------------------------------------------------------------
 
-    async def _send_request(self, request: HttpRequest, held: bool) -> H11Stream:
+    async def _send_request(self, request: HttpRequest, held: bool, unchanged: Any) -> H11Stream:
         up = await self._upstream_stream()
         headers = list(request.headers)
         if request.headers.get("Host") is None:
             headers.append(("Host", "docker"))  # HTTP/1.0 clients may omit it; h11 won't
-        up.conn.send(h11.Request(method=request.method, target=request.target, headers=headers))
+            unchanged = None
+        # h11 only tracks the state here; the head is written in the client's own order.
+        up.conn.send(
+            unchanged or h11.Request(method=request.method, target=request.target, headers=headers)
+        )
         await up.write_raw(encode_head(request.method, request.target, headers))
         try:
             if held:
@@ -321,17 +343,18 @@ class ClientConnection:
                 return event
             raise ConnectionError(f"upstream closed before answering ({event!r})")
 
-    async def _watch_client(self, hijackable: bool) -> None:
-        """Read ahead from the client while a response is pending or streaming; returns when
-        the client hangs up (the early bytes of a hijack land in h11's buffer, kept)."""
+    async def _watch_client(self) -> None:
+        """Read ahead from the client while a response is pending or streaming, and end the
+        call if the client hangs up. Early bytes of a hijack land in h11's buffer, kept; a
+        hijack's client may half-close before the answer, which is kept for the pipe."""
         while len(self.client.conn.trailing_data[0]) < MAX_HELD_BODY:
             data = await self.client.reader.read(1 << 16)
-            if not data:
-                if hijackable:
-                    self.client.conn.receive_data(b"")
-                    await asyncio.Event().wait()  # keep the half-close for the pipe
-                return
             self.client.conn.receive_data(data)
+            if not data:
+                if not self._hijackable and self._main is not None:
+                    self._client_gone = True
+                    self._main.cancel()
+                return
         await asyncio.Event().wait()  # enough read ahead: let TCP push back
 
     async def _read_upstream_body(self, up: H11Stream, limit: int) -> tuple[bytes, bool]:
@@ -353,6 +376,7 @@ class ClientConnection:
     async def _relay_body(self, up: H11Stream) -> None:
         metrics = self.shared.metrics
         metrics.open_streams.inc()
+        self._start_watcher()
         try:
             while True:
                 event = await up.next_event()
@@ -437,9 +461,7 @@ class ClientConnection:
         await self._splice(up)
 
     async def _splice(self, up: H11Stream) -> None:
-        if self._watcher is not None:  # from here the pipe reads the client
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self._stop_watcher()  # from here the pipe reads the client
         client_early, client_eof = self.client.conn.trailing_data
         upstream_early = up.trailing
         metrics = self.shared.metrics
