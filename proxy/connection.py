@@ -3,9 +3,10 @@
 Each client connection is paired with at most one upstream connection at a time, opened
 on its first request and kept alive as long as both sides keep it alive, so the daemon
 sees the same connection pattern as without the proxy. A request no adapter matches is
-forwarded with its head as received and its body streamed; a response is passed on event
-by event as it arrives. Attach, exec start, session and grpc become raw byte pipes after
-the 101 (or the legacy 200 raw-stream) answer, with half-close passed on and no timeout.
+forwarded with its head in the client's own order and its body streamed; a response no
+adapter changed is passed on as the bytes that came, as they come. Attach, exec start,
+session and grpc become raw byte pipes after the 101 (or the legacy 200 raw-stream)
+answer, with half-close passed on and no timeout.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import h11
-
 from adapters.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
 from proxy.http1 import (
+    END,
+    LAST_CHUNK,
+    READ_SIZE,
     ByteReader,
     ByteWriter,
-    H11Stream,
+    Head,
+    HttpSide,
+    ProtocolError,
+    chunk,
     encode_head,
     encode_response_head,
     pipe,
@@ -60,21 +65,22 @@ class Shared:
     trace: Trace
 
 
+def _decode(headers: list[tuple[bytes, bytes]]) -> Headers:
+    return Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+
+
 class ClientConnection:
-    def __init__(
-        self,
-        shared: Shared,
-        reader: ByteReader,
-        writer: ByteWriter,
-        peer: Peer,
-    ) -> None:
+    def __init__(self, shared: Shared, reader: ByteReader, writer: ByteWriter, peer: Peer) -> None:
         self.shared = shared
-        self.client = H11Stream(h11.SERVER, reader, writer)
+        self.client = HttpSide("request", reader, writer)
         self.peer = peer
-        self.upstream: H11Stream | None = None
+        self.upstream: HttpSide | None = None
         self.busy = False  # a request is in flight (used by drain)
         self.draining = False  # set on shutdown: close once the call in flight is done
+        self._head: Head | None = None  # the client's request head in flight
         self._must_close = False
+        self._responded = False
+        self._upstream_reusable = False
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -85,39 +91,24 @@ class ClientConnection:
         try:
             while True:
                 try:
-                    event = await self.client.next_event()
-                except h11.RemoteProtocolError as exc:
-                    # h11 will not answer a request it could not parse: write it ourselves.
-                    body = dumps({"message": f"bad request: {exc}"}) + b"\n"
-                    await self.client.write_raw(
-                        encode_response_head(
-                            exc.error_status_hint,
-                            "",
-                            [
-                                ("Content-Type", "application/json"),
-                                ("Content-Length", str(len(body))),
-                                ("Connection", "close"),
-                            ],
-                        )
-                        + body
-                    )
+                    event = await self.client.next()
+                except ProtocolError as exc:
+                    self._must_close, self._responded = True, False
+                    await self._reply_error(exc.status, f"bad request: {exc}")
                     return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or junk after a finished exchange
+                if event is None:
+                    return
+                assert isinstance(event, Head)
                 self.busy = True
                 try:
-                    if not await self._exchange(event):
-                        return
+                    keep = await self._exchange(event)
                 finally:
                     self.busy = False
-                if self.draining or self.client.conn.our_state is not h11.DONE:
+                if not keep or self.draining:
                     return
-                if self.client.conn.their_state is not h11.DONE:
-                    return
-                self.client.conn.start_next_cycle()
         except (_Hijacked, _ClientGone):
             pass
-        except (ConnectionError, OSError, h11.ProtocolError) as exc:
+        except (ConnectionError, OSError, ProtocolError) as exc:
             log.debug("connection ended: %s", exc)
         except Exception:
             log.exception("bug: connection aborted")
@@ -127,28 +118,20 @@ class ClientConnection:
 
     # ---- one request/response exchange -------------------------------------------------
 
-    async def _exchange(self, event: Any) -> bool:
+    async def _exchange(self, head: Head) -> bool:
         """Handle one request; False when the connection must close afterwards."""
-        method = event.method.decode("ascii")
-        target = event.target.decode("latin-1")
-        headers = Headers(
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()
-        )
-        request = HttpRequest(method, *_split_target(target), headers)
-        self._must_close = False
-        if "Transfer-Encoding" in headers and "Content-Length" in headers:
-            # A request smuggling vector through any proxy: refuse rather than guess.
-            self._must_close = True
-            status = await self._reply_error(
-                400, "conflicting Content-Length and Transfer-Encoding"
-            )
+        path, _, query = head.target.partition("?")
+        request = HttpRequest(head.method, path, query, _decode(head.headers))
+        self._head = head
+        # An HTTP/1.0 client cannot follow the daemon's HTTP/1.1 keep-alive: one call each.
+        self._must_close = not head.keep_alive or head.version != "1.1"
+        self._responded = False
+        chain = self.shared.pipeline.match(head.method, path)
+        if chain is None:
+            status = await self._forward(request, None, None, None, held=False)
         else:
-            chain = self.shared.pipeline.match(method, request.path)
-            if chain is None:
-                status = await self._forward(request, None, None, None, False, event)
-            else:
-                status = await self._intercept(request, chain)
-        self.shared.metrics.requests.labels(endpoint_label(request.path), method, str(status)).inc()
+            status = await self._intercept(request, chain)
+        self.shared.metrics.requests.labels(endpoint_label(path), head.method, str(status)).inc()
         return not self._must_close
 
     async def _intercept(self, request: HttpRequest, chain: Chain) -> int:
@@ -169,7 +152,7 @@ class ClientConnection:
                 await pipeline.run("pre_hook", chain, call, record)
             except Refuse as refusal:
                 # An unread streamed body cannot be skipped on a kept-alive connection.
-                self._must_close = not held
+                self._must_close = self._must_close or not held
                 call.status = await self._reply_error(refusal.status, refusal.message)
                 return call.status
             call.request.settle()
@@ -188,14 +171,12 @@ class ClientConnection:
         call: Call | None,
         record: Record | None,
         held: bool,
-        unchanged: Any = None,
     ) -> int:
-        """Send ``request`` upstream and relay the answer; returns the status sent.
-        ``unchanged`` is the client's parsed h11 request when it goes up as it came."""
+        """Send ``request`` upstream and relay the answer; returns the status sent."""
         try:
-            up = await self._send_request(request, held, unchanged)
+            up = await self._send_request(request, held)
         except UpstreamUnavailable as exc:
-            self._must_close = not held
+            self._must_close = self._must_close or not held
             return await self._reply_error(502, str(exc))
         self._hijackable = may_hijack(request.method, request.path, "Upgrade" in request.headers)
         self._main = asyncio.current_task()
@@ -211,49 +192,30 @@ class ClientConnection:
         finally:
             await self._stop_watcher()
 
-    def _start_watcher(self) -> None:
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch_client())
-
-    async def _stop_watcher(self) -> None:
-        """No watcher now, nor later: a splice reads the client itself from here on."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
-
     async def _answer(
         self,
-        up: H11Stream,
+        up: HttpSide,
         request: HttpRequest,
         chain: Chain | None,
         call: Call | None,
         record: Record | None,
     ) -> int:
         started = time.perf_counter()
-        event = await self._response_head(up)
+        head = await self._response_head(up)
         self.shared.metrics.upstream_latency.labels(endpoint_label(request.path)).observe(
             time.perf_counter() - started
         )
-        response = HttpResponse(
-            event.status_code,
-            Headers(
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()
-            ),
-        )
-        reason = event.reason.decode("latin-1")
-        switching = event.status_code == 101
+        response = HttpResponse(head.status, _decode(head.headers))
+        switching = head.status == 101
         legacy = (
-            event.status_code == 200
-            and may_hijack(request.method, request.path, "Upgrade" in request.headers)
+            head.status == 200
+            and self._hijackable
             and response.content_type in RAW_STREAM_TYPES
-            and "Content-Length" not in response.headers
-            and "Transfer-Encoding" not in response.headers
+            and head.length is None
+            and not head.chunked
         )
-        leftover = b""
+        prefix = b""  # body already read (and decoded) for post-hooks, if any
+        changed = False
         if chain is not None and chain.post and call is not None and record is not None:
             hold = (
                 not (switching or legacy)
@@ -268,226 +230,243 @@ class ClientConnection:
                     response.set_body(body)
                     response.streaming = False
                 else:
-                    leftover = body
+                    prefix = body
             call.response = response
-            held_body = response.body
+            before = response.snapshot()
             try:
                 await self.shared.pipeline.run("post_hook", chain, call, record)
             except Refuse as refusal:
-                if response.streaming:
+                if not up.complete:
                     self.close_upstream()
                 return await self._reply_error(refusal.status, refusal.message)
             response = call.response
             response.settle()
-            if not response.streaming and response.body != held_body:
+            changed = (response.status, list(response.headers)) != (
+                before.status,
+                list(before.headers),
+            )
+            if not response.streaming and response.body != before.body:
                 _set_length(response.headers, response.body)
+                changed = True
         if switching or legacy:
-            await self._hijack(up, response, reason, legacy)
-        await self.client.send(
-            h11.Response(status_code=response.status, headers=list(response.headers), reason=reason)
-        )
-        if not response.streaming and response.body is not None:
-            if response.body:
-                await self.client.send(h11.Data(data=response.body))
-            await self.client.send(h11.EndOfMessage())
-        else:
-            if leftover:
-                await self.client.send(h11.Data(data=leftover))
-            await self._relay_body(up)
-        self._finish_upstream_cycle(up)
+            await self._hijack(up, response, head, legacy, changed)
+        await self._relay(up, head, response, changed, prefix)
+        if self.client.upgraded:  # it asked to switch protocols, and the daemon did not
+            self.client.after_refused_upgrade()
         return response.status
+
+    async def _relay(
+        self, up: HttpSide, head: Head, response: HttpResponse, changed: bool, prefix: bytes
+    ) -> None:
+        """Pass the response on: as received when nothing changed it and the client speaks
+        HTTP/1.1; else with a head of ours, and the body re-framed only where needed."""
+        self._responded = True
+        client_11 = self._head is not None and self._head.version == "1.1"
+        if not response.streaming and response.body is not None:  # held, maybe rewritten
+            await self.client.write(self._head_bytes(response, head) + response.body)
+        elif client_11 and not prefix and up.first_message:
+            first = self._head_bytes(response, head) if changed else up.raw_head()
+            await self._streaming(up.relay_raw(self.client.writer, first))
+        else:
+            chunked_out = head.chunked and client_11
+            if head.chunked and not client_11:  # HTTP/1.0 has no chunks: end by closing
+                response.headers.remove("Transfer-Encoding")
+                self._must_close = True
+            await self.client.write(self._head_bytes(response, head))
+            await self._streaming(self._relay_decoded(up, prefix, chunked_out))
+        self._upstream_reusable = head.keep_alive and up.complete
+        if not head.keep_alive:
+            self._must_close = True
+
+    def _head_bytes(self, response: HttpResponse, head: Head) -> bytes:
+        headers = list(response.headers)
+        if self._must_close and not any(k.lower() == "connection" for k, _ in headers):
+            headers.append(("Connection", "close"))
+        return encode_response_head(response.status, head.reason, headers)
+
+    async def _streaming(self, relay: Any) -> None:
+        metrics = self.shared.metrics
+        metrics.open_streams.inc()
+        self._start_watcher()  # a stream may go quiet for long: notice a hang-up at once
+        try:
+            await relay
+        finally:
+            metrics.open_streams.dec()
+
+    async def _relay_decoded(self, up: HttpSide, prefix: bytes, chunked: bool) -> None:
+        out = self.client
+        if prefix:
+            await out.write(chunk(prefix) if chunked else prefix)
+        while (event := await up.next()) is not END:
+            if not isinstance(event, bytes):
+                raise ConnectionError("upstream closed in the middle of a response body")
+            await out.write(chunk(event) if chunked else event)
+        if chunked:
+            await out.write(LAST_CHUNK)
 
     # ---- upstream side -----------------------------------------------------------------
 
-    async def _send_request(self, request: HttpRequest, held: bool, unchanged: Any) -> H11Stream:
-        up = await self._upstream_stream()
+    async def _send_request(self, request: HttpRequest, held: bool) -> HttpSide:
+        up = await self._upstream_side()
         headers = list(request.headers)
         if request.headers.get("Host") is None:
-            headers.append(("Host", "docker"))  # HTTP/1.0 clients may omit it; h11 won't
-            unchanged = None
-        # h11 only tracks the state here; the head is written in the client's own order.
-        up.conn.send(
-            unchanged or h11.Request(method=request.method, target=request.target, headers=headers)
-        )
-        await up.write_raw(encode_head(request.method, request.target, headers))
+            headers.append(("Host", "docker"))  # HTTP/1.0 clients may omit it
+        head = encode_head(request.method, request.target, headers)
+        chunked = (request.headers.get("Transfer-Encoding") or "").lower() == "chunked"
         try:
             if held:
-                if request.body:
-                    await up.send(h11.Data(data=request.body))
-                await up.send(h11.EndOfMessage())
+                body = request.body or b""
+                if chunked:
+                    body = chunk(body) + LAST_CHUNK
+                await up.write(head + body)
             else:
-                await self._stream_client_body(up)
+                await up.write(head)
+                await self._stream_client_body(up, chunked)
         except (ConnectionError, OSError):
             # The daemon may answer (say, an error) before reading the whole body; the
             # answer is still readable.
             log.debug("upstream stopped reading the request body")
+        up.expect_response(request.method)
         return up
 
-    async def _upstream_stream(self) -> H11Stream:
+    async def _upstream_side(self) -> HttpSide:
         up = self.upstream
-        if up is not None and up.conn.our_state is h11.IDLE and not up.reader.at_eof():
+        if up is not None and self._upstream_reusable and not up.reader.at_eof():
+            self._upstream_reusable = False
             return up
         self.close_upstream()
         reader, writer = await self.shared.upstream.open()
-        self.upstream = H11Stream(h11.CLIENT, reader, writer)
+        self.upstream = HttpSide("response", reader, writer)
         return self.upstream
 
-    async def _response_head(self, up: H11Stream) -> Any:
+    async def _response_head(self, up: HttpSide) -> Head:
         """The response head, passing 100 Continue on to the client."""
         while True:
-            event = await up.next_event()
-            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-                await self.client.send(event)
+            event = await up.next()
+            if isinstance(event, Head) and 100 <= event.status < 200 and event.status != 101:
+                await self.client.write(
+                    encode_response_head(event.status, event.reason, list(_decode(event.headers)))
+                )
+                await up.next()  # its END
                 continue
-            if isinstance(event, h11.InformationalResponse | h11.Response):
+            if isinstance(event, Head):
                 return event
             raise ConnectionError(f"upstream closed before answering ({event!r})")
 
-    async def _watch_client(self) -> None:
-        """Read ahead from the client while a response is pending or streaming, and end the
-        call if the client hangs up. Early bytes of a hijack land in h11's buffer, kept; a
-        hijack's client may half-close before the answer, which is kept for the pipe."""
-        while len(self.client.conn.trailing_data[0]) < MAX_HELD_BODY:
-            data = await self.client.reader.read(1 << 16)
-            self.client.conn.receive_data(data)
-            if not data:
-                if not self._hijackable and self._main is not None:
-                    self._client_gone = True
-                    self._main.cancel()
-                return
-        await asyncio.Event().wait()  # enough read ahead: let TCP push back
-
-    async def _read_upstream_body(self, up: H11Stream, limit: int) -> tuple[bytes, bool]:
+    async def _read_upstream_body(self, up: HttpSide, limit: int) -> tuple[bytes, bool]:
         """Up to ``limit`` bytes of the body; complete=False if it is longer (the rest then
         streams)."""
         parts: list[bytes] = []
         size = 0
         while size <= limit:
-            event = await up.next_event()
-            if isinstance(event, h11.EndOfMessage):
+            event = await up.next()
+            if event is END:
                 return b"".join(parts), True
-            if isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
-                size += len(event.data)
-            else:
+            if not isinstance(event, bytes):
                 raise ConnectionError("upstream closed in the middle of a response body")
+            parts.append(event)
+            size += len(event)
         return b"".join(parts), False
-
-    async def _relay_body(self, up: H11Stream) -> None:
-        metrics = self.shared.metrics
-        metrics.open_streams.inc()
-        self._start_watcher()
-        try:
-            while True:
-                event = await up.next_event()
-                if isinstance(event, h11.Data):
-                    await self.client.send(h11.Data(data=event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    await self.client.send(h11.EndOfMessage())
-                    return
-                else:
-                    raise ConnectionError("upstream closed in the middle of a response body")
-        finally:
-            metrics.open_streams.dec()
-
-    def _finish_upstream_cycle(self, up: H11Stream) -> None:
-        if up.conn.our_state is h11.DONE and up.conn.their_state is h11.DONE:
-            up.conn.start_next_cycle()
-        else:
-            self.close_upstream()
 
     def close_upstream(self) -> None:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
+        self._upstream_reusable = False
 
     # ---- client side -------------------------------------------------------------------
 
     async def _read_client_body(self, limit: int) -> bytes | None:
         parts: list[bytes] = []
         size = 0
-        while True:
-            event = await self.client.next_event()
-            if isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
-            if not isinstance(event, h11.Data):
+        while (event := await self.client.next()) is not END:
+            if not isinstance(event, bytes):
                 raise _ClientGone()
-            size += len(event.data)
+            size += len(event)
             if size > limit:
                 return None
-            parts.append(bytes(event.data))
+            parts.append(event)
+        return b"".join(parts)
 
-    async def _stream_client_body(self, up: H11Stream) -> None:
-        while True:
-            event = await self.client.next_event()
-            if isinstance(event, h11.EndOfMessage):
-                await up.send(h11.EndOfMessage())
-                return
-            if not isinstance(event, h11.Data):
+    async def _stream_client_body(self, up: HttpSide, chunked: bool) -> None:
+        while (event := await self.client.next()) is not END:
+            if not isinstance(event, bytes):
                 raise _ClientGone()
-            await up.send(h11.Data(data=event.data))
+            await up.write(chunk(event) if chunked else event)
+        if chunked:
+            await up.write(LAST_CHUNK)
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_client())
+
+    async def _stop_watcher(self) -> None:
+        """No watcher now, nor later: a splice reads the client itself from here on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+
+    async def _watch_client(self) -> None:
+        """Read ahead from the client while a response is pending or streaming, and end the
+        call if the client hangs up. The bytes are kept unparsed: a hijack's early stdin,
+        or the next request. A hijack's client may half-close early: kept for the pipe."""
+        client = self.client
+        while len(client.unparsed) < MAX_HELD_BODY:
+            data = await client.reader.read(READ_SIZE)
+            if not data:
+                client.eof = True
+                if not self._hijackable and self._main is not None:
+                    self._client_gone = True
+                    self._main.cancel()
+                return
+            client.unparsed += data
+        await asyncio.Event().wait()  # enough read ahead: let TCP push back
 
     async def _reply_error(self, status: int, message: str) -> int:
         """Docker's error shape, which the CLI prints as 'Error response from daemon: ...'."""
-        if self.client.conn.our_state is not h11.SEND_RESPONSE:
+        if self._responded:
             return status
+        self._responded = True
         body = dumps({"message": message}) + b"\n"
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         if self._must_close:
             headers.append(("Connection", "close"))
-        await self.client.send(h11.Response(status_code=status, headers=headers))
-        await self.client.send(h11.Data(data=body))
-        await self.client.send(h11.EndOfMessage())
+        await self.client.write(encode_response_head(status, "", headers) + body)
         return status
 
     # ---- hijacks -----------------------------------------------------------------------
 
     async def _hijack(
-        self, up: H11Stream, response: HttpResponse, reason: str, legacy: bool
+        self, up: HttpSide, response: HttpResponse, head: Head, legacy: bool, changed: bool
     ) -> None:
-        asked = self.client.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
-        if not legacy and asked:
-            await self.client.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=list(response.headers), reason=reason
-                )
-            )
-        else:
-            # A legacy 200 raw stream (h11 would re-frame a body-until-close answer as
-            # chunked), or a 101 the client did not ask for: write the head as is.
-            await self.client.write_raw(
-                encode_response_head(response.status, reason, list(response.headers))
-            )
-        await self._splice(up)
-
-    async def _splice(self, up: H11Stream) -> None:
+        self._responded = True
+        first = self._head_bytes(response, head) if changed else up.raw_head()
         await self._stop_watcher()  # from here the pipe reads the client
-        client_early, client_eof = self.client.conn.trailing_data
-        upstream_early = up.trailing
+        client = self.client
+        client_early = client.trailing + bytes(client.unparsed)
+        upstream_early = up.rest_after_head() if legacy else up.trailing
         metrics = self.shared.metrics
         metrics.open_hijacks.inc()
         try:
-            if upstream_early:
-                await self.client.write_raw(upstream_early)
+            await client.write(first + upstream_early)
             if client_early:
-                await up.write_raw(bytes(client_early))
-            if client_eof and up.writer.can_write_eof():
+                await up.write(client_early)
+            if client.eof:
                 up.writer.write_eof()
                 to_upstream: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 to_upstream.set_result(None)
             else:
-                to_upstream = asyncio.ensure_future(pipe(self.client.reader, up.writer))
-            to_client = asyncio.ensure_future(pipe(up.reader, self.client.writer))
+                to_upstream = asyncio.ensure_future(pipe(client.reader, up.writer))
+            to_client = asyncio.ensure_future(pipe(up.reader, client.writer))
             await asyncio.gather(to_upstream, to_client)
         finally:
             metrics.open_hijacks.dec()
             self.close_upstream()
         raise _Hijacked()
-
-
-def _split_target(target: str) -> tuple[str, str]:
-    path, _, query = target.partition("?")
-    return path, query
 
 
 def _holdable(headers: Headers) -> bool:

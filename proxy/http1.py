@@ -1,16 +1,20 @@
-"""One side of the proxy: an h11 state machine over an asyncio stream.
+"""HTTP/1.1 on one side of the proxy, parsed by llhttp (through httptools).
 
-h11 gives strict framing (bad chunking, oversized heads, duplicate Content-Length are
-errors) and explicit protocol switching, with the bytes read past the switch available
-as ``trailing_data`` so nothing a hijacked peer already sent is lost.
+llhttp is Node's parser: strict framing (bad chunking, Content-Length together with
+Transfer-Encoding, duplicate lengths and bad header names are errors) at C speed, and it
+says where an upgraded connection's raw bytes begin, so nothing a hijacked peer already
+sent is lost. Parsing is only for framing: an unmodified response is passed on as the
+bytes that came, and a request head is written in the client's own order and spelling.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-import h11
+import httptools
 
 READ_SIZE = 1 << 16
 # Go's net/http (dockerd) accepts 1 MiB of headers; registry auth headers can be large.
@@ -41,32 +45,240 @@ class ByteWriter(Protocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
-class H11Stream:
-    def __init__(self, role: Any, reader: ByteReader, writer: ByteWriter) -> None:
-        self.conn = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1; ``status`` is the answer it deserves."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Head:
+    headers: list[tuple[bytes, bytes]]
+    version: str
+    keep_alive: bool
+    upgrade: bool
+    method: str = ""  # requests
+    target: str = ""
+    status: int = 0  # responses
+    reason: str = ""
+    raw: bytes = b""  # responses: the head as received (for an exact relay)
+    chunked: bool = False
+    length: int | None = None  # Content-Length, if any
+
+    def header(self, name: bytes) -> bytes | None:
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+
+class _End:
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = _End()
+Event = Head | bytes | _End
+
+
+@dataclass
+class _Collector:
+    """httptools callbacks, queued as events."""
+
+    events: deque[Event] = field(default_factory=deque)
+    url: bytes = b""
+    status: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    in_head: bool = True
+    complete: bool = False
+    skip_body: bool = False  # relaying raw: body bytes are already on their way
+    messages: int = 0
+    parser: Any = None
+
+    def on_message_begin(self) -> None:
+        self.url, self.status, self.headers = b"", b"", []
+        self.in_head, self.complete = True, False
+        self.messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, status: bytes) -> None:
+        self.status += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        p = self.parser
+        head = Head(self.headers, p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
+        if isinstance(p, httptools.HttpRequestParser):
+            head.method = p.get_method().decode("ascii")
+            head.target = self.url.decode("latin-1")
+        else:
+            head.status = p.get_status_code()
+            head.reason = self.status.decode("latin-1")
+        for k, v in self.headers:
+            lk = k.lower()
+            if lk == b"transfer-encoding":
+                head.chunked = v.strip().lower() == b"chunked"
+            elif lk == b"content-length":
+                head.length = int(v)
+        self.events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.skip_body:
+            self.events.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.events.append(END)
+
+
+class HttpSide:
+    """One connection, parsed as requests (the client side) or responses (the upstream)."""
+
+    def __init__(
+        self, kind: Literal["request", "response"], reader: ByteReader, writer: ByteWriter
+    ) -> None:
+        self.kind = kind
         self.reader = reader
         self.writer = writer
+        self.unparsed = bytearray()  # read ahead, not yet fed (a hijack's early bytes)
+        self.eof = False
+        self.trailing = b""  # bytes after an upgrade
+        self._head_buf = bytearray()  # responses: bytes of the current head, for ``raw``
+        self._no_body = False
+        self._new_parser()
 
-    async def next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            self.conn.receive_data(await self.reader.read(READ_SIZE))
+    def _new_parser(self) -> None:
+        self._c = _Collector()
+        cls = (
+            httptools.HttpRequestParser
+            if self.kind == "request"
+            else (httptools.HttpResponseParser)
+        )
+        self._c.parser = self._parser = cls(self._c)
+        self.upgraded = False
+        self._upgrade_body = 0  # body bytes still due from a request that asked to upgrade
+        self._head_bytes = 0
 
-    async def send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+    def expect_response(self, method: str) -> None:
+        """Before each response: a new parser (a HEAD response has no body, whatever its
+        Content-Length says, and llhttp cannot be told so)."""
+        self._new_parser()
+        self._head_buf.clear()
+        self._no_body = method == "HEAD"
 
-    async def write_raw(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+    def after_refused_upgrade(self) -> None:
+        """The upstream did not switch protocols: the client goes on speaking HTTP."""
+        self.unparsed[:0] = self.trailing
+        self.trailing = b""
+        self._new_parser()
+
+    async def next(self) -> Event | None:
+        """The next event; None when the peer closed between messages."""
+        while not self._c.events:
+            if self.upgraded and not self._upgrade_body:
+                raise ProtocolError("read past a protocol switch", 500)
+            if self.unparsed:
+                data = bytes(self.unparsed)
+                self.unparsed.clear()
+            elif self.eof:
+                data = b""
+            else:
+                data = await self.reader.read(READ_SIZE)
+                self.eof = not data
+            if not data:
+                if (self._c.in_head and self._c.messages == 0) or self._c.complete:
+                    return None
+                raise ConnectionError("peer closed in the middle of a message")
+            if self._upgrade_body:
+                self._take_upgrade_body(data)
+            else:
+                self._feed(data)
+        event = self._c.events.popleft()
+        if self._no_body and isinstance(event, Head) and event.status >= 200:
+            self._c.events.clear()
+            self._c.events.append(END)
+            self._c.complete = True
+        return event
+
+    def _feed(self, data: bytes) -> None:
+        if self._c.in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD + READ_SIZE:
+                raise ProtocolError("request header fields too large", 431)
+            if self.kind == "response":
+                self._head_buf += data
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as up:
+            self.upgraded = True
+            rest = data[up.args[0] :]
+            head = next((e for e in reversed(self._c.events) if isinstance(e, Head)), None)
+            if self.kind == "request" and head is not None and head.length:
+                # llhttp skips the body of a request that asks to upgrade (exec start
+                # sends JSON with its Upgrade): take it back before the raw bytes.
+                self._c.events.pop()  # its END, put back once the body is whole
+                self._upgrade_body = head.length
+                self._take_upgrade_body(rest)
+            else:
+                self.trailing = rest
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(str(exc) or type(exc).__name__) from exc
+        if not self._c.in_head:
+            self._head_bytes = 0
+
+    def _take_upgrade_body(self, data: bytes) -> None:
+        take = data[: self._upgrade_body]
+        if take:
+            self._c.events.append(take)
+        self._upgrade_body -= len(take)
+        if self._upgrade_body == 0:
+            self._c.events.append(END)
+            self.trailing += data[len(take) :]
 
     @property
-    def trailing(self) -> bytes:
-        return bytes(self.conn.trailing_data[0])
+    def first_message(self) -> bool:
+        """The response is this parser's first message, its head read whole: it can be
+        relayed as received (after a 100 Continue it cannot)."""
+        return self._c.messages == 1 and b"\r\n\r\n" in self._head_buf
+
+    def raw_head(self) -> bytes:
+        """The response head exactly as received."""
+        return bytes(self._head_buf[: self._head_buf.find(b"\r\n\r\n") + 4])
+
+    def rest_after_head(self) -> bytes:
+        """Body bytes that came in the same read as the head."""
+        return bytes(self._head_buf[self._head_buf.find(b"\r\n\r\n") + 4 :])
+
+    @property
+    def complete(self) -> bool:
+        return self._c.complete
+
+    async def relay_raw(self, out: ByteWriter, first: bytes) -> None:
+        """Write ``first`` (a head), then the rest of this message as the bytes that come:
+        the framing is the upstream's own, so nothing is decoded or encoded again."""
+        rest = self.rest_after_head()
+        self._c.skip_body = True
+        self._c.events = deque(e for e in self._c.events if e is END)
+        out.write(first + rest if rest else first)
+        await out.drain()
+        while not self._c.complete:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise ConnectionError("upstream closed in the middle of a response body")
+            self._feed(data)
+            out.write(data)
+            await out.drain()
+        self._c.events.clear()
+        self._c.skip_body = False
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -74,7 +286,7 @@ class H11Stream:
 
 
 def encode_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
-    """A request head in the client's own header order and spelling (h11 would move Host)."""
+    """A request head in the client's own header order and spelling."""
     lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -84,6 +296,13 @@ def encode_response_head(status: int, reason: str, headers: list[tuple[str, str]
         reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
     lines = [f"HTTP/1.1 {status} {reason}".rstrip()] + [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 async def pipe(reader: ByteReader, writer: ByteWriter) -> None:
