@@ -1,0 +1,116 @@
+"""The HTTP/1.1 layer on real socket pairs: framing edge cases met on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from proxy.http1 import END, MAX_HEAD, Head, HttpSide, ProtocolError
+
+
+_FEEDERS: set[asyncio.Task[None]] = set()
+
+
+async def side(kind: str, *chunks: bytes) -> tuple[HttpSide, asyncio.StreamWriter]:
+    """An HttpSide reading what the peer end writes, chunk by chunk (separate reads)."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    _, peer = await asyncio.open_connection(sock=theirs)
+    s = HttpSide(kind, reader, writer)  # type: ignore[arg-type]
+
+    async def feed() -> None:
+        for c in chunks:
+            peer.write(c)
+            await peer.drain()
+            await asyncio.sleep(0.01)
+
+    # in the background: a large write would wait for a reader that has not started
+    _FEEDERS.add(asyncio.create_task(feed()))
+    await asyncio.sleep(0.05)
+    return s, peer
+
+
+async def events(s: HttpSide, n: int) -> list[object]:
+    return [await asyncio.wait_for(s.next(), 5) for _ in range(n)]
+
+
+async def test_pipelined_requests_in_one_read() -> None:
+    s, _ = await side(
+        "request",
+        b"GET /a HTTP/1.1\r\nHost: d\r\n\r\n"
+        b"POST /b?x=1 HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    got = await events(s, 5)
+    assert isinstance(got[0], Head) and got[0].target == "/a" and got[1] is END
+    assert isinstance(got[2], Head) and (got[2].method, got[2].target) == ("POST", "/b?x=1")
+    assert got[3:] == [b"hi", END]
+
+
+async def until_end(s: HttpSide) -> list[object]:
+    got: list[object] = []
+    while not got or got[-1] is not END:
+        got.append(await asyncio.wait_for(s.next(), 5))
+    return got
+
+
+async def test_upgrade_request_keeps_its_body_split_across_reads() -> None:
+    head = (
+        b"POST /exec/x/start HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+        b"Upgrade: tcp\r\nContent-Length: 12\r\n\r\n"
+    )
+    s, peer = await side("request", head + b'{"Tty"')
+    first = await s.next()
+    assert isinstance(first, Head) and first.upgrade
+    assert await s.next() == b'{"Tty"'
+    peer.write(b":true}STDIN")  # the rest of the body, then raw bytes, in a later read
+    await peer.drain()
+    assert await until_end(s) == [b":true}", END]
+    assert s.upgraded and s.trailing == b"STDIN"
+
+
+async def test_head_response_ends_at_its_head() -> None:
+    s, _ = await side("response", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    s.expect_response("HEAD")
+    got = await events(s, 2)
+    assert isinstance(got[0], Head) and got[0].status == 200 and got[1] is END
+
+
+async def test_continue_then_response_is_not_relayed_raw() -> None:
+    s, _ = await side(
+        "response",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    )
+    s.expect_response("POST")
+    got = await events(s, 5)
+    assert [g.status for g in got if isinstance(g, Head)] == [100, 201]
+    assert got[-2:] == [b"ok", END] and not s.first_message
+
+
+async def test_oversized_head_is_431() -> None:
+    s, _ = await side("request", b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD + (1 << 17)))
+    with pytest.raises(ProtocolError) as info:
+        await events(s, 1)
+    assert info.value.status == 431
+
+
+async def test_raw_relay_passes_chunked_bytes_exactly() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Y: z\r\n\r\n5\r\nhello\r\n",
+        b"6\r\n world\r\n0\r\n\r\n",
+    )
+    s, _ = await side("response", *raw)
+    s.expect_response("GET")
+    head = await s.next()
+    assert isinstance(head, Head) and head.chunked
+    a, b = socket.socketpair()
+    _, out = await asyncio.open_connection(sock=a)
+    await s.relay_raw(out, s.raw_head())  # type: ignore[arg-type]
+    out.close()
+    await out.wait_closed()
+    got = b""
+    b.settimeout(5)
+    while chunk := b.recv(4096):
+        got += chunk
+    assert got == b"".join(raw) and s.complete
