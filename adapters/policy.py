@@ -75,11 +75,12 @@ class PolicyAdapter:
                     _refuse(f"{key}=host is not allowed")
         if self.bind_mounts is not None:
             for source in _bind_sources(host):
-                if not self._bind_allowed(source):
-                    _refuse(f"bind mount of {source} is not allowed")
+                path = posixpath.normpath(source)
+                if not self._bind_allowed(path):
+                    shown = path if path == source else f"{path} (given as {source})"
+                    _refuse(f"bind mount of {shown} is not allowed")
 
-    def _bind_allowed(self, source: str) -> bool:
-        path = posixpath.normpath(source)
+    def _bind_allowed(self, path: str) -> bool:
         assert self.bind_mounts is not None
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.bind_mounts)
 

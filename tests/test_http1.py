@@ -9,7 +9,6 @@ import pytest
 
 from proxy.http1 import END, MAX_HEAD, Head, HttpSide, ProtocolError
 
-
 _FEEDERS: set[asyncio.Task[None]] = set()
 
 
