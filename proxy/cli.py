@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -240,17 +242,19 @@ def _get_json(addr: SocketAddress, path: str) -> Any:
     if addr.scheme == "tcp":
         with urllib.request.urlopen(f"http://{addr.host}:{addr.port}{path}", timeout=10) as r:
             return json.load(r)
-    import http.client
-    import socket
-
-    class _UnixConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.connect(addr.path)
-
-    conn = _UnixConnection("localhost", timeout=10)
+    conn = _UnixHTTPConnection(addr.path)
     conn.request("GET", path)
     return json.load(conn.getresponse())
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(self._path)
 
 
 if __name__ == "__main__":

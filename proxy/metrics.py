@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from adapters.contract import split_version
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 
@@ -49,8 +51,6 @@ class Metrics:
 
 def endpoint_label(path: str) -> str:
     """A low-cardinality label: the resource, without ids (``/containers/{id}/start``)."""
-    from adapters.contract import split_version
-
     parts = split_version(path)[1].strip("/").split("/")
     if len(parts) >= 3:
         return f"/{parts[0]}/{{id}}/{parts[-1]}"

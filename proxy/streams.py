@@ -19,7 +19,6 @@ _JSON_STREAMS = tuple(
         "POST /containers/*/wait",
         "POST /build",
         "POST /images/create",
-        "POST /images/*/push",
         "POST /images/**/push",
         "POST /images/load",
         "POST /plugins/pull",

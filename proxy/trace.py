@@ -8,6 +8,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import simplejson
+
 from adapters.contract import HttpRequest, HttpResponse, loads
 
 _MAX_DIFF_LINES = 60
@@ -88,8 +90,6 @@ def _body_diff(old: bytes | None, new: bytes | None) -> str:
 def _pretty(body: bytes | None) -> list[str]:
     if body is None:
         return ["(none)"]
-    import simplejson
-
     try:
         return simplejson.dumps(loads(body), indent=1, use_decimal=True).splitlines()
     except ValueError:

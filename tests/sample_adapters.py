@@ -33,3 +33,12 @@ class Broken:
 class Sleepy:
     async def pre_hook(self, call: Call) -> None:
         await asyncio.sleep(30)
+
+
+class Reroute:
+    """Rewrites method, path, query and a header: what a pre-hook may change."""
+
+    def pre_hook(self, call: Call) -> None:
+        call.request.method = "PUT"
+        call.request.target = "/v1.41/elsewhere?moved=1"
+        call.request.headers.set("X-Rerouted", "yes")
