@@ -242,12 +242,14 @@ def _get_json(addr: SocketAddress, path: str) -> Any:
     if addr.scheme == "tcp":
         with urllib.request.urlopen(f"http://{addr.host}:{addr.port}{path}", timeout=10) as r:
             return json.load(r)
-    conn = _UnixHTTPConnection(addr.path)
+    conn = UnixHTTPConnection(addr.path)
     conn.request("GET", path)
     return json.load(conn.getresponse())
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (the admin listener, or a Docker socket)."""
+
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=10)
         self._path = path

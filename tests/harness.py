@@ -45,7 +45,7 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 def start_dockerd(root: Path) -> tuple[str, subprocess.Popen[bytes]]:
     """A private dockerd under ``root`` (never the machine's), with busybox:latest."""
     if shutil.which("dockerd") is None:
-        raise RuntimeError("dockerd is not installed: run scripts/test (it installs docker.io)")
+        raise RuntimeError("dockerd is not installed: run ./scripts/test (it installs docker.io)")
     sock = root / "docker.sock"
     log = (root / "dockerd.log").open("w")
     proc = subprocess.Popen(

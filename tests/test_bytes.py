@@ -77,30 +77,16 @@ ODD_REQUEST = (
 )
 
 
-def test_unmatched_request_and_response_pass_byte_for_byte(
-    recorder: tuple[str, list[bytes]], tmp_path: Path
-) -> None:
-    upstream, seen = recorder
-    ps = start_plugstrip(upstream, tmp_path / "ps")
-    try:
-        assert ask(ps.socket, ODD_REQUEST) == ODD_RESPONSE
-        assert seen == [ODD_REQUEST]
-    finally:
-        ps.stop()
+# Intercepted by an adapter that reads the body and changes nothing: still as received.
+LOOKING = 'endpoints: {"POST /containers/create": {pre: [look]}}\nadapters: {look: {use: policy}}\n'
 
 
-def test_intercepted_but_unchanged_body_is_forwarded_as_received(
-    recorder: tuple[str, list[bytes]], tmp_path: Path
+@pytest.mark.parametrize("config", [None, LOOKING], ids=["unmatched", "intercepted-unchanged"])
+def test_request_and_response_pass_byte_for_byte(
+    recorder: tuple[str, list[bytes]], tmp_path: Path, config: str | None
 ) -> None:
     upstream, seen = recorder
-    ps = start_plugstrip(
-        upstream,
-        tmp_path / "ps",
-        config=(
-            'endpoints: {"POST /containers/create": {pre: [look]}}\n'
-            "adapters: {look: {use: policy}}\n"
-        ),
-    )  # reads the body, changes nothing
+    ps = start_plugstrip(upstream, tmp_path / "ps", config=config)
     try:
         assert ask(ps.socket, ODD_REQUEST) == ODD_RESPONSE
         assert seen == [ODD_REQUEST]

@@ -17,6 +17,7 @@ from pathlib import Path
 import docker as dockerpy
 import pytest
 
+from proxy.cli import UnixHTTPConnection
 from tests.harness import Plugstrip, docker
 
 
@@ -222,20 +223,8 @@ def test_inspect_ps_and_errors_match(dockerd: str, proxy: Plugstrip) -> None:
 
 
 def test_head_and_unversioned_paths(dockerd: str, proxy: Plugstrip) -> None:
-    import http.client
-    import socket
-
-    class Unix(http.client.HTTPConnection):
-        def __init__(self, path: str) -> None:
-            super().__init__("localhost", timeout=10)
-            self.path = path
-
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.connect(self.path)
-
     def ask(sock: str, method: str, path: str) -> tuple[int, bytes, str | None]:
-        conn = Unix(sock)
+        conn = UnixHTTPConnection(sock)
         conn.request(method, path)
         resp = conn.getresponse()
         return resp.status, resp.read(), resp.getheader("Api-Version")
