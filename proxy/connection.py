@@ -79,7 +79,7 @@ class ClientConnection:
         self.draining = False  # set on shutdown: close once the call in flight is done
         self._head: Head | None = None  # the client's request head in flight
         self._must_close = False
-        self._responded = False
+        self._sent = 0  # the status sent to the client for the call in flight (0: none yet)
         self._upstream_reusable = False
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -93,7 +93,7 @@ class ClientConnection:
                 try:
                     event = await self.client.next()
                 except ProtocolError as exc:
-                    self._must_close, self._responded = True, False
+                    self._must_close, self._sent = True, 0
                     await self._reply_error(exc.status, f"bad request: {exc}")
                     return
                 if event is None:
@@ -125,13 +125,16 @@ class ClientConnection:
         self._head = head
         # An HTTP/1.0 client cannot follow the daemon's HTTP/1.1 keep-alive: one call each.
         self._must_close = not head.keep_alive or head.version != "1.1"
-        self._responded = False
-        chain = self.shared.pipeline.match(head.method, path)
-        if chain is None:
-            status = await self._forward(request, None, None, None, held=False)
-        else:
-            status = await self._intercept(request, chain)
-        self.shared.metrics.requests.labels(endpoint_label(path), head.method, str(status)).inc()
+        self._sent = 0
+        try:
+            chain = self.shared.pipeline.match(head.method, path)
+            if chain is None:
+                await self._forward(request, None, None, None, held=False)
+            else:
+                await self._intercept(request, chain)
+        finally:  # hijacks and hang-ups end in exceptions: count them too
+            status = str(self._sent) if self._sent else "aborted"
+            self.shared.metrics.requests.labels(endpoint_label(path), head.method, status).inc()
         return not self._must_close
 
     async def _intercept(self, request: HttpRequest, chain: Chain) -> int:
@@ -260,7 +263,7 @@ class ClientConnection:
     ) -> None:
         """Pass the response on: as received when nothing changed it and the client speaks
         HTTP/1.1; else with a head of ours, and the body re-framed only where needed."""
-        self._responded = True
+        self._sent = response.status
         client_11 = self._head is not None and self._head.version == "1.1"
         if not response.streaming and response.body is not None:  # held, maybe rewritten
             await self.client.write(self._head_bytes(response, head) + response.body)
@@ -428,9 +431,9 @@ class ClientConnection:
 
     async def _reply_error(self, status: int, message: str) -> int:
         """Docker's error shape, which the CLI prints as 'Error response from daemon: ...'."""
-        if self._responded:
+        if self._sent:
             return status
-        self._responded = True
+        self._sent = status
         body = dumps({"message": message}) + b"\n"
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         if self._must_close:
@@ -443,7 +446,7 @@ class ClientConnection:
     async def _hijack(
         self, up: HttpSide, response: HttpResponse, head: Head, legacy: bool, changed: bool
     ) -> None:
-        self._responded = True
+        self._sent = response.status
         first = self._head_bytes(response, head) if changed else up.raw_head()
         await self._stop_watcher()  # from here the pipe reads the client
         client = self.client

@@ -226,12 +226,17 @@ def test_metrics_and_status_on_the_admin_listener(dockerd: str, plugstrip_factor
     name = "m" + uuid.uuid4().hex[:8]
     docker(ps.host, "create", "--name", name, "busybox", "true")
     docker(dockerd, "rm", name)
+    docker(ps.host, "run", "--rm", "busybox", "true")  # its attach is hijacked (101)
     text = urllib.request.urlopen(ps.admin + "/metrics", timeout=10).read().decode()
     assert (
-        'plugstrip_requests_total{endpoint="/containers/create",method="POST",status="201"} 1.0'
+        'plugstrip_requests_total{endpoint="/containers/{id}/attach",method="POST",'
+        'status="101"} 1.0'
     ) in text
     assert (
-        'plugstrip_adapter_latency_seconds_count{adapter="tag",hook="pre_hook",outcome="ok"} 1.0'
+        'plugstrip_requests_total{endpoint="/containers/create",method="POST",status="201"} 2.0'
+    ) in text
+    assert (
+        'plugstrip_adapter_latency_seconds_count{adapter="tag",hook="pre_hook",outcome="ok"} 2.0'
     ) in text
     assert "plugstrip_upstream_latency_seconds_bucket" in text
     assert "plugstrip_open_hijacks 0.0" in text
