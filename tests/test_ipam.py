@@ -1,0 +1,136 @@
+"""IPAM decisions: unit and property tests (no network, no store)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from netaddr import IPAddress, IPNetwork
+
+from netdrivers.ipam import (
+    IpamError,
+    check_subnet,
+    choose_address,
+    choose_subnet,
+    gateway_of,
+    parse_subnet,
+)
+
+POOL = IPNetwork("10.32.0.0/20")  # 16 /24s: small enough to check against brute force
+
+
+def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.first <= b.last and b.first <= a.last
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.40.1.0", "give a prefix length"),
+        ("10.40.1.5/24", "host bits set (did you mean 10.40.1.0/24?)"),
+        ("10.40.1.0/31", "/30 is the smallest"),
+        ("nonsense", "expected an IPv4 CIDR"),
+        ("300.1.1.0/24", "expected an IPv4 CIDR"),
+        ("fd00::/64", "expected an IPv4 CIDR"),
+    ],
+)
+def test_parse_subnet_errors(text: str, message: str) -> None:
+    with pytest.raises(IpamError) as info:
+        parse_subnet(text)
+    assert info.value.category == "invalid" and message in str(info.value)
+
+
+def test_parse_subnet_ok() -> None:
+    assert parse_subnet("10.40.1.0/24") == IPNetwork("10.40.1.0/24")
+
+
+def test_overlap_is_a_conflict_naming_the_other() -> None:
+    with pytest.raises(IpamError) as info:
+        check_subnet(IPNetwork("10.32.1.0/24"), [IPNetwork("10.32.0.0/16")])
+    assert info.value.category == "conflict" and "10.32.0.0/16" in str(info.value)
+    check_subnet(IPNetwork("10.33.0.0/24"), [IPNetwork("10.32.0.0/16")])
+
+
+def test_subnets_come_in_order_and_are_reclaimed() -> None:
+    taken: list[IPNetwork] = []
+    for i in range(16):
+        subnet = choose_subnet(taken, POOL)
+        assert subnet == IPNetwork(f"10.32.{i}.0/24")
+        taken.append(subnet)
+    with pytest.raises(IpamError) as info:
+        choose_subnet(taken, POOL)
+    assert info.value.category == "exhausted"
+    taken.remove(IPNetwork("10.32.7.0/24"))  # a network removed: its subnet is free again
+    assert choose_subnet(taken, POOL) == IPNetwork("10.32.7.0/24")
+
+
+subnets_in_pool = st.lists(
+    st.builds(
+        lambda i, p: IPNetwork(f"10.32.{i}.0/{p}").cidr,
+        st.integers(0, 15),
+        st.sampled_from([20, 22, 23, 24, 25, 28]),
+    ),
+    max_size=12,
+)
+
+
+@given(subnets_in_pool, st.sampled_from([22, 24, 26]))
+def test_choose_subnet_is_the_lowest_free(taken: list[IPNetwork], prefix: int) -> None:
+    candidates = list(POOL.subnet(prefix))
+    free = [c for c in candidates if not any(overlaps(c, t) for t in taken)]
+    if free:
+        assert choose_subnet(taken, POOL, prefix) == free[0]
+    else:
+        with pytest.raises(IpamError):
+            choose_subnet(taken, POOL, prefix)
+
+
+def test_addresses_until_exhausted() -> None:
+    subnet = IPNetwork("10.40.1.0/29")  # hosts .1-.6; .1 is the gateway
+    gw = gateway_of(subnet)
+    assert gw == IPAddress("10.40.1.1")
+    taken: list[IPAddress] = []
+    for _ in range(5):
+        taken.append(choose_address(subnet, gw, taken))
+    assert [str(ip) for ip in taken] == [f"10.40.1.{i}" for i in range(2, 7)]
+    with pytest.raises(IpamError) as info:
+        choose_address(subnet, gw, taken)
+    assert info.value.category == "exhausted"
+
+
+@pytest.mark.parametrize(
+    ("requested", "category", "message"),
+    [
+        ("10.40.2.7", "invalid", "not a usable address of subnet 10.40.1.0/24"),
+        ("10.40.1.0", "invalid", "not a usable address"),
+        ("10.40.1.255", "invalid", "not a usable address"),
+        ("10.40.1.1", "conflict", "is the gateway"),
+        ("10.40.1.9", "conflict", "is in use"),
+    ],
+)
+def test_requested_address_errors(requested: str, category: str, message: str) -> None:
+    subnet = IPNetwork("10.40.1.0/24")
+    with pytest.raises(IpamError) as info:
+        choose_address(subnet, gateway_of(subnet), [IPAddress("10.40.1.9")], IPAddress(requested))
+    assert info.value.category == category and message in str(info.value)
+
+
+@given(st.sets(st.integers(2, 30), max_size=29), st.none() | st.integers(0, 31))
+def test_address_is_free_usable_and_lowest(taken_hosts: set[int], requested: int | None) -> None:
+    subnet = IPNetwork("10.40.1.0/27")
+    gw = gateway_of(subnet)
+    taken = [IPAddress(subnet.first + h) for h in taken_hosts]
+    want = IPAddress(subnet.first + requested) if requested is not None else None
+    try:
+        got = choose_address(subnet, gw, taken, want)
+    except IpamError as exc:
+        if want is None:
+            assert exc.category == "exhausted" and len(taken_hosts) == 29
+        else:
+            assert requested in (0, 1, 31) or requested in taken_hosts
+        return
+    assert got not in taken and got != gw and subnet.first < int(got) < subnet.last
+    if want is None:
+        assert int(got) - subnet.first == min(set(range(2, 31)) - taken_hosts)
+    else:
+        assert got == want
