@@ -1,0 +1,281 @@
+"""The state store: networks and address allocations, behind a small interface.
+
+Every method that hands something out runs the IPAM decision and its write as one
+transaction, so nothing is handed out twice. ``SqliteStore`` is the embedded default (one
+host); the multi-host issue implements the same interface on etcd with compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from netaddr import IPAddress, IPNetwork
+
+from netdrivers import ipam
+from netdrivers.ipam import IpamError
+
+T = TypeVar("T")
+MAX_VNI = (1 << 24) - 1
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a user asked for; ``subnet`` None means the next free one of the pool."""
+
+    name: str
+    driver: str
+    subnet: IPNetwork | None = None
+    gateway: IPAddress | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    id: str
+    name: str
+    driver: str
+    subnet: IPNetwork
+    gateway: IPAddress
+    vni: int
+    options: dict[str, str]
+    labels: dict[str, str]
+    internal: bool
+
+
+class Store(Protocol):
+    async def create_network(
+        self,
+        spec: NetworkSpec,
+        pool: IPNetwork = ipam.DEFAULT_RANGE,
+        prefix: int = ipam.DEFAULT_PREFIX,
+    ) -> NetworkRecord: ...
+
+    async def get_network(self, name_or_id: str) -> NetworkRecord: ...
+
+    async def list_networks(self) -> list[NetworkRecord]: ...
+
+    async def delete_network(self, network_id: str) -> None: ...
+
+    async def allocate(
+        self, network_id: str, owner: str, requested: IPAddress | None = None
+    ) -> IPAddress: ...
+
+    async def release(self, network_id: str, owner: str) -> None: ...
+
+    async def allocations(self, network_id: str) -> dict[str, IPAddress]: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
+    subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
+    options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
+    address TEXT NOT NULL,
+    PRIMARY KEY (network_id, owner), UNIQUE (network_id, address)
+);
+"""
+
+
+class SqliteStore:
+    """SQLite in WAL mode; each call is one ``BEGIN IMMEDIATE`` transaction in a thread,
+    so concurrent callers (in this process or another) serialise on the write lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []  # one per worker thread, closed by close()
+        db = self._connect()
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+            self._all.append(db)
+        return db
+
+    def close(self) -> None:
+        for db in self._all:
+            db.close()
+        self._all.clear()
+        self._local = threading.local()
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await asyncio.to_thread(run)
+
+    async def create_network(
+        self,
+        spec: NetworkSpec,
+        pool: IPNetwork = ipam.DEFAULT_RANGE,
+        prefix: int = ipam.DEFAULT_PREFIX,
+    ) -> NetworkRecord:
+        def create(db: sqlite3.Connection) -> NetworkRecord:
+            if db.execute("SELECT 1 FROM networks WHERE name=?", (spec.name,)).fetchone():
+                raise IpamError("conflict", f"network with name {spec.name} already exists")
+            rows = db.execute("SELECT subnet, vni FROM networks").fetchall()
+            taken = [IPNetwork(r[0]) for r in rows]
+            if spec.subnet is None:
+                subnet = ipam.choose_subnet(taken, pool, prefix)
+            else:
+                subnet = spec.subnet
+                ipam.check_subnet(subnet, taken)
+            gateway = spec.gateway or ipam.gateway_of(subnet)
+            if not subnet.first < int(gateway) < subnet.last:
+                raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
+            record = NetworkRecord(
+                uuid.uuid4().hex + uuid.uuid4().hex,
+                spec.name,
+                spec.driver,
+                subnet,
+                gateway,
+                _lowest_free_vni({r[1] for r in rows}),
+                dict(spec.options),
+                dict(spec.labels),
+                spec.internal,
+            )
+            db.execute(
+                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    record.id,
+                    record.name,
+                    record.driver,
+                    str(subnet),
+                    str(gateway),
+                    record.vni,
+                    json.dumps(record.options),
+                    json.dumps(record.labels),
+                    int(record.internal),
+                ),
+            )
+            return record
+
+        return await self._tx(create)
+
+    async def get_network(self, name_or_id: str) -> NetworkRecord:
+        def get(db: sqlite3.Connection) -> NetworkRecord:
+            row = db.execute(
+                "SELECT * FROM networks WHERE id=? OR name=?", (name_or_id, name_or_id)
+            ).fetchone()
+            if row is None:
+                prefix = db.execute(  # an id prefix, as Docker accepts (no LIKE wildcards)
+                    "SELECT * FROM networks WHERE substr(id, 1, length(?1)) = ?1", (name_or_id,)
+                ).fetchall()
+                if len(prefix) != 1 or not name_or_id:
+                    raise IpamError("not_found", f"network {name_or_id} not found")
+                row = prefix[0]
+            return _record(row)
+
+        return await self._tx(get)
+
+    async def list_networks(self) -> list[NetworkRecord]:
+        return await self._tx(
+            lambda db: [_record(r) for r in db.execute("SELECT * FROM networks ORDER BY name")]
+        )
+
+    async def delete_network(self, network_id: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            users = db.execute(
+                "SELECT count(*) FROM allocations WHERE network_id=?", (network_id,)
+            ).fetchone()[0]
+            if users:
+                raise IpamError("conflict", f"network {network_id} has {users} active endpoints")
+            db.execute("DELETE FROM networks WHERE id=?", (network_id,))
+
+        await self._tx(delete)
+
+    async def allocate(
+        self, network_id: str, owner: str, requested: IPAddress | None = None
+    ) -> IPAddress:
+        def alloc(db: sqlite3.Connection) -> IPAddress:
+            net = db.execute(
+                "SELECT subnet, gateway FROM networks WHERE id=?", (network_id,)
+            ).fetchone()
+            if net is None:
+                raise IpamError("not_found", f"network {network_id} not found")
+            rows = db.execute(
+                "SELECT owner, address FROM allocations WHERE network_id=?", (network_id,)
+            ).fetchall()
+            mine = next((IPAddress(a) for o, a in rows if o == owner), None)
+            if mine is not None:  # idempotent per (owner, network)
+                if requested is not None and requested != mine:
+                    raise IpamError("conflict", f"{owner} already has {mine} on this network")
+                return mine
+            address = ipam.choose_address(
+                IPNetwork(net[0]), IPAddress(net[1]), [IPAddress(a) for _, a in rows], requested
+            )
+            db.execute("INSERT INTO allocations VALUES (?,?,?)", (network_id, owner, str(address)))
+            return address
+
+        return await self._tx(alloc)
+
+    async def release(self, network_id: str, owner: str) -> None:
+        await self._tx(
+            lambda db: db.execute(
+                "DELETE FROM allocations WHERE network_id=? AND owner=?", (network_id, owner)
+            )
+        )
+
+    async def allocations(self, network_id: str) -> dict[str, IPAddress]:
+        return await self._tx(
+            lambda db: {
+                o: IPAddress(a)
+                for o, a in db.execute(
+                    "SELECT owner, address FROM allocations WHERE network_id=?", (network_id,)
+                )
+            }
+        )
+
+
+def _lowest_free_vni(taken: set[int]) -> int:
+    vni = 1
+    while vni in taken:
+        vni += 1
+    if vni > MAX_VNI:
+        raise IpamError("exhausted", "no free VXLAN network identifier")
+    return vni
+
+
+def _record(row: tuple[str, ...]) -> NetworkRecord:
+    return NetworkRecord(
+        row[0],
+        row[1],
+        row[2],
+        IPNetwork(row[3]),
+        IPAddress(row[4]),
+        int(row[5]),
+        json.loads(row[6]),
+        json.loads(row[7]),
+        bool(row[8]),
+    )

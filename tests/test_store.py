@@ -1,0 +1,112 @@
+"""The SQLite store on a real database file: transactions, idempotence, concurrency,
+persistence across a restart, reclaiming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netaddr import IPAddress, IPNetwork
+
+from netdrivers.ipam import IpamError
+from netdrivers.store import NetworkSpec, SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+async def test_networks_get_subnets_and_vnis_in_order(store: SqliteStore) -> None:
+    a = await store.create_network(NetworkSpec("front", "plugstrip/weave"))
+    b = await store.create_network(NetworkSpec("back", "plugstrip/ovs", labels={"x": "y"}))
+    c = await store.create_network(
+        NetworkSpec("mine", "plugstrip/weave", IPNetwork("10.40.1.0/24"), IPAddress("10.40.1.254"))
+    )
+    assert (a.subnet, a.gateway, a.vni) == (IPNetwork("10.32.0.0/24"), IPAddress("10.32.0.1"), 1)
+    assert (b.subnet, b.vni, b.labels) == (IPNetwork("10.32.1.0/24"), 2, {"x": "y"})
+    assert (c.gateway, c.vni) == (IPAddress("10.40.1.254"), 3)
+    assert [n.name for n in await store.list_networks()] == ["back", "front", "mine"]
+    assert await store.get_network("front") == a
+    assert await store.get_network(a.id) == a
+    assert await store.get_network(a.id[:12]) == a
+
+
+@pytest.mark.parametrize(
+    ("spec", "category", "message"),
+    [
+        (NetworkSpec("front", "d"), "conflict", "already exists"),
+        (NetworkSpec("n2", "d", IPNetwork("10.32.0.128/25")), "conflict", "overlaps 10.32.0.0/24"),
+        (
+            NetworkSpec("n3", "d", IPNetwork("10.50.0.0/24"), IPAddress("10.50.1.1")),
+            "invalid",
+            "not a host address",
+        ),
+    ],
+)
+async def test_bad_networks_are_refused_and_leave_nothing(
+    store: SqliteStore, spec: NetworkSpec, category: str, message: str
+) -> None:
+    await store.create_network(NetworkSpec("front", "d"))
+    with pytest.raises(IpamError) as info:
+        await store.create_network(spec)
+    assert info.value.category == category and message in str(info.value)
+    assert [n.name for n in await store.list_networks()] == ["front"]
+
+
+async def test_allocation_is_idempotent_per_owner(store: SqliteStore) -> None:
+    net = await store.create_network(NetworkSpec("n", "d"))
+    first = await store.allocate(net.id, "c1")
+    assert first == IPAddress("10.32.0.2")
+    assert await store.allocate(net.id, "c1") == first
+    assert await store.allocate(net.id, "c2", IPAddress("10.32.0.10")) == IPAddress("10.32.0.10")
+    with pytest.raises(IpamError) as info:
+        await store.allocate(net.id, "c3", IPAddress("10.32.0.10"))
+    assert info.value.category == "conflict"
+    assert await store.allocations(net.id) == {"c1": first, "c2": IPAddress("10.32.0.10")}
+
+
+async def test_concurrent_allocations_from_two_stores_never_collide(tmp_path: Path) -> None:
+    """Two store objects (two connections, like two plugstrip processes) on one file."""
+    a, b = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
+    try:
+        net = await a.create_network(NetworkSpec("n", "d"))
+        got = await asyncio.gather(
+            *((a if i % 2 else b).allocate(net.id, f"c{i}") for i in range(100))
+        )
+        assert len(set(got)) == 100
+        await asyncio.gather(*(a.release(net.id, f"c{i}") for i in range(100)))
+        assert await b.allocations(net.id) == {}
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_state_survives_a_restart_and_subnets_are_reclaimed(tmp_path: Path) -> None:
+    s1 = SqliteStore(tmp_path / "s.db")
+    net = await s1.create_network(NetworkSpec("n", "d"))
+    ip = await s1.allocate(net.id, "c1")
+    s1.close()
+    s2 = SqliteStore(tmp_path / "s.db")
+    try:
+        assert await s2.allocate(net.id, "c1") == ip  # same address after a restart
+        with pytest.raises(IpamError) as info:
+            await s2.delete_network(net.id)  # still in use, as Docker refuses it
+        assert info.value.category == "conflict"
+        await s2.release(net.id, "c1")
+        await s2.delete_network(net.id)
+        again = await s2.create_network(NetworkSpec("n2", "d"))
+        assert (again.subnet, again.vni) == (net.subnet, net.vni)  # reclaimed
+    finally:
+        s2.close()
+
+
+async def test_unknown_network(store: SqliteStore) -> None:
+    for call in (store.get_network("nope"), store.allocate("nope", "c1")):
+        with pytest.raises(IpamError) as info:
+            await call
+        assert info.value.category == "not_found"
