@@ -1,0 +1,125 @@
+"""Every netlink call the drivers make, in one place (pyroute2's async API).
+
+Steps are idempotent, as CNI's helpers are: creating what exists returns it, deleting
+what is gone succeeds, so a setup can be re-run after a crash and a teardown can't fail
+half way on something already removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+class Netlink:
+    """Netlink in one namespace: the current one, a named one (``ip netns``), or a path
+    (``/proc/PID/ns/net``)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._ipr: AsyncIPRoute | None = None
+
+    async def __aenter__(self) -> Netlink:
+        # flags=0: never create a named namespace by accident (pyroute2's default does)
+        self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
+        await self._ipr.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._ipr is not None
+        await self._ipr.__aexit__(kind, exc, tb)
+
+    @property
+    def ipr(self) -> AsyncIPRoute:
+        assert self._ipr is not None, "use Netlink as an async context manager"
+        return self._ipr
+
+    async def index(self, name: str) -> int | None:
+        try:
+            links = await self.ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        return int(links[0]["index"])
+
+    async def link_attr(self, name: str, attr: str) -> Any:
+        links = await self.ipr.link("get", ifname=name)
+        return links[0].get(attr)
+
+    async def ensure_link(self, name: str, kind: str, **attrs: Any) -> int:
+        """Create ``name`` of ``kind`` unless it exists; its index either way."""
+        index = await self.index(name)
+        if index is None:
+            try:
+                await self.ipr.link("add", ifname=name, kind=kind, **attrs)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:  # created meanwhile: fine
+                    raise
+            index = await self.index(name)
+        assert index is not None
+        return index
+
+    async def ensure_veth(self, name: str, peer: str, mtu: int) -> int:
+        return await self.ensure_link(name, "veth", peer=peer, mtu=mtu)
+
+    async def set_up(self, name: str, master: str | None = None, mtu: int | None = None) -> None:
+        attrs: dict[str, Any] = {"state": "up"}
+        if master is not None:
+            attrs["master"] = await self.index(master)
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        await self.ipr.link("set", ifname=name, **attrs)
+
+    async def move_to_netns(self, name: str, netns_path: str) -> None:
+        """Move ``name`` into another namespace (by path: ``/proc/PID/ns/net``)."""
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            await self.ipr.link("set", index=await self.index(name), net_ns_fd=fd)
+        finally:
+            os.close(fd)
+
+    async def rename(self, name: str, new_name: str) -> None:
+        """Rename a link that is down (a veth end just moved into a container)."""
+        await self.ipr.link("set", index=await self.index(name), ifname=new_name)
+
+    async def delete_link(self, name: str) -> None:
+        try:
+            await self.ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+
+    async def ensure_address(self, name: str, address: str, prefixlen: int) -> None:
+        try:
+            await self.ipr.addr(
+                "add", index=await self.index(name), address=address, prefixlen=prefixlen
+            )
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+    async def ensure_default_route(self, gateway: str) -> None:
+        try:
+            await self.ipr.route("add", dst="default", gateway=gateway)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+    async def ensure_fdb(self, vxlan: str, mac: str, dst: str) -> None:
+        """A static FDB entry: frames for ``mac`` (all-zero: flooding) go to ``dst``."""
+        try:  # append: the all-zero MAC takes one entry per peer
+            await self.ipr.fdb("append", ifindex=await self.index(vxlan), lladdr=mac, dst=dst)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+    async def link_names(self) -> list[str]:
+        return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]
