@@ -7,7 +7,7 @@ plane (IPAM, the store) decides; a driver only programs the datapath for what it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
 
 
@@ -24,9 +24,11 @@ class Network:
 class Endpoint:
     network_id: str
     container_id: str
-    address: IPv4Interface
+    address: IPv4Interface  # with the subnet's prefix length
     mac: str
     netns_path: str  # the namespace the endpoint's interface goes into
+    ifname: str = "eth0"  # its name in there
+    gateway: IPv4Address | None = None  # default route through it, if set
 
 
 class Driver(Protocol):

@@ -1,0 +1,91 @@
+"""``plugstrip/weave``: the kernel datapath, Weave-style.
+
+Per network: one Linux bridge and one VXLAN device (VNI = the network's, UDP 4789, no
+learning: peers come as static FDB entries). Per endpoint: a veth pair, one end on the
+bridge, the other in the container. Every device gets the underlay MTU less 50 (the VXLAN
+header), both veth ends included. Control-plane decisions (addresses, VNIs, peers) come in
+from the store; this only programs the kernel, through netdrivers.netlink.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from netdrivers.contract import Endpoint, Network
+from netdrivers.netlink import Netlink
+
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50
+
+
+def bridge_name(network: Network) -> str:
+    return f"psbr{network.vni}"
+
+
+def vxlan_name(network: Network) -> str:
+    return f"psvx{network.vni}"
+
+
+def host_veth_name(network: Network, endpoint: Endpoint) -> str:
+    """Stable and within IFNAMSIZ (15): the same endpoint always maps to the same name."""
+    digest = hashlib.sha256(f"{network.id}/{endpoint.container_id}".encode()).hexdigest()
+    return f"psv{digest[:11]}"
+
+
+class WeaveDriver:
+    name = "plugstrip/weave"
+
+    def __init__(
+        self, netns: str | None = None, underlay: str | None = None, underlay_mtu: int = 1500
+    ) -> None:
+        self.netns = netns  # where the bridges live: the host's namespace unless given
+        self.underlay = underlay
+        self.mtu = underlay_mtu - VXLAN_OVERHEAD
+
+    async def create_network(self, network: Network) -> None:
+        async with Netlink(self.netns) as nl:
+            mtu = self.mtu
+            vxlan_attrs: dict[str, object] = {}
+            if self.underlay is not None:
+                vxlan_attrs["vxlan_link"] = await nl.index(self.underlay)
+                mtu = int(await nl.link_attr(self.underlay, "mtu")) - VXLAN_OVERHEAD
+            await nl.ensure_link(bridge_name(network), "bridge")
+            await nl.ensure_link(
+                vxlan_name(network),
+                "vxlan",
+                vxlan_id=network.vni,
+                vxlan_port=VXLAN_PORT,
+                vxlan_learning=0,
+                **vxlan_attrs,
+            )
+            await nl.set_up(vxlan_name(network), master=bridge_name(network), mtu=mtu)
+            await nl.set_up(bridge_name(network), mtu=mtu)
+
+    async def delete_network(self, network: Network) -> None:
+        async with Netlink(self.netns) as nl:
+            await nl.delete_link(vxlan_name(network))
+            await nl.delete_link(bridge_name(network))
+
+    async def join(self, network: Network, endpoint: Endpoint) -> None:
+        host_end = host_veth_name(network, endpoint)
+        peer = host_end.replace("psv", "psp", 1)
+        async with Netlink(self.netns) as nl:
+            mtu = int(await nl.link_attr(bridge_name(network), "mtu"))
+            await nl.ensure_veth(host_end, peer, mtu)
+            await nl.set_up(host_end, master=bridge_name(network), mtu=mtu)
+            if await nl.index(peer) is not None:  # not moved yet (a re-run after a crash)
+                await nl.move_to_netns(peer, endpoint.netns_path)
+        async with Netlink(endpoint.netns_path) as nl:
+            if await nl.index(endpoint.ifname) is None:
+                await nl.rename(peer, endpoint.ifname)
+            await nl.ipr.link("set", ifname=endpoint.ifname, address=endpoint.mac, mtu=mtu)
+            await nl.ensure_address(
+                endpoint.ifname, str(endpoint.address.ip), endpoint.address.network.prefixlen
+            )
+            await nl.set_up(endpoint.ifname)
+            if endpoint.gateway is not None:
+                await nl.ensure_default_route(str(endpoint.gateway))
+
+    async def leave(self, network: Network, endpoint: Endpoint) -> None:
+        async with Netlink(self.netns) as nl:
+            await nl.delete_link(host_veth_name(network, endpoint))  # its peer goes with it
