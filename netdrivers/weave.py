@@ -3,7 +3,8 @@
 Per network: one Linux bridge and one VXLAN device (VNI = the network's, UDP 4789, no
 learning: peers come as static FDB entries). Per endpoint: a veth pair, one end on the
 bridge, the other in the container. Every device gets the underlay MTU less 50 (the VXLAN
-header), both veth ends included. Control-plane decisions (addresses, VNIs, peers) come in
+header), both veth ends included. Traffic within a bridge is accepted in iptables
+(dockerd's FORWARD policy is DROP). Control-plane decisions (addresses, VNIs, peers) come in
 from the store; this only programs the kernel, through netdrivers.netlink.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
+from netdrivers import firewall
 from netdrivers.contract import Endpoint, Network
 from netdrivers.netlink import Netlink
 
@@ -60,8 +62,10 @@ class WeaveDriver:
             )
             await nl.set_up(vxlan_name(network), master=bridge_name(network), mtu=mtu)
             await nl.set_up(bridge_name(network), mtu=mtu)
+        await firewall.allow_bridge(bridge_name(network), self.netns)
 
     async def delete_network(self, network: Network) -> None:
+        await firewall.forget_bridge(bridge_name(network), self.netns)
         async with Netlink(self.netns) as nl:
             await nl.delete_link(vxlan_name(network))
             await nl.delete_link(bridge_name(network))

@@ -30,6 +30,8 @@ async def test_reach_within_isolation_across_and_teardown() -> None:
     red = Network("n-red", "red", IPv4Network("10.97.1.0/24"), vni=101)
     blue = Network("n-blue", "blue", IPv4Network("10.97.2.0/24"), vni=102)
     with netns.namespaces(4) as (host, r1, r2, b1):
+        # as dockerd leaves a host: bridged frames go through iptables, and FORWARD drops
+        assert netns.run(host, "iptables", "-P", "FORWARD", "DROP").returncode == 0
         driver = WeaveDriver(netns=netns.path(host))
         for net in (red, blue):
             await driver.create_network(net)
@@ -44,6 +46,14 @@ async def test_reach_within_isolation_across_and_teardown() -> None:
         await driver.join(red, eps["r2"])
         await driver.join(blue, eps["b1"])
         assert ping(r1, eps["r2"].address) and ping(r2, eps["r1"].address)
+        rules = netns.run(host, "iptables", "-S", "FORWARD").stdout
+        assert rules.count("-i psbr101 -o psbr101 -j ACCEPT") == 1  # once, despite two runs
+        netns.run(
+            host, "iptables", "-D", "FORWARD", "-i", "psbr101", "-o", "psbr101", "-j", "ACCEPT"
+        )
+        assert not ping(r1, eps["r2"].address)  # the control: without the rule, dropped
+        await driver.create_network(red)  # re-run setup puts it back
+        assert ping(r1, eps["r2"].address)
         # different networks: no path at all (different bridges, no routing between them)
         assert not ping(r1, eps["b1"].address) and not ping(b1, eps["r1"].address)
 
@@ -62,4 +72,5 @@ async def test_reach_within_isolation_across_and_teardown() -> None:
         async with Netlink(netns.path(host)) as nl:
             left = [n for n in await nl.link_names() if n.startswith("ps")]
         assert left == []
+        assert "psbr" not in netns.run(host, "iptables", "-S", "FORWARD").stdout
         assert bridge_name(red) == "psbr101"
