@@ -166,23 +166,40 @@ def _port_open(port: int) -> bool:
 
 def test_sigterm_lets_calls_in_flight_finish(dockerd: str, proxy: Plugstrip) -> None:
     result: dict[str, Any] = {}
+    name = "drain-" + uuid.uuid4().hex[:8]
 
     def run() -> None:
         result["out"] = docker(
-            proxy.host, "run", "--rm", "busybox", "sh", "-c", "sleep 2; echo finished", check=False
+            proxy.host,
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "busybox",
+            "sh",
+            "-c",
+            "sleep 2; echo finished",
+            check=False,
         )
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(1.2)  # the run is attached and sleeping
+    # SIGTERM only once the call is in flight: attached, and the container running
+    wait_for(
+        lambda: (
+            docker(dockerd, "inspect", "-f", "{{.State.Running}}", name, check=False).stdout
+            == b"true\n"
+        ),
+        20,
+        "container did not start",
+    )
     proxy.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for(lambda: not Path(proxy.socket).exists(), 5, "socket not removed on SIGTERM")
     refused = docker(proxy.host, "version", check=False)  # no new calls while draining
     t.join(30)
     assert proxy.proc.wait(20) == 0
     assert result["out"].stdout == b"finished\n", result["out"].stderr
     assert refused.returncode != 0
-    assert not Path(proxy.socket).exists()
 
 
 def test_reload_on_sighup_and_on_change_keeps_old_config_when_new_is_bad(
