@@ -290,7 +290,8 @@ class ClientConnection:
     async def _streaming(self, relay: Any) -> None:
         metrics = self.shared.metrics
         metrics.open_streams.inc()
-        self._start_watcher()  # a stream may go quiet for long: notice a hang-up at once
+        if not self.upstream or not self.upstream.complete:
+            self._start_watcher()  # a stream may go quiet for long: notice a hang-up now
         try:
             await relay
         finally:
