@@ -15,6 +15,8 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netdrivers.contract import Endpoint
+
 
 class Netlink:
     """Netlink in one namespace: the current one, a named one (``ip netns``), or a path
@@ -123,3 +125,20 @@ class Netlink:
 
     async def link_names(self) -> list[str]:
         return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]
+
+
+async def plug_into_container(host: Netlink, peer: str, endpoint: Endpoint, mtu: int) -> None:
+    """The container half of an endpoint, shared by the drivers: ``peer`` (a veth end made
+    in ``host``'s namespace) moves into the container, is renamed, addressed and brought up
+    there, with the default route if the endpoint has a gateway."""
+    if await host.index(peer) is not None:  # not moved yet (also on a re-run after a crash)
+        await host.move_to_netns(peer, endpoint.netns_path)
+    name = endpoint.ifname
+    async with Netlink(endpoint.netns_path) as nl:
+        if await nl.index(name) is None:
+            await nl.rename(peer, name)
+        await nl.ipr.link("set", ifname=name, address=endpoint.mac, mtu=mtu)
+        await nl.ensure_address(name, str(endpoint.address.ip), endpoint.address.network.prefixlen)
+        await nl.set_up(name)
+        if endpoint.gateway is not None:
+            await nl.ensure_default_route(str(endpoint.gateway))

@@ -14,7 +14,7 @@ import hashlib
 
 from netdrivers import firewall
 from netdrivers.contract import Endpoint, Network
-from netdrivers.netlink import Netlink
+from netdrivers.netlink import Netlink, plug_into_container
 
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50
@@ -77,18 +77,7 @@ class WeaveDriver:
             mtu = int(await nl.link_attr(bridge_name(network), "mtu"))
             await nl.ensure_veth(host_end, peer, mtu)
             await nl.set_up(host_end, master=bridge_name(network), mtu=mtu)
-            if await nl.index(peer) is not None:  # not moved yet (a re-run after a crash)
-                await nl.move_to_netns(peer, endpoint.netns_path)
-        async with Netlink(endpoint.netns_path) as nl:
-            if await nl.index(endpoint.ifname) is None:
-                await nl.rename(peer, endpoint.ifname)
-            await nl.ipr.link("set", ifname=endpoint.ifname, address=endpoint.mac, mtu=mtu)
-            await nl.ensure_address(
-                endpoint.ifname, str(endpoint.address.ip), endpoint.address.network.prefixlen
-            )
-            await nl.set_up(endpoint.ifname)
-            if endpoint.gateway is not None:
-                await nl.ensure_default_route(str(endpoint.gateway))
+            await plug_into_container(nl, peer, endpoint, mtu)
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None:
         async with Netlink(self.netns) as nl:
