@@ -1,0 +1,81 @@
+"""``plugstrip/ovs``: Open vSwitch through OVSDB, SocketPlane-style.
+
+One integration bridge; each network gets a local VLAN tag (recorded in the bridge's
+``external_ids`` as ``net-<id>``, so it survives a restart), and each endpoint is a veth
+whose host end is an access port with that tag: networks are separate broadcast domains
+on one bridge. Tunnels to other hosts (VXLAN ports keyed by VNI) come with multi-host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from netdrivers.contract import Endpoint, Network
+from netdrivers.netlink import Netlink, plug_into_container
+from netdrivers.ovsdb import Ovsdb, detect_datapath
+
+INTEGRATION_BRIDGE = "psint"
+VXLAN_OVERHEAD = 50
+MAX_TAG = 4094
+
+
+def host_port_name(network: Network, endpoint: Endpoint) -> str:
+    digest = hashlib.sha256(f"{network.id}/{endpoint.container_id}".encode()).hexdigest()
+    return f"pso{digest[:11]}"
+
+
+class OvsDriver:
+    name = "plugstrip/ovs"
+
+    def __init__(
+        self,
+        ovsdb: Ovsdb,
+        netns: str | None = None,
+        datapath_type: str | None = None,
+        underlay_mtu: int = 1500,
+    ) -> None:
+        self.ovsdb = ovsdb
+        self.netns = netns  # where the veth host ends live: the host's namespace unless given
+        self.datapath_type = datapath_type or detect_datapath()
+        self.mtu = underlay_mtu - VXLAN_OVERHEAD
+
+    async def create_network(self, network: Network) -> None:
+        await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)
+        await self._tag(network)
+
+    async def delete_network(self, network: Network) -> None:
+        await self.ovsdb.remove_bridge_id(INTEGRATION_BRIDGE, f"net-{network.id}")
+
+    async def join(self, network: Network, endpoint: Endpoint) -> None:
+        tag = await self._tag(network)
+        host_end = host_port_name(network, endpoint)
+        peer = host_end.replace("pso", "psq", 1)
+        async with Netlink(self.netns) as nl:
+            await nl.ensure_veth(host_end, peer, self.mtu)
+            await nl.set_up(host_end, mtu=self.mtu)
+            await self.ovsdb.ensure_port(
+                INTEGRATION_BRIDGE,
+                host_end,
+                tag,
+                {"network": network.id, "container": endpoint.container_id},
+            )
+            await plug_into_container(nl, peer, endpoint, self.mtu)
+
+    async def leave(self, network: Network, endpoint: Endpoint) -> None:
+        name = host_port_name(network, endpoint)
+        await self.ovsdb.delete_port(name)
+        async with Netlink(self.netns) as nl:
+            await nl.delete_link(name)
+
+    async def _tag(self, network: Network) -> int:
+        """The network's local VLAN tag: the one recorded, else the lowest free one."""
+        ids = await self.ovsdb.bridge_ids(INTEGRATION_BRIDGE)
+        key = f"net-{network.id}"
+        if key in ids:
+            return int(ids[key])
+        used = {int(v) for k, v in ids.items() if k.startswith("net-")}
+        tag = next((t for t in range(1, MAX_TAG + 1) if t not in used), None)
+        if tag is None:
+            raise RuntimeError(f"no free VLAN tag on {INTEGRATION_BRIDGE}")
+        await self.ovsdb.set_bridge_ids(INTEGRATION_BRIDGE, {**ids, key: str(tag)})
+        return tag

@@ -1,0 +1,84 @@
+"""Every OVSDB call the drivers make, in one place (ovsdbapp).
+
+ovsdbapp runs the OVSDB IDL in a thread of its own and blocks its callers, so each call
+here goes through ``asyncio.to_thread``. Everything plugstrip creates carries
+``external_ids`` saying whose it is, so the state can be rebuilt from OVSDB alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+OWNER = "plugstrip"
+
+
+def detect_datapath() -> str:
+    """``system`` when the kernel module is loaded, else the userspace ``netdev``. (OVS
+    lists ``system`` among its datapath types whether the module is there or not.)"""
+    return "system" if os.path.exists("/sys/module/openvswitch") else "netdev"
+
+
+class Ovsdb:
+    def __init__(self, url: str, timeout: float = 10) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._api: Any = None
+
+    async def connect(self) -> None:
+        def open_api() -> Any:
+            idl = connection.OvsdbIdl.from_server(self.url, "Open_vSwitch")
+            return impl_idl.OvsdbIdl(connection.Connection(idl=idl, timeout=self._timeout))
+
+        self._api = await asyncio.to_thread(open_api)
+
+    async def _run(self, *commands: Any) -> list[Any]:
+        def run() -> list[Any]:
+            with self._api.transaction(check_error=True) as txn:
+                for command in commands:
+                    txn.add(command)
+            return [c.result for c in commands]
+
+        return await asyncio.to_thread(run)
+
+    @property
+    def api(self) -> Any:
+        assert self._api is not None, "call connect() first"
+        return self._api
+
+    async def ensure_bridge(self, name: str, datapath_type: str) -> None:
+        await self._run(
+            self.api.add_br(name, may_exist=True, datapath_type=datapath_type),
+            self.api.db_set("Bridge", name, ("external_ids", {"owner": OWNER})),
+        )
+
+    async def bridge_ids(self, bridge: str) -> dict[str, str]:
+        (ids,) = await self._run(self.api.db_get("Bridge", bridge, "external_ids"))
+        return dict(ids)
+
+    async def set_bridge_ids(self, bridge: str, ids: dict[str, str]) -> None:
+        await self._run(self.api.db_set("Bridge", bridge, ("external_ids", ids)))
+
+    async def remove_bridge_id(self, bridge: str, key: str) -> None:
+        await self._run(self.api.db_remove("Bridge", bridge, "external_ids", key, if_exists=True))
+
+    async def ensure_port(
+        self, bridge: str, name: str, tag: int, external_ids: dict[str, str]
+    ) -> None:
+        """An access port (VLAN ``tag``) for a device that already exists."""
+        await self._run(
+            self.api.add_port(bridge, name, may_exist=True),
+            self.api.db_set("Port", name, ("tag", tag)),
+            self.api.db_set("Interface", name, ("external_ids", {"owner": OWNER, **external_ids})),
+        )
+
+    async def delete_port(self, name: str) -> None:
+        await self._run(self.api.del_port(name, if_exists=True))
+
+    async def ports(self, bridge: str) -> list[str]:
+        (names,) = await self._run(self.api.list_ports(bridge))
+        return list(names)
