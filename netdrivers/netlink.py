@@ -8,6 +8,7 @@ half way on something already removed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from types import TracebackType
 from typing import Any
@@ -16,6 +17,11 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netdrivers.contract import Endpoint
+
+
+def link_name(prefix: str, *parts: str) -> str:
+    """A stable interface name within IFNAMSIZ (15): the same parts, the same name."""
+    return prefix + hashlib.sha256("/".join(parts).encode()).hexdigest()[: 15 - len(prefix)]
 
 
 class Netlink:

@@ -8,10 +8,8 @@ on one bridge. Tunnels to other hosts (VXLAN ports keyed by VNI) come with multi
 
 from __future__ import annotations
 
-import hashlib
-
 from netdrivers.contract import Endpoint, Network
-from netdrivers.netlink import Netlink, plug_into_container
+from netdrivers.netlink import Netlink, link_name, plug_into_container
 from netdrivers.ovsdb import Ovsdb, detect_datapath
 
 INTEGRATION_BRIDGE = "psint"
@@ -20,8 +18,7 @@ MAX_TAG = 4094
 
 
 def host_port_name(network: Network, endpoint: Endpoint) -> str:
-    digest = hashlib.sha256(f"{network.id}/{endpoint.container_id}".encode()).hexdigest()
-    return f"pso{digest[:11]}"
+    return link_name("pso", network.id, endpoint.container_id)
 
 
 class OvsDriver:

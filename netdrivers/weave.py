@@ -10,11 +10,9 @@ from the store; this only programs the kernel, through netdrivers.netlink.
 
 from __future__ import annotations
 
-import hashlib
-
 from netdrivers import firewall
 from netdrivers.contract import Endpoint, Network
-from netdrivers.netlink import Netlink, plug_into_container
+from netdrivers.netlink import Netlink, link_name, plug_into_container
 
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50
@@ -29,9 +27,7 @@ def vxlan_name(network: Network) -> str:
 
 
 def host_veth_name(network: Network, endpoint: Endpoint) -> str:
-    """Stable and within IFNAMSIZ (15): the same endpoint always maps to the same name."""
-    digest = hashlib.sha256(f"{network.id}/{endpoint.container_id}".encode()).hexdigest()
-    return f"psv{digest[:11]}"
+    return link_name("psv", network.id, endpoint.container_id)
 
 
 class WeaveDriver:

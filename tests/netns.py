@@ -6,6 +6,9 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Interface
+
+from netdrivers.contract import Endpoint, Network
 
 
 @contextmanager
@@ -30,3 +33,20 @@ def run(ns: str, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess[
     return subprocess.run(
         ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout
     )
+
+
+def endpoint(net: Network, ns: str, host: int, name: str) -> Endpoint:
+    """Container ``name`` in namespace ``ns`` at host number ``host`` of ``net``."""
+    return Endpoint(
+        net.id,
+        name,
+        IPv4Interface(f"{net.subnet.network_address + host}/{net.subnet.prefixlen}"),
+        f"02:42:{net.vni >> 8:02x}:{net.vni & 0xFF:02x}:00:{host:02x}",
+        path(ns),
+        gateway=IPv4Address(int(net.subnet.network_address) + 1),
+    )
+
+
+def ping(ns: str, address: IPv4Interface) -> bool:
+    """One ICMP echo from namespace ``ns`` (busybox: the host may have no ping)."""
+    return run(ns, "busybox", "ping", "-c", "1", "-W", "2", str(address.ip)).returncode == 0

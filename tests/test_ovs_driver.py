@@ -3,29 +3,14 @@ namespace: reach within a network, isolation across (VLAN tags), state in OVSDB,
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
-from netdrivers.contract import Endpoint, Network
+from netdrivers.contract import Network
 from netdrivers.ovs import INTEGRATION_BRIDGE, OvsDriver, host_port_name
 from netdrivers.ovsdb import Ovsdb
 from tests import netns
 from tests.ovs import ovs_in
-
-
-def endpoint(net: Network, ns: str, host: int, name: str) -> Endpoint:
-    return Endpoint(
-        net.id,
-        name,
-        IPv4Interface(f"{net.subnet.network_address + host}/{net.subnet.prefixlen}"),
-        f"02:42:0b:00:{net.vni:02x}:{host:02x}",
-        netns.path(ns),
-        gateway=IPv4Address(int(net.subnet.network_address) + 1),
-    )
-
-
-def ping(ns: str, address: IPv4Interface) -> bool:
-    return netns.run(ns, "busybox", "ping", "-c", "1", "-W", "2", str(address.ip)).returncode == 0
 
 
 async def test_ovs_reach_isolation_and_teardown(tmp_path: Path) -> None:
@@ -40,12 +25,18 @@ async def test_ovs_reach_isolation_and_teardown(tmp_path: Path) -> None:
         ids = await ovsdb.bridge_ids(INTEGRATION_BRIDGE)
         assert (ids["net-n-red"], ids["net-n-blue"], ids["owner"]) == ("1", "2", "plugstrip")
 
-        eps = [endpoint(red, r1, 2, "r1"), endpoint(red, r2, 3, "r2"), endpoint(blue, b1, 2, "b1")]
+        eps = [
+            netns.endpoint(red, r1, 2, "r1"),
+            netns.endpoint(red, r2, 3, "r2"),
+            netns.endpoint(blue, b1, 2, "b1"),
+        ]
         for net, ep in zip((red, red, blue), eps, strict=True):
             await driver.join(net, ep)
         await driver.join(red, eps[0])  # a re-run after a crash: no error
-        assert ping(r1, eps[1].address) and ping(r2, eps[0].address)
-        assert not ping(r1, eps[2].address) and not ping(b1, eps[0].address)  # other tag
+        assert netns.ping(r1, eps[1].address) and netns.ping(r2, eps[0].address)
+        assert not netns.ping(r1, eps[2].address) and not netns.ping(
+            b1, eps[0].address
+        )  # other tag
 
         assert sorted(await ovsdb.ports(INTEGRATION_BRIDGE)) == sorted(
             host_port_name(n, e) for n, e in zip((red, red, blue), eps, strict=True)

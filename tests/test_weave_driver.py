@@ -3,27 +3,12 @@ are namespaces of their own. Reach within a network, isolation across, MTU, tear
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 
-from netdrivers.contract import Endpoint, Network
+from netdrivers.contract import Network
 from netdrivers.netlink import Netlink
 from netdrivers.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
 from tests import netns
-
-
-def endpoint(net: Network, ns: str, host: int, name: str) -> Endpoint:
-    return Endpoint(
-        net.id,
-        name,
-        IPv4Interface(f"{net.subnet.network_address + host}/{net.subnet.prefixlen}"),
-        f"02:42:0a:00:{net.vni:02x}:{host:02x}",
-        netns.path(ns),
-        gateway=IPv4Address(int(net.subnet.network_address) + 1),
-    )
-
-
-def ping(ns: str, address: IPv4Interface) -> bool:
-    return netns.run(ns, "busybox", "ping", "-c", "1", "-W", "1", str(address.ip)).returncode == 0
 
 
 async def test_reach_within_isolation_across_and_teardown() -> None:
@@ -37,28 +22,28 @@ async def test_reach_within_isolation_across_and_teardown() -> None:
             await driver.create_network(net)
             await driver.create_network(net)  # idempotent
         eps = {
-            "r1": endpoint(red, r1, 2, "r1"),
-            "r2": endpoint(red, r2, 3, "r2"),
-            "b1": endpoint(blue, b1, 2, "b1"),
+            "r1": netns.endpoint(red, r1, 2, "r1"),
+            "r2": netns.endpoint(red, r2, 3, "r2"),
+            "b1": netns.endpoint(blue, b1, 2, "b1"),
         }
         await driver.join(red, eps["r1"])
         await driver.join(red, eps["r1"])  # a re-run after a crash: no error, same result
         await driver.join(red, eps["r2"])
         await driver.join(blue, eps["b1"])
-        assert ping(r1, eps["r2"].address) and ping(r2, eps["r1"].address)
+        assert netns.ping(r1, eps["r2"].address) and netns.ping(r2, eps["r1"].address)
         rules = netns.run(host, "iptables", "-S", "FORWARD").stdout
         assert rules.count("-i psbr101 -o psbr101 -j ACCEPT") == 1  # once, despite two runs
         netns.run(
             host, "iptables", "-D", "FORWARD", "-i", "psbr101", "-o", "psbr101", "-j", "ACCEPT"
         )
-        assert not ping(r1, eps["r2"].address)  # the control: without the rule, dropped
+        assert not netns.ping(r1, eps["r2"].address)  # the control: without the rule, dropped
         await driver.create_network(red)  # re-run setup puts it back
-        assert ping(r1, eps["r2"].address)
+        assert netns.ping(r1, eps["r2"].address)
         # different networks: no path at all (different bridges, no routing between them)
-        assert not ping(r1, eps["b1"].address) and not ping(b1, eps["r1"].address)
+        assert not netns.ping(r1, eps["b1"].address) and not netns.ping(b1, eps["r1"].address)
 
         link = netns.run(r1, "ip", "-o", "link", "show", "eth0").stdout
-        assert "mtu 1450" in link and "02:42:0a:00:65:02" in link
+        assert "mtu 1450" in link and "02:42:00:65:00:02" in link
         async with Netlink(netns.path(host)) as nl:
             assert await nl.link_attr(vxlan_name(red), "mtu") == 1450
             assert await nl.link_attr(host_veth_name(red, eps["r1"]), "mtu") == 1450
