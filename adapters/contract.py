@@ -5,9 +5,11 @@ An adapter is a plain object with an async (or plain) ``pre_hook(call)`` and/or
 headers, body); a post-hook may change ``call.response`` (status, headers, body) and sees
 both ``call.client_request`` (as the client sent it) and ``call.request`` (as it went
 upstream). ``call.context`` carries state from an adapter's pre-hook to its post-hook.
-Raising :class:`Refuse` ends the call with a Docker-format error. ``finished(call)`` runs
-after every intercepted call however it ended (``call.status`` is what the client got); it
-observes only, and its errors are logged, never sent to the client.
+Raising :class:`Refuse` ends the call with a Docker-format error; ``call.respond(...)`` in
+a pre-hook answers it without asking the daemon (an adapter that owns a resource).
+``finished(call)`` runs after every intercepted call however it ended (``call.status`` is
+what the client got); it observes only, and its errors are logged, never sent to the
+client.
 """
 
 from __future__ import annotations
@@ -216,6 +218,18 @@ class Call:
     response: HttpResponse | None = None
     context: dict[str, Any] = field(default_factory=dict)
     status: int | None = None  # the status the client got, set before ``finished``
+
+    def respond(
+        self,
+        status: int,
+        json: Any = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        """Answer the call from a pre-hook: the daemon is not asked, the rest of the
+        pre-hook chain is skipped, post-hooks and ``finished`` still run on the answer."""
+        payload = dumps(json) if json is not None else (body or b"")
+        self.response = HttpResponse(status, Headers([("Content-Type", content_type)]), payload)
 
     @property
     def api_version(self) -> str | None:

@@ -158,6 +158,10 @@ class ClientConnection:
                 self._must_close = self._must_close or not held
                 call.status = await self._reply_error(refusal.status, refusal.message)
                 return call.status
+            if call.response is not None:  # a pre-hook answered: the daemon is not asked
+                self._must_close = self._must_close or not held
+                call.status = await self._answer_here(call, chain, record)
+                return call.status
             call.request.settle()
             if held and call.request.body != call.client_request.body:
                 _set_length(call.request.headers, call.request.body)
@@ -166,6 +170,25 @@ class ClientConnection:
         finally:
             record.status = call.status
             await pipeline.finish(chain, call)
+
+    async def _answer_here(self, call: Call, chain: Chain, record: Record) -> int:
+        """Send the answer a pre-hook gave, after the post-hooks have seen it."""
+        try:
+            await self.shared.pipeline.run("post_hook", chain, call, record)
+        except Refuse as refusal:
+            return await self._reply_error(refusal.status, refusal.message)
+        response = call.response
+        assert response is not None
+        response.settle()
+        _set_length(response.headers, response.body)
+        if self._must_close:
+            response.headers.set("Connection", "close")
+        self._sent = response.status
+        await self.client.write(
+            encode_response_head(response.status, "", list(response.headers))
+            + (response.body or b"")
+        )
+        return response.status
 
     async def _forward(
         self,

@@ -65,6 +65,8 @@ class Pipeline:
     async def run(self, hook: Hook, chain: Chain, call: Call, record: Record) -> None:
         for loaded in chain.pre if hook == "pre_hook" else chain.post:
             await self._run_one(loaded, hook, call, record)
+            if hook == "pre_hook" and call.response is not None:
+                return  # answered (call.respond): the rest of the pre-hooks do not run
 
     async def finish(self, chain: Chain, call: Call) -> None:
         for loaded in _unique((*chain.pre, *chain.post)):
@@ -130,6 +132,7 @@ def _message(call: Call, hook: Hook) -> HttpRequest | HttpResponse:
 def _restore(call: Call, hook: Hook, before: HttpRequest | HttpResponse) -> None:
     if isinstance(before, HttpRequest):
         call.request = before
+        call.response = None  # an answer from the failed pre-hook is undone too
     elif isinstance(before, HttpResponse):
         call.response = before
 

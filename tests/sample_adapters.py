@@ -42,3 +42,25 @@ class Reroute:
         call.request.method = "PUT"
         call.request.target = "/v1.41/elsewhere?moved=1"
         call.request.headers.set("X-Rerouted", "yes")
+
+
+class OwnsDemoNetwork:
+    """Answers for a network the daemon has never heard of (as the network adapter will)."""
+
+    def pre_hook(self, call: Call) -> None:
+        if call.request.path.endswith("/networks/plugstrip-demo"):
+            call.respond(
+                200,
+                {
+                    "Name": "plugstrip-demo",
+                    "Id": "d" * 64,
+                    "Driver": "plugstrip/weave",
+                    "Scope": "local",
+                    "Labels": {},
+                },
+            )
+
+    def post_hook(self, call: Call) -> None:
+        assert call.response is not None
+        if call.response.status == 200 and isinstance(call.response.json(), dict):
+            call.response.json()["Labels"]["seen-by-post-hook"] = "yes"

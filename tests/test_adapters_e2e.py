@@ -336,3 +336,20 @@ adapters:
     assert f"/containers/create?name={name} -> 201" in out.stdout
     assert '+  "plugstrip.tag": "python"' in out.stdout.replace("\n        ", "\n")
     assert "post_hook tag" in out.stdout and "tagged python" in out.stdout
+
+
+def test_a_pre_hook_can_answer_without_the_daemon(dockerd: str, plugstrip_factory: Any) -> None:
+    ps = plugstrip_factory("""
+endpoints:
+  "* /networks/*": {pre: [owner], post: [owner]}
+adapters:
+  owner: {python: "tests.sample_adapters:OwnsDemoNetwork"}
+""")
+    out = docker(
+        ps.host, "network", "inspect", "-f", "{{.Driver}} {{json .Labels}}", "plugstrip-demo"
+    )
+    assert out.stdout == b'plugstrip/weave {"seen-by-post-hook":"yes"}\n'
+    # the daemon itself has no such network: the answer came from the adapter
+    assert docker(dockerd, "network", "inspect", "plugstrip-demo", check=False).returncode != 0
+    # other networks still go to the daemon
+    assert docker(ps.host, "network", "inspect", "-f", "{{.Name}}", "none").stdout == b"none\n"

@@ -125,3 +125,21 @@ async def test_failures_and_refusals_end_the_call(name: str, status: int, messag
         await p.run("pre_hook", chain, create_call(), record)
     assert info.value.status == status and message in info.value.message
     assert RAN == []  # nothing after it ran
+
+
+class Answers:
+    def pre_hook(self, call: Call) -> None:
+        call.respond(200, {"answered": True})
+
+
+async def test_respond_ends_the_pre_hook_chain() -> None:
+    p = pipeline(
+        'endpoints:\n  "GET /x": {pre: [ans, a]}\n'
+        + ADAPTERS
+        + '  ans: {python: "tests.test_pipeline:Answers"}\n'
+    )
+    chain = p.match("GET", "/x")
+    call = make_call("GET", "/x")
+    await p.run("pre_hook", chain, call, Trace().start("GET", "/x", chain.endpoint, "t"))
+    assert call.response is not None and call.response.json() == {"answered": True}
+    assert RAN == []  # "a" did not run
