@@ -231,10 +231,6 @@ class Call:
         payload = dumps(json) if json is not None else (body or b"")
         self.response = HttpResponse(status, Headers([("Content-Type", content_type)]), payload)
 
-    @property
-    def api_version(self) -> str | None:
-        return split_version(self.client_request.path)[0]
-
 
 def split_version(path: str) -> tuple[str | None, str]:
     """``/v1.41/containers/json`` -> ``("1.41", "/containers/json")``; no prefix -> None."""

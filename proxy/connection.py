@@ -127,6 +127,7 @@ class ClientConnection:
         self._must_close = not head.keep_alive or head.version != "1.1"
         self._sent = 0
         try:
+            # The chain matched here fixes the call's adapters, even across a reload.
             chain = self.shared.pipeline.match(head.method, path)
             if chain is None:
                 await self._forward(request, None, None, None, held=False)
@@ -149,10 +150,9 @@ class ClientConnection:
         record = self.shared.trace.start(
             request.method, request.target, chain.endpoint, self.peer.describe()
         )
-        pipeline = self.shared.pipeline  # the one this call started with, even over a reload
         try:
             try:
-                await pipeline.run("pre_hook", chain, call, record)
+                await self.shared.pipeline.run("pre_hook", chain, call, record)
             except Refuse as refusal:
                 # An unread streamed body cannot be skipped on a kept-alive connection.
                 self._must_close = self._must_close or not held
@@ -169,7 +169,7 @@ class ClientConnection:
             return call.status
         finally:
             record.status = call.status
-            await pipeline.finish(chain, call)
+            await self.shared.pipeline.finish(chain, call)
 
     async def _answer_here(self, call: Call, chain: Chain, record: Record) -> int:
         """Send the answer a pre-hook gave, after the post-hooks have seen it."""

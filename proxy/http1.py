@@ -65,13 +65,8 @@ class Head:
     target: str = ""
     status: int = 0  # responses
     reason: str = ""
-    raw: bytes = b""  # responses: the head as received (for an exact relay)
     chunked: bool = False
     length: int | None = None  # Content-Length, if any
-
-    def header(self, name: bytes) -> bytes | None:
-        lname = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lname), None)
 
 
 class _End:

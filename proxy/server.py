@@ -74,15 +74,6 @@ class ProxyServer:
         self._servers.append(server)
         log.info("listening", extra={"listen": str(addr), "tls": listener.tls is not None})
 
-    def bound_ports(self) -> list[int]:
-        """TCP ports actually bound (for tcp://127.0.0.1:0)."""
-        return [
-            s.getsockname()[1]
-            for server in self._servers
-            for s in server.sockets
-            if s.family in (socket.AF_INET, socket.AF_INET6)
-        ]
-
     async def _accept(
         self,
         reader: asyncio.StreamReader,

@@ -3,7 +3,6 @@ itself started as the `plugstrip serve` command users run."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -58,4 +57,3 @@ def _no_docker_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests name their daemon explicitly; never the machine's.
     for var in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
         monkeypatch.delenv(var, raising=False)
-    os.environ.setdefault("DOCKER_BUILDKIT", "0")
