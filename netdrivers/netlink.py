@@ -7,9 +7,11 @@ half way on something already removed.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
+import socket
 from types import TracebackType
 from typing import Any
 
@@ -148,3 +150,36 @@ async def plug_into_container(host: Netlink, peer: str, endpoint: Endpoint, mtu:
         await nl.set_up(name)
         if endpoint.gateway is not None:
             await nl.ensure_default_route(str(endpoint.gateway))
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def socket_in(netns_path: str, kind: socket.SocketKind, address: tuple[str, int]) -> socket.socket:
+    """An IPv4 socket bound to ``address`` inside another namespace. A socket keeps the
+    namespace it was made in, so only this (calling) thread enters it, and comes back."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(netns_path, os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            sock = socket.socket(socket.AF_INET, kind)
+            try:
+                sock.bind(address)
+            except BaseException:
+                sock.close()
+                raise
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+    sock.setblocking(False)
+    return sock

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ovsdbapp.backend.ovs_idl import connection
@@ -23,62 +24,88 @@ def detect_datapath() -> str:
     return "system" if os.path.exists("/sys/module/openvswitch") else "netdev"
 
 
+class OvsdbUnavailable(ConnectionError):
+    pass
+
+
+Commands = Callable[[Any], list[Any]]
+
+
 class Ovsdb:
+    """A connection made on first use, so plugstrip starts (and serves other drivers)
+    while Open vSwitch is not there."""
+
     def __init__(self, url: str, timeout: float = 10) -> None:
         self.url = url
         self._timeout = timeout
         self._api: Any = None
+        self._connecting = asyncio.Lock()
 
-    async def connect(self) -> None:
-        def open_api() -> Any:
-            idl = connection.OvsdbIdl.from_server(self.url, "Open_vSwitch")
-            return impl_idl.OvsdbIdl(connection.Connection(idl=idl, timeout=self._timeout))
+    async def connect(self) -> Any:
+        async with self._connecting:
+            if self._api is None:
 
-        self._api = await asyncio.to_thread(open_api)
+                def open_api() -> Any:
+                    idl = connection.OvsdbIdl.from_server(self.url, "Open_vSwitch")
+                    conn = connection.Connection(idl=idl, timeout=self._timeout)
+                    return impl_idl.OvsdbIdl(conn)
 
-    async def _run(self, *commands: Any) -> list[Any]:
+                try:
+                    self._api = await asyncio.to_thread(open_api)
+                except Exception as exc:
+                    raise OvsdbUnavailable(
+                        f"plugstrip/ovs: cannot reach Open vSwitch at {self.url}: {exc}"
+                    ) from exc
+        return self._api
+
+    async def _run(self, commands: Commands) -> list[Any]:
+        """Build ``commands`` on the API and run them as one transaction."""
+        api = await self.connect()
+
         def run() -> list[Any]:
-            with self._api.transaction(check_error=True) as txn:
-                for command in commands:
+            built = commands(api)
+            with api.transaction(check_error=True) as txn:
+                for command in built:
                     txn.add(command)
-            return [c.result for c in commands]
+            return [c.result for c in built]
 
         return await asyncio.to_thread(run)
 
-    @property
-    def api(self) -> Any:
-        assert self._api is not None, "call connect() first"
-        return self._api
-
     async def ensure_bridge(self, name: str, datapath_type: str) -> None:
         await self._run(
-            self.api.add_br(name, may_exist=True, datapath_type=datapath_type),
-            self.api.db_set("Bridge", name, ("external_ids", {"owner": OWNER})),
+            lambda api: [
+                api.add_br(name, may_exist=True, datapath_type=datapath_type),
+                api.db_set("Bridge", name, ("external_ids", {"owner": OWNER})),
+            ]
         )
 
     async def bridge_ids(self, bridge: str) -> dict[str, str]:
-        (ids,) = await self._run(self.api.db_get("Bridge", bridge, "external_ids"))
+        (ids,) = await self._run(lambda api: [api.db_get("Bridge", bridge, "external_ids")])
         return dict(ids)
 
     async def set_bridge_ids(self, bridge: str, ids: dict[str, str]) -> None:
-        await self._run(self.api.db_set("Bridge", bridge, ("external_ids", ids)))
+        await self._run(lambda api: [api.db_set("Bridge", bridge, ("external_ids", ids))])
 
     async def remove_bridge_id(self, bridge: str, key: str) -> None:
-        await self._run(self.api.db_remove("Bridge", bridge, "external_ids", key, if_exists=True))
+        await self._run(
+            lambda api: [api.db_remove("Bridge", bridge, "external_ids", key, if_exists=True)]
+        )
 
     async def ensure_port(
         self, bridge: str, name: str, tag: int, external_ids: dict[str, str]
     ) -> None:
         """An access port (VLAN ``tag``) for a device that already exists."""
         await self._run(
-            self.api.add_port(bridge, name, may_exist=True),
-            self.api.db_set("Port", name, ("tag", tag)),
-            self.api.db_set("Interface", name, ("external_ids", {"owner": OWNER, **external_ids})),
+            lambda api: [
+                api.add_port(bridge, name, may_exist=True),
+                api.db_set("Port", name, ("tag", tag)),
+                api.db_set("Interface", name, ("external_ids", {"owner": OWNER, **external_ids})),
+            ]
         )
 
     async def delete_port(self, name: str) -> None:
-        await self._run(self.api.del_port(name, if_exists=True))
+        await self._run(lambda api: [api.del_port(name, if_exists=True)])
 
     async def ports(self, bridge: str) -> list[str]:
-        (names,) = await self._run(self.api.list_ports(bridge))
+        (names,) = await self._run(lambda api: [api.list_ports(bridge)])
         return list(names)

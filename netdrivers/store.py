@@ -11,11 +11,12 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
@@ -50,6 +51,18 @@ class NetworkRecord:
     options: dict[str, str]
     labels: dict[str, str]
     internal: bool
+    created: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """An address held by ``owner`` on a network, with what the edge recorded about it
+    (the container's name and aliases, its interface name: opaque to the store)."""
+
+    network_id: str
+    owner: str
+    address: IPAddress
+    meta: dict[str, Any]
 
 
 class Store(Protocol):
@@ -67,12 +80,22 @@ class Store(Protocol):
     async def delete_network(self, network_id: str) -> None: ...
 
     async def allocate(
-        self, network_id: str, owner: str, requested: IPAddress | None = None
+        self,
+        network_id: str,
+        owner: str,
+        requested: IPAddress | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> IPAddress: ...
 
     async def release(self, network_id: str, owner: str) -> None: ...
 
     async def allocations(self, network_id: str) -> dict[str, IPAddress]: ...
+
+    async def endpoints(
+        self, network_id: str | None = None, owner: str | None = None
+    ) -> list[Allocation]: ...
+
+    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -81,11 +104,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
     subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
-    options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL
+    options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL,
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS allocations (
     network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
-    address TEXT NOT NULL,
+    address TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (network_id, owner), UNIQUE (network_id, address)
 );
 """
@@ -164,9 +188,10 @@ class SqliteStore:
                 dict(spec.options),
                 dict(spec.labels),
                 spec.internal,
+                time.time(),
             )
             db.execute(
-                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.id,
                     record.name,
@@ -177,6 +202,7 @@ class SqliteStore:
                     json.dumps(record.options),
                     json.dumps(record.labels),
                     int(record.internal),
+                    record.created,
                 ),
             )
             return record
@@ -216,7 +242,11 @@ class SqliteStore:
         await self._tx(delete)
 
     async def allocate(
-        self, network_id: str, owner: str, requested: IPAddress | None = None
+        self,
+        network_id: str,
+        owner: str,
+        requested: IPAddress | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> IPAddress:
         def alloc(db: sqlite3.Connection) -> IPAddress:
             net = db.execute(
@@ -235,7 +265,10 @@ class SqliteStore:
             address = ipam.choose_address(
                 IPNetwork(net[0]), IPAddress(net[1]), [IPAddress(a) for _, a in rows], requested
             )
-            db.execute("INSERT INTO allocations VALUES (?,?,?)", (network_id, owner, str(address)))
+            db.execute(
+                "INSERT INTO allocations VALUES (?,?,?,?)",
+                (network_id, owner, str(address), json.dumps(meta or {})),
+            )
             return address
 
         return await self._tx(alloc)
@@ -256,6 +289,37 @@ class SqliteStore:
                 )
             }
         )
+
+    async def endpoints(
+        self, network_id: str | None = None, owner: str | None = None
+    ) -> list[Allocation]:
+        """Allocations, all or of one network and/or one owner."""
+
+        def query(db: sqlite3.Connection) -> list[Allocation]:
+            rows = db.execute(
+                "SELECT network_id, owner, address, meta FROM allocations"
+                " WHERE (?1 IS NULL OR network_id=?1) AND (?2 IS NULL OR owner=?2)"
+                " ORDER BY network_id, address",
+                (network_id, owner),
+            )
+            return [Allocation(n, o, IPAddress(a), json.loads(m)) for n, o, a, m in rows]
+
+        return await self._tx(query)
+
+    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the meta of every allocation ``owner`` holds."""
+
+        def update(db: sqlite3.Connection) -> None:
+            rows = db.execute(
+                "SELECT network_id, meta FROM allocations WHERE owner=?", (owner,)
+            ).fetchall()
+            for network_id, meta in rows:
+                db.execute(
+                    "UPDATE allocations SET meta=? WHERE network_id=? AND owner=?",
+                    (json.dumps({**json.loads(meta), **changes}), network_id, owner),
+                )
+
+        await self._tx(update)
 
 
 def _lowest_free_vni(taken: set[int]) -> int:
@@ -278,4 +342,5 @@ def _record(row: tuple[str, ...]) -> NetworkRecord:
         json.loads(row[6]),
         json.loads(row[7]),
         bool(row[8]),
+        float(row[9]),
     )

@@ -20,6 +20,17 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from adapters.docker_api import DockerApi
+from adapters.network import NetworkAdapter, builtin
+from netdrivers import ipam
+from netdrivers.contract import Driver
+from netdrivers.ipam import DEFAULT_RANGE
+from netdrivers.ovs import OvsDriver
+from netdrivers.ovsdb import Ovsdb
+from netdrivers.own_loop import LoopThread, OnOwnLoop
+from netdrivers.service import NetworkService
+from netdrivers.store import SqliteStore
+from netdrivers.weave import WeaveDriver
 from proxy import logs
 from proxy.addresses import SocketAddress
 from proxy.admin import admin_app
@@ -33,6 +44,7 @@ log = logging.getLogger("plugstrip")
 DEFAULT_LISTEN = "unix:///run/plugstrip/docker.sock"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/plugstrip"
+DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 RUNTIME_FILE = "serve.json"  # in the state dir: where `plugstrip trace` finds the admin URL
 
 
@@ -93,6 +105,28 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-insecure-tcp",
         action="store_true",
         help="allow a TCP listener without verified TLS on a non-loopback address",
+    )
+    serve.add_argument(
+        "--no-networks",
+        action="store_true",
+        help="turn off plugstrip networks (the built-in network adapter)",
+    )
+    serve.add_argument(
+        "--ipalloc-range",
+        metavar="CIDR",
+        default=str(DEFAULT_RANGE),
+        help="where subnets for networks without --subnet come from (default %(default)s)",
+    )
+    serve.add_argument(
+        "--ovsdb",
+        metavar="URL",
+        default=DEFAULT_OVSDB,
+        help="Open vSwitch database for plugstrip/ovs (default %(default)s)",
+    )
+    serve.add_argument(
+        "--ovs-datapath",
+        choices=("system", "netdev"),
+        help="OVS datapath type (default: system if the kernel module is loaded, else netdev)",
     )
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--log-level", default="info")
@@ -159,7 +193,11 @@ async def _run(
     upstream: Upstream,
     admin: SocketAddress | None,
 ) -> int:
-    server = ProxyServer(upstream, args.config)
+    network = None if args.no_networks else _network_adapter(args, upstream)
+    builtins = [] if network is None else [builtin(network)]
+    server = ProxyServer(upstream, args.config, builtins=builtins)
+    if network is not None:
+        await network.start()
     for listener in listeners:
         await server.listen(listener)
     runner = None
@@ -187,12 +225,33 @@ async def _run(
     log.info("draining", extra={"grace_seconds": args.shutdown_timeout})
     watcher.cancel()
     await server.drain(args.shutdown_timeout)
+    if network is not None:
+        await network.close()
+        network.service.store.close()
     if runner is not None:
         await runner.cleanup()
     with suppress(OSError):
         (Path(args.state_dir) / RUNTIME_FILE).unlink()
     log.info("stopped")
     return 0
+
+
+def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAdapter:
+    try:
+        pool = ipam.parse_subnet(args.ipalloc_range)
+    except ipam.IpamError as exc:
+        raise UsageError(f"--ipalloc-range: {exc}") from None
+    datapath = LoopThread()
+    drivers: dict[str, Driver] = {
+        d.name: OnOwnLoop(d, datapath)
+        for d in (
+            WeaveDriver(),
+            OvsDriver(Ovsdb(args.ovsdb), datapath_type=args.ovs_datapath),
+        )
+    }
+    store = SqliteStore(Path(args.state_dir) / "networks.db")
+    service = NetworkService(store, drivers, pool)
+    return NetworkAdapter(service, DockerApi(upstream.address, upstream.tls))
 
 
 def _write_runtime(state_dir: str, listeners: list[Listener], admin: SocketAddress | None) -> None:

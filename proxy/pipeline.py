@@ -1,7 +1,10 @@
 """The hook pipeline: which adapters run on a call, in what order, and what a failure does.
 
 Every endpoint whose pattern matches contributes its chain, in configuration order (an
-adapter named by several matching endpoints runs once, at its first place). Each hook
+adapter named by several matching endpoints runs once, at its first place). Built-in
+adapters (the network adapter) sit nearest the daemon: their pre-hooks run after the
+configured ones and their post-hooks before, so users' adapters see calls as clients
+make them. Each hook
 runs under its adapter's timeout. ``Refuse`` always ends the call. Any other failure (a
 timeout, an exception, a broken remote adapter) ends the call with an error when the
 adapter's policy is ``refuse`` (the default: fail closed); with ``skip`` the adapter's
@@ -15,7 +18,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,9 +41,24 @@ class Chain:
     post: tuple[LoadedAdapter, ...]
 
 
+@dataclass(frozen=True)
+class BuiltIn:
+    """An adapter that is part of plugstrip, on the routes it owns."""
+
+    routes: tuple[Route, ...]
+    adapter: LoadedAdapter
+
+
 class Pipeline:
-    def __init__(self, config: Config, registry: Registry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        metrics: Metrics,
+        builtins: Sequence[BuiltIn] = (),
+    ) -> None:
         self.registry = registry
+        self.builtins = tuple(builtins)
         self._metrics = metrics
         self._endpoints: list[tuple[Route, tuple[LoadedAdapter, ...], tuple[LoadedAdapter, ...]]]
         self._endpoints = [
@@ -54,12 +72,13 @@ class Pipeline:
 
     def match(self, method: str, path: str) -> Chain | None:
         hits = [e for e in self._endpoints if e[0].matches(method, path)]
-        if not hits:
+        inner = [b.adapter for b in self.builtins if any(r.matches(method, path) for r in b.routes)]
+        if not hits and not inner:
             return None
         return Chain(
-            " + ".join(route.text for route, _, _ in hits),
-            _unique(a for _, pre, _ in hits for a in pre),
-            _unique(a for _, _, post in hits for a in post),
+            " + ".join([route.text for route, _, _ in hits] + [a.name for a in inner]),
+            _unique([*(a for _, pre, _ in hits for a in pre), *inner]),
+            _unique([*inner, *(a for _, _, post in hits for a in post)]),
         )
 
     async def run(self, hook: Hook, chain: Chain, call: Call, record: Record) -> None:

@@ -10,7 +10,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from proxy.config import Config, ConfigError, load_file
 from proxy.connection import ClientConnection, Shared
 from proxy.http1 import ByteReader, ByteWriter
 from proxy.metrics import Metrics
-from proxy.pipeline import Pipeline
+from proxy.pipeline import BuiltIn, Pipeline
 from proxy.trace import Trace
 from proxy.upstream import STREAM_LIMIT, Upstream
 
@@ -39,18 +39,25 @@ class Listener:
     tls: ssl.SSLContext | None = None
 
 
-def build_pipeline(config: Config, metrics: Metrics) -> Pipeline:
-    return Pipeline(config, Registry(config.adapters.values()), metrics)
+def build_pipeline(config: Config, metrics: Metrics, builtins: Sequence[BuiltIn] = ()) -> Pipeline:
+    return Pipeline(config, Registry(config.adapters.values()), metrics, builtins)
 
 
 class ProxyServer:
     def __init__(
-        self, upstream: Upstream, config_path: str | None, metrics: Metrics | None = None
+        self,
+        upstream: Upstream,
+        config_path: str | None,
+        metrics: Metrics | None = None,
+        builtins: Sequence[BuiltIn] = (),
     ) -> None:
         self.metrics = metrics or Metrics()
         self.config_path = config_path
+        self.builtins = tuple(builtins)  # kept across reloads: they own long-lived state
         config = load_file(config_path) if config_path else Config()
-        self.shared = Shared(upstream, build_pipeline(config, self.metrics), self.metrics, Trace())
+        self.shared = Shared(
+            upstream, build_pipeline(config, self.metrics, builtins), self.metrics, Trace()
+        )
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []  # asyncio (before 3.13) leaves socket files behind
         self._connections: dict[ClientConnection, asyncio.Task[Any]] = {}
@@ -114,7 +121,7 @@ class ProxyServer:
             return False
         self._config_mtime = _mtime(self.config_path)
         try:
-            pipeline = build_pipeline(load_file(self.config_path), self.metrics)
+            pipeline = build_pipeline(load_file(self.config_path), self.metrics, self.builtins)
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             return False

@@ -21,7 +21,7 @@ class Upstream:
         if tls is not None and address.scheme != "tcp":
             raise ValueError("TLS to the upstream needs a tcp:// upstream")
         self.address = address
-        self._tls = tls
+        self.tls = tls
 
     async def open(self) -> tuple[ByteReader, ByteWriter]:
         addr = self.address
@@ -29,11 +29,11 @@ class Upstream:
             if addr.scheme == "unix":
                 return await asyncio.open_unix_connection(addr.path, limit=STREAM_LIMIT)
             reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=STREAM_LIMIT)
-            if self._tls is None:
+            if self.tls is None:
                 return reader, writer
             try:
                 return await tls_layer.wrap(
-                    self._tls, reader, writer, server_side=False, server_hostname=addr.host
+                    self.tls, reader, writer, server_side=False, server_hostname=addr.host
                 )
             except BaseException:
                 writer.close()

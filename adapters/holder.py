@@ -1,0 +1,116 @@
+"""Network-holder containers: one per container on plugstrip networks.
+
+A holder is a ``catatonit -P`` pause process whose network namespace plugstrip wires up
+(addresses, routes, names) *before* the user's container exists; the user's container then
+joins it with ``NetworkMode: container:<holder>``, so its entrypoint starts with every
+interface up (no race with the application, no wrapper in the image). Kubernetes' pause
+container is the same idea. The holder also carries what Docker ties to the network
+namespace and refuses on a joined container (published ports, DNS, hostname, extra hosts,
+links): those settings move from the user's request to the holder, so they work as asked.
+The holder sits on Docker's default bridge (outbound traffic and ``-p`` through dockerd as
+usual) unless every plugstrip network it serves is internal.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import shutil
+import tarfile
+from typing import Any
+
+from adapters.docker_api import DockerApi
+from netdrivers import dns
+
+IMAGE_REPO = "plugstrip/holder"
+IMAGE_TAG = "1"
+IMAGE = f"{IMAGE_REPO}:{IMAGE_TAG}"
+
+# Labels: on a holder, its role; on a user's container, its holder and the network mode
+# the user asked for (shown back in inspect and ps instead of ``container:<holder>``).
+ROLE = "io.plugstrip.role"
+HOLDER = "io.plugstrip.holder"
+NETWORK_MODE = "io.plugstrip.network-mode"
+DNS = "io.plugstrip.dns"  # on a holder: the user's --dns, the upstreams of its name server
+
+# What Docker refuses beside ``container:`` network mode, and so moves to the holder.
+MOVED_CONFIG = ("Hostname", "Domainname", "ExposedPorts")
+MOVED_HOST_CONFIG = (
+    "PortBindings",
+    "PublishAllPorts",
+    "Dns",
+    "DnsOptions",
+    "DnsSearch",
+    "ExtraHosts",
+    "Links",
+)
+
+
+class HolderUnavailable(RuntimeError):
+    pass
+
+
+async def ensure_image(api: DockerApi) -> None:
+    """Import the holder image from the host's catatonit if the daemon lacks it."""
+    if await api.call("GET", f"/images/{IMAGE}/json", ok_missing=True) is not None:
+        return
+    binary = shutil.which("catatonit")
+    if binary is None:
+        raise HolderUnavailable(
+            "plugstrip needs catatonit for network-holder containers (apt install catatonit)"
+        )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(binary, arcname="catatonit")
+    await api.call(
+        "POST",
+        "/images/create",
+        params={
+            "fromSrc": "-",
+            "repo": IMAGE_REPO,
+            "tag": IMAGE_TAG,
+            "changes": 'CMD ["/catatonit", "-P"]',
+        },
+        data=buf.getvalue(),
+    )
+
+
+def split_request(body: dict[str, Any], network_mode: str, on_bridge: bool) -> dict[str, Any]:
+    """Rewrite a create request to join a holder (``container:HOLDER`` is filled in by
+    :func:`join`) and return the holder's own create request, carrying what moved."""
+    host_config = body.setdefault("HostConfig", {}) or {}
+    body["HostConfig"] = host_config
+    holder_host: dict[str, Any] = {
+        "NetworkMode": "default" if on_bridge else "none",
+        "RestartPolicy": {"Name": "always"},  # back with the daemon, before its user
+    }
+    holder: dict[str, Any] = {
+        "Image": IMAGE,
+        "Labels": {ROLE: "holder"},
+        "HostConfig": holder_host,
+    }
+    for key in MOVED_CONFIG:
+        if body.get(key):
+            holder[key] = body.pop(key)
+        else:
+            body.pop(key, None)
+    for key in MOVED_HOST_CONFIG:
+        if host_config.get(key):
+            holder_host[key] = host_config.pop(key)
+        else:
+            host_config.pop(key, None)
+    # Names are answered in the holder (netdrivers.dns); the user's servers are its upstreams.
+    holder["Labels"][DNS] = ",".join(holder_host.pop("Dns", None) or [])
+    holder_host["Dns"] = [dns.ADDRESS]
+    body["NetworkingConfig"] = None
+    body["Labels"] = {**(body.get("Labels") or {}), NETWORK_MODE: network_mode}
+    return holder
+
+
+def join(body: dict[str, Any], holder_id: str) -> None:
+    body["HostConfig"]["NetworkMode"] = f"container:{holder_id}"
+    body["Labels"][HOLDER] = holder_id
+
+
+def new_name() -> str:
+    return f"plugstrip-holder-{secrets.token_hex(6)}"

@@ -1,0 +1,679 @@
+"""The built-in network adapter: plugstrip networks through the unchanged Docker API.
+
+It answers the network calls for plugstrip's own drivers itself (``call.respond``), adds
+plugstrip networks to Docker's answers (lists, inspects), and turns a container create on
+a plugstrip network into a network-holder container wired up first plus the user's
+container joining it (see :mod:`adapters.holder`). Docker-API shapes stop here: the control
+plane below (:class:`netdrivers.service.NetworkService`) takes plain typed intent.
+
+Address life follows the daemon: addresses belong to a holder, which lives as long as its
+container; removals made anywhere (``docker rm``, ``--rm``, directly on the daemon) arrive
+on the event stream, and on start-up (and after the stream drops) a reconciliation frees
+what belongs to no container and re-plugs holders the daemon restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from netaddr import AddrFormatError, IPAddress
+
+from adapters import holder as holders
+from adapters import network_shapes as shapes
+from adapters import weave_cidr
+from adapters.contract import Call, Refuse, split_version
+from adapters.docker_api import DockerApi
+from adapters.registry import LoadedAdapter
+from netdrivers import dns, ipam
+from netdrivers.dns import NameServer, Upstreams
+from netdrivers.ipam import IpamError
+from netdrivers.service import Attachment, NetworkService
+from netdrivers.store import NetworkRecord, NetworkSpec
+from proxy.config import AdapterSpec
+from proxy.pipeline import BuiltIn
+from proxy.routes import Route
+
+log = logging.getLogger("plugstrip.network")
+
+PREFIX = "plugstrip/"
+DEFAULT_WEAVE_NETWORK = "weave"  # where WEAVE_CIDR's net:default lands, as in Weave
+
+ROUTES = tuple(
+    Route.parse(text)
+    for text in (
+        "POST /networks/create",
+        "GET /networks",
+        "GET /networks/*",
+        "DELETE /networks/*",
+        "POST /networks/*/connect",
+        "POST /networks/*/disconnect",
+        "POST /networks/prune",
+        "POST /containers/create",
+        "POST /containers/*/start",
+        "POST /containers/*/restart",
+        "GET /containers/json",
+        "GET /containers/*/json",
+        "DELETE /containers/*",
+    )
+)
+
+_STATUS = {"invalid": 400, "conflict": 409, "exhausted": 409, "not_found": 404}
+_DOCKER_MODES = {"", "default", "bridge", "host", "none"}
+
+
+@dataclass(frozen=True)
+class HolderNs:
+    netns: str  # /proc/PID/ns/net
+    on_bridge: bool  # on Docker's bridge too: plugstrip's interfaces start at eth1
+    upstreams: Upstreams
+
+
+Handler = Callable[[Call, re.Match[str]], Awaitable[None]]
+
+
+def refusal(exc: IpamError) -> Refuse:
+    return Refuse(_STATUS[exc.category], str(exc))
+
+
+class NetworkAdapter:
+    def __init__(self, service: NetworkService, api: DockerApi) -> None:
+        self.service = service
+        self.api = api
+        self._locks: dict[str, asyncio.Lock] = {}  # per holder: plug, replug, discard
+        self._pending: set[str] = set()  # holders whose container is being created
+        self._bridge: bool | None = None  # does the daemon have its default bridge?
+        self._events: asyncio.Task[None] | None = None
+        self.names = NameServer(service.resolve)
+        self._pre: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", re.compile(r"/networks/create"), self._create_network),
+            ("GET", re.compile(r"/networks/([^/]+)"), self._inspect_network),
+            ("DELETE", re.compile(r"/networks/([^/]+)"), self._remove_network),
+            ("POST", re.compile(r"/networks/([^/]+)/connect"), self._connect),
+            ("POST", re.compile(r"/networks/([^/]+)/disconnect"), self._disconnect),
+            ("POST", re.compile(r"/containers/create"), self._create_container),
+            ("POST", re.compile(r"/containers/([^/]+)/(?:start|restart)"), self._start),
+            ("DELETE", re.compile(r"/containers/([^/]+)"), self._before_remove),
+        ]
+        self._post: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"/networks"), self._list_networks),
+            ("POST", re.compile(r"/networks/prune"), self._prune_networks),
+            ("POST", re.compile(r"/containers/create"), self._created),
+            ("GET", re.compile(r"/containers/json"), self._list_containers),
+            ("GET", re.compile(r"/containers/([^/]+)/json"), self._inspect_container),
+            ("DELETE", re.compile(r"/containers/([^/]+)"), self._removed),
+        ]
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._events = asyncio.create_task(self._follow_events())
+
+    async def close(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+            await asyncio.gather(self._events, return_exceptions=True)
+        self.names.close()
+        await self.api.close()
+
+    # ---- dispatch ------------------------------------------------------------------------
+
+    async def pre_hook(self, call: Call) -> None:
+        await self._dispatch(self._pre, call)
+
+    async def post_hook(self, call: Call) -> None:
+        await self._dispatch(self._post, call)
+
+    async def _dispatch(
+        self, table: list[tuple[str, re.Pattern[str], Handler]], call: Call
+    ) -> None:
+        _, path = split_version(call.client_request.path)
+        for method, pattern, handler in table:
+            match = pattern.fullmatch(path)
+            if match and call.client_request.method.upper() == method:
+                try:
+                    await handler(call, match)
+                except IpamError as exc:
+                    raise refusal(exc) from None
+                except ConnectionError as exc:  # a datapath backend (OVSDB) is unreachable
+                    raise Refuse(503, str(exc)) from None
+                return
+
+    # ---- networks ------------------------------------------------------------------------
+
+    async def _create_network(self, call: Call, _: re.Match[str]) -> None:
+        body = call.request.json() or {}
+        name, driver = str(body.get("Name") or ""), str(body.get("Driver") or "")
+        if not driver.startswith(PREFIX):
+            mine = await self.service.find(name) if name else None
+            if mine is not None and mine.name == name:
+                raise Refuse(409, f"network with name {name} already exists")
+            return
+        spec = self._network_spec(body)
+        self.service.driver(spec.driver)  # an unknown driver is refused before any lookup
+        docker_own = await self.api.call(
+            "GET", f"/networks/{quote(name, safe='')}", ok_missing=True
+        )
+        if docker_own is not None and docker_own.get("Name") == name:
+            raise Refuse(409, f"network with name {name} already exists")
+        record = await self.service.create_network(spec)
+        log.info("network created", extra={"network": name, "subnet": str(record.subnet)})
+        call.respond(201, {"Id": record.id, "Warning": ""})
+
+    @staticmethod
+    def _network_spec(body: dict[str, Any]) -> NetworkSpec:
+        name, driver = str(body.get("Name") or ""), str(body["Driver"])
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+            raise Refuse(400, f"invalid network name {name!r}")
+        for flag, what in (
+            ("EnableIPv6", "IPv6"),
+            ("Ingress", "ingress networks"),
+            ("ConfigOnly", "config-only networks"),
+        ):
+            if body.get(flag):
+                raise Refuse(400, f"{driver} does not support {what}")
+        if (body.get("ConfigFrom") or {}).get("Network"):
+            raise Refuse(400, f"{driver} does not support --config-from")
+        if body.get("Options"):
+            unknown = ", ".join(sorted(body["Options"]))
+            raise Refuse(400, f"{driver} takes no driver options (got: {unknown})")
+        ipam_body = body.get("IPAM") or {}
+        if (ipam_body.get("Driver") or "default") != "default" or ipam_body.get("Options"):
+            raise Refuse(400, f"{driver} has its own IPAM: no --ipam-driver or --ipam-opt")
+        configs = ipam_body.get("Config") or []
+        if len(configs) > 1:
+            raise Refuse(400, f"{driver} takes one --subnet")
+        config = configs[0] if configs else {}
+        for key, flag in (("IPRange", "--ip-range"), ("AuxiliaryAddresses", "--aux-address")):
+            if config.get(key):
+                raise Refuse(400, f"{driver} does not support {flag}")
+        subnet = ipam.parse_subnet(config["Subnet"]) if config.get("Subnet") else None
+        gateway = None
+        if config.get("Gateway"):
+            if subnet is None:
+                raise Refuse(400, "--gateway needs --subnet")
+            try:
+                gateway = IPAddress(config["Gateway"], 4)
+            except (AddrFormatError, ValueError):
+                raise Refuse(400, f"invalid gateway {config['Gateway']!r}") from None
+        return NetworkSpec(
+            name,
+            driver,
+            subnet,
+            gateway,
+            {},
+            {str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
+            bool(body.get("Internal")),
+        )
+
+    async def _find_network(self, name_or_id: str) -> NetworkRecord | None:
+        return await self.service.find(name_or_id)
+
+    async def _inspect_network(self, call: Call, match: re.Match[str]) -> None:
+        record = await self._find_network(match.group(1))
+        if record is not None:
+            attachments = await self.service.attachments(network=record)
+            call.respond(200, shapes.network(record, attachments))
+
+    async def _remove_network(self, call: Call, match: re.Match[str]) -> None:
+        record = await self._find_network(match.group(1))
+        if record is None:
+            return
+        if await self.service.attachments(network=record):
+            raise Refuse(
+                403,
+                f"error while removing network: network {record.name} id {record.id} "
+                "has active endpoints",
+            )
+        await self.service.delete_network(record)
+        log.info("network removed", extra={"network": record.name})
+        call.respond(204, body=b"", content_type="text/plain")
+
+    async def _list_networks(self, call: Call, _: re.Match[str]) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        try:
+            filters = shapes.parse_filters(_query(call, "filters"))
+        except shapes.FilterError as exc:
+            raise Refuse(400, str(exc)) from None
+        in_use = {a.network.id for a in await self.service.attachments()}
+        listed = response.json()
+        for record in await self.service.store.list_networks():
+            if shapes.matches(record, filters, record.id in in_use):
+                listed.append(shapes.network(record, []))
+
+    async def _prune_networks(self, call: Call, _: re.Match[str]) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        try:
+            filters = shapes.parse_filters(_query(call, "filters"))
+        except shapes.FilterError as exc:
+            raise Refuse(400, str(exc)) from None
+        in_use = {a.network.id for a in await self.service.attachments()}
+        pruned = []
+        for record in await self.service.store.list_networks():
+            if record.id not in in_use and shapes.matches(record, filters, False):
+                await self.service.delete_network(record)
+                pruned.append(record.name)
+        if pruned:
+            result = response.json() or {}
+            result["NetworksDeleted"] = [*(result.get("NetworksDeleted") or []), *pruned]
+            response.set_json(result)
+
+    async def _connect(self, call: Call, match: re.Match[str]) -> None:
+        record = await self._find_network(match.group(1))
+        if record is None:
+            return
+        body = call.request.json() or {}
+        info = await self._container(str(body.get("Container") or ""))
+        hid = self._holder_of(info, record)
+        config = body.get("EndpointConfig") or {}
+        async with self._lock(hid):
+            if any(a.network.id == record.id for a in await self.service.attachments(hid)):
+                raise Refuse(
+                    403,
+                    f"endpoint with name {info['Name'].lstrip('/')} already exists "
+                    f"in network {record.name}",
+                )
+            ns = await self._holder(hid)
+            await self._attach(hid, ns.netns, ns.on_bridge, record, config, info)
+        call.respond(200, body=b"", content_type="text/plain")
+
+    async def _disconnect(self, call: Call, match: re.Match[str]) -> None:
+        record = await self._find_network(match.group(1))
+        if record is None:
+            return
+        body = call.request.json() or {}
+        info = await self._container(str(body.get("Container") or ""))
+        hid = self._holder_of(info, record)
+        async with self._lock(hid):
+            if not await self.service.detach(record, hid):
+                raise Refuse(
+                    403,
+                    f"container {info['Id']} is not connected to network {record.name}",
+                )
+        call.respond(200, body=b"", content_type="text/plain")
+
+    async def _container(self, name_or_id: str) -> dict[str, Any]:
+        info = await self.api.inspect_container(name_or_id) if name_or_id else None
+        if info is None:
+            raise Refuse(404, f"No such container: {name_or_id}")
+        return info
+
+    @staticmethod
+    def _holder_of(info: dict[str, Any], record: NetworkRecord) -> str:
+        hid = (info["Config"].get("Labels") or {}).get(holders.HOLDER)
+        if not hid:
+            raise Refuse(
+                400,
+                f"container {info['Name'].lstrip('/')} was not created on a plugstrip network, "
+                f"so it cannot join {record.name}: create it with --network {record.name}",
+            )
+        return str(hid)
+
+    # ---- containers ----------------------------------------------------------------------
+
+    async def _create_container(self, call: Call, _: re.Match[str]) -> None:
+        body = call.request.json()
+        if not isinstance(body, dict):
+            return
+        wanted = await self._wanted_networks(body)
+        if not wanted:
+            return
+        mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
+        shown_mode = mode if mode not in _DOCKER_MODES else wanted[0][0].name
+        on_bridge = any(not r.internal for r, _ in wanted) and await self._has_bridge()
+        mac = body.pop("MacAddress", None)
+        holder_body = holders.split_request(body, shown_mode, on_bridge)
+        name = _query(call, "name") or ""
+        await holders.ensure_image(self.api)
+        created = await self.api.call(
+            "POST", "/containers/create", holder_body, params={"name": holders.new_name()}
+        )
+        hid = str(created["Id"])
+        self._pending.add(hid)
+        call.context["holder"] = hid
+        try:
+            async with self._lock(hid):
+                await self.api.call("POST", f"/containers/{hid}/start")
+                ns = await self._holder(hid)
+                for index, (record, config) in enumerate(wanted):
+                    extra = {"mac": mac} if mac and index == 0 else {}
+                    await self._attach(hid, ns.netns, on_bridge, record, config, None, name, extra)
+                await self.names.serve(hid, ns.netns, ns.upstreams)
+        except BaseException:
+            await self._discard_holder(hid)
+            raise
+        holders.join(body, hid)
+
+    async def _wanted_networks(
+        self, body: dict[str, Any]
+    ) -> list[tuple[NetworkRecord, dict[str, Any]]]:
+        """The plugstrip networks a create request asks for, each with its endpoint config:
+        from the network mode, the endpoints config, and Weave's WEAVE_CIDR."""
+        mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
+        configs = dict((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        wanted: list[tuple[NetworkRecord, dict[str, Any]]] = []
+        mode_record = None
+        if mode not in _DOCKER_MODES and not mode.startswith("container:"):
+            mode_record = await self._find_network(mode)
+            if mode_record is not None:
+                wanted.append((mode_record, configs.pop(mode, None) or {}))
+        for key, config in configs.items():
+            record = await self._find_network(key)
+            if record is not None and mode_record is not None and record.id != mode_record.id:
+                wanted.append((record, config or {}))
+            elif record is not None and mode_record is None:
+                raise Refuse(
+                    400, f"plugstrip network {record.name} must be the container's --network"
+                )
+            elif record is None and mode_record is not None:
+                raise Refuse(
+                    400,
+                    f"a container on plugstrip network {mode_record.name} cannot also join "
+                    f"Docker network {key}",
+                )
+        cidr = next(
+            (e.split("=", 1)[1] for e in body.get("Env") or [] if e.startswith("WEAVE_CIDR=")),
+            None,
+        )
+        if cidr is not None:
+            if mode not in _DOCKER_MODES and mode_record is None:
+                return wanted
+            wanted += await self._weave_cidr_networks(cidr, {r.id for r, _ in wanted})
+        return wanted
+
+    async def _weave_cidr_networks(
+        self, text: str, taken: set[str]
+    ) -> list[tuple[NetworkRecord, dict[str, Any]]]:
+        try:
+            requests = weave_cidr.parse(text)
+        except weave_cidr.WeaveCidrError as exc:
+            raise Refuse(400, str(exc)) from None
+        out = []
+        for req in requests:
+            if req.kind == "default":
+                name, subnet = DEFAULT_WEAVE_NETWORK, None
+            else:
+                assert req.subnet is not None
+                name, subnet = f"weave-{req.subnet.network}-{req.subnet.prefixlen}", req.subnet
+            record = await self._network_for_subnet(name, subnet)
+            if record.id in taken:
+                raise Refuse(400, f"WEAVE_CIDR {text!r}: network {record.name} is named twice")
+            config = {"IPAMConfig": {"IPv4Address": str(req.address)}} if req.address else {}
+            out.append((record, config))
+        return out
+
+    async def _network_for_subnet(self, name: str, subnet: Any) -> NetworkRecord:
+        """The plugstrip network with exactly ``subnet`` (or named ``name`` for the default),
+        made on first use as Weave made its subnets."""
+        for record in await self.service.store.list_networks():
+            if (subnet is None and record.name == name) or (
+                subnet is not None and record.subnet == subnet
+            ):
+                return record
+        spec = NetworkSpec(name, "plugstrip/weave", subnet)
+        try:
+            return await self.service.create_network(spec)
+        except IpamError as exc:
+            if exc.category != "conflict":
+                raise
+            found = await self.service.find(name)  # made meanwhile by a concurrent create
+            if found is None:
+                raise
+            return found
+
+    async def _attach(
+        self,
+        hid: str,
+        netns: str,
+        on_bridge: bool,
+        record: NetworkRecord,
+        config: dict[str, Any],
+        info: dict[str, Any] | None,
+        name: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> Attachment:
+        requested_text = (config.get("IPAMConfig") or {}).get("IPv4Address") or None
+        requested = None
+        if requested_text:
+            try:
+                requested = IPAddress(requested_text, 4)
+            except (AddrFormatError, ValueError):
+                raise Refuse(400, f"invalid IPv4 address {requested_text!r}") from None
+        meta: dict[str, Any] = {
+            "aliases": [str(a) for a in config.get("Aliases") or []],
+            "requested": requested_text,
+            **(extra or {}),
+        }
+        if info is not None:
+            meta |= {"container": info["Id"], "name": info["Name"].lstrip("/")}
+        elif name:
+            meta["name"] = name
+        return await self.service.attach(
+            record, hid, netns, requested, meta, first_ifindex=1 if on_bridge else 0
+        )
+
+    async def _created(self, call: Call, _: re.Match[str]) -> None:
+        hid = call.context.get("holder")
+        response = call.response
+        if hid is None or response is None:
+            return
+        try:
+            if response.status != 201:
+                await self._discard_holder(hid)
+                return
+            cid = str(response.json()["Id"])
+            name = _query(call, "name")
+            if not name:
+                info = await self._container(cid)
+                name = info["Name"].lstrip("/")
+            await self.service.store.update_meta(hid, {"container": cid, "name": name})
+        finally:
+            self._pending.discard(hid)
+
+    async def _start(self, call: Call, match: re.Match[str]) -> None:
+        info = await self.api.inspect_container(match.group(1))
+        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holders.HOLDER)
+        if not hid:
+            return
+        async with self._lock(hid):
+            held = await self.api.inspect_container(hid)
+            if held is None:
+                raise Refuse(
+                    409,
+                    f"the network holder of {info['Name'].lstrip('/')} is gone "  # type: ignore[index]
+                    "(removed on the daemon): remove the container and create it again",
+                )
+            if not held["State"]["Running"]:
+                await self._replug(hid)
+
+    async def _before_remove(self, call: Call, match: re.Match[str]) -> None:
+        info = await self.api.inspect_container(match.group(1))
+        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holders.HOLDER)
+        if hid:
+            call.context["holder"] = hid
+
+    async def _removed(self, call: Call, _: re.Match[str]) -> None:
+        hid = call.context.get("holder")
+        if hid and call.response is not None and call.response.status < 300:
+            await self._discard_holder(hid)
+
+    async def _inspect_container(self, call: Call, _: re.Match[str]) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        data = response.json()
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        hid = labels.get(holders.HOLDER)
+        if not hid:
+            return
+        held = await self.api.inspect_container(hid) or {}
+        settings = data.setdefault("NetworkSettings", {})
+        settings["Networks"] = {
+            a.network.name: shapes.container_endpoint(a, data["Id"])
+            for a in await self.service.attachments(hid)
+        }
+        settings["Ports"] = (held.get("NetworkSettings") or {}).get("Ports") or {}
+        for key in ("IPAddress", "Gateway", "MacAddress"):
+            if key in settings:
+                settings[key] = ""
+        host_config = data.setdefault("HostConfig", {})
+        host_config["NetworkMode"] = labels.get(
+            holders.NETWORK_MODE, host_config.get("NetworkMode")
+        )
+        for key, value in (held.get("HostConfig") or {}).items():
+            if key in holders.MOVED_HOST_CONFIG:
+                host_config[key] = value
+        user_dns = ((held.get("Config") or {}).get("Labels") or {}).get(holders.DNS)
+        host_config["Dns"] = [s for s in (user_dns or "").split(",") if s]
+        for key, value in (held.get("Config") or {}).items():
+            if key in holders.MOVED_CONFIG:
+                data["Config"][key] = value
+
+    async def _list_containers(self, call: Call, _: re.Match[str]) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        listed = response.json()
+        held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holders.ROLE)}
+        if not held and not any((c.get("Labels") or {}).get(holders.HOLDER) for c in listed):
+            return
+        by_owner: dict[str, list[Attachment]] = {}
+        for a in await self.service.attachments():
+            by_owner.setdefault(a.owner, []).append(a)
+        out = []
+        for c in listed:
+            labels = c.get("Labels") or {}
+            if labels.get(holders.ROLE):
+                continue
+            hid = labels.get(holders.HOLDER)
+            if hid:
+                c.setdefault("HostConfig", {})["NetworkMode"] = labels.get(holders.NETWORK_MODE)
+                c.setdefault("NetworkSettings", {})["Networks"] = {
+                    a.network.name: shapes.container_endpoint(a, c["Id"])
+                    for a in by_owner.get(hid, [])
+                }
+                if hid in held:
+                    c["Ports"] = held[hid].get("Ports") or []
+            out.append(c)
+        response.set_json(out)
+
+    # ---- holders -------------------------------------------------------------------------
+
+    def _lock(self, hid: str) -> asyncio.Lock:
+        return self._locks.setdefault(hid, asyncio.Lock())
+
+    async def _has_bridge(self) -> bool:
+        if self._bridge is None:
+            self._bridge = (
+                await self.api.call("GET", "/networks/bridge", ok_missing=True) is not None
+            )
+        return self._bridge
+
+    async def _holder(self, hid: str) -> HolderNs:
+        """The holder's namespace (starting the holder if it is stopped)."""
+        info = await self.api.inspect_container(hid)
+        if info is None:
+            raise Refuse(409, f"network holder {hid[:12]} is gone")
+        if not info["State"]["Running"]:
+            await self.api.call("POST", f"/containers/{hid}/start")
+            info = await self.api.inspect_container(hid) or info
+        on_bridge = info["HostConfig"]["NetworkMode"] != "none"
+        user_dns = (info["Config"].get("Labels") or {}).get(holders.DNS) or ""
+        servers = tuple(s for s in user_dns.split(",") if s) or dns.host_resolvers()
+        return HolderNs(
+            f"/proc/{int(info['State']['Pid'])}/ns/net", on_bridge, Upstreams(servers, on_bridge)
+        )
+
+    async def _replug(self, hid: str) -> None:
+        """Wire a holder's namespace again (it was re-made, or plugstrip restarted)."""
+        ns = await self._holder(hid)
+        await self.service.replug(hid, ns.netns)
+        await self.names.serve(hid, ns.netns, ns.upstreams)
+
+    async def _discard_holder(self, hid: str) -> None:
+        async with self._lock(hid):
+            await self.api.call(
+                "DELETE", f"/containers/{hid}", params={"force": "1"}, ok_missing=True
+            )
+            await self.service.release_owner(hid)
+            self.names.stop(hid)
+        self._locks.pop(hid, None)
+        self._pending.discard(hid)
+
+    # ---- following the daemon ------------------------------------------------------------
+
+    async def _follow_events(self) -> None:
+        """Reconcile, then follow container events from that moment; again when the stream
+        drops (the daemon restarted, the connection broke)."""
+        while True:
+            since = time.time()
+            try:
+                await self.reconcile()
+                async for event in self.api.events(
+                    {"type": ["container"], "event": ["destroy", "start"]}, since
+                ):
+                    await self._on_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event stream dropped, following again: %s", exc)
+            await asyncio.sleep(1)
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        cid, attrs = str(actor.get("ID", "")), actor.get("Attributes") or {}
+        action = event.get("Action")
+        try:
+            if action == "destroy" and attrs.get(holders.HOLDER):
+                await self._discard_holder(str(attrs[holders.HOLDER]))
+            elif action == "destroy" and attrs.get(holders.ROLE):
+                async with self._lock(cid):
+                    await self.service.release_owner(cid)
+            elif action == "start" and attrs.get(holders.ROLE) and cid not in self._pending:
+                async with self._lock(cid):  # the daemon restarted a holder: a new namespace
+                    await self._replug(cid)
+        except Exception:
+            log.exception("handling %s of %s failed", action, cid[:12])
+
+    async def reconcile(self) -> None:
+        """Free what belongs to no container; re-plug every running holder."""
+        listed = await self.api.call("GET", "/containers/json", params={"all": "1"})
+        held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holders.ROLE)}
+        used = {
+            str((c.get("Labels") or {}).get(holders.HOLDER))
+            for c in listed
+            if (c.get("Labels") or {}).get(holders.HOLDER)
+        }
+        for hid in set(held) - used - self._pending:
+            log.info("removing orphan network holder %s", hid[:12])
+            await self._discard_holder(hid)
+        for owner in await self.service.owners() - set(held) - self._pending:
+            log.info("releasing addresses of vanished holder %s", owner[:12])
+            async with self._lock(owner):
+                await self.service.release_owner(owner)
+        for hid in used & set(held):
+            if held[hid]["State"] == "running":
+                async with self._lock(hid):
+                    await self._replug(hid)
+
+
+def _query(call: Call, key: str) -> str | None:
+    values = parse_qs(call.client_request.query).get(key)
+    return values[0] if values else None
+
+
+def builtin(adapter: NetworkAdapter) -> BuiltIn:
+    """The adapter as the pipeline runs it: fail closed, with a long timeout (a create
+    makes and starts a holder and wires its namespace)."""
+    spec = AdapterSpec("network", "python", f"{__name__}:NetworkAdapter", timeout=120.0)
+    return BuiltIn(ROUTES, LoadedAdapter(spec, adapter))

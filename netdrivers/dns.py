@@ -1,0 +1,170 @@
+"""Container names on plugstrip networks, answered where Docker answers them: 127.0.0.11:53
+inside each holder's namespace (the address Docker's embedded DNS uses).
+
+One UDP socket per holder, made inside its namespace, so every query says by the socket it
+came in on which container asks: a name resolves only to the addresses it has on networks
+the asker shares (weaveDNS answered every name to everyone). Names with a dot that are not
+ours go to the upstream resolvers (the container's own ``--dns``, else the host's; sent
+from plugstrip, in the host's namespace, so a loopback resolver works), unless the
+container is only on internal networks. Single-label names that are not containers get
+NXDOMAIN here, as they would from any public resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from netdrivers.netlink import socket_in
+
+log = logging.getLogger("plugstrip.dns")
+
+ADDRESS = "127.0.0.11"
+PORT = 53
+TTL = 600  # Docker's
+FORWARD_TIMEOUT = 3.0
+
+Resolve = Callable[[str, str], Awaitable[list[IPv4Address]]]  # (owner, name) -> addresses
+
+
+@dataclass(frozen=True)
+class Upstreams:
+    servers: tuple[str, ...]
+    forward: bool  # False for a container only on internal networks
+
+
+def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ()
+    # plugstrip runs in the host's namespace, so a loopback resolver works from here
+    return tuple(ln.split()[1] for ln in lines if ln.split()[:1] == ["nameserver"])
+
+
+class NameServer:
+    def __init__(self, resolve: Resolve) -> None:
+        self._resolve = resolve
+        self._serving: dict[str, asyncio.DatagramTransport] = {}
+
+    async def serve(self, owner: str, netns_path: str, upstreams: Upstreams) -> None:
+        """Answer ``owner``'s queries in its namespace (again after it was re-made)."""
+        self.stop(owner)
+        sock = await asyncio.to_thread(socket_in, netns_path, socket.SOCK_DGRAM, (ADDRESS, PORT))
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Responder(self._resolve, owner, upstreams), sock=sock
+        )
+        self._serving[owner] = transport
+
+    def stop(self, owner: str) -> None:
+        transport = self._serving.pop(owner, None)
+        if transport is not None:
+            transport.close()
+
+    def serving(self, owner: str) -> bool:
+        return owner in self._serving
+
+    def close(self) -> None:
+        for owner in list(self._serving):
+            self.stop(owner)
+
+
+class _Responder(asyncio.DatagramProtocol):
+    def __init__(self, resolve: Resolve, owner: str, upstreams: Upstreams) -> None:
+        self.resolve = resolve
+        self.owner = owner
+        self.upstreams = upstreams
+        self.transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's: no subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        task = asyncio.ensure_future(self._answer(data, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            query = dns.message.from_wire(data)
+        except dns.exception.DNSException:
+            return  # not DNS: nothing sensible to answer
+        reply = await self._reply(query, data)
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    async def _reply(self, query: dns.message.Message, data: bytes) -> bytes | None:
+        if len(query.question) != 1:
+            return _error(query, dns.rcode.FORMERR)
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True)
+        found = await self.resolve(self.owner, name)
+        if found:
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AA | dns.flags.RA
+            if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+                response.answer.append(
+                    dns.rrset.from_text_list(
+                        question.name,
+                        TTL,
+                        dns.rdataclass.IN,
+                        dns.rdatatype.A,
+                        [str(a) for a in found],
+                    )
+                )
+            return response.to_wire()  # other types of our names: no data, not an error
+        if "." in name and self.upstreams.forward and self.upstreams.servers:
+            return await self._forward(data)
+        return _error(query, dns.rcode.NXDOMAIN)
+
+    async def _forward(self, data: bytes) -> bytes | None:
+        for server in self.upstreams.servers:
+            try:
+                return await _udp_exchange(data, server)
+            except (OSError, TimeoutError) as exc:
+                log.debug("upstream resolver %s failed: %s", server, exc)
+        return None  # the client retries or gives up, as with a dead resolver
+
+
+def _error(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.RA
+    response.set_rcode(rcode)
+    return response.to_wire()
+
+
+async def _udp_exchange(data: bytes, server: str) -> bytes:
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bytes] = loop.create_future()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, reply: bytes, addr: tuple[str, int]) -> None:
+            if not answer.done():
+                answer.set_result(reply)
+
+        def error_received(self, exc: Exception) -> None:
+            if not answer.done():
+                answer.set_exception(exc)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(server, PORT))
+    try:
+        transport.sendto(data)
+        return await asyncio.wait_for(answer, FORWARD_TIMEOUT)
+    finally:
+        transport.close()

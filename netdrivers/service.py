@@ -1,0 +1,200 @@
+"""The network control plane: the store decides, then a driver programs the datapath.
+
+Typed intent in (a spec, an owner and a namespace path), plain records out; no Docker
+shapes here. Every operation that writes to the store and the kernel undoes its store
+write when the driver fails, so nothing is half-created.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from netaddr import IPAddress, IPNetwork
+
+from netdrivers import ipam
+from netdrivers.contract import Driver, Endpoint, Network
+from netdrivers.ipam import IpamError
+from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
+
+log = logging.getLogger("plugstrip.netdrivers")
+
+
+class UnknownDriver(IpamError):
+    def __init__(self, driver: str, known: Iterable[str]) -> None:
+        super().__init__(
+            "invalid", f"plugstrip has no network driver {driver!r} (it has {', '.join(known)})"
+        )
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One endpoint as the control plane knows it: who holds which address where."""
+
+    network: NetworkRecord
+    owner: str
+    address: IPAddress
+    meta: dict[str, Any]
+
+    @property
+    def mac(self) -> str:
+        return str(self.meta.get("mac") or mac_for(self.address))
+
+
+def mac_for(address: IPAddress) -> str:
+    """Docker's scheme: 02:42 and the four address bytes; unique as the address is."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+def to_network(record: NetworkRecord) -> Network:
+    return Network(
+        record.id, record.name, IPv4Network(str(record.subnet)), record.vni, record.options
+    )
+
+
+class NetworkService:
+    def __init__(
+        self,
+        store: Store,
+        drivers: Mapping[str, Driver],
+        pool: IPNetwork = ipam.DEFAULT_RANGE,
+        prefix: int = ipam.DEFAULT_PREFIX,
+    ) -> None:
+        self.store = store
+        self.drivers = dict(drivers)
+        self.pool = pool
+        self.prefix = prefix
+
+    def driver(self, name: str) -> Driver:
+        try:
+            return self.drivers[name]
+        except KeyError:
+            raise UnknownDriver(name, self.drivers) from None
+
+    # ---- networks ------------------------------------------------------------------------
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkRecord:
+        driver = self.driver(spec.driver)
+        record = await self.store.create_network(spec, self.pool, self.prefix)
+        try:
+            await driver.create_network(to_network(record))
+        except BaseException:
+            await self.store.delete_network(record.id)
+            raise
+        return record
+
+    async def find(self, name_or_id: str) -> NetworkRecord | None:
+        try:
+            return await self.store.get_network(name_or_id)
+        except IpamError as exc:
+            if exc.category == "not_found":
+                return None
+            raise
+
+    async def delete_network(self, record: NetworkRecord) -> None:
+        await self.store.delete_network(record.id)  # refuses while endpoints remain
+        await self.driver(record.driver).delete_network(to_network(record))
+
+    # ---- endpoints -----------------------------------------------------------------------
+
+    async def attach(
+        self,
+        record: NetworkRecord,
+        owner: str,
+        netns_path: str,
+        requested: IPAddress | None = None,
+        meta: dict[str, Any] | None = None,
+        first_ifindex: int = 0,
+    ) -> Attachment:
+        """Give ``owner`` an address on ``record`` and plug it into ``netns_path``, as the
+        next free ``ethN`` (from ``first_ifindex``). Idempotent per (owner, network)."""
+        held = await self.store.endpoints(owner=owner)
+        mine = next((a for a in held if a.network_id == record.id), None)
+        if mine is None:
+            used = {a.meta.get("ifname") for a in held}
+            ifname = next(f"eth{i}" for i in range(first_ifindex, 4096) if f"eth{i}" not in used)
+            meta = {**(meta or {}), "ifname": ifname}
+        else:
+            meta = mine.meta
+        address = await self.store.allocate(record.id, owner, requested, meta)
+        attachment = Attachment(record, owner, address, meta)
+        try:
+            await self.driver(record.driver).join(
+                to_network(record), self.endpoint(attachment, netns_path)
+            )
+        except BaseException:
+            await self._unplug(attachment)
+            await self.store.release(record.id, owner)
+            raise
+        return attachment
+
+    async def detach(self, record: NetworkRecord, owner: str) -> bool:
+        """Unplug and release ``owner`` from ``record``; False if it was not attached."""
+        for attachment in await self.attachments(owner):
+            if attachment.network.id == record.id:
+                await self._unplug(attachment)
+                await self.store.release(record.id, owner)
+                return True
+        return False
+
+    async def release_owner(self, owner: str) -> None:
+        """Everything ``owner`` holds, gone (its namespace may be gone already)."""
+        for attachment in await self.attachments(owner):
+            await self._unplug(attachment)
+            await self.store.release(attachment.network.id, owner)
+
+    async def replug(self, owner: str, netns_path: str) -> None:
+        """Plug ``owner``'s endpoints into a (new) namespace: after a holder restarted."""
+        for attachment in await self.attachments(owner):
+            await self.driver(attachment.network.driver).join(
+                to_network(attachment.network), self.endpoint(attachment, netns_path)
+            )
+
+    async def attachments(
+        self, owner: str | None = None, network: NetworkRecord | None = None
+    ) -> list[Attachment]:
+        records = {r.id: r for r in await self.store.list_networks()}
+        allocations = await self.store.endpoints(network.id if network else None, owner)
+        return [self._attachment(records[a.network_id], a) for a in allocations]
+
+    async def owners(self) -> set[str]:
+        return {a.owner for a in await self.store.endpoints()}
+
+    async def resolve(self, owner: str, name: str) -> list[IPv4Address]:
+        """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is
+        on: names are scoped to shared networks, as on Docker's user-defined networks."""
+        wanted = name.lower().rstrip(".")
+        mine = {a.network_id for a in await self.store.endpoints(owner=owner)}
+        found = []
+        for a in await self.store.endpoints():
+            if a.network_id not in mine:
+                continue
+            container = str(a.meta.get("container", ""))
+            names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]
+            if wanted in (str(n).lower() for n in names):
+                found.append(IPv4Address(str(a.address)))
+        return found
+
+    def endpoint(self, attachment: Attachment, netns_path: str) -> Endpoint:
+        subnet = attachment.network.subnet
+        return Endpoint(
+            attachment.network.id,
+            attachment.owner,
+            IPv4Interface(f"{attachment.address}/{subnet.prefixlen}"),
+            attachment.mac,
+            netns_path,
+            ifname=str(attachment.meta.get("ifname", "eth0")),
+        )
+
+    async def _unplug(self, attachment: Attachment) -> None:
+        # The container end goes with the host end (or with its namespace): no path needed.
+        await self.driver(attachment.network.driver).leave(
+            to_network(attachment.network), self.endpoint(attachment, "")
+        )
+
+    @staticmethod
+    def _attachment(record: NetworkRecord, allocation: Allocation) -> Attachment:
+        return Attachment(record, allocation.owner, allocation.address, allocation.meta)
