@@ -7,18 +7,23 @@ half way on something already removed.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import hashlib
 import os
 import socket
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netdrivers.contract import Endpoint
+
+T = TypeVar("T")
 
 
 def link_name(prefix: str, *parts: str) -> str:
@@ -27,16 +32,23 @@ def link_name(prefix: str, *parts: str) -> str:
 
 
 class Netlink:
-    """Netlink in one namespace: the current one, a named one (``ip netns``), or a path
-    (``/proc/PID/ns/net``)."""
+    """Netlink in one namespace: the current one, a named one (``ip netns``, never created
+    here), or a path (``/proc/PID/ns/net``)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipr: AsyncIPRoute | None = None
+        self._sock: socket.socket | None = None
 
     async def __aenter__(self) -> Netlink:
-        # flags=0: never create a named namespace by accident (pyroute2's default does)
-        self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
+        if self.netns:
+            # Our own socket, made in the namespace by a thread: pyroute2 would fork a
+            # helper for it, and a forked child of the proxy shares its signal wakeup fd
+            # (the helper's SIGTERM would reach the proxy as its own).
+            self._sock = await asyncio.to_thread(run_in, self.netns, _route_socket)
+            self._ipr = AsyncIPRoute(use_socket=self._sock)
+        else:
+            self._ipr = AsyncIPRoute()
         await self._ipr.__aenter__()
         return self
 
@@ -44,7 +56,11 @@ class Netlink:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._ipr is not None
-        await self._ipr.__aexit__(kind, exc, tb)
+        try:
+            await self._ipr.__aexit__(kind, exc, tb)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
 
     @property
     def ipr(self) -> AsyncIPRoute:
@@ -162,24 +178,65 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def socket_in(netns_path: str, kind: socket.SocketKind, address: tuple[str, int]) -> socket.socket:
-    """An IPv4 socket bound to ``address`` inside another namespace. A socket keeps the
-    namespace it was made in, so only this (calling) thread enters it, and comes back."""
+def run_in(netns: str | None, fn: Callable[[], T]) -> T:
+    """Call ``fn`` with the calling thread in namespace ``netns`` (a name under
+    /var/run/netns or a path; None: stay), then come back. Sockets made by ``fn`` keep that
+    namespace. Blocking: call it through ``asyncio.to_thread``, never on a loop's thread."""
+    if netns is None:
+        return fn()
+    path = netns if netns.startswith("/") else f"/var/run/netns/{netns}"
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(netns_path, os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
     try:
         _setns(target)
         try:
-            sock = socket.socket(socket.AF_INET, kind)
-            try:
-                sock.bind(address)
-            except BaseException:
-                sock.close()
-                raise
+            return fn()
         finally:
             _setns(home)
     finally:
         os.close(target)
         os.close(home)
-    sock.setblocking(False)
-    return sock
+
+
+def socket_in(netns_path: str, kind: socket.SocketKind, address: tuple[str, int]) -> socket.socket:
+    """An IPv4 socket bound to ``address`` inside another namespace (blocking, as run_in)."""
+
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.bind(address)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    return run_in(netns_path, make)
+
+
+def _route_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+
+
+_TX_CHECKSUMS = ("tx-checksum-ip-generic", "tx-checksum-ipv4", "tx-checksum-ipv6")
+
+
+async def tx_checksum_off(netns: str | None, *names: str) -> None:
+    """Turn off transmit checksum offload on veths: the OVS userspace datapath forwards
+    the packets with their checksums never filled in, and TCP peers drop them (ICMP,
+    checksummed in software, works either way). Done before an end moves into a container,
+    as features travel with the device."""
+
+    def turn_off() -> None:
+        tool = Ethtool()
+        try:
+            for name in names:
+                features = tool.get_features(name)
+                for key in _TX_CHECKSUMS:
+                    if key in features.features:
+                        features.features[key].enable = False
+                tool.set_features(name, features)
+        finally:
+            tool.close()
+
+    await asyncio.to_thread(run_in, netns, turn_off)

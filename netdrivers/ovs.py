@@ -3,13 +3,15 @@
 One integration bridge; each network gets a local VLAN tag (recorded in the bridge's
 ``external_ids`` as ``net-<id>``, so it survives a restart), and each endpoint is a veth
 whose host end is an access port with that tag: networks are separate broadcast domains
-on one bridge. Tunnels to other hosts (VXLAN ports keyed by VNI) come with multi-host.
+on one bridge. On the userspace (netdev) datapath the veths get transmit checksum offload
+turned off, or TCP through OVS fails. Tunnels to other hosts (VXLAN ports keyed by VNI)
+come with multi-host.
 """
 
 from __future__ import annotations
 
 from netdrivers.contract import Endpoint, Network
-from netdrivers.netlink import Netlink, link_name, plug_into_container
+from netdrivers.netlink import Netlink, link_name, plug_into_container, tx_checksum_off
 from netdrivers.ovsdb import Ovsdb, detect_datapath
 
 INTEGRATION_BRIDGE = "psint"
@@ -49,6 +51,8 @@ class OvsDriver:
         peer = host_end.replace("pso", "psq", 1)
         async with Netlink(self.netns) as nl:
             await nl.ensure_veth(host_end, peer, self.mtu)
+            if self.datapath_type == "netdev" and await nl.index(peer) is not None:
+                await tx_checksum_off(self.netns, host_end, peer)
             await nl.set_up(host_end, mtu=self.mtu)
             await self.ovsdb.ensure_port(
                 INTEGRATION_BRIDGE,

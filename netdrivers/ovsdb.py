@@ -94,7 +94,9 @@ class Ovsdb:
     async def ensure_port(
         self, bridge: str, name: str, tag: int, external_ids: dict[str, str]
     ) -> None:
-        """An access port (VLAN ``tag``) for a device that already exists."""
+        """An access port (VLAN ``tag``) for a device that already exists, returning once
+        ovs-vswitchd has attached it (it has an OpenFlow port number): before that, frames
+        to and from it are dropped, and a container would start with a dead interface."""
         await self._run(
             lambda api: [
                 api.add_port(bridge, name, may_exist=True),
@@ -102,6 +104,16 @@ class Ovsdb:
                 api.db_set("Interface", name, ("external_ids", {"owner": OWNER, **external_ids})),
             ]
         )
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        while True:
+            (ofport,) = await self._run(lambda api: [api.db_get("Interface", name, "ofport")])
+            if isinstance(ofport, list):  # an optional column: [] until set
+                ofport = ofport[0] if ofport else -1
+            if int(ofport) > 0:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise OvsdbUnavailable(f"ovs-vswitchd did not attach port {name}")
+            await asyncio.sleep(0.02)
 
     async def delete_port(self, name: str) -> None:
         await self._run(lambda api: [api.del_port(name, if_exists=True)])

@@ -289,7 +289,13 @@ class ClientConnection:
         self._sent = response.status
         client_11 = self._head is not None and self._head.version == "1.1"
         if not response.streaming and response.body is not None:  # held, maybe rewritten
-            await self.client.write(self._head_bytes(response, head) + response.body)
+            body = response.body
+            if (response.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+                if client_11:  # held whole but unchanged: framed as the daemon framed it
+                    body = (chunk(body) if body else b"") + LAST_CHUNK
+                else:
+                    _set_length(response.headers, body)
+            await self.client.write(self._head_bytes(response, head) + body)
         elif client_11 and not prefix and up.first_message:
             first = self._head_bytes(response, head) if changed else up.raw_head()
             await self._streaming(up.relay_raw(self.client.writer, first))

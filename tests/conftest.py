@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import harness
+from tests import dockerhost, harness
 from tests.harness import Plugstrip
 
 
@@ -57,3 +57,20 @@ def _no_docker_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests name their daemon explicitly; never the machine's.
     for var in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def nethost() -> Iterator[dockerhost.DockerHost]:
+    """A test "host": its own namespace, dockerd (bridge, iptables) and Open vSwitch."""
+    with dockerhost.docker_host(Path(tempfile.mkdtemp(prefix="ps-host-"))) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def net(nethost: dockerhost.DockerHost) -> Iterator[dockerhost.DockerHost]:
+    """``nethost`` with plugstrip (networks on) in front of its daemon, for a test module."""
+    nethost.start_plugstrip()
+    try:
+        yield nethost
+    finally:
+        nethost.stop_plugstrip()

@@ -42,14 +42,20 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
-def start_dockerd(root: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """A private dockerd under ``root`` (never the machine's), with busybox:latest."""
+def start_dockerd(root: Path, netns: str | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """A private dockerd under ``root`` (never the machine's), with busybox:latest. In the
+    machine's namespace it runs without a bridge or iptables rules (it must not touch the
+    machine's networking); in a test "host" namespace (a path), it runs as a real host's:
+    default bridge, iptables, port publishing."""
     if shutil.which("dockerd") is None:
         raise RuntimeError("dockerd is not installed: run ./scripts/test (it installs docker.io)")
     sock = root / "docker.sock"
     log = (root / "dockerd.log").open("w")
+    isolated = [] if netns else ["--bridge", "none", "--iptables=false"]
+    enter = ["nsenter", f"--net={netns}"] if netns else []
     proc = subprocess.Popen(
         [
+            *enter,
             "dockerd",
             "--host",
             f"unix://{sock}",
@@ -59,9 +65,7 @@ def start_dockerd(root: Path) -> tuple[str, subprocess.Popen[bytes]]:
             str(root / "exec"),
             "--pidfile",
             str(root / "docker.pid"),
-            "--bridge",
-            "none",
-            "--iptables=false",
+            *isolated,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -136,12 +140,19 @@ def free_port() -> int:
 
 
 def start_plugstrip(
-    upstream: str, workdir: Path, config: str | None = None, extra: list[str] | None = None
+    upstream: str,
+    workdir: Path,
+    config: str | None = None,
+    extra: list[str] | None = None,
+    netns: str | None = None,
 ) -> Plugstrip:
+    """``plugstrip serve`` in front of ``upstream``; in namespace ``netns`` (a path) if given,
+    as it runs beside the daemon of a test "host"."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "plugstrip.sock"
     port = free_port()
     args = [
+        *(["nsenter", f"--net={netns}"] if netns else []),
         "plugstrip",
         "serve",
         "--listen",

@@ -24,6 +24,14 @@ class Tagger:
         body["Warnings"] = [*(body.get("Warnings") or []), f"tagged {call.context['tagged']}"]
 
 
+class Reader:
+    """Reads the JSON answer and changes nothing."""
+
+    def post_hook(self, call: Call) -> None:
+        assert call.response is not None
+        call.context["id"] = call.response.json()["Id"]
+
+
 class Broken:
     async def pre_hook(self, call: Call) -> None:
         call.request.json()["Labels"] = {"half": "done"}  # a change to be undone on skip

@@ -1,5 +1,6 @@
 """Byte-for-byte transparency, checked against a recording upstream (a real unix socket
-peer that records what arrives and answers with odd but valid HTTP)."""
+peer that records what arrives and answers with odd but valid HTTP). It is no Docker
+daemon, so the network adapter (which follows the daemon's events) is off here."""
 
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ ODD_RESPONSE = (
 )
 
 
+NO_NETWORKS = ["--no-networks"]
+
+
 @pytest.fixture
-def recorder(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
+def recorder(tmp_path: Path) -> Iterator[tuple[str, list[bytes], list[bytes]]]:
     """An upstream that records each connection's bytes and answers ODD_RESPONSE once a
     request head (and its Content-Length body) is complete."""
     path = str(tmp_path / "up.sock")
     seen: list[bytes] = []
+    answer = [ODD_RESPONSE]  # a test may swap in another answer
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -44,12 +49,12 @@ def recorder(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
             while len(body) < length:
                 body += self.request.recv(65536)
             seen.append(head + b"\r\n\r\n" + body)
-            self.request.sendall(ODD_RESPONSE)
+            self.request.sendall(answer[0])
 
     server = socketserver.ThreadingUnixStreamServer(path, Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"unix://{path}", seen
+    yield f"unix://{path}", seen, answer
     server.shutdown()
     server.server_close()
 
@@ -83,10 +88,10 @@ LOOKING = 'endpoints: {"POST /containers/create": {pre: [look]}}\nadapters: {loo
 
 @pytest.mark.parametrize("config", [None, LOOKING], ids=["unmatched", "intercepted-unchanged"])
 def test_request_and_response_pass_byte_for_byte(
-    recorder: tuple[str, list[bytes]], tmp_path: Path, config: str | None
+    recorder: tuple[str, list[bytes], list[bytes]], tmp_path: Path, config: str | None
 ) -> None:
-    upstream, seen = recorder
-    ps = start_plugstrip(upstream, tmp_path / "ps", config=config)
+    upstream, seen, _ = recorder
+    ps = start_plugstrip(upstream, tmp_path / "ps", config=config, extra=NO_NETWORKS)
     try:
         assert ask(ps.socket, ODD_REQUEST) == ODD_RESPONSE
         assert seen == [ODD_REQUEST]
@@ -95,9 +100,9 @@ def test_request_and_response_pass_byte_for_byte(
 
 
 def test_pre_hook_rewrites_method_path_query_and_headers(
-    recorder: tuple[str, list[bytes]], tmp_path: Path
+    recorder: tuple[str, list[bytes], list[bytes]], tmp_path: Path
 ) -> None:
-    upstream, seen = recorder
+    upstream, seen, _ = recorder
     ps = start_plugstrip(
         upstream,
         tmp_path / "ps",
@@ -105,6 +110,7 @@ def test_pre_hook_rewrites_method_path_query_and_headers(
             'endpoints: {"POST /containers/create": {pre: [move]}}\n'
             'adapters: {move: {python: "tests.sample_adapters:Reroute"}}\n'
         ),
+        extra=NO_NETWORKS,
     )
     try:
         ask(ps.socket, ODD_REQUEST)
@@ -114,5 +120,34 @@ def test_pre_hook_rewrites_method_path_query_and_headers(
         assert lines[0] == b"PUT /v1.41/elsewhere?moved=1 HTTP/1.1"
         assert b"X-Rerouted: yes" in lines and b"X-Mixed-CASE: Value  with  spaces" in lines
         assert body == ODD_REQUEST.partition(b"\r\n\r\n")[2]
+    finally:
+        ps.stop()
+
+
+CHUNKED_JSON = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'7\r\n{"Id": \r\n6\r\n"abc"}\r\n0\r\n\r\n'
+)
+
+
+def test_json_held_for_a_post_hook_and_left_alone_keeps_chunked_framing(
+    recorder: tuple[str, list[bytes], list[bytes]], tmp_path: Path
+) -> None:
+    """A post-hook that only reads a chunked JSON answer: the client gets the daemon's head
+    and a valid chunked body (the chunks re-cut, the bytes within the same)."""
+    upstream, _, answer = recorder
+    answer[0] = CHUNKED_JSON
+    ps = start_plugstrip(
+        upstream,
+        tmp_path / "ps",
+        config='endpoints: {"GET /containers/*/json": {post: [look]}}\n'
+        'adapters: {look: {python: "tests.sample_adapters:Reader"}}\n',
+        extra=NO_NETWORKS,
+    )
+    try:
+        got = ask(ps.socket, b"GET /v1.41/containers/x/json HTTP/1.1\r\nHost: d\r\n\r\n")
+        assert got == CHUNKED_JSON.partition(b"\r\n\r\n")[0] + (
+            b'\r\n\r\nd\r\n{"Id": "abc"}\r\n0\r\n\r\n'
+        )
     finally:
         ps.stop()

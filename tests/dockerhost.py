@@ -1,0 +1,108 @@
+"""A test "host" for the network tests: a namespace of its own with a real dockerd (default
+bridge, iptables, port publishing as on a real machine), a userspace Open vSwitch, and
+plugstrip in front of the daemon, all in that namespace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests import harness, netns
+from tests.harness import Plugstrip
+from tests.ovs import ovs_in
+
+
+@dataclass
+class DockerHost:
+    ns: str  # the namespace's name (ip netns)
+    daemon: str  # DOCKER_HOST of the dockerd itself
+    ovsdb: str
+    workdir: Path
+    ps: Plugstrip | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def netns_path(self) -> str:
+        return netns.path(self.ns)
+
+    @property
+    def host(self) -> str:
+        """DOCKER_HOST of plugstrip, for the clients under test."""
+        assert self.ps is not None, "plugstrip is not running"
+        return self.ps.host
+
+    def start_plugstrip(self) -> Plugstrip:
+        self.ps = harness.start_plugstrip(
+            self.daemon,
+            self.workdir / "plugstrip",
+            extra=["--ovsdb", self.ovsdb, *self.extra],
+            netns=self.netns_path,
+        )
+        return self.ps
+
+    def stop_plugstrip(self) -> None:
+        if self.ps is not None:
+            self.ps.stop()
+            # pytest shows this only for a failing test: what plugstrip said meanwhile
+            print(self.ps.log.read_text()[-20000:], file=sys.stderr)
+            self.ps = None
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """The docker CLI through plugstrip."""
+        return harness.docker(self.host, *args, check=check)
+
+    def inspect(self, name: str) -> dict[str, object]:
+        result: dict[str, object] = json.loads(self.docker("inspect", name).stdout)[0]
+        return result
+
+    def run_in_ns(self, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        return netns.run(self.ns, *cmd, timeout=timeout)
+
+    # ---- what is left behind ---------------------------------------------------------------
+
+    def allocations(self) -> int:
+        db = sqlite3.connect(self.workdir / "plugstrip" / "state" / "networks.db")
+        try:
+            return int(db.execute("SELECT count(*) FROM allocations").fetchone()[0])
+        finally:
+            db.close()
+
+    def holders(self) -> list[str]:
+        out = harness.docker(
+            self.daemon, "ps", "-aq", "--filter", "label=io.plugstrip.role=holder"
+        ).stdout
+        return out.decode().split()
+
+    def host_veths(self) -> list[str]:
+        out = self.run_in_ns("ip", "-o", "link", "show").stdout
+        names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+        return [n for n in names if n.startswith(("psv", "pso"))]
+
+    def leftovers(self) -> tuple[int, int, int]:
+        return self.allocations(), len(self.holders()), len(self.host_veths())
+
+
+@contextmanager
+def docker_host(workdir: Path) -> Iterator[DockerHost]:
+    with netns.namespaces(1) as (ns,), ovs_in(netns.path(ns), workdir / "ovs") as ovsdb:
+        (workdir / "docker").mkdir(parents=True, exist_ok=True)
+        daemon, proc = harness.start_dockerd(workdir / "docker", netns=netns.path(ns))
+        host = DockerHost(ns, daemon, ovsdb, workdir)
+        try:
+            yield host
+        finally:
+            host.stop_plugstrip()
+            subprocess.run(
+                ["sh", "-c", f"docker -H {daemon} rm -f $(docker -H {daemon} ps -aq) 2>/dev/null"],
+                check=False,
+                timeout=120,
+            )
+            harness.stop_dockerd(proc)
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,424 @@
+"""plugstrip networks through the unchanged docker CLI and docker-py, on a test host with a
+real dockerd (bridge, iptables), kernel bridges and VXLAN devices, and a real Open vSwitch.
+
+Networks, containers and what is left afterwards (addresses, holder containers, host
+interfaces) are checked as a user would see them and as the machine has them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests import harness
+from tests.dockerhost import DockerHost
+from tests.harness import wait_for
+
+
+def uname(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+def address(net: DockerHost, container: str, network: str) -> str:
+    settings: Any = net.inspect(container)["NetworkSettings"]
+    return str(settings["Networks"][network]["IPAddress"])
+
+
+def in_container(net: DockerHost, container: str, *cmd: str) -> subprocess.CompletedProcess[bytes]:
+    return net.docker("exec", container, *cmd, check=False)
+
+
+def reaches(net: DockerHost, src: str, dst: str) -> bool:
+    """ICMP from container ``src`` to ``dst`` (a name or an address)."""
+    return in_container(net, src, "ping", "-c", "1", "-W", "1", dst).returncode == 0
+
+
+def tcp_reaches(net: DockerHost, src: str, dst: str, port: int = 80) -> bool:
+    """A TCP exchange from ``src`` to an httpd at ``dst``: an HTTP status line comes back."""
+    out = in_container(
+        net, src, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {dst} {port}"
+    )
+    return out.stdout.startswith(b"HTTP/1.")
+
+
+def ip_addrs(net: DockerHost, container: str) -> str:
+    return in_container(net, container, "ip", "-4", "-o", "addr", "show").stdout.decode()
+
+
+@pytest.fixture
+def networks(net: DockerHost) -> Any:
+    """Makes plugstrip networks for one test; removes them (and their containers) after."""
+    made: list[str] = []
+
+    def make(driver: str = "plugstrip/weave", *args: str) -> str:
+        name = uname("n")
+        net.docker("network", "create", "-d", driver, *args, name)
+        made.append(name)
+        return name
+
+    yield make
+    ids = harness.docker(net.daemon, "ps", "-aq", "--filter", "label=io.plugstrip.holder").stdout
+    if ids.split():
+        net.docker("rm", "-f", *ids.decode().split())
+    for name in made:
+        net.docker("network", "rm", name, check=False)
+
+
+def test_network_lifecycle_beside_dockers_own(net: DockerHost, networks: Any) -> None:
+    front = networks("plugstrip/weave", "--subnet", "10.40.1.0/24", "--label", "tier=front")
+    back = networks("plugstrip/ovs")
+    listed = net.docker("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.decode()
+    assert f"{front} plugstrip/weave" in listed and f"{back} plugstrip/ovs" in listed
+    assert "bridge bridge" in listed  # Docker's own, still there
+    only = net.docker("network", "ls", "-q", "--filter", "label=tier=front").stdout.split()
+    assert len(only) == 1
+    shown = json.loads(net.docker("network", "inspect", front).stdout)[0]
+    assert shown["Driver"] == "plugstrip/weave"
+    assert shown["IPAM"]["Config"] == [{"Subnet": "10.40.1.0/24", "Gateway": "10.40.1.1"}]
+    assert shown["Labels"] == {"tier": "front"} and shown["Id"].startswith(only[0].decode())
+    subnet = json.loads(net.docker("network", "inspect", back).stdout)[0]["IPAM"]["Config"][0]
+    assert subnet["Subnet"].startswith("10.") and subnet["Subnet"].endswith("/24")
+
+    # a name taken by either kind of network is refused, by either kind
+    again = net.docker("network", "create", front, check=False)
+    assert b"network with name " + front.encode() + b" already exists" in again.stderr
+
+    name = uname("c")
+    net.docker("run", "-d", "--name", name, "--network", front, "busybox", "sleep", "60")
+    busy = net.docker("network", "rm", front, check=False)
+    assert busy.returncode != 0 and b"has active endpoints" in busy.stderr
+    members = json.loads(net.docker("network", "inspect", front).stdout)[0]["Containers"]
+    (member,) = members.values()
+    assert member["Name"] == name and member["IPv4Address"] == "10.40.1.2/24"
+    net.docker("rm", "-f", name)
+    net.docker("network", "rm", front)
+    gone = net.docker("network", "inspect", front, check=False)
+    assert gone.returncode != 0 and b"not found" in gone.stderr.lower()
+
+    unused = uname("p")
+    net.docker("network", "create", "-d", "plugstrip/weave", "--subnet", "10.40.9.0/24", unused)
+    pruned = net.docker("network", "prune", "-f").stdout.decode()
+    assert unused in pruned and back in pruned
+    # its subnet is free again
+    net.docker("network", "create", "-d", "plugstrip/weave", "--subnet", "10.40.9.0/24", unused)
+    net.docker("network", "rm", unused)
+
+
+def test_docker_py_sees_plugstrip_networks(net: DockerHost, networks: Any) -> None:
+    import docker
+
+    name = networks("plugstrip/weave", "--subnet", "10.40.2.0/24")
+    client = docker.DockerClient(base_url=net.host)
+    try:
+        got = client.networks.get(name)
+        assert got.attrs["Driver"] == "plugstrip/weave"
+        assert name in [n.name for n in client.networks.list()]
+        box = client.containers.run("busybox", "sleep 60", network=name, detach=True)
+        box.reload()
+        assert box.attrs["NetworkSettings"]["Networks"][name]["IPAddress"] == "10.40.2.2"
+        box.remove(force=True)
+        made = client.networks.create(uname("py"), driver="plugstrip/ovs")
+        assert client.networks.get(made.id).name == made.name
+        made.remove()
+    finally:
+        client.close()
+
+
+def test_bad_input_is_refused_clearly_and_leaves_nothing(net: DockerHost, networks: Any) -> None:
+    front = networks("plugstrip/weave", "--subnet", "10.40.3.0/24")
+    tiny = networks("plugstrip/weave", "--subnet", "10.40.4.0/30")  # .1 gateway, .2 only
+    holder = uname("c")
+    net.docker("run", "-d", "--name", holder, "--network", front, "--ip", "10.40.3.9", "busybox")
+    net.docker("run", "-d", "--network", tiny, "busybox", "sleep", "60")
+    before = (net.leftovers(), net.docker("network", "ls", "-q").stdout)
+    cases = [
+        (
+            ["network", "create", "-d", "plugstrip/weave", "--subnet", "10.40.300.0/24", "x1"],
+            "invalid subnet",
+        ),
+        (
+            ["network", "create", "-d", "plugstrip/weave", "--subnet", "10.40.5.7/24", "x1"],
+            "host bits set",
+        ),
+        (
+            ["network", "create", "-d", "plugstrip/weave", "--subnet", "10.40.3.128/25", "x1"],
+            "overlaps 10.40.3.0/24",
+        ),
+        (["network", "create", "-d", "plugstrip/nope", "x1"], "no network driver"),
+        (
+            ["network", "create", "-d", "plugstrip/weave", "-o", "foo=bar", "x1"],
+            "takes no driver options (got: foo)",
+        ),
+        (["network", "create", "-d", "plugstrip/weave", "--ipv6", "x1"], "IPv6"),
+        (["run", "--rm", "--network", "nosuchnet", "busybox", "true"], "nosuchnet not found"),
+        (
+            ["run", "--rm", "--network", front, "--ip", "10.40.9.5", "busybox", "true"],
+            "not a usable address of subnet 10.40.3.0/24",
+        ),
+        (["run", "--rm", "--network", front, "--ip", "10.40.3.9", "busybox", "true"], "in use"),
+        (["run", "--rm", "--network", front, "--ip", "nonsense", "busybox", "true"], "nonsense"),
+        (["run", "--rm", "--network", tiny, "busybox", "true"], "no free address"),
+        (["run", "--rm", "-e", "WEAVE_CIDR=net:10.1.2.3", "busybox", "true"], "WEAVE_CIDR"),
+    ]
+    for args, message in cases:
+        out = net.docker(*args, check=False)
+        assert out.returncode != 0, args
+        assert b"Error response from daemon: " in out.stderr, out.stderr
+        assert message.encode() in out.stderr, (args, out.stderr)
+    assert (net.leftovers(), net.docker("network", "ls", "-q").stdout) == before
+
+
+def test_containers_reach_by_name_within_and_nothing_across(net: DockerHost, networks: Any) -> None:
+    front, back = networks("plugstrip/weave"), networks("plugstrip/weave")
+    web, client, other = uname("web"), uname("cl"), uname("ot")
+    net.docker(
+        "run",
+        "-d",
+        "--name",
+        web,
+        "--network",
+        front,
+        "--network-alias",
+        "www",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    )
+    net.docker("run", "-d", "--name", client, "--network", front, "busybox", "sleep", "1d")
+    net.docker("run", "-d", "--name", other, "--network", back, "busybox", "httpd", "-f")
+
+    # the interface is up and addressed when the entrypoint starts
+    first = net.docker("run", "--rm", "--network", front, "busybox", "ip", "-4", "-o", "addr")
+    subnet = json.loads(net.docker("network", "inspect", front).stdout)[0]["IPAM"]["Config"][0]
+    assert subnet["Subnet"].rsplit(".", 1)[0] in first.stdout.decode()
+
+    web_ip, other_ip = address(net, web, front), address(net, other, back)
+    for target in (web, "www", web_ip):
+        assert reaches(net, client, target), target
+    assert tcp_reaches(net, client, web) and tcp_reaches(net, client, web_ip)
+
+    # across networks: no name, no ICMP, no TCP, either way
+    assert not reaches(net, client, other)
+    assert in_container(net, client, "nslookup", other).returncode != 0
+    assert not reaches(net, client, other_ip) and not tcp_reaches(net, client, other_ip)
+    assert not reaches(net, other, web_ip) and not tcp_reaches(net, other, web_ip)
+
+    # what docker inspect and docker ps show
+    shown: Any = net.inspect(web)
+    endpoint = shown["NetworkSettings"]["Networks"][front]
+    assert endpoint["IPAddress"] == web_ip and endpoint["IPPrefixLen"] == 24
+    assert endpoint["MacAddress"] == "02:42:" + ":".join(f"{int(b):02x}" for b in web_ip.split("."))
+    assert endpoint["Aliases"][0] == "www" and endpoint["Gateway"].endswith(".1")
+    assert shown["HostConfig"]["NetworkMode"] == front
+    listed = net.docker("ps", "--format", "{{.Names}} {{.Networks}}").stdout.decode()
+    assert f"{web} {front}" in listed and "plugstrip-holder" not in listed
+
+
+def test_ports_outbound_and_hot_connect(net: DockerHost, networks: Any) -> None:
+    front, back = networks("plugstrip/weave"), networks("plugstrip/ovs")
+    web, peer = uname("web"), uname("peer")
+    net.docker(
+        "run",
+        "-d",
+        "--name",
+        web,
+        "--network",
+        front,
+        "-p",
+        "18080:80",
+        "--hostname",
+        "webhost",
+        "--dns",
+        "127.0.0.1",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    )
+    net.docker("run", "-d", "--name", peer, "--network", back, "busybox", "httpd", "-f")
+
+    # -p publishes through the holder; options of the namespace are as asked
+    answer = net.run_in_ns(
+        "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 127.0.0.1 18080"
+    )
+    assert answer.stdout.startswith("HTTP/1."), answer
+    assert net.docker("port", web).stdout.decode().startswith("80/tcp -> 0.0.0.0:18080")
+    assert in_container(net, web, "hostname").stdout.strip() == b"webhost"
+    shown: Any = net.inspect(web)
+    assert shown["HostConfig"]["Dns"] == ["127.0.0.1"]
+    assert shown["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"] == "18080"
+
+    # outbound: to a namespace outside the host, through Docker's NAT
+    outside = uname("out")
+    subprocess.run(["ip", "netns", "add", outside], check=True)
+    try:
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                "psto0",
+                "netns",
+                net.ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                outside,
+            ],
+            check=True,
+        )
+        net.run_in_ns("ip", "addr", "add", "198.18.0.1/24", "dev", "psto0")
+        net.run_in_ns("ip", "link", "set", "psto0", "up")
+        subprocess.run(
+            ["ip", "-n", outside, "addr", "add", "198.18.0.2/24", "dev", "eth0"], check=True
+        )
+        subprocess.run(["ip", "-n", outside, "link", "set", "eth0", "up"], check=True)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", outside, "busybox", "nc", "-l", "-p", "7000"],
+            stdout=subprocess.PIPE,
+        )
+        time.sleep(0.3)
+        in_container(net, web, "sh", "-c", "echo hello-out | nc -w 2 198.18.0.2 7000")
+        out, _ = listener.communicate(timeout=10)
+        assert out == b"hello-out\n"
+    finally:
+        subprocess.run(["ip", "netns", "del", outside], check=False)
+
+    # hot connect to a second network (OVS), then disconnect
+    assert not reaches(net, web, peer)
+    net.docker("network", "connect", "--alias", "second", back, web)
+    assert reaches(net, web, peer) and reaches(net, peer, "second")
+    assert tcp_reaches(net, web, peer)  # TCP through userspace OVS (checksum offload off)
+    assert set(net.inspect(web)["NetworkSettings"]["Networks"]) == {front, back}  # type: ignore[index]
+    again = net.docker("network", "connect", back, web, check=False)
+    assert b"already exists in network" in again.stderr
+    net.docker("network", "disconnect", back, web)
+    assert not reaches(net, web, peer)
+    assert set(net.inspect(web)["NetworkSettings"]["Networks"]) == {front}  # type: ignore[index]
+
+
+def test_address_lives_as_long_as_the_container(net: DockerHost, networks: Any) -> None:
+    front = networks("plugstrip/weave")
+    start = net.leftovers()
+    name = uname("r")
+    net.docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--restart",
+        "always",
+        "--network",
+        front,
+        "busybox",
+        "sleep",
+        "1d",
+    )
+    ip = address(net, name, front)
+    net.docker("restart", "-t", "1", name)
+    assert address(net, name, front) == ip and ip in ip_addrs(net, name)
+    net.docker("stop", "-t", "1", name)
+    net.docker("start", name)
+    assert address(net, name, front) == ip and ip in ip_addrs(net, name)
+
+    # the daemon restarts it after its process dies
+    pid = int(net.inspect(name)["State"]["Pid"])  # type: ignore[index]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            net.inspect(name)["RestartCount"] == 1  # type: ignore[index]
+            and net.inspect(name)["State"]["Running"]
+        ),  # type: ignore[index]
+        20,
+        "not restarted",
+    )
+    assert ip in ip_addrs(net, name)
+
+    # removed through plugstrip, by --rm, and directly on the daemon: all released
+    net.docker("rm", "-f", name)
+    assert net.leftovers() == start
+    net.docker("run", "--rm", "--network", front, "busybox", "true")
+    wait_for(lambda: net.leftovers() == start, 10, "--rm container's address not released")
+    direct = uname("d")
+    net.docker("run", "-d", "--name", direct, "--network", front, "busybox", "sleep", "1d")
+    harness.docker(net.daemon, "rm", "-f", direct)
+    wait_for(lambda: net.leftovers() == start, 10, "address of a container removed on the daemon")
+
+
+def test_plugstrip_restart_keeps_addresses_and_reconciles(net: DockerHost, networks: Any) -> None:
+    front = networks("plugstrip/weave")
+    start = net.leftovers()
+    keep, lost = uname("k"), uname("l")
+    for name in (keep, lost):
+        net.docker("run", "-d", "--name", name, "--network", front, "busybox", "sleep", "1d")
+    ip = address(net, keep, front)
+    net.stop_plugstrip()
+    harness.docker(net.daemon, "rm", "-f", lost)  # while plugstrip is away
+    net.start_plugstrip()
+    wait_for(lambda: net.allocations() == start[0] + 1, 20, "the lost container not released")
+    wait_for(lambda: len(net.holders()) == start[1] + 1, 20, "the lost holder not removed")
+    assert address(net, keep, front) == ip
+    probe = net.docker("run", "--rm", "--network", front, "busybox", "ping", "-c1", "-W2", keep)
+    assert probe.returncode == 0  # names answered again after the restart
+    net.docker("rm", "-f", keep)
+    assert net.leftovers() == start
+
+
+def test_weave_cidr(net: DockerHost, networks: Any) -> None:
+    networks("plugstrip/weave", "--subnet", "10.40.6.0/24")
+    start = net.leftovers()
+    out = net.docker(
+        "run",
+        "--rm",
+        "-e",
+        "WEAVE_CIDR=net:10.40.6.0/24 ip:10.40.7.7/24",
+        "busybox",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+    ).stdout.decode()
+    assert "inet 10.40.6.2/24" in out and "inet 10.40.7.7/24" in out
+    made = net.docker("network", "ls", "--format", "{{.Name}}").stdout.decode().split()
+    assert "weave-10.40.7.0-24" in made  # made on first use, as Weave made subnets
+    wait_for(lambda: net.leftovers() == start, 10, "WEAVE_CIDR addresses not released")
+    net.docker("network", "rm", "weave-10.40.7.0-24")
+
+
+def test_hundred_concurrent_runs_get_distinct_addresses(net: DockerHost, networks: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import docker
+
+    front = networks("plugstrip/weave")
+    start = net.leftovers()
+    clients = [docker.DockerClient(base_url=net.host, timeout=300) for _ in range(100)]
+    try:
+        with ThreadPoolExecutor(100) as pool:
+            boxes = list(
+                pool.map(
+                    lambda c: c.containers.run("busybox", "sleep 1d", network=front, detach=True),
+                    clients,
+                )
+            )
+        members = json.loads(net.docker("network", "inspect", front).stdout)[0]["Containers"]
+        addresses = {m["IPv4Address"] for m in members.values()}
+        assert len(members) == 100 and len(addresses) == 100
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(lambda b: b.remove(force=True), boxes))
+    finally:
+        for c in clients:
+            c.close()
+    assert net.leftovers() == start
