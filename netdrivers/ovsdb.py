@@ -121,3 +121,7 @@ class Ovsdb:
     async def ports(self, bridge: str) -> list[str]:
         (names,) = await self._run(lambda api: [api.list_ports(bridge)])
         return list(names)
+
+    async def datapath_types(self) -> list[str]:
+        (types,) = await self._run(lambda api: [api.db_get("Open_vSwitch", ".", "datapath_types")])
+        return sorted(types)

@@ -178,7 +178,8 @@ class NetworkService:
                 found.append(IPv4Address(str(a.address)))
         return found
 
-    def endpoint(self, attachment: Attachment, netns_path: str) -> Endpoint:
+    @staticmethod
+    def endpoint(attachment: Attachment, netns_path: str) -> Endpoint:
         subnet = attachment.network.subnet
         return Endpoint(
             attachment.network.id,

@@ -31,7 +31,7 @@ from netdrivers.own_loop import LoopThread, OnOwnLoop
 from netdrivers.service import NetworkService
 from netdrivers.store import SqliteStore
 from netdrivers.weave import WeaveDriver
-from proxy import logs
+from proxy import logs, ops
 from proxy.addresses import SocketAddress
 from proxy.admin import admin_app
 from proxy.config import ConfigError
@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
     serve.set_defaults(func=_serve)
+
+    ops.add_commands(sub, DEFAULT_STATE_DIR, DEFAULT_OVSDB)
 
     trace = sub.add_parser("trace", help="show the last intercepted calls and adapter changes")
     trace.add_argument("--admin", metavar="URL", help="admin URL (default: from --state-dir)")

@@ -83,7 +83,8 @@ class DockerHost:
     def host_veths(self) -> list[str]:
         out = self.run_in_ns("ip", "-o", "link", "show").stdout
         names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
-        return [n for n in names if n.startswith(("psv", "pso"))]
+        # veth host ends: psv/pso and a hex hash (psvx<VNI> is a network's VXLAN device)
+        return [n for n in names if n.startswith(("psv", "pso")) and not n.startswith("psvx")]
 
     def leftovers(self) -> tuple[int, int, int]:
         return self.allocations(), len(self.holders()), len(self.host_veths())

@@ -1,0 +1,126 @@
+"""plugstrip networks against Docker's own bridge networks, measured in the same run on a
+test host (its own namespace, dockerd, Open vSwitch, plugstrip; see tests/dockerhost.py).
+
+    python3 -m bench.network_bench [--quick]
+
+Prints each measure direct and through plugstrip, and the ratio:
+- `docker run -d --network NET` wall time, on a plugstrip/weave network through plugstrip
+  vs a Docker user-defined bridge network on the daemon directly (target <= 1.25x);
+- TCP throughput between two containers (iperf3 in their namespaces), plugstrip/weave vs
+  Docker's bridge network (target >= 0.9x);
+- IPAM: allocations per second on the SQLite store with 10,000 addresses in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from netaddr import IPNetwork
+
+from netdrivers.store import NetworkSpec, SqliteStore
+from tests import harness
+from tests.dockerhost import DockerHost, docker_host
+
+
+def run_times(host: str, network: str, count: int) -> list[float]:
+    """Seconds per `docker run -d`, one after another; the containers removed after."""
+    times, names = [], []
+    for i in range(count):
+        name = f"bench-{network}-{i}"
+        started = time.perf_counter()
+        harness.docker(
+            host, "run", "-d", "--name", name, "--network", network, "busybox", "sleep", "1d"
+        )
+        times.append(time.perf_counter() - started)
+        names.append(name)
+    harness.docker(host, "rm", "-f", *names)
+    return times
+
+
+def tcp_throughput(h: DockerHost, host: str, network: str, seconds: int) -> float:
+    """Gbit/s from one container to another with iperf3 run in their namespaces."""
+    names = [f"iperf-{network}-a", f"iperf-{network}-b"]
+    for name in names:
+        harness.docker(
+            host, "run", "-d", "--name", name, "--network", network, "busybox", "sleep", "1d"
+        )
+    try:
+        info = [json.loads(harness.docker(host, "inspect", n).stdout)[0] for n in names]
+        pids = [str(i["State"]["Pid"]) for i in info]
+        server_ip = info[0]["NetworkSettings"]["Networks"][network]["IPAddress"]
+        server = subprocess.Popen(
+            ["nsenter", "-t", pids[0], "-n", "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL
+        )
+        time.sleep(0.5)
+        out = subprocess.run(
+            ["nsenter", "-t", pids[1], "-n", "iperf3", "-c", server_ip, "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 30,
+        ).stdout
+        server.wait(10)
+        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        harness.docker(host, "rm", "-f", *names)
+
+
+async def ipam_rate(workdir: Path, in_use: int, count: int) -> float:
+    """Allocations per second with ``in_use`` addresses already held on a /16."""
+    store = SqliteStore(workdir / "ipam.db")
+    try:
+        net = await store.create_network(
+            NetworkSpec("big", "plugstrip/weave", IPNetwork("10.100.0.0/16"))
+        )
+        await asyncio.gather(*(store.allocate(net.id, f"pre{i}") for i in range(in_use)))
+        started = time.perf_counter()
+        for i in range(count):
+            await store.allocate(net.id, f"new{i}")
+        return count / (time.perf_counter() - started)
+    finally:
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    runs, seconds = (5, 3) if args.quick else (20, 10)
+    if shutil.which("iperf3") is None:
+        raise SystemExit("iperf3 is not installed: scripts/install-deps installs it")
+    workdir = Path(tempfile.mkdtemp(prefix="ps-netbench-"))
+    with docker_host(workdir / "host") as h:
+        h.start_plugstrip()
+        harness.docker(h.daemon, "network", "create", "dockerbr")
+        h.docker("network", "create", "-d", "plugstrip/weave", "psweave")
+        run_times(h.daemon, "dockerbr", 2)  # warm both paths (holder image, caches)
+        run_times(h.host, "psweave", 2)
+        direct = statistics.median(run_times(h.daemon, "dockerbr", runs))
+        through = statistics.median(run_times(h.host, "psweave", runs))
+        print(
+            f"docker run -d --network: Docker bridge direct {direct * 1000:.0f} ms, "
+            f"plugstrip/weave through plugstrip {through * 1000:.0f} ms, "
+            f"ratio {through / direct:.2f}x (target <= 1.25x)"
+        )
+        bridge_bw = tcp_throughput(h, h.daemon, "dockerbr", seconds)
+        weave_bw = tcp_throughput(h, h.host, "psweave", seconds)
+        print(
+            f"TCP between two containers: Docker bridge {bridge_bw:.2f} Gbit/s, "
+            f"plugstrip/weave {weave_bw:.2f} Gbit/s, ratio {weave_bw / bridge_bw:.2f}x "
+            "(target >= 0.9x)"
+        )
+    rate = asyncio.run(ipam_rate(workdir, 10_000, 200 if args.quick else 1000))
+    print(f"IPAM: {rate:.0f} allocations/s with 10,000 addresses in use (SQLite store)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Operator commands for plugstrip networks: ``net ls|inspect``, ``doctor`` and ``flows``.
+
+They read the state store (SQLite allows readers while ``serve`` writes), the kernel and
+Open vSwitch directly, so they answer even when plugstrip is not running: that is when an
+operator needs them most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netdrivers import ovs, weave
+from netdrivers.contract import Endpoint, Network
+from netdrivers.netlink import Netlink
+from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
+from netdrivers.service import Attachment, NetworkService, to_network
+from netdrivers.store import NetworkRecord, SqliteStore
+from netdrivers.weave import VXLAN_OVERHEAD
+
+STORE_FILE = "networks.db"
+
+
+def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
+    net = sub.add_parser("net", help="plugstrip networks as the state store has them")
+    net_sub = net.add_subparsers(required=True, metavar="ACTION")
+    ls = net_sub.add_parser("ls", help="list plugstrip networks")
+    ls.set_defaults(func=_net_ls)
+    inspect = net_sub.add_parser("inspect", help="a network, its endpoints and devices")
+    inspect.add_argument("network")
+    inspect.set_defaults(func=_net_inspect)
+    doctor = sub.add_parser("doctor", help="check what plugstrip networks need")
+    doctor.set_defaults(func=_doctor)
+    flows = sub.add_parser("flows", help="OpenFlow and datapath flows of a plugstrip/ovs network")
+    flows.add_argument("network")
+    flows.set_defaults(func=_flows)
+    for parser in (ls, inspect, doctor, flows):
+        parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
+        parser.add_argument("--ovsdb", metavar="URL", default=ovsdb)
+
+
+def _service(args: argparse.Namespace) -> NetworkService:
+    path = Path(args.state_dir) / STORE_FILE
+    if not path.exists():
+        raise ValueError(f"no plugstrip state at {path} (wrong --state-dir?)")
+    return NetworkService(SqliteStore(path), {})
+
+
+async def _snapshot(
+    args: argparse.Namespace,
+) -> tuple[list[NetworkRecord], list[Attachment]]:
+    service = _service(args)
+    try:
+        return await service.store.list_networks(), await service.attachments()
+    finally:
+        service.store.close()
+
+
+# ---- net ls / inspect ------------------------------------------------------------------
+
+
+def _net_ls(args: argparse.Namespace) -> int:
+    records, attachments = asyncio.run(_snapshot(args))
+    rows = [("NAME", "DRIVER", "SUBNET", "GATEWAY", "VNI", "ENDPOINTS")]
+    for r in records:
+        count = sum(a.network.id == r.id for a in attachments)
+        rows.append((r.name, r.driver, str(r.subnet), str(r.gateway), str(r.vni), str(count)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _net_inspect(args: argparse.Namespace) -> int:
+    records, attachments = asyncio.run(_snapshot(args))
+    record = next((r for r in records if args.network in (r.name, r.id)), None)
+    if record is None:
+        record = next((r for r in records if r.id.startswith(args.network)), None)
+    if record is None:
+        raise ValueError(f"no plugstrip network {args.network!r}")
+    network = to_network(record)
+    endpoints = []
+    for a in attachments:
+        if a.network.id != record.id:
+            continue
+        endpoint = NetworkService.endpoint(a, "")
+        endpoints.append(
+            {
+                "holder": a.owner,
+                "container": a.meta.get("container"),
+                "name": a.meta.get("name"),
+                "aliases": a.meta.get("aliases", []),
+                "address": f"{a.address}/{record.subnet.prefixlen}",
+                "mac": a.mac,
+                "interface": a.meta.get("ifname"),
+                "host_interface": _host_end(record, network, endpoint),
+            }
+        )
+    devices = (
+        {"bridge": weave.bridge_name(network), "vxlan": weave.vxlan_name(network)}
+        if record.driver == "plugstrip/weave"
+        else {"bridge": ovs.INTEGRATION_BRIDGE}
+    )
+    doc = {
+        "Name": record.name,
+        "Id": record.id,
+        "Driver": record.driver,
+        "Subnet": str(record.subnet),
+        "Gateway": str(record.gateway),
+        "VNI": record.vni,
+        "Internal": record.internal,
+        "Labels": record.labels,
+        "Devices": devices,
+        "Endpoints": endpoints,
+    }
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _host_end(record: NetworkRecord, network: Network, endpoint: Endpoint) -> str:
+    if record.driver == "plugstrip/weave":
+        return weave.host_veth_name(network, endpoint)
+    return ovs.host_port_name(network, endpoint)
+
+
+# ---- doctor ----------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok, warn, fail
+    detail: str
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    checks = asyncio.run(_run_checks(args))
+    for c in checks:
+        print(f"{c.status.upper():<5} {c.name}: {c.detail}")
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+async def _run_checks(args: argparse.Namespace) -> list[Check]:
+    records, attachments = await _snapshot(args) if _has_state(args) else ([], [])
+    checks = [await _check_vxlan(), await _check_ovs(args.ovsdb), _check_forward(records)]
+    checks.append(await _check_mtu(records))
+    checks.append(await _check_leftovers(records, attachments))
+    return checks
+
+
+def _has_state(args: argparse.Namespace) -> bool:
+    return (Path(args.state_dir) / STORE_FILE).exists()
+
+
+async def _check_vxlan() -> Check:
+    """Make (and remove) a VXLAN device: the only proof the kernel can."""
+    probe = "psdoctor0"
+    try:
+        async with Netlink() as nl:
+            await nl.ensure_link(probe, "vxlan", vxlan_id=16777000, vxlan_port=weave.VXLAN_PORT)
+            await nl.delete_link(probe)
+    except Exception as exc:
+        return Check("kernel vxlan", "fail", f"cannot create a VXLAN device: {exc}")
+    return Check("kernel vxlan", "ok", "VXLAN devices can be created")
+
+
+async def _check_ovs(url: str) -> Check:
+    db = Ovsdb(url, timeout=3)
+    try:
+        types = await db.datapath_types()
+    except OvsdbUnavailable as exc:
+        return Check("open vswitch", "warn", f"{exc} (only plugstrip/ovs needs it)")
+    chosen = detect_datapath()
+    return Check(
+        "open vswitch",
+        "ok",
+        f"reachable at {url}; datapaths {', '.join(types)}; plugstrip/ovs uses {chosen}"
+        + (" (no openvswitch kernel module)" if chosen == "netdev" else ""),
+    )
+
+
+def _check_forward(records: list[NetworkRecord]) -> Check:
+    try:
+        rules = subprocess.run(
+            ["iptables", "-w", "-S"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return Check("forward policy", "warn", f"cannot read iptables: {exc}")
+    policy = next((r.split()[2] for r in rules if r.startswith("-P FORWARD")), "ACCEPT")
+    missing = [
+        weave.bridge_name(to_network(r))
+        for r in records
+        if r.driver == "plugstrip/weave"
+        and not any(
+            f"-i {weave.bridge_name(to_network(r))} -o {weave.bridge_name(to_network(r))} -j ACCEPT"
+            in rule
+            for rule in rules
+        )
+    ]
+    if policy == "DROP" and missing:
+        return Check(
+            "forward policy", "fail", f"FORWARD drops and {', '.join(missing)} have no accept rule"
+        )
+    return Check("forward policy", "ok", f"FORWARD policy {policy}; bridge rules in place")
+
+
+async def _check_mtu(records: list[NetworkRecord]) -> Check:
+    async with Netlink() as nl:
+        underlay = await _underlay_mtu(nl)
+        wrong = []
+        for r in records:
+            if r.driver != "plugstrip/weave":
+                continue
+            name = weave.bridge_name(to_network(r))
+            if await nl.index(name) is not None:
+                mtu = int(await nl.link_attr(name, "mtu"))
+                if mtu > underlay - VXLAN_OVERHEAD:
+                    wrong.append(f"{name} {mtu}")
+    if wrong:
+        return Check("mtu", "fail", f"over underlay {underlay} - 50: {', '.join(wrong)}")
+    return Check("mtu", "ok", f"underlay {underlay}, plugstrip devices at most {underlay - 50}")
+
+
+async def _underlay_mtu(nl: Netlink) -> int:
+    """The MTU of the default route's device (1500 when there is none)."""
+    async for route in await nl.ipr.route("dump", table=254):
+        if route.get("dst_len") == 0 and route.get("oif"):
+            links = await nl.ipr.link("get", index=route.get("oif"))
+            return int(links[0].get("mtu"))
+    return 1500
+
+
+async def _check_leftovers(records: list[NetworkRecord], attachments: list[Attachment]) -> Check:
+    expected: set[str] = set()
+    for r in records:
+        network = to_network(r)
+        if r.driver == "plugstrip/weave":
+            expected |= {weave.bridge_name(network), weave.vxlan_name(network)}
+    for a in attachments:
+        network = to_network(a.network)
+        endpoint = NetworkService.endpoint(a, "")
+        expected.add(_host_end(a.network, network, endpoint))
+    async with Netlink() as nl:
+        found = {n for n in await nl.link_names() if n.startswith(("psbr", "psv", "pso"))}
+    stale = sorted(found - expected)
+    if stale:
+        return Check("leftovers", "warn", f"devices no network or endpoint owns: {stale}")
+    return Check("leftovers", "ok", f"{len(found)} plugstrip devices, all accounted for")
+
+
+# ---- flows -----------------------------------------------------------------------------
+
+
+def _flows(args: argparse.Namespace) -> int:
+    records, attachments = asyncio.run(_snapshot(args))
+    record = next((r for r in records if args.network in (r.name, r.id)), None)
+    if record is None or record.driver != "plugstrip/ovs":
+        raise ValueError(f"no plugstrip/ovs network {args.network!r}")
+    network = to_network(record)
+    ports = {
+        ovs.host_port_name(network, NetworkService.endpoint(a, ""))
+        for a in attachments
+        if a.network.id == record.id
+    }
+    tag = asyncio.run(_tag(args.ovsdb, record.id))
+    rundir = _rundir(args.ovsdb)
+    env = {**os.environ, "OVS_RUNDIR": rundir}
+    from ovs.flow.odp import ODPFlow
+    from ovs.flow.ofp import OFPFlow
+
+    of_text = subprocess.run(
+        ["ovs-ofctl", "--names", "dump-flows", f"unix:{rundir}/{ovs.INTEGRATION_BRIDGE}.mgmt"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    print(f"# {record.name}: VLAN tag {tag} on {ovs.INTEGRATION_BRIDGE}, ports {sorted(ports)}")
+    print("# OpenFlow flows that apply to it")
+    for line in of_text.splitlines():
+        if "actions=" not in line:
+            continue
+        flow = OFPFlow(line.strip())
+        in_port, vlan = flow.match.get("in_port"), flow.match.get("dl_vlan")
+        if (in_port is None or in_port in ports) and (vlan is None or int(vlan) == tag):
+            print(f"{flow.info.get('n_packets', 0):>10} pkts  {line.strip()}")
+    dp_text = subprocess.run(
+        [
+            "ovs-appctl",
+            "-t",
+            f"{rundir}/ovs-vswitchd.{_pid(rundir)}.ctl",
+            "dpctl/dump-flows",
+            "--names",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    print("# datapath flows of its traffic")
+    for line in dp_text.splitlines():
+        if not line.strip() or line.startswith("flow-dump"):
+            continue
+        flow = ODPFlow(line.strip())
+        touches = flow.match.get("in_port") in ports or any(
+            (kv.key == "output" and kv.value.get("port") in ports)
+            or (kv.key == "push_vlan" and kv.value.get("vid") == tag)
+            for kv in flow.actions_kv
+        )
+        if touches:
+            print(f"{flow.info.get('packets', 0):>10} pkts  {line.strip()}")
+    return 0
+
+
+async def _tag(url: str, network_id: str) -> int:
+    ids = await Ovsdb(url, timeout=3).bridge_ids(ovs.INTEGRATION_BRIDGE)
+    return int(ids[f"net-{network_id}"])
+
+
+def _rundir(url: str) -> str:
+    """OVS's run directory, where its control sockets are: beside the OVSDB socket."""
+    return (
+        str(Path(url.removeprefix("unix:")).parent)
+        if url.startswith("unix:")
+        else (os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"))
+    )
+
+
+def _pid(rundir: str) -> str:
+    return Path(rundir, "ovs-vswitchd.pid").read_text().strip()
