@@ -294,7 +294,7 @@ def _flows(args: argparse.Namespace) -> int:
         [
             "ovs-appctl",
             "-t",
-            f"{rundir}/ovs-vswitchd.{_pid(rundir)}.ctl",
+            _vswitchd_control(rundir),
             "dpctl/dump-flows",
             "--names",
         ],
@@ -332,5 +332,8 @@ def _rundir(url: str) -> str:
     )
 
 
-def _pid(rundir: str) -> str:
-    return Path(rundir, "ovs-vswitchd.pid").read_text().strip()
+def _vswitchd_control(rundir: str) -> str:
+    sockets = sorted(Path(rundir).glob("ovs-vswitchd.*.ctl"))
+    if not sockets:
+        raise ValueError(f"no ovs-vswitchd control socket in {rundir}")
+    return str(sockets[-1])
