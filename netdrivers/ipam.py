@@ -8,7 +8,7 @@ on one host or (with etcd) on several.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet
@@ -77,24 +77,34 @@ def gateway_of(subnet: IPNetwork) -> IPAddress:
 def choose_address(
     subnet: IPNetwork,
     gateway: IPAddress,
-    taken: Iterable[IPAddress],
+    is_taken: Callable[[int], bool],
     requested: IPAddress | None = None,
+    after: int | None = None,
 ) -> IPAddress:
-    """``requested`` if it is usable, else the lowest free host address of ``subnet``."""
-    used = {int(ip) for ip in taken}
-    used.add(int(gateway))
+    """``requested`` if it is usable, else the next free host address of ``subnet`` after
+    ``after`` (the last one handed out), wrapping around; the lowest free without it.
+
+    Next-fit, as Docker's IPAM: a released address is not handed out again at once (peers
+    may still hold it in their ARP caches), and with 10,000 addresses in use a choice
+    costs a lookup or two, not a walk over all of them. ``is_taken`` answers for one
+    address (as an integer); the gateway is never free."""
     first, last = subnet.first + 1, subnet.last - 1  # not the network, not the broadcast
+
+    def free(value: int) -> bool:
+        return value != int(gateway) and not is_taken(value)
+
     if requested is not None:
         value = int(requested)
         if not first <= value <= last:
             raise IpamError(
                 "invalid", f"address {requested} is not a usable address of subnet {subnet}"
             )
-        if value in used:
+        if not free(value):
             what = "the gateway" if value == int(gateway) else "in use"
             raise IpamError("conflict", f"address {requested} is {what} on {subnet}")
-        return IPAddress(value)
-    for value in range(first, last + 1):
-        if value not in used:
-            return IPAddress(value)
+        return IPAddress(value, 4)
+    start = after + 1 if after is not None and first <= after < last else first
+    for value in (*range(start, last + 1), *range(first, start)):
+        if free(value):
+            return IPAddress(value, 4)
     raise IpamError("exhausted", f"no free address left in {subnet}")

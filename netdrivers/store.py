@@ -105,11 +105,11 @@ CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
     subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
     options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL, last_address INTEGER
 );
 CREATE TABLE IF NOT EXISTS allocations (
     network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
-    address TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
+    address INTEGER NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (network_id, owner), UNIQUE (network_id, address)
 );
 """
@@ -135,6 +135,9 @@ class SqliteStore:
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA foreign_keys=ON")
+            # WAL + NORMAL: a commit survives plugstrip crashing; a power cut may lose the
+            # last ones, and the containers they were for with it (reconciliation mends).
+            db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
             self._all.append(db)
         return db
@@ -191,7 +194,7 @@ class SqliteStore:
                 time.time(),
             )
             db.execute(
-                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
                 (
                     record.id,
                     record.name,
@@ -250,24 +253,39 @@ class SqliteStore:
     ) -> IPAddress:
         def alloc(db: sqlite3.Connection) -> IPAddress:
             net = db.execute(
-                "SELECT subnet, gateway FROM networks WHERE id=?", (network_id,)
+                "SELECT subnet, gateway, last_address FROM networks WHERE id=?", (network_id,)
             ).fetchone()
             if net is None:
                 raise IpamError("not_found", f"network {network_id} not found")
-            rows = db.execute(
-                "SELECT owner, address FROM allocations WHERE network_id=?", (network_id,)
-            ).fetchall()
-            mine = next((IPAddress(a) for o, a in rows if o == owner), None)
-            if mine is not None:  # idempotent per (owner, network)
+            held = db.execute(
+                "SELECT address FROM allocations WHERE network_id=? AND owner=?",
+                (network_id, owner),
+            ).fetchone()
+            if held is not None:  # idempotent per (owner, network)
+                mine = IPAddress(held[0], 4)
                 if requested is not None and requested != mine:
                     raise IpamError("conflict", f"{owner} already has {mine} on this network")
                 return mine
             address = ipam.choose_address(
-                IPNetwork(net[0]), IPAddress(net[1]), [IPAddress(a) for _, a in rows], requested
+                IPNetwork(net[0]),
+                IPAddress(net[1]),
+                lambda value: (
+                    db.execute(  # an index lookup
+                        "SELECT 1 FROM allocations WHERE network_id=? AND address=?",
+                        (network_id, value),
+                    ).fetchone()
+                    is not None
+                ),
+                requested,
+                after=net[2],
             )
+            if requested is None:
+                db.execute(
+                    "UPDATE networks SET last_address=? WHERE id=?", (int(address), network_id)
+                )
             db.execute(
                 "INSERT INTO allocations VALUES (?,?,?,?)",
-                (network_id, owner, str(address), json.dumps(meta or {})),
+                (network_id, owner, int(address), json.dumps(meta or {})),
             )
             return address
 
@@ -283,7 +301,7 @@ class SqliteStore:
     async def allocations(self, network_id: str) -> dict[str, IPAddress]:
         return await self._tx(
             lambda db: {
-                o: IPAddress(a)
+                o: IPAddress(a, 4)
                 for o, a in db.execute(
                     "SELECT owner, address FROM allocations WHERE network_id=?", (network_id,)
                 )
@@ -302,7 +320,7 @@ class SqliteStore:
                 " ORDER BY network_id, address",
                 (network_id, owner),
             )
-            return [Allocation(n, o, IPAddress(a), json.loads(m)) for n, o, a, m in rows]
+            return [Allocation(n, o, IPAddress(a, 4), json.loads(m)) for n, o, a, m in rows]
 
         return await self._tx(query)
 

@@ -91,10 +91,10 @@ def test_addresses_until_exhausted() -> None:
     assert gw == IPAddress("10.40.1.1")
     taken: list[IPAddress] = []
     for _ in range(5):
-        taken.append(choose_address(subnet, gw, taken))
+        taken.append(choose_address(subnet, gw, {int(ip) for ip in taken}.__contains__))
     assert [str(ip) for ip in taken] == [f"10.40.1.{i}" for i in range(2, 7)]
     with pytest.raises(IpamError) as info:
-        choose_address(subnet, gw, taken)
+        choose_address(subnet, gw, {int(ip) for ip in taken}.__contains__)
     assert info.value.category == "exhausted"
 
 
@@ -111,7 +111,12 @@ def test_addresses_until_exhausted() -> None:
 def test_requested_address_errors(requested: str, category: str, message: str) -> None:
     subnet = IPNetwork("10.40.1.0/24")
     with pytest.raises(IpamError) as info:
-        choose_address(subnet, gateway_of(subnet), [IPAddress("10.40.1.9")], IPAddress(requested))
+        choose_address(
+            subnet,
+            gateway_of(subnet),
+            {int(IPAddress("10.40.1.9"))}.__contains__,
+            IPAddress(requested),
+        )
     assert info.value.category == category and message in str(info.value)
 
 
@@ -122,7 +127,7 @@ def test_address_is_free_usable_and_lowest(taken_hosts: set[int], requested: int
     taken = [IPAddress(subnet.first + h) for h in taken_hosts]
     want = IPAddress(subnet.first + requested) if requested is not None else None
     try:
-        got = choose_address(subnet, gw, taken, want)
+        got = choose_address(subnet, gw, {int(ip) for ip in taken}.__contains__, want)
     except IpamError as exc:
         if want is None:
             assert exc.category == "exhausted" and len(taken_hosts) == 29
@@ -134,3 +139,21 @@ def test_address_is_free_usable_and_lowest(taken_hosts: set[int], requested: int
         assert int(got) - subnet.first == min(set(range(2, 31)) - taken_hosts)
     else:
         assert got == want
+
+
+@given(st.sets(st.integers(2, 30), max_size=29), st.integers(0, 31))
+def test_next_fit_takes_the_first_free_after_the_last_one_handed_out(
+    taken_hosts: set[int], after: int
+) -> None:
+    subnet = IPNetwork("10.40.1.0/27")
+    taken = {subnet.first + h for h in taken_hosts}
+    free = sorted(set(range(2, 31)) - taken_hosts)
+    try:
+        got = choose_address(
+            subnet, gateway_of(subnet), taken.__contains__, None, subnet.first + after
+        )
+    except IpamError as exc:
+        assert exc.category == "exhausted" and not free
+        return
+    later = [h for h in free if h > after] if 1 <= after < 31 else free
+    assert int(got) - subnet.first == (later or free)[0]
