@@ -75,20 +75,29 @@ async def ensure_image(api: DockerApi) -> None:
     )
 
 
+def plain_request(on_bridge: bool) -> dict[str, Any]:
+    """A holder's create request when the user's container moved nothing to it: the
+    request spare holders (:mod:`adapters.holder_pool`) are made with."""
+    return {
+        "Image": IMAGE,
+        "Labels": {ROLE: "holder", DNS: ""},
+        "HostConfig": {
+            "NetworkMode": "default" if on_bridge else "none",
+            "RestartPolicy": {"Name": "always"},  # back with the daemon, before its user
+            # Names are answered in the holder (netdrivers.dns), the user's --dns servers
+            # (in the DNS label) are its upstreams.
+            "Dns": [dns.ADDRESS],
+        },
+    }
+
+
 def split_request(body: dict[str, Any], network_mode: str, on_bridge: bool) -> dict[str, Any]:
     """Rewrite a create request to join a holder (``container:HOLDER`` is filled in by
     :func:`join`) and return the holder's own create request, carrying what moved."""
     host_config = body.setdefault("HostConfig", {}) or {}
     body["HostConfig"] = host_config
-    holder_host: dict[str, Any] = {
-        "NetworkMode": "default" if on_bridge else "none",
-        "RestartPolicy": {"Name": "always"},  # back with the daemon, before its user
-    }
-    holder: dict[str, Any] = {
-        "Image": IMAGE,
-        "Labels": {ROLE: "holder"},
-        "HostConfig": holder_host,
-    }
+    holder = plain_request(on_bridge)
+    holder_host = holder["HostConfig"]
     for key in MOVED_CONFIG:
         if body.get(key):
             holder[key] = body.pop(key)
@@ -96,12 +105,13 @@ def split_request(body: dict[str, Any], network_mode: str, on_bridge: bool) -> d
             body.pop(key, None)
     for key in MOVED_HOST_CONFIG:
         if host_config.get(key):
-            holder_host[key] = host_config.pop(key)
+            value = host_config.pop(key)
+            if key == "Dns":
+                holder["Labels"][DNS] = ",".join(value)
+            else:
+                holder_host[key] = value
         else:
             host_config.pop(key, None)
-    # Names are answered in the holder (netdrivers.dns); the user's servers are its upstreams.
-    holder["Labels"][DNS] = ",".join(holder_host.pop("Dns", None) or [])
-    holder_host["Dns"] = [dns.ADDRESS]
     body["NetworkingConfig"] = None
     body["Labels"] = {**(body.get("Labels") or {}), NETWORK_MODE: network_mode}
     return holder

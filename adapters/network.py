@@ -30,6 +30,7 @@ from adapters import network_shapes as shapes
 from adapters import weave_cidr
 from adapters.contract import Call, Refuse, split_version
 from adapters.docker_api import DockerApi
+from adapters.holder_pool import HolderPool
 from adapters.registry import LoadedAdapter
 from netdrivers import dns, ipam
 from netdrivers.dns import NameServer, Upstreams
@@ -83,9 +84,10 @@ def refusal(exc: IpamError) -> Refuse:
 
 
 class NetworkAdapter:
-    def __init__(self, service: NetworkService, api: DockerApi) -> None:
+    def __init__(self, service: NetworkService, api: DockerApi, spare_holders: int = 2) -> None:
         self.service = service
         self.api = api
+        self.pool = HolderPool(api, spare_holders)
         self._locks: dict[str, asyncio.Lock] = {}  # per holder: plug, replug, discard
         self._pending: set[str] = set()  # holders whose container is being created
         self._bridge: bool | None = None  # does the daemon have its default bridge?
@@ -119,6 +121,7 @@ class NetworkAdapter:
         if self._events is not None:
             self._events.cancel()
             await asyncio.gather(self._events, return_exceptions=True)
+        await self.pool.close()
         self.names.close()
         await self.api.close()
 
@@ -334,17 +337,18 @@ class NetworkAdapter:
         mac = body.pop("MacAddress", None)
         holder_body = holders.split_request(body, shown_mode, on_bridge)
         name = _query(call, "name") or ""
-        await holders.ensure_image(self.api)
-        created = await self.api.call(
-            "POST", "/containers/create", holder_body, params={"name": holders.new_name()}
-        )
-        hid = str(created["Id"])
+        hid = await self._spare() if holder_body == holders.plain_request(True) else None
+        if hid is None:
+            await holders.ensure_image(self.api)
+            created = await self.api.call(
+                "POST", "/containers/create", holder_body, params={"name": holders.new_name()}
+            )
+            hid = str(created["Id"])
         self._pending.add(hid)
         call.context["holder"] = hid
         try:
             async with self._lock(hid):
-                await self.api.call("POST", f"/containers/{hid}/start")
-                ns = await self._holder(hid)
+                ns = await self._holder(hid)  # starts it, unless it is a running spare
                 for index, (record, config) in enumerate(wanted):
                     extra = {"mac": mac} if mac and index == 0 else {}
                     await self._attach(hid, ns.netns, on_bridge, record, config, None, name, extra)
@@ -353,6 +357,16 @@ class NetworkAdapter:
             await self._discard_holder(hid)
             raise
         holders.join(body, hid)
+
+    async def _spare(self) -> str | None:
+        """A running spare holder from the pool; None if there is none (or it died)."""
+        hid = self.pool.take()
+        if hid is not None:
+            info = await self.api.inspect_container(hid)
+            if info is None or not info["State"]["Running"]:
+                await self._discard_holder(hid)
+                return None
+        return hid
 
     async def _wanted_networks(
         self, body: dict[str, Any]
@@ -637,9 +651,15 @@ class NetworkAdapter:
             if action == "destroy" and attrs.get(holders.HOLDER):
                 await self._discard_holder(str(attrs[holders.HOLDER]))
             elif action == "destroy" and attrs.get(holders.ROLE):
+                self.pool.forget(cid)
                 async with self._lock(cid):
                     await self.service.release_owner(cid)
-            elif action == "start" and attrs.get(holders.ROLE) and cid not in self._pending:
+            elif (
+                action == "start"
+                and attrs.get(holders.ROLE)
+                and cid not in self._pending
+                and cid not in self.pool
+            ):
                 async with self._lock(cid):  # the daemon restarted a holder: a new namespace
                     await self._replug(cid)
         except Exception:
@@ -654,10 +674,15 @@ class NetworkAdapter:
             for c in listed
             if (c.get("Labels") or {}).get(holders.HOLDER)
         }
+        owners = await self.service.owners()
         for hid in set(held) - used - self._pending:
+            idle = hid not in owners and held[hid]["State"] == "running"
+            if hid in self.pool or (idle and self.pool.adopt(hid)):
+                continue  # an idle holder (a spare, maybe of an earlier run): a spare
             log.info("removing orphan network holder %s", hid[:12])
             await self._discard_holder(hid)
-        for owner in await self.service.owners() - set(held) - self._pending:
+        self.pool.top_up()
+        for owner in owners - set(held) - self._pending:
             log.info("releasing addresses of vanished holder %s", owner[:12])
             async with self._lock(owner):
                 await self.service.release_owner(owner)

@@ -112,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         help="turn off plugstrip networks (the built-in network adapter)",
     )
     serve.add_argument(
+        "--spare-holders",
+        type=int,
+        default=2,
+        metavar="N",
+        help="network holders kept started ahead, for fast creates (default %(default)s)",
+    )
+    serve.add_argument(
         "--ipalloc-range",
         metavar="CIDR",
         default=str(DEFAULT_RANGE),
@@ -253,7 +260,8 @@ def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAda
     }
     store = SqliteStore(Path(args.state_dir) / "networks.db")
     service = NetworkService(store, drivers, pool)
-    return NetworkAdapter(service, DockerApi(upstream.address, upstream.tls))
+    api = DockerApi(upstream.address, upstream.tls)
+    return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders))
 
 
 def _write_runtime(state_dir: str, listeners: list[Listener], admin: SocketAddress | None) -> None:

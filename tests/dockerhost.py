@@ -18,6 +18,8 @@ from tests import harness, netns
 from tests.harness import Plugstrip
 from tests.ovs import ovs_in
 
+SPARE_HOLDERS = 2  # plugstrip's default pool of spare holders
+
 
 @dataclass
 class DockerHost:
@@ -68,17 +70,27 @@ class DockerHost:
     # ---- what is left behind ---------------------------------------------------------------
 
     def allocations(self) -> int:
+        return len(self._owners())
+
+    def _owners(self) -> list[str]:
         db = sqlite3.connect(self.workdir / "plugstrip" / "state" / "networks.db")
         try:
-            return int(db.execute("SELECT count(*) FROM allocations").fetchone()[0])
+            return [row[0] for row in db.execute("SELECT owner FROM allocations")]
         finally:
             db.close()
 
     def holders(self) -> list[str]:
+        """Holder containers, spares beyond the pool's size included: a leak shows."""
         out = harness.docker(
-            self.daemon, "ps", "-aq", "--filter", "label=io.plugstrip.role=holder"
-        ).stdout
-        return out.decode().split()
+            self.daemon, "ps", "-aq", "--no-trunc", "--filter", "label=io.plugstrip.role=holder"
+        ).stdout.decode()
+        every = out.split()
+        users = harness.docker(
+            self.daemon, "ps", "-a", "--format", '{{.Label "io.plugstrip.holder"}}'
+        ).stdout.decode()
+        busy = set(users.split()) | set(self._owners())
+        spares = [h for h in every if h not in busy]
+        return [h for h in every if h in busy] + spares[SPARE_HOLDERS:]
 
     def host_veths(self) -> list[str]:
         out = self.run_in_ns("ip", "-o", "link", "show").stdout

@@ -470,3 +470,47 @@ def test_operator_tools(net: DockerHost, networks: Any) -> None:
     assert "actions=NORMAL" in flows.stdout  # the OpenFlow rule its traffic takes
     datapath = flows.stdout.split("# datapath flows of its traffic")[1]
     assert "in_port(pso" in datapath or "pso" in datapath, flows.stdout
+
+
+def test_plain_creates_take_a_spare_holder_and_others_get_their_own(
+    net: DockerHost, networks: Any
+) -> None:
+    front = networks("plugstrip/weave")
+
+    def spares() -> set[str]:
+        every = (
+            harness.docker(
+                net.daemon, "ps", "-q", "--no-trunc", "--filter", "label=io.plugstrip.role=holder"
+            )
+            .stdout.decode()
+            .split()
+        )
+        users = (
+            harness.docker(net.daemon, "ps", "-a", "--format", '{{.Label "io.plugstrip.holder"}}')
+            .stdout.decode()
+            .split()
+        )
+        return set(every) - set(users)
+
+    wait_for(lambda: len(spares()) == 2, 30, "the pool of spare holders was not filled")
+    before = spares()
+    plain, ported = uname("plain"), uname("ported")
+    net.docker("run", "-d", "--name", plain, "--network", front, "busybox", "sleep", "1d")
+    net.docker(
+        "run",
+        "-d",
+        "--name",
+        ported,
+        "--network",
+        front,
+        "-p",
+        "18081:80",
+        "busybox",
+        "sleep",
+        "1d",
+    )
+    labels: Any = net.inspect(plain)["Config"]
+    assert labels["Labels"]["io.plugstrip.holder"] in before
+    labels = net.inspect(ported)["Config"]
+    assert labels["Labels"]["io.plugstrip.holder"] not in before  # ports need their own
+    wait_for(lambda: len(spares()) == 2, 30, "the pool was not topped up")
