@@ -115,6 +115,15 @@ class NetworkAdapter:
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Before plugstrip serves: remove datapath leftovers of a crash (nothing can be
+        half-way through a create yet), then follow the daemon."""
+        try:
+            removed = await self.service.prune()
+        except Exception as exc:
+            log.warning("leftovers not pruned: %s", exc)
+        else:
+            if removed:
+                log.info("removed leftovers: %s", ", ".join(removed))
         self._events = asyncio.create_task(self._follow_events())
 
     async def close(self) -> None:

@@ -5,7 +5,8 @@ test host (its own namespace, dockerd, Open vSwitch, plugstrip; see tests/docker
 
 Prints each measure direct and through plugstrip, and the ratio:
 - `docker run -d --network NET` wall time, on a plugstrip/weave network through plugstrip
-  vs a Docker user-defined bridge network on the daemon directly (target <= 1.25x);
+  vs a Docker user-defined bridge network on the daemon directly (target <= 1.25x), with
+  plugstrip's spare holders (the default) and without;
 - TCP throughput between two containers (iperf3 in their namespaces), plugstrip/weave vs
   Docker's bridge network (target >= 0.9x);
 - IPAM: allocations per second on the SQLite store with 10,000 addresses in use.

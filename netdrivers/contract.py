@@ -41,3 +41,13 @@ class Driver(Protocol):
     async def join(self, network: Network, endpoint: Endpoint) -> None: ...
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None: ...
+
+    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
+        """The host's links this driver has for these networks and endpoints (its own
+        networks among them): what ``prune`` keeps."""
+        ...
+
+    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
+        """Remove what the driver finds of its own beyond ``owned`` (left by a crash half
+        way); returns the names removed."""
+        ...

@@ -15,6 +15,7 @@ from netdrivers.netlink import Netlink, link_name, plug_into_container, tx_check
 from netdrivers.ovsdb import Ovsdb, detect_datapath
 
 INTEGRATION_BRIDGE = "psint"
+PREFIX = "pso"  # veth host ends (access ports)
 VXLAN_OVERHEAD = 50
 MAX_TAG = 4094
 
@@ -67,6 +68,26 @@ class OvsDriver:
         await self.ovsdb.delete_port(name)
         async with Netlink(self.netns) as nl:
             await nl.delete_link(name)
+
+    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
+        by_id = {n.id: n for n in networks}
+        return {host_port_name(by_id[e.network_id], e) for e in endpoints if e.network_id in by_id}
+
+    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
+        keep = self.owned(networks, endpoints)
+        async with Netlink(self.netns) as nl:
+            links = [n for n in await nl.link_names() if n.startswith(PREFIX) and n not in keep]
+            ports = [p for p in await self.ovsdb.ports(INTEGRATION_BRIDGE) if p.startswith(PREFIX)]
+            stray = sorted(set(links) | {p for p in ports if p not in keep})
+            for name in stray:
+                await self.ovsdb.delete_port(name)
+                await nl.delete_link(name)
+        known = {f"net-{n.id}" for n in networks}
+        for key in await self.ovsdb.bridge_ids(INTEGRATION_BRIDGE):
+            if key.startswith("net-") and key not in known:
+                await self.ovsdb.remove_bridge_id(INTEGRATION_BRIDGE, key)
+                stray.append(key)
+        return stray
 
     async def _tag(self, network: Network) -> int:
         """The network's local VLAN tag: the one recorded, else the lowest free one."""

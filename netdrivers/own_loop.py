@@ -51,3 +51,9 @@ class OnOwnLoop:
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None:
         await self.thread.run(self.driver.leave(network, endpoint))
+
+    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
+        return self.driver.owned(networks, endpoints)
+
+    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
+        return await self.thread.run(self.driver.prune(networks, endpoints))

@@ -160,6 +160,21 @@ class NetworkService:
         allocations = await self.store.endpoints(network.id if network else None, owner)
         return [self._attachment(records[a.network_id], a) for a in allocations]
 
+    async def prune(self) -> list[str]:
+        """Have each driver remove what it finds of its own that no network or endpoint in
+        the store accounts for (a crash half way through a create or a delete)."""
+        records = await self.store.list_networks()
+        attachments = await self.attachments()
+        removed: list[str] = []
+        for name, driver in self.drivers.items():
+            networks = [to_network(r) for r in records if r.driver == name]
+            endpoints = [self.endpoint(a, "") for a in attachments if a.network.driver == name]
+            try:
+                removed += await driver.prune(networks, endpoints)
+            except ConnectionError as exc:  # OVS not running: nothing of it to clean
+                log.info("%s: not pruned: %s", name, exc)
+        return removed
+
     async def owners(self) -> set[str]:
         return {a.owner for a in await self.store.endpoints()}
 

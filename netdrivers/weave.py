@@ -15,6 +15,7 @@ from netdrivers.contract import Endpoint, Network
 from netdrivers.netlink import Netlink, link_name, plug_into_container
 
 VXLAN_PORT = 4789
+PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends
 VXLAN_OVERHEAD = 50
 
 
@@ -78,3 +79,21 @@ class WeaveDriver:
     async def leave(self, network: Network, endpoint: Endpoint) -> None:
         async with Netlink(self.netns) as nl:
             await nl.delete_link(host_veth_name(network, endpoint))  # its peer goes with it
+
+    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
+        by_id = {n.id: n for n in networks}
+        names = {f(n) for n in networks for f in (bridge_name, vxlan_name)}
+        return names | {
+            host_veth_name(by_id[e.network_id], e) for e in endpoints if e.network_id in by_id
+        }
+
+    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
+        keep = self.owned(networks, endpoints)
+        async with Netlink(self.netns) as nl:
+            stray = [n for n in await nl.link_names() if n.startswith(PREFIXES) and n not in keep]
+            for name in stray:
+                await nl.delete_link(name)
+        for name in stray:
+            if name.startswith("psbr"):
+                await firewall.forget_bridge(name, self.netns)
+        return stray

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from netdrivers import ovs, weave
-from netdrivers.contract import Endpoint, Network
+from netdrivers.contract import Driver, Endpoint, Network
 from netdrivers.netlink import Netlink
+from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
 from netdrivers.service import Attachment, NetworkService, to_network
 from netdrivers.store import NetworkRecord, SqliteStore
-from netdrivers.weave import VXLAN_OVERHEAD
+from netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
 
 STORE_FILE = "networks.db"
 
@@ -150,7 +151,7 @@ async def _run_checks(args: argparse.Namespace) -> list[Check]:
     records, attachments = await _snapshot(args) if _has_state(args) else ([], [])
     checks = [await _check_vxlan(), await _check_ovs(args.ovsdb), _check_forward(records)]
     checks.append(await _check_mtu(records))
-    checks.append(await _check_leftovers(records, attachments))
+    checks.append(await _check_leftovers(args, records, attachments))
     return checks
 
 
@@ -236,18 +237,20 @@ async def _underlay_mtu(nl: Netlink) -> int:
     return 1500
 
 
-async def _check_leftovers(records: list[NetworkRecord], attachments: list[Attachment]) -> Check:
+async def _check_leftovers(
+    args: argparse.Namespace, records: list[NetworkRecord], attachments: list[Attachment]
+) -> Check:
+    drivers: list[Driver] = [WeaveDriver(), OvsDriver(Ovsdb(args.ovsdb))]  # names only
     expected: set[str] = set()
-    for r in records:
-        network = to_network(r)
-        if r.driver == "plugstrip/weave":
-            expected |= {weave.bridge_name(network), weave.vxlan_name(network)}
-    for a in attachments:
-        network = to_network(a.network)
-        endpoint = NetworkService.endpoint(a, "")
-        expected.add(_host_end(a.network, network, endpoint))
+    for driver in drivers:
+        networks = [to_network(r) for r in records if r.driver == driver.name]
+        endpoints = [
+            NetworkService.endpoint(a, "") for a in attachments if a.network.driver == driver.name
+        ]
+        expected |= driver.owned(networks, endpoints)
+    prefixes = (*weave.PREFIXES, ovs.PREFIX)
     async with Netlink() as nl:
-        found = {n for n in await nl.link_names() if n.startswith(("psbr", "psv", "pso"))}
+        found = {n for n in await nl.link_names() if n.startswith(prefixes)}
     stale = sorted(found - expected)
     if stale:
         return Check("leftovers", "warn", f"devices no network or endpoint owns: {stale}")

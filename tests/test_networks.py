@@ -359,7 +359,33 @@ def test_plugstrip_restart_keeps_addresses_and_reconciles(net: DockerHost, netwo
     ip = address(net, keep, front)
     net.stop_plugstrip()
     harness.docker(net.daemon, "rm", "-f", lost)  # while plugstrip is away
+    # what a crash half way through would leave: a bridge, a veth, an OVS port
+    strays = ["psbr4242", "psv0123456789ab", "pso0123456789ab"]
+    net.run_in_ns("ip", "link", "add", strays[0], "type", "bridge")
+    for veth in strays[1:]:
+        net.run_in_ns("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p")
+    ovs = net.run_in_ns(
+        "ovs-vsctl",
+        f"--db={net.ovsdb}",
+        "--may-exist",
+        "add-br",
+        "psint",
+        "--",
+        "set",
+        "bridge",
+        "psint",
+        "datapath_type=netdev",
+        "--",
+        "add-port",
+        "psint",
+        strays[2],
+    )
+    assert ovs.returncode == 0, ovs.stderr
     net.start_plugstrip()
+    links = net.run_in_ns("ip", "-o", "link", "show").stdout
+    assert not [s for s in strays if f" {s}:" in links or f" {s}@" in links], links
+    ports = net.run_in_ns("ovs-vsctl", f"--db={net.ovsdb}", "list-ports", "psint").stdout
+    assert strays[2] not in ports
     wait_for(lambda: net.allocations() == start[0] + 1, 20, "the lost container not released")
     wait_for(lambda: len(net.holders()) == start[1] + 1, 20, "the lost holder not removed")
     assert address(net, keep, front) == ip
