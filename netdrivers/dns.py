@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,25 +60,28 @@ def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
 class NameServer:
     def __init__(self, resolve: Resolve) -> None:
         self._resolve = resolve
-        self._serving: dict[str, asyncio.DatagramTransport] = {}
+        # per owner: the namespace (its inode) served, and the socket serving it
+        self._serving: dict[str, tuple[int, asyncio.DatagramTransport]] = {}
 
     async def serve(self, owner: str, netns_path: str, upstreams: Upstreams) -> None:
-        """Answer ``owner``'s queries in its namespace (again after it was re-made)."""
+        """Answer ``owner``'s queries in its namespace; again after it was re-made (a new
+        namespace), and nothing new while the same one is served."""
+        netns = os.stat(netns_path).st_ino
+        current = self._serving.get(owner)
+        if current is not None and current[0] == netns:
+            return
         self.stop(owner)
         sock = await asyncio.to_thread(socket_in, netns_path, socket.SOCK_DGRAM, (ADDRESS, PORT))
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Responder(self._resolve, owner, upstreams), sock=sock
         )
-        self._serving[owner] = transport
+        self._serving[owner] = (netns, transport)
 
     def stop(self, owner: str) -> None:
-        transport = self._serving.pop(owner, None)
-        if transport is not None:
-            transport.close()
-
-    def serving(self, owner: str) -> bool:
-        return owner in self._serving
+        current = self._serving.pop(owner, None)
+        if current is not None:
+            current[1].close()
 
     def close(self) -> None:
         for owner in list(self._serving):

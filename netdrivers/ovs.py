@@ -75,15 +75,17 @@ class OvsDriver:
 
     async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
         keep = self.owned(networks, endpoints)
+        bridge = await self.ovsdb.has_bridge(INTEGRATION_BRIDGE)
         async with Netlink(self.netns) as nl:
             links = [n for n in await nl.link_names() if n.startswith(PREFIX) and n not in keep]
-            ports = [p for p in await self.ovsdb.ports(INTEGRATION_BRIDGE) if p.startswith(PREFIX)]
+            ports = await self.ovsdb.ports(INTEGRATION_BRIDGE) if bridge else []
+            ports = [p for p in ports if p.startswith(PREFIX)]
             stray = sorted(set(links) | {p for p in ports if p not in keep})
             for name in stray:
                 await self.ovsdb.delete_port(name)
                 await nl.delete_link(name)
         known = {f"net-{n.id}" for n in networks}
-        for key in await self.ovsdb.bridge_ids(INTEGRATION_BRIDGE):
+        for key in await self.ovsdb.bridge_ids(INTEGRATION_BRIDGE) if bridge else {}:
             if key.startswith("net-") and key not in known:
                 await self.ovsdb.remove_bridge_id(INTEGRATION_BRIDGE, key)
                 stray.append(key)

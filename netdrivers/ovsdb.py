@@ -79,6 +79,10 @@ class Ovsdb:
             ]
         )
 
+    async def has_bridge(self, name: str) -> bool:
+        (names,) = await self._run(lambda api: [api.list_br()])
+        return name in names
+
     async def bridge_ids(self, bridge: str) -> dict[str, str]:
         (ids,) = await self._run(lambda api: [api.db_get("Bridge", bridge, "external_ids")])
         return dict(ids)

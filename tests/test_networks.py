@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,6 +257,29 @@ def test_ports_outbound_and_hot_connect(net: DockerHost, networks: Any) -> None:
     assert in_container(net, web, "hostname").stdout.strip() == b"webhost"
     shown: Any = net.inspect(web)
     assert shown["HostConfig"]["Dns"] == ["127.0.0.1"]
+    # names not on its networks go to its --dns server (here one on the host's loopback)
+    resolver = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={net.netns_path}",
+            sys.executable,
+            "-m",
+            "tests.fake_resolver",
+            "127.0.0.1",
+            "53",
+            "192.0.2.10",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        wait_for(
+            lambda: b"192.0.2.10" in in_container(net, web, "nslookup", "db.example.test").stdout,
+            10,
+            "the name was not forwarded to the container's --dns server",
+        )
+    finally:
+        resolver.kill()
+        resolver.wait()
     assert shown["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"] == "18080"
 
     # outbound: to a namespace outside the host, through Docker's NAT
