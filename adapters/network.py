@@ -176,6 +176,7 @@ class NetworkAdapter:
             raise Refuse(409, f"network with name {name} already exists")
         record = await self.service.create_network(spec)
         log.info("network created", extra={"network": name, "subnet": str(record.subnet)})
+        await self._top_up_spares()
         call.respond(201, {"Id": record.id, "Warning": ""})
 
     @staticmethod
@@ -595,6 +596,12 @@ class NetworkAdapter:
     def _lock(self, hid: str) -> asyncio.Lock:
         return self._locks.setdefault(hid, asyncio.Lock())
 
+    async def _top_up_spares(self) -> None:
+        """Spares only where they serve: plugstrip networks exist, and so does the bridge
+        they sit on."""
+        if await self.service.store.list_networks() and await self._has_bridge():
+            self.pool.top_up()
+
     async def _has_bridge(self) -> bool:
         if self._bridge is None:
             self._bridge = (
@@ -690,7 +697,7 @@ class NetworkAdapter:
                 continue  # an idle holder (a spare, maybe of an earlier run): a spare
             log.info("removing orphan network holder %s", hid[:12])
             await self._discard_holder(hid)
-        self.pool.top_up()
+        await self._top_up_spares()
         for owner in owners - set(held) - self._pending:
             log.info("releasing addresses of vanished holder %s", owner[:12])
             async with self._lock(owner):

@@ -31,9 +31,14 @@ from tests import harness
 from tests.dockerhost import DockerHost, docker_host
 
 
+SETTLE = 1.0  # seconds after each run: a spare holder is made and started in well under
+
+
 def run_times(pairs: list[tuple[str, str]], count: int) -> list[list[float]]:
     """Seconds per `docker run -d` for each (DOCKER_HOST, network), taking turns so that
-    drift in the machine's load hits all alike; the containers removed after."""
+    drift in the machine's load hits all alike, with a pause after each run so that work
+    it left in the background (plugstrip topping up its spare holders) does not slow the
+    next one; the containers removed after."""
     times: list[list[float]] = [[] for _ in pairs]
     made: list[tuple[str, str]] = []
     for i in range(count):
@@ -45,6 +50,7 @@ def run_times(pairs: list[tuple[str, str]], count: int) -> list[list[float]]:
             )
             out.append(time.perf_counter() - started)
             made.append((host, name))
+            time.sleep(SETTLE)
     for host, name in made:
         harness.docker(host, "rm", "-f", name)
     return times
