@@ -30,7 +30,6 @@ from netdrivers.store import NetworkSpec, SqliteStore
 from tests import harness
 from tests.dockerhost import DockerHost, docker_host
 
-
 SETTLE = 1.0  # seconds after each run: a spare holder is made and started in well under
 
 
