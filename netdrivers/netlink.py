@@ -151,6 +151,20 @@ class Netlink:
         return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]
 
 
+async def ensure_endpoint_veth(
+    host: Netlink, host_end: str, peer: str, endpoint: Endpoint, mtu: int
+) -> None:
+    """The veth pair of an endpoint, made anew if the one there is stale: its container end
+    in neither this namespace nor the endpoint's (it is in a namespace the container has
+    left, kept alive by something holding it), as after the daemon restarted a holder."""
+    if await host.index(host_end) is not None and await host.index(peer) is None:
+        async with Netlink(endpoint.netns_path) as nl:
+            plugged = await nl.index(endpoint.ifname) is not None
+        if not plugged:
+            await host.delete_link(host_end)  # its stale peer goes with it
+    await host.ensure_veth(host_end, peer, mtu)
+
+
 async def plug_into_container(host: Netlink, peer: str, endpoint: Endpoint, mtu: int) -> None:
     """The container half of an endpoint, shared by the drivers: ``peer`` (a veth end made
     in ``host``'s namespace) moves into the container, is renamed, addressed and brought up

@@ -11,7 +11,13 @@ come with multi-host.
 from __future__ import annotations
 
 from netdrivers.contract import Endpoint, Network
-from netdrivers.netlink import Netlink, link_name, plug_into_container, tx_checksum_off
+from netdrivers.netlink import (
+    Netlink,
+    ensure_endpoint_veth,
+    link_name,
+    plug_into_container,
+    tx_checksum_off,
+)
 from netdrivers.ovsdb import Ovsdb, detect_datapath
 
 INTEGRATION_BRIDGE = "psint"
@@ -51,7 +57,7 @@ class OvsDriver:
         host_end = host_port_name(network, endpoint)
         peer = host_end.replace("pso", "psq", 1)
         async with Netlink(self.netns) as nl:
-            await nl.ensure_veth(host_end, peer, self.mtu)
+            await ensure_endpoint_veth(nl, host_end, peer, endpoint, self.mtu)
             if self.datapath_type == "netdev" and await nl.index(peer) is not None:
                 await tx_checksum_off(self.netns, host_end, peer)
             await nl.set_up(host_end, mtu=self.mtu)

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from netdrivers import firewall
 from netdrivers.contract import Endpoint, Network
-from netdrivers.netlink import Netlink, link_name, plug_into_container
+from netdrivers.netlink import (
+    Netlink,
+    ensure_endpoint_veth,
+    link_name,
+    plug_into_container,
+)
 
 VXLAN_PORT = 4789
 PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends
@@ -72,7 +77,7 @@ class WeaveDriver:
         peer = host_end.replace("psv", "psp", 1)
         async with Netlink(self.netns) as nl:
             mtu = int(await nl.link_attr(bridge_name(network), "mtu"))
-            await nl.ensure_veth(host_end, peer, mtu)
+            await ensure_endpoint_veth(nl, host_end, peer, endpoint, mtu)
             await nl.set_up(host_end, master=bridge_name(network), mtu=mtu)
             await plug_into_container(nl, peer, endpoint, mtu)
 

@@ -27,6 +27,7 @@ class DockerHost:
     daemon: str  # DOCKER_HOST of the dockerd itself
     ovsdb: str
     workdir: Path
+    daemon_proc: subprocess.Popen[bytes] | None = None
     ps: Plugstrip | None = None
     extra: list[str] = field(default_factory=list)
 
@@ -55,6 +56,12 @@ class DockerHost:
             # pytest shows this only for a failing test: what plugstrip said meanwhile
             print(self.ps.log.read_text()[-20000:], file=sys.stderr)
             self.ps = None
+
+    def restart_daemon(self) -> None:
+        """Stop dockerd (its containers stop with it) and start it again."""
+        assert self.daemon_proc is not None
+        harness.stop_dockerd(self.daemon_proc)
+        _, self.daemon_proc = harness.start_dockerd(self.workdir / "docker", netns=self.netns_path)
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         """The docker CLI through plugstrip."""
@@ -107,7 +114,7 @@ def docker_host(workdir: Path) -> Iterator[DockerHost]:
     with netns.namespaces(1) as (ns,), ovs_in(netns.path(ns), workdir / "ovs") as ovsdb:
         (workdir / "docker").mkdir(parents=True, exist_ok=True)
         daemon, proc = harness.start_dockerd(workdir / "docker", netns=netns.path(ns))
-        host = DockerHost(ns, daemon, ovsdb, workdir)
+        host = DockerHost(ns, daemon, ovsdb, workdir, proc)
         try:
             yield host
         finally:
@@ -117,5 +124,6 @@ def docker_host(workdir: Path) -> Iterator[DockerHost]:
                 check=False,
                 timeout=120,
             )
-            harness.stop_dockerd(proc)
+            assert host.daemon_proc is not None
+            harness.stop_dockerd(host.daemon_proc)
             shutil.rmtree(workdir, ignore_errors=True)

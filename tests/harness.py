@@ -75,7 +75,8 @@ def start_dockerd(root: Path, netns: str | None = None) -> tuple[str, subprocess
         wait_for(
             lambda: docker(host, "info", check=False).returncode == 0, 60, "dockerd did not start"
         )
-        make_busybox_image(host, root)
+        if docker(host, "image", "inspect", "busybox:latest", check=False).returncode != 0:
+            make_busybox_image(host, root)
     except BaseException:
         stop_dockerd(proc)
         raise

@@ -565,3 +565,29 @@ def test_plain_creates_take_a_spare_holder_and_others_get_their_own(
     labels = net.inspect(ported)["Config"]
     assert labels["Labels"]["io.plugstrip.holder"] not in before  # ports need their own
     wait_for(lambda: len(spares()) == 2, 30, "the pool was not topped up")
+
+
+def test_daemon_restart_brings_addresses_and_names_back(net: DockerHost, networks: Any) -> None:
+    """dockerd restarts: holders and containers come back by their restart policies, the
+    event stream is followed again, and the holders' new namespaces are wired again."""
+    front = networks("plugstrip/weave")
+    web, client = uname("web"), uname("cl")
+    for name in (web, client):
+        net.docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--restart",
+            "always",
+            "--network",
+            front,
+            "busybox",
+            "sleep",
+            "1d",
+        )
+    ip = address(net, web, front)
+    net.restart_daemon()
+    wait_for(lambda: ip in ip_addrs(net, web), 60, "the address did not come back")
+    wait_for(lambda: reaches(net, client, web), 30, "no name or no reach after the restart")
+    assert address(net, web, front) == ip
