@@ -111,19 +111,22 @@ class DockerHost:
 
 @contextmanager
 def docker_host(workdir: Path) -> Iterator[DockerHost]:
-    with netns.namespaces(1) as (ns,), ovs_in(netns.path(ns), workdir / "ovs") as ovsdb:
-        (workdir / "docker").mkdir(parents=True, exist_ok=True)
-        daemon, proc = harness.start_dockerd(workdir / "docker", netns=netns.path(ns))
-        host = DockerHost(ns, daemon, ovsdb, workdir, proc)
-        try:
-            yield host
-        finally:
-            host.stop_plugstrip()
-            subprocess.run(
-                ["sh", "-c", f"docker -H {daemon} rm -f $(docker -H {daemon} ps -aq) 2>/dev/null"],
-                check=False,
-                timeout=120,
-            )
-            assert host.daemon_proc is not None
-            harness.stop_dockerd(host.daemon_proc)
-            shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        with netns.namespaces(1) as (ns,), ovs_in(netns.path(ns), workdir / "ovs") as ovsdb:
+            (workdir / "docker").mkdir(parents=True, exist_ok=True)
+            daemon, proc = harness.start_dockerd(workdir / "docker", netns=netns.path(ns))
+            host = DockerHost(ns, daemon, ovsdb, workdir, proc)
+            try:
+                yield host
+            finally:
+                host.stop_plugstrip()
+                subprocess.run(
+                    ["sh", "-c", f"docker -H {daemon} rm -f $(docker -H {daemon} ps -aq)"],
+                    capture_output=True,
+                    check=False,
+                    timeout=120,
+                )
+                assert host.daemon_proc is not None
+                harness.stop_dockerd(host.daemon_proc)
+    finally:  # after OVS has stopped: it finds its pid files in there
+        shutil.rmtree(workdir, ignore_errors=True)
