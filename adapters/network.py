@@ -15,6 +15,7 @@ what belongs to no container and re-plugs holders the daemon restarted.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -678,8 +679,26 @@ class NetworkAdapter:
             ):
                 async with self._lock(cid):  # the daemon restarted a holder: a new namespace
                     await self._replug(cid)
+                await self._restart_dependents(cid)
         except Exception:
             log.exception("handling %s of %s failed", action, cid[:12])
+
+    async def _restart_dependents(self, hid: str) -> None:
+        """Start the holder's container if the daemon should have and could not: when the
+        daemon restarts, it starts containers in no particular order, and one whose holder
+        was not up yet fails and is not tried again. Only ``always`` is certain to be meant
+        (``unless-stopped`` skips containers stopped by hand, which the API does not tell)."""
+        filters = json.dumps({"label": [f"{holders.HOLDER}={hid}"]})
+        listed = await self.api.call(
+            "GET", "/containers/json", params={"all": "1", "filters": filters}
+        )
+        for c in listed:
+            if c["State"] == "running":
+                continue
+            info = await self.api.inspect_container(c["Id"])
+            if info and (info["HostConfig"].get("RestartPolicy") or {}).get("Name") == "always":
+                log.info("starting %s, whose holder is back", c["Id"][:12])
+                await self.api.call("POST", f"/containers/{c['Id']}/start")
 
     async def reconcile(self) -> None:
         """Free what belongs to no container; re-plug every running holder."""

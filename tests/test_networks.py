@@ -589,5 +589,5 @@ def test_daemon_restart_brings_addresses_and_names_back(net: DockerHost, network
     ip = address(net, web, front)
     net.restart_daemon()
     wait_for(lambda: ip in ip_addrs(net, web), 60, "the address did not come back")
-    wait_for(lambda: reaches(net, client, web), 30, "no name or no reach after the restart")
+    wait_for(lambda: reaches(net, client, web), 90, "no name or no reach after the restart")
     assert address(net, web, front) == ip
