@@ -393,6 +393,8 @@ class NetworkAdapter:
             if mode_record is not None:
                 wanted.append((mode_record, configs.pop(mode, None) or {}))
         for key, config in configs.items():
+            if key in _DOCKER_MODES:  # newer clients name the mode here too
+                continue
             record = await self._find_network(key)
             if record is not None and mode_record is not None and record.id != mode_record.id:
                 wanted.append((record, config or {}))

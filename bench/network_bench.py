@@ -96,7 +96,7 @@ async def ipam_rate(workdir: Path, in_use: int, count: int) -> float:
             await store.allocate(net.id, f"new{i}")
         return count / (time.perf_counter() - started)
     finally:
-        store.close()
+        await store.close()
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from netdrivers import ipam
 from netdrivers.ipam import IpamError
 
 T = TypeVar("T")
+STORE_FILE = "networks.db"  # the embedded store, in the state directory
 MAX_VNI = (1 << 24) - 1
 
 
@@ -97,7 +98,7 @@ class Store(Protocol):
 
     async def update_meta(self, owner: str, changes: dict[str, Any]) -> None: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -142,7 +143,7 @@ class SqliteStore:
             self._all.append(db)
         return db
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for db in self._all:
             db.close()
         self._all.clear()
@@ -187,7 +188,7 @@ class SqliteStore:
                 spec.driver,
                 subnet,
                 gateway,
-                _lowest_free_vni({r[1] for r in rows}),
+                lowest_free_vni({r[1] for r in rows}),
                 dict(spec.options),
                 dict(spec.labels),
                 spec.internal,
@@ -340,7 +341,7 @@ class SqliteStore:
         await self._tx(update)
 
 
-def _lowest_free_vni(taken: set[int]) -> int:
+def lowest_free_vni(taken: set[int]) -> int:
     vni = 1
     while vni in taken:
         vni += 1
@@ -362,3 +363,13 @@ def _record(row: tuple[str, ...]) -> NetworkRecord:
         bool(row[8]),
         float(row[9]),
     )
+
+
+def open_store(url: str | None, state_dir: str | Path) -> Store:
+    """``--store``: an ``etcd://HOST:PORT[,...]`` cluster shared by hosts, else (None) the
+    embedded SQLite store in the state directory."""
+    if url is None:
+        return SqliteStore(Path(state_dir) / STORE_FILE)
+    from netdrivers.etcd_store import EtcdStore  # gRPC is loaded only when used
+
+    return EtcdStore.from_url(url)

@@ -29,7 +29,7 @@ from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb
 from netdrivers.own_loop import LoopThread, OnOwnLoop
 from netdrivers.service import NetworkService
-from netdrivers.store import SqliteStore
+from netdrivers.store import open_store
 from netdrivers.weave import WeaveDriver
 from proxy import logs, ops
 from proxy.addresses import SocketAddress
@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-networks",
         action="store_true",
         help="turn off plugstrip networks (the built-in network adapter)",
+    )
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default: embedded SQLite)",
     )
     serve.add_argument(
         "--spare-holders",
@@ -236,7 +241,7 @@ async def _run(
     await server.drain(args.shutdown_timeout)
     if network is not None:
         await network.close()
-        network.service.store.close()
+        await network.service.store.close()
     if runner is not None:
         await runner.cleanup()
     with suppress(OSError):
@@ -258,7 +263,7 @@ def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAda
             OvsDriver(Ovsdb(args.ovsdb), datapath_type=args.ovs_datapath),
         )
     }
-    store = SqliteStore(Path(args.state_dir) / "networks.db")
+    store = open_store(args.store, args.state_dir)
     service = NetworkService(store, drivers, pool)
     api = DockerApi(upstream.address, upstream.tls)
     return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders))

@@ -22,10 +22,8 @@ from netdrivers.netlink import Netlink
 from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
 from netdrivers.service import Attachment, NetworkService, to_network
-from netdrivers.store import NetworkRecord, SqliteStore
+from netdrivers.store import STORE_FILE, NetworkRecord, open_store
 from netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
-
-STORE_FILE = "networks.db"
 
 
 def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
@@ -44,13 +42,14 @@ def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
     for parser in (ls, inspect, doctor, flows):
         parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
         parser.add_argument("--ovsdb", metavar="URL", default=ovsdb)
+        parser.add_argument("--store", metavar="URL", help="etcd://... (default: embedded)")
 
 
 def _service(args: argparse.Namespace) -> NetworkService:
-    path = Path(args.state_dir) / STORE_FILE
-    if not path.exists():
-        raise ValueError(f"no plugstrip state at {path} (wrong --state-dir?)")
-    return NetworkService(SqliteStore(path), {})
+    if args.store is None and not _has_state(args):
+        path = Path(args.state_dir) / STORE_FILE
+        raise ValueError(f"no plugstrip state at {path} (wrong --state-dir or --store?)")
+    return NetworkService(open_store(args.store, args.state_dir), {})
 
 
 async def _snapshot(
@@ -60,7 +59,7 @@ async def _snapshot(
     try:
         return await service.store.list_networks(), await service.attachments()
     finally:
-        service.store.close()
+        await service.store.close()
 
 
 # ---- net ls / inspect ------------------------------------------------------------------
@@ -148,7 +147,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 async def _run_checks(args: argparse.Namespace) -> list[Check]:
-    records, attachments = await _snapshot(args) if _has_state(args) else ([], [])
+    has_state = args.store is not None or _has_state(args)
+    records, attachments = await _snapshot(args) if has_state else ([], [])
     checks = [await _check_vxlan(), await _check_ovs(args.ovsdb), _check_forward(records)]
     checks.append(await _check_mtu(records))
     checks.append(await _check_leftovers(args, records, attachments))

@@ -20,6 +20,7 @@ import pytest
 
 from tests import harness
 from tests.dockerhost import DockerHost
+from tests.etcd import etcd_server
 from tests.harness import wait_for
 
 
@@ -470,7 +471,6 @@ def test_hundred_concurrent_runs_get_distinct_addresses(net: DockerHost, network
 
 def plugstrip_cmd(net: DockerHost, *args: str) -> subprocess.CompletedProcess[str]:
     """A `plugstrip` operator command run on the test host, against its state and OVS."""
-    assert net.ps is not None
     return subprocess.run(
         [
             "nsenter",
@@ -478,7 +478,7 @@ def plugstrip_cmd(net: DockerHost, *args: str) -> subprocess.CompletedProcess[st
             "plugstrip",
             *args,
             "--state-dir",
-            str(net.ps.workdir / "state"),
+            str(net.workdir / "plugstrip" / "state"),
             "--ovsdb",
             net.ovsdb,
         ],
@@ -591,3 +591,36 @@ def test_daemon_restart_brings_addresses_and_names_back(net: DockerHost, network
     wait_for(lambda: ip in ip_addrs(net, web), 60, "the address did not come back")
     wait_for(lambda: reaches(net, client, web), 90, "no name or no reach after the restart")
     assert address(net, web, front) == ip
+
+
+def test_etcd_store_and_a_clear_error_while_etcd_is_away(net: DockerHost, tmp_path: Path) -> None:
+    with etcd_server(tmp_path, net.netns_path) as url:
+        net.stop_plugstrip()
+        net.extra = ["--store", url]
+        net.start_plugstrip()
+        try:
+            name, box = uname("e"), uname("c")
+            net.docker("network", "create", "-d", "plugstrip/weave", name)
+            net.docker("run", "-d", "--name", box, "--network", name, "busybox", "sleep", "1d")
+            ip = address(net, box, name)
+            # the state is in etcd, where any host's plugstrip (or tool) reads it
+            shown = json.loads(plugstrip_cmd(net, "net", "inspect", name, "--store", url).stdout)
+            assert [e["address"] for e in shown["Endpoints"]] == [f"{ip}/24"]
+            net.docker("rm", "-f", box)
+        except BaseException:
+            net.extra = []
+            raise
+    try:  # etcd is gone: what needs it fails clearly and leaves nothing; the rest works
+        holders = len(net.holders())
+        for args in (
+            ["network", "create", "-d", "plugstrip/weave", uname("x")],
+            ["run", "--rm", "--network", name, "busybox", "true"],
+        ):
+            out = net.docker(*args, check=False)
+            assert out.returncode != 0 and b"cannot reach etcd" in out.stderr, out.stderr
+        assert len(net.holders()) == holders
+        assert net.docker("run", "--rm", "busybox", "true").returncode == 0
+    finally:
+        net.stop_plugstrip()
+        net.extra = []
+        net.start_plugstrip()

@@ -1,27 +1,50 @@
-"""The SQLite store on a real database file: transactions, idempotence, concurrency,
-persistence across a restart, reclaiming."""
+"""The store contract, run on both stores: SQLite on a real database file and etcd on a
+real etcd server. Transactions, idempotence, concurrency (two store objects, as two
+plugstrip processes or two hosts), persistence across a restart, reclaiming."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from netdrivers.etcd_store import EtcdStore
 from netdrivers.ipam import IpamError
-from netdrivers.store import NetworkSpec, SqliteStore
+from netdrivers.store import NetworkSpec, SqliteStore, Store
+from tests.etcd import etcd_server
+
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(scope="session")
+def etcd_url() -> Iterator[str]:
+    with etcd_server(Path(tempfile.mkdtemp(prefix="ps-etcd-"))) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Opens a store on one backing: each call a new store object (a new process)."""
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "s.db")
+    url = request.getfixturevalue("etcd_url")
+    prefix = f"/test-{uuid.uuid4().hex}/"  # each test its own key space
+    return lambda: EtcdStore.from_url(url, prefix)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "state.db")
+async def store(opener: Opener) -> AsyncIterator[Store]:
+    s = opener()
     yield s
-    s.close()
+    await s.close()
 
 
-async def test_networks_get_subnets_and_vnis_in_order(store: SqliteStore) -> None:
+async def test_networks_get_subnets_and_vnis_in_order(store: Store) -> None:
     a = await store.create_network(NetworkSpec("front", "plugstrip/weave"))
     b = await store.create_network(NetworkSpec("back", "plugstrip/ovs", labels={"x": "y"}))
     c = await store.create_network(
@@ -49,7 +72,7 @@ async def test_networks_get_subnets_and_vnis_in_order(store: SqliteStore) -> Non
     ],
 )
 async def test_bad_networks_are_refused_and_leave_nothing(
-    store: SqliteStore, spec: NetworkSpec, category: str, message: str
+    store: Store, spec: NetworkSpec, category: str, message: str
 ) -> None:
     await store.create_network(NetworkSpec("front", "d"))
     with pytest.raises(IpamError) as info:
@@ -58,7 +81,7 @@ async def test_bad_networks_are_refused_and_leave_nothing(
     assert [n.name for n in await store.list_networks()] == ["front"]
 
 
-async def test_allocation_is_idempotent_per_owner(store: SqliteStore) -> None:
+async def test_allocation_is_idempotent_per_owner(store: Store) -> None:
     net = await store.create_network(NetworkSpec("n", "d"))
     first = await store.allocate(net.id, "c1")
     assert first == IPAddress("10.32.0.2")
@@ -70,9 +93,9 @@ async def test_allocation_is_idempotent_per_owner(store: SqliteStore) -> None:
     assert await store.allocations(net.id) == {"c1": first, "c2": IPAddress("10.32.0.10")}
 
 
-async def test_concurrent_allocations_from_two_stores_never_collide(tmp_path: Path) -> None:
-    """Two store objects (two connections, like two plugstrip processes) on one file."""
-    a, b = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
+async def test_concurrent_allocations_from_two_stores_never_collide(opener: Opener) -> None:
+    """Two store objects (like two plugstrip processes, or two hosts) on one backing."""
+    a, b = opener(), opener()
     try:
         net = await a.create_network(NetworkSpec("n", "d"))
         got = await asyncio.gather(
@@ -82,16 +105,16 @@ async def test_concurrent_allocations_from_two_stores_never_collide(tmp_path: Pa
         await asyncio.gather(*(a.release(net.id, f"c{i}") for i in range(100)))
         assert await b.allocations(net.id) == {}
     finally:
-        a.close()
-        b.close()
+        await a.close()
+        await b.close()
 
 
-async def test_state_survives_a_restart_and_subnets_are_reclaimed(tmp_path: Path) -> None:
-    s1 = SqliteStore(tmp_path / "s.db")
+async def test_state_survives_a_restart_and_subnets_are_reclaimed(opener: Opener) -> None:
+    s1 = opener()
     net = await s1.create_network(NetworkSpec("n", "d"))
     ip = await s1.allocate(net.id, "c1")
-    s1.close()
-    s2 = SqliteStore(tmp_path / "s.db")
+    await s1.close()
+    s2 = opener()
     try:
         assert await s2.allocate(net.id, "c1") == ip  # same address after a restart
         with pytest.raises(IpamError) as info:
@@ -102,10 +125,10 @@ async def test_state_survives_a_restart_and_subnets_are_reclaimed(tmp_path: Path
         again = await s2.create_network(NetworkSpec("n2", "d"))
         assert (again.subnet, again.vni) == (net.subnet, net.vni)  # reclaimed
     finally:
-        s2.close()
+        await s2.close()
 
 
-async def test_unknown_network(store: SqliteStore) -> None:
+async def test_unknown_network(store: Store) -> None:
     for call in (store.get_network("nope"), store.allocate("nope", "c1")):
         with pytest.raises(IpamError) as info:
             await call

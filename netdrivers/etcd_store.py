@@ -1,0 +1,370 @@
+"""The state store on etcd v3, shared by the plugstrip of every host.
+
+Client: ``aetcd``, a maintained asyncio client over etcd's gRPC API (the JSON gateway
+would save the gRPC dependency but turns every value into base64 and every watch into a
+long-poll of our own). Each decision is read, decided (the same pure IPAM as SQLite's)
+and written in one transaction that compares what it read, so two hosts deciding at once
+can't both win: the loser reads again and decides again.
+
+Keys, under a prefix (default ``/plugstrip/``)::
+
+    net/<id>               the network record (JSON)
+    name/<name>            -> <id>: one network per name
+    vni/<vni>              -> <id>: one network per VNI
+    nets                   bumped by every network create/delete: subnets are decided
+                           against the whole set, so a create compares it
+    alloc/<net>/<owner>    {"address": int, "meta": {...}}
+    addr/<net>/<int>       -> <owner>: one owner per address
+    hint/<net>             the last address handed out (next-fit)
+    ver/<net>              bumped by every allocation change: a delete compares it
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aetcd
+import aetcd.exceptions
+from netaddr import IPAddress, IPNetwork
+
+from netdrivers import ipam
+from netdrivers.ipam import IpamError
+from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, lowest_free_vni
+
+T = TypeVar("T")
+RETRIES = 50  # of one decision that lost to another host's: far more than contention needs
+
+
+class StoreUnavailable(ConnectionError):
+    pass
+
+
+class EtcdStore:
+    def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "/plugstrip/") -> None:
+        if not endpoints:
+            raise ValueError("etcd: no endpoints")
+        self.servers = endpoints
+        self.prefix = prefix
+        self._client: aetcd.Client | None = None
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "/plugstrip/") -> EtcdStore:
+        """``etcd://HOST:PORT[,HOST:PORT...]``"""
+        if not url.startswith("etcd://"):
+            raise ValueError(f"{url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+        endpoints = []
+        for part in url[len("etcd://") :].rstrip("/").split(","):
+            host, _, port = part.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{url!r}: {part!r} is not HOST:PORT")
+            endpoints.append((host.strip("[]"), int(port)))
+        return cls(endpoints, prefix)
+
+    # ---- connection ----------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.servers)
+
+    async def _etcd(self) -> aetcd.Client:
+        if self._client is not None:
+            return self._client
+        errors = []
+        for host, port in self.servers:  # the first that answers
+            client = aetcd.Client(host=host, port=port, timeout=5, connect_wait_timeout=3)
+            try:
+                await client.connect()
+                await client.status()
+            except Exception as exc:
+                errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                await client.close()
+                continue
+            self._client = client
+            return client
+        raise StoreUnavailable(f"plugstrip cannot reach etcd at {'; '.join(errors)}")
+
+    async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        client = await self._etcd()
+        try:
+            return await fn(client)
+        except (
+            aetcd.exceptions.ConnectionFailedError,
+            aetcd.exceptions.ConnectionTimeoutError,
+        ) as exc:
+            await self.close()  # connect again (maybe to another endpoint) next time
+            raise StoreUnavailable(f"plugstrip lost etcd at {self._where()}: {exc}") from exc
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def _key(self, *parts: object) -> bytes:
+        return (self.prefix + "/".join(str(p) for p in parts)).encode()
+
+    async def _decide(self, attempt: Callable[[aetcd.Client], Awaitable[T | None]]) -> T:
+        """Run ``attempt`` (read, decide, compare-and-write; None when it lost a race)
+        until it wins."""
+        for _ in range(RETRIES):
+            result = await self._call(attempt)
+            if result is not None:
+                return result
+        raise StoreUnavailable("etcd: too much contention, gave up deciding")
+
+    # ---- networks ------------------------------------------------------------------------
+
+    async def create_network(
+        self,
+        spec: NetworkSpec,
+        pool: IPNetwork = ipam.DEFAULT_RANGE,
+        prefix: int = ipam.DEFAULT_PREFIX,
+    ) -> NetworkRecord:
+        async def attempt(etcd: aetcd.Client) -> NetworkRecord | None:
+            guard = await etcd.get(self._key("nets"))
+            records = await self._records(etcd)
+            if any(r.name == spec.name for r in records):
+                raise IpamError("conflict", f"network with name {spec.name} already exists")
+            taken = [r.subnet for r in records]
+            if spec.subnet is None:
+                subnet = ipam.choose_subnet(taken, pool, prefix)
+            else:
+                subnet = spec.subnet
+                ipam.check_subnet(subnet, taken)
+            gateway = spec.gateway or ipam.gateway_of(subnet)
+            if not subnet.first < int(gateway) < subnet.last:
+                raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
+            vni = lowest_free_vni({r.vni for r in records})
+            record = NetworkRecord(
+                uuid.uuid4().hex + uuid.uuid4().hex,
+                spec.name,
+                spec.driver,
+                subnet,
+                gateway,
+                vni,
+                dict(spec.options),
+                dict(spec.labels),
+                spec.internal,
+                time.time(),
+            )
+            tx = etcd.transactions
+            won, _ = await etcd.transaction(
+                failure=[],
+                compare=[
+                    tx.mod(self._key("nets")) == (guard.mod_revision if guard else 0),
+                    tx.create(self._key("name", spec.name)) == 0,
+                    tx.create(self._key("vni", vni)) == 0,
+                ],
+                success=[
+                    tx.put(self._key("net", record.id), _b(_dump_record(record))),
+                    tx.put(self._key("name", spec.name), _b(record.id)),
+                    tx.put(self._key("vni", vni), _b(record.id)),
+                    tx.put(self._key("nets"), _b(record.id)),
+                ],
+            )
+            return record if won else None
+
+        return await self._decide(attempt)
+
+    async def _records(self, etcd: aetcd.Client) -> list[NetworkRecord]:
+        found = await etcd.get_prefix(self._key("net", ""))
+        return sorted((_load_record(kv.value) for kv in found), key=lambda r: r.name)
+
+    async def get_network(self, name_or_id: str) -> NetworkRecord:
+        async def get(etcd: aetcd.Client) -> NetworkRecord:
+            records = await self._records(etcd)
+            for r in records:
+                if name_or_id in (r.id, r.name):
+                    return r
+            matches = [r for r in records if name_or_id and r.id.startswith(name_or_id)]
+            if len(matches) != 1:
+                raise IpamError("not_found", f"network {name_or_id} not found")
+            return matches[0]
+
+        return await self._call(get)
+
+    async def list_networks(self) -> list[NetworkRecord]:
+        return await self._call(self._records)
+
+    async def delete_network(self, network_id: str) -> None:
+        async def attempt(etcd: aetcd.Client) -> bool | None:
+            found = await etcd.get(self._key("net", network_id))
+            if found is None:
+                return True
+            record = _load_record(found.value)
+            version = await etcd.get(self._key("ver", network_id))
+            users = await etcd.get_prefix(self._key("alloc", network_id, ""), keys_only=True)
+            if users:
+                raise IpamError(
+                    "conflict", f"network {network_id} has {users.count} active endpoints"
+                )
+            tx = etcd.transactions
+            won, _ = await etcd.transaction(
+                failure=[],
+                compare=[
+                    tx.mod(self._key("ver", network_id)) == (version.mod_revision if version else 0)
+                ],
+                success=[
+                    tx.delete(self._key("net", network_id)),
+                    tx.delete(self._key("name", record.name)),
+                    tx.delete(self._key("vni", record.vni)),
+                    tx.delete(self._key("hint", network_id)),
+                    tx.delete(self._key("ver", network_id)),
+                    tx.put(self._key("nets"), _b(network_id)),
+                ],
+            )
+            return True if won else None
+
+        await self._decide(attempt)
+
+    # ---- addresses -----------------------------------------------------------------------
+
+    async def allocate(
+        self,
+        network_id: str,
+        owner: str,
+        requested: IPAddress | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> IPAddress:
+        async def attempt(etcd: aetcd.Client) -> IPAddress | None:
+            found = await etcd.get(self._key("net", network_id))
+            if found is None:
+                raise IpamError("not_found", f"network {network_id} not found")
+            record = _load_record(found.value)
+            held = await etcd.get(self._key("alloc", network_id, owner))
+            if held is not None:  # idempotent per (owner, network)
+                mine = IPAddress(json.loads(held.value)["address"], 4)
+                if requested is not None and requested != mine:
+                    raise IpamError("conflict", f"{owner} already has {mine} on this network")
+                return mine
+            taken_keys = await etcd.get_prefix(self._key("addr", network_id, ""), keys_only=True)
+            taken = {int(kv.key.rsplit(b"/", 1)[1]) for kv in taken_keys}
+            hint = await etcd.get(self._key("hint", network_id))
+            address = ipam.choose_address(
+                record.subnet,
+                record.gateway,
+                taken.__contains__,
+                requested,
+                after=int(hint.value) if hint else None,
+            )
+            tx = etcd.transactions
+            writes = [
+                tx.put(self._key("addr", network_id, int(address)), _b(owner)),
+                tx.put(
+                    self._key("alloc", network_id, owner),
+                    _b(json.dumps({"address": int(address), "meta": meta or {}})),
+                ),
+                tx.put(self._key("ver", network_id), _b(owner)),
+            ]
+            if requested is None:
+                writes.append(tx.put(self._key("hint", network_id), _b(str(int(address)))))
+            won, _ = await etcd.transaction(
+                failure=[],
+                compare=[
+                    tx.version(self._key("net", network_id)) > 0,
+                    tx.create(self._key("addr", network_id, int(address))) == 0,
+                    tx.create(self._key("alloc", network_id, owner)) == 0,
+                ],
+                success=writes,
+            )
+            return address if won else None
+
+        return await self._decide(attempt)
+
+    async def release(self, network_id: str, owner: str) -> None:
+        async def attempt(etcd: aetcd.Client) -> bool | None:
+            held = await etcd.get(self._key("alloc", network_id, owner))
+            if held is None:
+                return True
+            address = json.loads(held.value)["address"]
+            tx = etcd.transactions
+            won, _ = await etcd.transaction(
+                failure=[],
+                compare=[tx.mod(self._key("alloc", network_id, owner)) == held.mod_revision],
+                success=[
+                    tx.delete(self._key("alloc", network_id, owner)),
+                    tx.delete(self._key("addr", network_id, address)),
+                    tx.put(self._key("ver", network_id), _b(owner)),
+                ],
+            )
+            return True if won else None
+
+        await self._decide(attempt)
+
+    async def allocations(self, network_id: str) -> dict[str, IPAddress]:
+        return {a.owner: a.address for a in await self.endpoints(network_id=network_id)}
+
+    async def endpoints(
+        self, network_id: str | None = None, owner: str | None = None
+    ) -> list[Allocation]:
+        async def query(etcd: aetcd.Client) -> list[Allocation]:
+            where = self._key("alloc", network_id, "") if network_id else self._key("alloc", "")
+            out = []
+            for kv in await etcd.get_prefix(where):
+                net, who = kv.key.decode()[len(self.prefix) :].split("/")[1:3]
+                if owner is not None and who != owner:
+                    continue
+                doc = json.loads(kv.value)
+                out.append(Allocation(net, who, IPAddress(doc["address"], 4), doc["meta"]))
+            return sorted(out, key=lambda a: (a.network_id, int(a.address)))
+
+        return await self._call(query)
+
+    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
+        for allocation in await self.endpoints(owner=owner):
+
+            async def attempt(etcd: aetcd.Client, a: Allocation = allocation) -> bool | None:
+                key = self._key("alloc", a.network_id, owner)
+                held = await etcd.get(key)
+                if held is None:
+                    return True  # released meanwhile
+                doc = json.loads(held.value)
+                doc["meta"] = {**doc["meta"], **changes}
+                tx = etcd.transactions
+                won, _ = await etcd.transaction(
+                    failure=[],
+                    compare=[tx.mod(key) == held.mod_revision],
+                    success=[tx.put(key, _b(json.dumps(doc)))],
+                )
+                return True if won else None
+
+            await self._decide(attempt)
+
+
+def _b(value: str) -> bytes:
+    return value.encode()
+
+
+def _dump_record(r: NetworkRecord) -> str:
+    return json.dumps(
+        {
+            "id": r.id,
+            "name": r.name,
+            "driver": r.driver,
+            "subnet": str(r.subnet),
+            "gateway": str(r.gateway),
+            "vni": r.vni,
+            "options": r.options,
+            "labels": r.labels,
+            "internal": r.internal,
+            "created": r.created,
+        }
+    )
+
+
+def _load_record(raw: bytes) -> NetworkRecord:
+    d = json.loads(raw)
+    return NetworkRecord(
+        d["id"],
+        d["name"],
+        d["driver"],
+        IPNetwork(d["subnet"]),
+        IPAddress(d["gateway"]),
+        int(d["vni"]),
+        d["options"],
+        d["labels"],
+        bool(d["internal"]),
+        float(d["created"]),
+    )
