@@ -9,7 +9,8 @@ Prints each measure direct and through plugstrip, and the ratio:
   plugstrip's spare holders (the default) and without;
 - TCP throughput between two containers (iperf3 in their namespaces), plugstrip/weave vs
   Docker's bridge network (target >= 0.9x);
-- IPAM: allocations per second on the SQLite store with 10,000 addresses in use.
+- IPAM: allocations per second with 10,000 addresses in use, on the SQLite store and on
+  etcd (and on etcd with 1,000).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from pathlib import Path
 
 from netaddr import IPNetwork
 
-from netdrivers.store import NetworkSpec, SqliteStore
+from netdrivers.etcd_store import EtcdStore
+from netdrivers.store import NetworkSpec, SqliteStore, Store
 from tests import harness
 from tests.dockerhost import DockerHost, docker_host
+from tests.etcd import etcd_server
 
 SETTLE = 1.0  # seconds after each run: a spare holder is made and started in well under
 
@@ -83,14 +86,14 @@ def tcp_throughput(h: DockerHost, host: str, network: str, seconds: int) -> floa
         harness.docker(host, "rm", "-f", *names)
 
 
-async def ipam_rate(workdir: Path, in_use: int, count: int) -> float:
+async def ipam_rate(store: Store, in_use: int, count: int) -> float:
     """Allocations per second with ``in_use`` addresses already held on a /16."""
-    store = SqliteStore(workdir / "ipam.db")
     try:
         net = await store.create_network(
             NetworkSpec("big", "plugstrip/weave", IPNetwork("10.100.0.0/16"))
         )
-        await asyncio.gather(*(store.allocate(net.id, f"pre{i}") for i in range(in_use)))
+        for i in range(0, in_use, 100):
+            await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
         started = time.perf_counter()
         for i in range(count):
             await store.allocate(net.id, f"new{i}")
@@ -136,8 +139,13 @@ def main() -> None:
             f"  the same with --spare-holders 0: direct {direct * 1000:.0f} ms, through "
             f"{cold * 1000:.0f} ms, ratio {cold / direct:.2f}x"
         )
-    rate = asyncio.run(ipam_rate(workdir, 10_000, 200 if args.quick else 1000))
+    count = 200 if args.quick else 1000
+    rate = asyncio.run(ipam_rate(SqliteStore(workdir / "ipam.db"), 10_000, count))
     print(f"IPAM: {rate:.0f} allocations/s with 10,000 addresses in use (SQLite store)")
+    with etcd_server(workdir) as url:
+        for in_use in (1_000, 10_000):
+            rate = asyncio.run(ipam_rate(EtcdStore.from_url(url, f"/b{in_use}/"), in_use, count))
+            print(f"IPAM: {rate:.0f} allocations/s with {in_use:,} addresses in use (etcd store)")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
