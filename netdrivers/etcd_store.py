@@ -14,7 +14,8 @@ Keys, under a prefix (default ``/plugstrip/``)::
     nets                   bumped by every network create/delete: subnets are decided
                            against the whole set, so a create compares it
     alloc/<net>/<owner>    {"address": int, "meta": {...}}
-    addr/<net>/<int>       -> <owner>: one owner per address
+    addr/<net>/<int>       -> <owner>: one owner per address (the integer zero-padded, so a
+                           range read gives a window of addresses)
     hint/<net>             the last address handed out (next-fit)
     ver/<net>              bumped by every allocation change: a delete compares it
 """
@@ -36,7 +37,8 @@ from netdrivers.ipam import IpamError
 from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, lowest_free_vni
 
 T = TypeVar("T")
-RETRIES = 50  # of one decision that lost to another host's: far more than contention needs
+RETRIES = 200  # of one decision that lost (to another host, or to an address it had not read)
+WINDOW = 256  # addresses read around where next-fit looks, per allocation
 
 
 class StoreUnavailable(ConnectionError):
@@ -104,6 +106,10 @@ class EtcdStore:
 
     def _key(self, *parts: object) -> bytes:
         return (self.prefix + "/".join(str(p) for p in parts)).encode()
+
+    def _addr_key(self, network_id: str, address: IPAddress | int) -> bytes:
+        # zero-padded, so keys sort as the addresses do and a window is one range read
+        return self._key("addr", network_id, f"{int(address):010d}")
 
     async def _decide(self, attempt: Callable[[aetcd.Client], Awaitable[T | None]]) -> T:
         """Run ``attempt`` (read, decide, compare-and-write; None when it lost a race)
@@ -239,19 +245,22 @@ class EtcdStore:
                 if requested is not None and requested != mine:
                     raise IpamError("conflict", f"{owner} already has {mine} on this network")
                 return mine
-            taken_keys = await etcd.get_prefix(self._key("addr", network_id, ""), keys_only=True)
-            taken = {int(kv.key.rsplit(b"/", 1)[1]) for kv in taken_keys}
             hint = await etcd.get(self._key("hint", network_id))
+            after = int(hint.value) if hint else None
+            first = record.subnet.first + 1
+            for start in {after + 1 if after else first, first}:  # where next-fit looks first
+                window = await etcd.get_range(
+                    self._addr_key(network_id, start), self._addr_key(network_id, start + WINDOW)
+                )
+                known.update(_addr_of(kv.key) for kv in window)
+            if requested is not None and await etcd.get(self._addr_key(network_id, requested)):
+                known.add(int(requested))
             address = ipam.choose_address(
-                record.subnet,
-                record.gateway,
-                taken.__contains__,
-                requested,
-                after=int(hint.value) if hint else None,
+                record.subnet, record.gateway, known.__contains__, requested, after=after
             )
             tx = etcd.transactions
             writes = [
-                tx.put(self._key("addr", network_id, int(address)), _b(owner)),
+                tx.put(self._addr_key(network_id, address), _b(owner)),
                 tx.put(
                     self._key("alloc", network_id, owner),
                     _b(json.dumps({"address": int(address), "meta": meta or {}})),
@@ -264,13 +273,16 @@ class EtcdStore:
                 failure=[],
                 compare=[
                     tx.version(self._key("net", network_id)) > 0,
-                    tx.create(self._key("addr", network_id, int(address))) == 0,
+                    tx.create(self._addr_key(network_id, address)) == 0,
                     tx.create(self._key("alloc", network_id, owner)) == 0,
                 ],
                 success=writes,
             )
+            if not won and await etcd.get(self._addr_key(network_id, address)):
+                known.add(int(address))  # taken beyond the windows read: choose again
             return address if won else None
 
+        known: set[int] = set()  # addresses seen taken, kept across attempts
         return await self._decide(attempt)
 
     async def release(self, network_id: str, owner: str) -> None:
@@ -285,7 +297,7 @@ class EtcdStore:
                 compare=[tx.mod(self._key("alloc", network_id, owner)) == held.mod_revision],
                 success=[
                     tx.delete(self._key("alloc", network_id, owner)),
-                    tx.delete(self._key("addr", network_id, address)),
+                    tx.delete(self._addr_key(network_id, address)),
                     tx.put(self._key("ver", network_id), _b(owner)),
                 ],
             )
@@ -368,3 +380,7 @@ def _load_record(raw: bytes) -> NetworkRecord:
         bool(d["internal"]),
         float(d["created"]),
     )
+
+
+def _addr_of(key: bytes) -> int:
+    return int(key.rsplit(b"/", 1)[1])

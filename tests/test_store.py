@@ -133,3 +133,16 @@ async def test_unknown_network(store: Store) -> None:
         with pytest.raises(IpamError) as info:
             await call
         assert info.value.category == "not_found"
+
+
+async def test_next_fit_skips_addresses_taken_anywhere(store: Store) -> None:
+    net = await store.create_network(NetworkSpec("n", "d", IPNetwork("10.44.0.0/22")))
+    far = IPAddress("10.44.3.200")  # beyond the first window an allocation reads
+    assert await store.allocate(net.id, "asked", far) == far
+    await store.allocate(net.id, "a1")
+    await store.release(net.id, "a1")  # next-fit: not handed out again at once
+    got = [await store.allocate(net.id, f"c{i}") for i in range(5)]
+    assert IPAddress("10.44.0.2") not in got and far not in got
+    assert got == [IPAddress(f"10.44.0.{i}") for i in range(3, 8)]
+    await store.release(net.id, "asked")
+    assert await store.allocate(net.id, "again", far) == far
