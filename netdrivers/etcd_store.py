@@ -22,6 +22,7 @@ Keys, under a prefix (default ``/plugstrip/``)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -52,6 +53,10 @@ class EtcdStore:
         self.servers = endpoints
         self.prefix = prefix
         self._client: aetcd.Client | None = None
+        # One allocation at a time per network from this process: concurrent ones would
+        # all race for the same next address, losing one at a time (N^2 attempts); the
+        # compare-and-swap is then only ever contended by other hosts.
+        self._allocating: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "/plugstrip/") -> EtcdStore:
@@ -283,7 +288,8 @@ class EtcdStore:
             return address if won else None
 
         known: set[int] = set()  # addresses seen taken, kept across attempts
-        return await self._decide(attempt)
+        async with self._allocating.setdefault(network_id, asyncio.Lock()):
+            return await self._decide(attempt)
 
     async def release(self, network_id: str, owner: str) -> None:
         async def attempt(etcd: aetcd.Client) -> bool | None:
