@@ -102,7 +102,8 @@ class EtcdStore:
             aetcd.exceptions.ConnectionTimeoutError,
         ) as exc:
             await self.close()  # connect again (maybe to another endpoint) next time
-            raise StoreUnavailable(f"plugstrip lost etcd at {self._where()}: {exc}") from exc
+            where = self._where()
+            raise StoreUnavailable(f"plugstrip cannot reach etcd at {where}: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None
