@@ -122,9 +122,15 @@ def test_docker_py_sees_plugstrip_networks(net: DockerHost, networks: Any) -> No
         got = client.networks.get(name)
         assert got.attrs["Driver"] == "plugstrip/weave"
         assert name in [n.name for n in client.networks.list()]
-        box = client.containers.run("busybox", "sleep 60", network=name, detach=True)
+        box = client.containers.run(
+            "busybox", "sleep 60", network=name, detach=True, mac_address="02:42:ac:de:00:07"
+        )
         box.reload()
-        assert box.attrs["NetworkSettings"]["Networks"][name]["IPAddress"] == "10.40.2.2"
+        endpoint = box.attrs["NetworkSettings"]["Networks"][name]
+        assert endpoint["IPAddress"] == "10.40.2.2"
+        # the MAC asked for (a docker CLI 28 sends it only to API >= 1.44 daemons)
+        assert endpoint["MacAddress"] == "02:42:ac:de:00:07"
+        assert b"02:42:ac:de:00:07" in box.exec_run("ip -o link show eth1").output
         box.remove(force=True)
         made = client.networks.create(uname("py"), driver="plugstrip/ovs")
         assert client.networks.get(made.id).name == made.name
@@ -241,6 +247,8 @@ def test_ports_outbound_and_hot_connect(net: DockerHost, networks: Any) -> None:
         "webhost",
         "--dns",
         "127.0.0.1",
+        "--add-host",
+        "extra.test:192.0.2.7",
         "busybox",
         "httpd",
         "-f",
@@ -256,6 +264,8 @@ def test_ports_outbound_and_hot_connect(net: DockerHost, networks: Any) -> None:
     assert answer.stdout.startswith("HTTP/1."), answer
     assert net.docker("port", web).stdout.decode().startswith("80/tcp -> 0.0.0.0:18080")
     assert in_container(net, web, "hostname").stdout.strip() == b"webhost"
+    hosts = in_container(net, web, "cat", "/etc/hosts").stdout
+    assert b"192.0.2.7\textra.test" in hosts
     shown: Any = net.inspect(web)
     assert shown["HostConfig"]["Dns"] == ["127.0.0.1"]
     # names not on its networks go to its --dns server (here one on the host's loopback)
@@ -282,6 +292,7 @@ def test_ports_outbound_and_hot_connect(net: DockerHost, networks: Any) -> None:
         resolver.kill()
         resolver.wait()
     assert shown["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"] == "18080"
+    assert shown["HostConfig"]["ExtraHosts"] == ["extra.test:192.0.2.7"]
 
     # outbound: to a namespace outside the host, through Docker's NAT
     outside = uname("out")
