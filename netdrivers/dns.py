@@ -74,7 +74,7 @@ class NameServer:
         sock = await asyncio.to_thread(socket_in, netns_path, socket.SOCK_DGRAM, (ADDRESS, PORT))
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Responder(self._resolve, owner, upstreams), sock=sock
+            lambda: Responder(self._resolve, owner, upstreams), sock=sock
         )
         self._serving[owner] = (netns, transport)
 
@@ -88,7 +88,7 @@ class NameServer:
             self.stop(owner)
 
 
-class _Responder(asyncio.DatagramProtocol):
+class Responder(asyncio.DatagramProtocol):
     def __init__(self, resolve: Resolve, owner: str, upstreams: Upstreams) -> None:
         self.resolve = resolve
         self.owner = owner
@@ -109,11 +109,11 @@ class _Responder(asyncio.DatagramProtocol):
             query = dns.message.from_wire(data)
         except dns.exception.DNSException:
             return  # not DNS: nothing sensible to answer
-        reply = await self._reply(query, data)
+        reply = await self.reply(query, data)
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 
-    async def _reply(self, query: dns.message.Message, data: bytes) -> bytes | None:
+    async def reply(self, query: dns.message.Message, data: bytes) -> bytes | None:
         if len(query.question) != 1:
             return _error(query, dns.rcode.FORMERR)
         question = query.question[0]
