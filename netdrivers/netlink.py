@@ -24,6 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from netdrivers.contract import Endpoint
 
 T = TypeVar("T")
+ZERO_MAC = "00:00:00:00:00:00"  # an FDB entry for it: where unknown and broadcast frames go
 
 
 def link_name(prefix: str, *parts: str) -> str:
@@ -145,6 +146,22 @@ class Netlink:
             await self.ipr.fdb("append", ifindex=await self.index(vxlan), lladdr=mac, dst=dst)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
+                raise
+
+    async def flood_peers(self, vxlan: str) -> set[str]:
+        """The peers a VXLAN device floods to: the destinations of its all-zero entries."""
+        index = await self.index(vxlan)
+        found = set()
+        async for entry in await self.ipr.fdb("dump"):
+            if entry.get("ifindex") == index and entry.get("NDA_LLADDR") == ZERO_MAC:
+                found.add(str(entry.get("NDA_DST")))
+        return found
+
+    async def delete_fdb(self, vxlan: str, mac: str, dst: str) -> None:
+        try:
+            await self.ipr.fdb("del", ifindex=await self.index(vxlan), lladdr=mac, dst=dst)
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:
                 raise
 
     async def link_names(self) -> list[str]:

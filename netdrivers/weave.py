@@ -10,9 +10,13 @@ from the store; this only programs the kernel, through netdrivers.netlink.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
 from netdrivers import firewall
 from netdrivers.contract import Endpoint, Network
 from netdrivers.netlink import (
+    ZERO_MAC,
     Netlink,
     ensure_endpoint_veth,
     link_name,
@@ -84,6 +88,19 @@ class WeaveDriver:
     async def leave(self, network: Network, endpoint: Endpoint) -> None:
         async with Netlink(self.netns) as nl:
             await nl.delete_link(host_veth_name(network, endpoint))  # its peer goes with it
+
+    async def set_peers(self, network: Network, peers: Iterable[IPv4Address]) -> None:
+        """Make the network's VXLAN device reach exactly ``peers`` (other hosts' underlay
+        addresses): one static flood entry each (learning is off, so frames for the other
+        hosts' containers are flooded to them), and none left for hosts that are gone."""
+        wanted = {str(p) for p in peers}
+        async with Netlink(self.netns) as nl:
+            vxlan = vxlan_name(network)
+            current = await nl.flood_peers(vxlan)
+            for peer in sorted(wanted - current):
+                await nl.ensure_fdb(vxlan, ZERO_MAC, peer)
+            for peer in sorted(current - wanted):
+                await nl.delete_fdb(vxlan, ZERO_MAC, peer)
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         by_id = {n.id: n for n in networks}

@@ -3,7 +3,7 @@ are namespaces of their own. Reach within a network, isolation across, MTU, tear
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from netdrivers.contract import Network
 from netdrivers.netlink import Netlink
@@ -59,3 +59,38 @@ async def test_reach_within_isolation_across_and_teardown() -> None:
         assert left == []
         assert "psbr" not in netns.run(host, "iptables", "-S", "FORWARD").stdout
         assert bridge_name(red) == "psbr101"
+
+
+async def test_vxlan_between_two_hosts_follows_the_peer_list() -> None:
+    """Two "hosts" joined by an underlay veth, a container namespace on each: one network
+    across both, reached over kernel VXLAN (UDP 4789), exactly to the peers listed."""
+    net = Network("n-wide", "wide", IPv4Network("10.98.1.0/24"), vni=301)
+    with netns.namespaces(4) as (host_a, host_b, c_a, c_b):
+        made = netns.run(
+            host_a, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", host_b
+        )
+        assert made.returncode == 0, made.stderr
+        underlay = {host_a: "192.168.77.1", host_b: "192.168.77.2"}
+        for host, address in underlay.items():
+            netns.run(host, "ip", "addr", "add", f"{address}/24", "dev", "u0")
+            netns.run(host, "ip", "link", "set", "u0", "up")
+        drivers = {h: WeaveDriver(netns=netns.path(h), underlay="u0") for h in underlay}
+        eps = {c_a: netns.endpoint(net, c_a, 2, "ca"), c_b: netns.endpoint(net, c_b, 3, "cb")}
+        for host, container in ((host_a, c_a), (host_b, c_b)):
+            await drivers[host].create_network(net)
+            await drivers[host].join(net, eps[container])
+        assert not netns.ping(c_a, eps[c_b].address)  # no peers yet: nothing crosses
+
+        stray = IPv4Address("192.168.77.9")  # a host that has left
+        await drivers[host_a].set_peers(net, [IPv4Address(underlay[host_b]), stray])
+        await drivers[host_b].set_peers(net, [IPv4Address(underlay[host_a])])
+        assert netns.ping(c_a, eps[c_b].address) and netns.ping(c_b, eps[c_a].address)
+        await drivers[host_a].set_peers(net, [IPv4Address(underlay[host_b])])
+        async with Netlink(netns.path(host_a)) as nl:
+            assert await nl.flood_peers(vxlan_name(net)) == {underlay[host_b]}  # stray gone
+        assert netns.ping(c_a, eps[c_b].address)
+
+        await drivers[host_a].set_peers(net, [])  # B left: nothing to it any more
+        async with Netlink(netns.path(host_a)) as nl:
+            assert await nl.flood_peers(vxlan_name(net)) == set()
+        assert not netns.ping(c_a, eps[c_b].address)
