@@ -18,6 +18,8 @@ from adapters.docker_api import DockerApi
 
 log = logging.getLogger("plugstrip.network")
 
+DEFAULT_SIZE = 2  # enough for back-to-back runs; each spare is an idle pause process
+
 
 class HolderPool:
     def __init__(self, api: DockerApi, size: int) -> None:

@@ -31,7 +31,7 @@ from adapters import network_shapes as shapes
 from adapters import weave_cidr
 from adapters.contract import Call, Refuse, split_version
 from adapters.docker_api import DockerApi
-from adapters.holder_pool import HolderPool
+from adapters.holder_pool import DEFAULT_SIZE, HolderPool
 from adapters.registry import LoadedAdapter
 from netdrivers import dns, ipam
 from netdrivers.dns import NameServer, Upstreams
@@ -47,24 +47,35 @@ log = logging.getLogger("plugstrip.network")
 PREFIX = "plugstrip/"
 DEFAULT_WEAVE_NETWORK = "weave"  # where WEAVE_CIDR's net:default lands, as in Weave
 
-ROUTES = tuple(
-    Route.parse(text)
-    for text in (
-        "POST /networks/create",
-        "GET /networks",
-        "GET /networks/*",
-        "DELETE /networks/*",
-        "POST /networks/*/connect",
-        "POST /networks/*/disconnect",
-        "POST /networks/prune",
-        "POST /containers/create",
-        "POST /containers/*/start",
-        "POST /containers/*/restart",
-        "GET /containers/json",
-        "GET /containers/*/json",
-        "DELETE /containers/*",
-    )
+# What each hook handles: a method, a path (``*``: one segment, a name or an id, handed to
+# the handler) and the handler's name. The pipeline's routes are made from the same lines.
+_PRE = (
+    ("POST", "/networks/create", "_create_network"),
+    ("GET", "/networks/*", "_inspect_network"),
+    ("DELETE", "/networks/*", "_remove_network"),
+    ("POST", "/networks/*/connect", "_connect"),
+    ("POST", "/networks/*/disconnect", "_disconnect"),
+    ("POST", "/containers/create", "_create_container"),
+    ("POST", "/containers/*/start", "_start"),
+    ("POST", "/containers/*/restart", "_start"),
+    ("DELETE", "/containers/*", "_before_remove"),
 )
+_POST = (
+    ("GET", "/networks", "_list_networks"),
+    ("POST", "/networks/prune", "_prune_networks"),
+    ("POST", "/containers/create", "_created"),
+    ("GET", "/containers/json", "_list_containers"),
+    ("GET", "/containers/*/json", "_inspect_container"),
+    ("DELETE", "/containers/*", "_removed"),
+)
+ROUTES = tuple(
+    Route.parse(text) for text in dict.fromkeys(f"{m} {p}" for m, p, _ in (*_PRE, *_POST))
+)
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    return re.compile(re.escape(path).replace(r"\*", "([^/]+)"))
+
 
 _STATUS = {"invalid": 400, "conflict": 409, "exhausted": 409, "not_found": 404}
 _DOCKER_MODES = {"", "default", "bridge", "host", "none"}
@@ -85,7 +96,9 @@ def refusal(exc: IpamError) -> Refuse:
 
 
 class NetworkAdapter:
-    def __init__(self, service: NetworkService, api: DockerApi, spare_holders: int = 2) -> None:
+    def __init__(
+        self, service: NetworkService, api: DockerApi, spare_holders: int = DEFAULT_SIZE
+    ) -> None:
         self.service = service
         self.api = api
         self.pool = HolderPool(api, spare_holders)
@@ -94,24 +107,13 @@ class NetworkAdapter:
         self._bridge: bool | None = None  # does the daemon have its default bridge?
         self._events: asyncio.Task[None] | None = None
         self.names = NameServer(service.resolve)
-        self._pre: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("POST", re.compile(r"/networks/create"), self._create_network),
-            ("GET", re.compile(r"/networks/([^/]+)"), self._inspect_network),
-            ("DELETE", re.compile(r"/networks/([^/]+)"), self._remove_network),
-            ("POST", re.compile(r"/networks/([^/]+)/connect"), self._connect),
-            ("POST", re.compile(r"/networks/([^/]+)/disconnect"), self._disconnect),
-            ("POST", re.compile(r"/containers/create"), self._create_container),
-            ("POST", re.compile(r"/containers/([^/]+)/(?:start|restart)"), self._start),
-            ("DELETE", re.compile(r"/containers/([^/]+)"), self._before_remove),
-        ]
-        self._post: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("GET", re.compile(r"/networks"), self._list_networks),
-            ("POST", re.compile(r"/networks/prune"), self._prune_networks),
-            ("POST", re.compile(r"/containers/create"), self._created),
-            ("GET", re.compile(r"/containers/json"), self._list_containers),
-            ("GET", re.compile(r"/containers/([^/]+)/json"), self._inspect_container),
-            ("DELETE", re.compile(r"/containers/([^/]+)"), self._removed),
-        ]
+        self._pre = self._table(_PRE)
+        self._post = self._table(_POST)
+
+    def _table(
+        self, lines: tuple[tuple[str, str, str], ...]
+    ) -> list[tuple[str, re.Pattern[str], Handler]]:
+        return [(m, _path_pattern(p), getattr(self, h)) for m, p, h in lines]
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -226,17 +228,14 @@ class NetworkAdapter:
             bool(body.get("Internal")),
         )
 
-    async def _find_network(self, name_or_id: str) -> NetworkRecord | None:
-        return await self.service.find(name_or_id)
-
     async def _inspect_network(self, call: Call, match: re.Match[str]) -> None:
-        record = await self._find_network(match.group(1))
+        record = await self.service.find(match.group(1))
         if record is not None:
             attachments = await self.service.attachments(network=record)
             call.respond(200, shapes.network(record, attachments))
 
     async def _remove_network(self, call: Call, match: re.Match[str]) -> None:
-        record = await self._find_network(match.group(1))
+        record = await self.service.find(match.group(1))
         if record is None:
             return
         if await self.service.attachments(network=record):
@@ -253,11 +252,8 @@ class NetworkAdapter:
         response = call.response
         if response is None or response.status != 200:
             return
-        try:
-            filters = shapes.parse_filters(_query(call, "filters"))
-        except shapes.FilterError as exc:
-            raise Refuse(400, str(exc)) from None
-        in_use = {a.network.id for a in await self.service.attachments()}
+        filters = _filters(call)
+        in_use = await self.service.networks_in_use()
         listed = response.json()
         for record in await self.service.store.list_networks():
             if shapes.matches(record, filters, record.id in in_use):
@@ -267,11 +263,8 @@ class NetworkAdapter:
         response = call.response
         if response is None or response.status != 200:
             return
-        try:
-            filters = shapes.parse_filters(_query(call, "filters"))
-        except shapes.FilterError as exc:
-            raise Refuse(400, str(exc)) from None
-        in_use = {a.network.id for a in await self.service.attachments()}
+        filters = _filters(call)
+        in_use = await self.service.networks_in_use()
         pruned = []
         for record in await self.service.store.list_networks():
             if record.id not in in_use and shapes.matches(record, filters, False):
@@ -283,7 +276,7 @@ class NetworkAdapter:
             response.set_json(result)
 
     async def _connect(self, call: Call, match: re.Match[str]) -> None:
-        record = await self._find_network(match.group(1))
+        record = await self.service.find(match.group(1))
         if record is None:
             return
         body = call.request.json() or {}
@@ -302,7 +295,7 @@ class NetworkAdapter:
         call.respond(200, body=b"", content_type="text/plain")
 
     async def _disconnect(self, call: Call, match: re.Match[str]) -> None:
-        record = await self._find_network(match.group(1))
+        record = await self.service.find(match.group(1))
         if record is None:
             return
         body = call.request.json() or {}
@@ -389,13 +382,13 @@ class NetworkAdapter:
         wanted: list[tuple[NetworkRecord, dict[str, Any]]] = []
         mode_record = None
         if mode not in _DOCKER_MODES and not mode.startswith("container:"):
-            mode_record = await self._find_network(mode)
+            mode_record = await self.service.find(mode)
             if mode_record is not None:
                 wanted.append((mode_record, configs.pop(mode, None) or {}))
         for key, config in configs.items():
             if key in _DOCKER_MODES:  # newer clients name the mode here too
                 continue
-            record = await self._find_network(key)
+            record = await self.service.find(key)
             if record is not None and mode_record is not None and record.id != mode_record.id:
                 wanted.append((record, config or {}))
             elif record is not None and mode_record is None:
@@ -727,6 +720,13 @@ class NetworkAdapter:
             if held[hid]["State"] == "running":
                 async with self._lock(hid):
                     await self._replug(hid)
+
+
+def _filters(call: Call) -> dict[str, list[str]]:
+    try:
+        return shapes.parse_filters(_query(call, "filters"))
+    except shapes.FilterError as exc:
+        raise Refuse(400, str(exc)) from None
 
 
 def _query(call: Call, key: str) -> str | None:

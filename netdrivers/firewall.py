@@ -29,17 +29,17 @@ async def _chain(netns: str | None) -> str:
     return "DOCKER-USER" if await _iptables(netns, "-n", "-L", "DOCKER-USER") == 0 else "FORWARD"
 
 
-def _rule(bridge: str) -> list[str]:
+def accept_rule(bridge: str) -> list[str]:
     return ["-i", bridge, "-o", bridge, "-j", "ACCEPT"]
 
 
 async def allow_bridge(bridge: str, netns: str | None = None) -> None:
     chain = await _chain(netns)
-    if await _iptables(netns, "-C", chain, *_rule(bridge)) != 0:
-        await _iptables(netns, "-I", chain, *_rule(bridge))
+    if await _iptables(netns, "-C", chain, *accept_rule(bridge)) != 0:
+        await _iptables(netns, "-I", chain, *accept_rule(bridge))
 
 
 async def forget_bridge(bridge: str, netns: str | None = None) -> None:
     for chain in ("DOCKER-USER", "FORWARD"):
-        while await _iptables(netns, "-C", chain, *_rule(bridge)) == 0:
-            await _iptables(netns, "-D", chain, *_rule(bridge))
+        while await _iptables(netns, "-C", chain, *accept_rule(bridge)) == 0:
+            await _iptables(netns, "-D", chain, *accept_rule(bridge))

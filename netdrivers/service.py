@@ -175,6 +175,10 @@ class NetworkService:
                 log.info("%s: not pruned: %s", name, exc)
         return removed
 
+    async def networks_in_use(self) -> set[str]:
+        """Ids of the networks that have endpoints."""
+        return {a.network_id for a in await self.store.endpoints()}
+
     async def owners(self) -> set[str]:
         return {a.owner for a in await self.store.endpoints()}
 

@@ -20,6 +20,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from adapters import holder_pool
 from adapters.docker_api import DockerApi
 from adapters.network import NetworkAdapter, builtin
 from netdrivers import ipam
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--spare-holders",
         type=int,
-        default=2,
+        default=holder_pool.DEFAULT_SIZE,
         metavar="N",
         help="network holders kept started ahead, for fast creates (default %(default)s)",
     )

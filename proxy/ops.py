@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netdrivers import ovs, weave
+from netdrivers import firewall, ovs, weave
 from netdrivers.contract import Driver, Endpoint, Network
 from netdrivers.netlink import Netlink
 from netdrivers.ovs import OvsDriver
@@ -194,16 +194,8 @@ def _check_forward(records: list[NetworkRecord]) -> Check:
     except (OSError, subprocess.CalledProcessError) as exc:
         return Check("forward policy", "warn", f"cannot read iptables: {exc}")
     policy = next((r.split()[2] for r in rules if r.startswith("-P FORWARD")), "ACCEPT")
-    missing = [
-        weave.bridge_name(to_network(r))
-        for r in records
-        if r.driver == "plugstrip/weave"
-        and not any(
-            f"-i {weave.bridge_name(to_network(r))} -o {weave.bridge_name(to_network(r))} -j ACCEPT"
-            in rule
-            for rule in rules
-        )
-    ]
+    bridges = [weave.bridge_name(to_network(r)) for r in records if r.driver == "plugstrip/weave"]
+    missing = [b for b in bridges if not any(" ".join(firewall.accept_rule(b)) in r for r in rules)]
     if policy == "DROP" and missing:
         return Check(
             "forward policy", "fail", f"FORWARD drops and {', '.join(missing)} have no accept rule"

@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters import holder_pool
 from tests import harness, netns
 from tests.harness import Plugstrip
 from tests.ovs import ovs_in
-
-SPARE_HOLDERS = 2  # plugstrip's default pool of spare holders
 
 
 @dataclass
@@ -97,7 +96,7 @@ class DockerHost:
         ).stdout.decode()
         busy = set(users.split()) | set(self._owners())
         spares = [h for h in every if h not in busy]
-        return [h for h in every if h in busy] + spares[SPARE_HOLDERS:]
+        return [h for h in every if h in busy] + spares[holder_pool.DEFAULT_SIZE :]
 
     def host_veths(self) -> list[str]:
         out = self.run_in_ns("ip", "-o", "link", "show").stdout

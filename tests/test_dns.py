@@ -1,46 +1,61 @@
-"""The name server's answers, without a namespace: names of the asker's networks, no data
-for other types of them, NXDOMAIN for single labels it does not know."""
+"""The name server's answers, without a namespace, on the real control plane (the SQLite
+store): names of the asker's networks, no data for other types of them, NXDOMAIN for
+single labels it does not know and for names on networks it is not on."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import pytest
 
 from netdrivers.dns import Responder, Upstreams
-
-NAMES = {("holder-a", "web"): [IPv4Address("10.40.1.2")]}
-
-
-async def resolve(owner: str, name: str) -> list[IPv4Address]:
-    return NAMES.get((owner, name), [])
+from netdrivers.service import NetworkService
+from netdrivers.store import NetworkSpec, SqliteStore
 
 
-async def ask(name: str, rdtype: str = "A", owner: str = "holder-a") -> dns.message.Message:
-    responder = Responder(resolve, owner, Upstreams((), forward=False))
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[NetworkService]:
+    """holder-a and web's holder share "front"; db is alone on "back"."""
+    store = SqliteStore(tmp_path / "state.db")
+    front = await store.create_network(NetworkSpec("front", "plugstrip/weave"))
+    back = await store.create_network(NetworkSpec("back", "plugstrip/weave"))
+    await store.allocate(front.id, "holder-a", meta={"name": "client"})
+    await store.allocate(front.id, "holder-w", meta={"name": "web", "aliases": ["www"]})
+    await store.allocate(back.id, "holder-d", meta={"name": "db"})
+    yield NetworkService(store, {})
+    await store.close()
+
+
+async def ask(
+    service: NetworkService, name: str, rdtype: str = "A", owner: str = "holder-a"
+) -> dns.message.Message:
+    responder = Responder(service.resolve, owner, Upstreams((), forward=False))
     query = dns.message.make_query(name, rdtype)
     reply = await responder.reply(query, query.to_wire())
     assert reply is not None
     return dns.message.from_wire(reply)
 
 
-async def test_a_name_on_a_shared_network() -> None:
-    answer = await ask("web")
-    assert answer.rcode() == dns.rcode.NOERROR and answer.flags & dns.flags.AA
-    (rrset,) = answer.answer
-    assert rrset.rdtype == dns.rdatatype.A and [r.address for r in rrset] == ["10.40.1.2"]
-    assert rrset.ttl == 600
+async def test_a_name_on_a_shared_network(service: NetworkService) -> None:
+    for name in ("web", "www", "WEB."):
+        answer = await ask(service, name)
+        assert answer.rcode() == dns.rcode.NOERROR and answer.flags & dns.flags.AA
+        (rrset,) = answer.answer
+        assert rrset.rdtype == dns.rdatatype.A and [r.address for r in rrset] == ["10.32.0.3"]
+        assert rrset.ttl == 600
 
 
-async def test_other_types_of_a_known_name_have_no_data() -> None:
-    answer = await ask("web", "AAAA")
+async def test_other_types_of_a_known_name_have_no_data(service: NetworkService) -> None:
+    answer = await ask(service, "web", "AAAA")
     assert answer.rcode() == dns.rcode.NOERROR and not answer.answer
 
 
-async def test_unknown_names_and_other_askers() -> None:
-    for name, owner in (("db", "holder-a"), ("web", "holder-b"), ("db.example.test", "holder-a")):
-        answer = await ask(name, owner=owner)  # no forwarding: internal networks only
+async def test_unknown_names_and_names_on_other_networks(service: NetworkService) -> None:
+    for name, owner in (("db", "holder-a"), ("web", "holder-d"), ("db.example.test", "holder-a")):
+        answer = await ask(service, name, owner=owner)  # no forwarding: internal only
         assert answer.rcode() == dns.rcode.NXDOMAIN and not answer.answer, (name, owner)
