@@ -36,6 +36,7 @@ from adapters.registry import LoadedAdapter
 from netdrivers import dns, ipam
 from netdrivers.dns import NameServer, Upstreams
 from netdrivers.ipam import IpamError
+from netdrivers.mesh import Mesh
 from netdrivers.service import Attachment, NetworkService
 from netdrivers.store import NetworkRecord, NetworkSpec
 from proxy.config import AdapterSpec
@@ -97,10 +98,15 @@ def refusal(exc: IpamError) -> Refuse:
 
 class NetworkAdapter:
     def __init__(
-        self, service: NetworkService, api: DockerApi, spare_holders: int = DEFAULT_SIZE
+        self,
+        service: NetworkService,
+        api: DockerApi,
+        spare_holders: int = DEFAULT_SIZE,
+        mesh: Mesh | None = None,
     ) -> None:
         self.service = service
         self.api = api
+        self.mesh = mesh  # with other hosts: tunnels to them
         self.pool = HolderPool(api, spare_holders)
         self._locks: dict[str, asyncio.Lock] = {}  # per holder: plug, replug, discard
         self._pending: set[str] = set()  # holders whose container is being created
@@ -128,11 +134,15 @@ class NetworkAdapter:
             if removed:
                 log.info("removed leftovers: %s", ", ".join(removed))
         self._events = asyncio.create_task(self._follow_events())
+        if self.mesh is not None:
+            self.mesh.start()
 
     async def close(self) -> None:
         if self._events is not None:
             self._events.cancel()
             await asyncio.gather(self._events, return_exceptions=True)
+        if self.mesh is not None:
+            await self.mesh.close()
         await self.pool.close()
         self.names.close()
         await self.api.close()

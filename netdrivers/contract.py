@@ -6,6 +6,7 @@ plane (IPAM, the store) decides; a driver only programs the datapath for what it
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
@@ -31,6 +32,15 @@ class Endpoint:
     gateway: IPv4Address | None = None  # default route through it, if set
 
 
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint on another host: what a host's datapath needs to reach it."""
+
+    address: IPv4Address
+    mac: str
+    host: IPv4Address  # the underlay address of the host it is on (where VXLAN goes)
+
+
 class Driver(Protocol):
     name: str
 
@@ -41,6 +51,12 @@ class Driver(Protocol):
     async def join(self, network: Network, endpoint: Endpoint) -> None: ...
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None: ...
+
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        """Make the network reach exactly ``remotes`` (the endpoints other hosts have on
+        it) and their hosts: tunnels to hosts no longer listed, and entries for endpoints
+        gone, are removed."""
+        ...
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         """The host's links this driver has for these networks and endpoints (its own

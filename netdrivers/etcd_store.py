@@ -18,6 +18,7 @@ Keys, under a prefix (default ``/plugstrip/``)::
                            range read gives a window of addresses)
     hint/<net>             the last address handed out (next-fit)
     ver/<net>              bumped by every allocation change: a delete compares it
+    host/<id>              {"address": ...}: a live host, under its lease
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from netaddr import IPAddress, IPNetwork
 
 from netdrivers import ipam
 from netdrivers.ipam import IpamError
-from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, lowest_free_vni
+from netdrivers.store import Allocation, Host, NetworkRecord, NetworkSpec, lowest_free_vni
 
 T = TypeVar("T")
 RETRIES = 200  # of one decision that lost (to another host, or to an address it had not read)
 WINDOW = 256  # addresses read around where next-fit looks, per allocation
+_UNREACHABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
 
 
 class StoreUnavailable(ConnectionError):
@@ -57,6 +59,7 @@ class EtcdStore:
         # all race for the same next address, losing one at a time (N^2 attempts); the
         # compare-and-swap is then only ever contended by other hosts.
         self._allocating: dict[str, asyncio.Lock] = {}
+        self._leases: dict[str, int] = {}  # host id -> its lease
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "/plugstrip/") -> EtcdStore:
@@ -97,10 +100,7 @@ class EtcdStore:
         client = await self._etcd()
         try:
             return await fn(client)
-        except (
-            aetcd.exceptions.ConnectionFailedError,
-            aetcd.exceptions.ConnectionTimeoutError,
-        ) as exc:
+        except _UNREACHABLE as exc:
             await self.close()  # connect again (maybe to another endpoint) next time
             where = self._where()
             raise StoreUnavailable(f"plugstrip cannot reach etcd at {where}: {exc}") from exc
@@ -350,6 +350,48 @@ class EtcdStore:
                 return True if won else None
 
             await self._decide(attempt)
+
+    # ---- hosts ---------------------------------------------------------------------------
+
+    async def register_host(self, host: Host, ttl: int) -> None:
+        async def heartbeat(etcd: aetcd.Client) -> None:
+            lease = self._leases.get(host.id)
+            if lease is not None:
+                reply = await etcd.refresh_lease(lease)
+                if reply is not None and reply.TTL > 0:
+                    return
+            # no lease yet, or it ran out (etcd did not hear from us in time): a new one
+            granted = await etcd.lease(ttl)
+            self._leases[host.id] = granted.id
+            value = json.dumps({"address": str(host.address)})
+            await etcd.put(self._key("host", host.id), _b(value), lease=granted)
+
+        await self._call(heartbeat)
+
+    async def deregister_host(self, host_id: str) -> None:
+        async def revoke(etcd: aetcd.Client) -> None:
+            await etcd.delete(self._key("host", host_id))
+            lease = self._leases.pop(host_id, None)
+            if lease is not None:
+                try:
+                    await etcd.revoke_lease(lease)
+                except _UNREACHABLE:
+                    raise
+                except aetcd.exceptions.ClientError:
+                    pass  # the lease had run out already
+
+        await self._call(revoke)
+
+    async def hosts(self) -> list[Host]:
+        async def query(etcd: aetcd.Client) -> list[Host]:
+            found = await etcd.get_prefix(self._key("host", ""))
+            listed = [
+                Host(kv.key.decode().rsplit("/", 1)[1], IPAddress(json.loads(kv.value)["address"]))
+                for kv in found
+            ]
+            return sorted(listed, key=lambda h: h.id)
+
+        return await self._call(query)
 
 
 def _b(value: str) -> bytes:

@@ -24,6 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from netdrivers.contract import Endpoint
 
 T = TypeVar("T")
+NUD_PERMANENT = 0x80
 ZERO_MAC = "00:00:00:00:00:00"  # an FDB entry for it: where unknown and broadcast frames go
 
 
@@ -148,14 +149,20 @@ class Netlink:
             if exc.code != errno.EEXIST:
                 raise
 
-    async def flood_peers(self, vxlan: str) -> set[str]:
-        """The peers a VXLAN device floods to: the destinations of its all-zero entries."""
+    async def fdb_entries(self, vxlan: str) -> set[tuple[str, str]]:
+        """A VXLAN device's (MAC, destination) entries: the all-zero MAC's are the peers it
+        floods to, the others say which host a MAC is behind."""
         index = await self.index(vxlan)
         found = set()
         async for entry in await self.ipr.fdb("dump"):
-            if entry.get("ifindex") == index and entry.get("NDA_LLADDR") == ZERO_MAC:
-                found.add(str(entry.get("NDA_DST")))
+            dst = entry.get("NDA_DST")
+            if entry.get("ifindex") == index and dst:
+                found.add((str(entry.get("NDA_LLADDR")), str(dst)))
         return found
+
+    async def flood_peers(self, vxlan: str) -> set[str]:
+        """The peers a VXLAN device floods to: the destinations of its all-zero entries."""
+        return {dst for mac, dst in await self.fdb_entries(vxlan) if mac == ZERO_MAC}
 
     async def delete_fdb(self, vxlan: str, mac: str, dst: str) -> None:
         try:
@@ -164,8 +171,45 @@ class Netlink:
             if exc.code != errno.ENOENT:
                 raise
 
+    async def neighbours(self, name: str) -> set[tuple[str, str]]:
+        """The permanent (address, MAC) neighbour entries of device ``name``."""
+        index = await self.index(name)
+        found = set()
+        async for entry in await self.ipr.neigh("dump", ifindex=index):
+            if entry.get("ifindex") == index and entry["state"] & NUD_PERMANENT:
+                found.add((str(entry.get("NDA_DST")), str(entry.get("NDA_LLADDR"))))
+        return found
+
+    async def set_neighbour(self, name: str, address: str, mac: str) -> None:
+        await self.ipr.neigh(
+            "replace",
+            ifindex=await self.index(name),
+            dst=address,
+            lladdr=mac,
+            state=NUD_PERMANENT,
+        )
+
+    async def delete_neighbour(self, name: str, address: str) -> None:
+        try:
+            await self.ipr.neigh("del", ifindex=await self.index(name), dst=address)
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:
+                raise
+
+    async def device_with(self, address: str) -> str | None:
+        """The device carrying ``address``, if any."""
+        for entry in await _listed(await self.ipr.addr("dump")):
+            if entry.get("IFA_ADDRESS") == address or entry.get("IFA_LOCAL") == address:
+                links = await self.ipr.link("get", index=entry["index"])
+                return str(links[0].get("ifname"))
+        return None
+
     async def link_names(self) -> list[str]:
         return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]
+
+
+async def _listed(result: Any) -> list[Any]:
+    return [entry async for entry in result]
 
 
 async def ensure_endpoint_veth(

@@ -4,13 +4,16 @@ One integration bridge; each network gets a local VLAN tag (recorded in the brid
 ``external_ids`` as ``net-<id>``, so it survives a restart), and each endpoint is a veth
 whose host end is an access port with that tag: networks are separate broadcast domains
 on one bridge. On the userspace (netdev) datapath the veths get transmit checksum offload
-turned off, or TCP through OVS fails. Tunnels to other hosts (VXLAN ports keyed by VNI)
-come with multi-host.
+turned off, or TCP through OVS fails. Other hosts are reached through VXLAN ports keyed by
+the network's VNI, one per peer host, carrying the network's VLAN (``set_remotes``).
 """
 
 from __future__ import annotations
 
-from netdrivers.contract import Endpoint, Network
+from collections.abc import Collection
+from ipaddress import IPv4Address
+
+from netdrivers.contract import Endpoint, Network, RemoteEndpoint
 from netdrivers.netlink import (
     Netlink,
     ensure_endpoint_veth,
@@ -22,12 +25,18 @@ from netdrivers.ovsdb import Ovsdb, detect_datapath
 
 INTEGRATION_BRIDGE = "psint"
 PREFIX = "pso"  # veth host ends (access ports)
+TUNNEL_PREFIX = "psx"  # VXLAN ports, one per network and peer host
+VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50
 MAX_TAG = 4094
 
 
 def host_port_name(network: Network, endpoint: Endpoint) -> str:
     return link_name("pso", network.id, endpoint.container_id)
+
+
+def tunnel_name(network: Network, host: IPv4Address) -> str:
+    return link_name(TUNNEL_PREFIX, network.id, str(host))
 
 
 class OvsDriver:
@@ -75,6 +84,26 @@ class OvsDriver:
         async with Netlink(self.netns) as nl:
             await nl.delete_link(name)
 
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        """One VXLAN port keyed by the network's VNI per host its remote endpoints are on,
+        tagged with the network's VLAN: the bridge's learning (NORMAL) does the rest, as
+        it does for local ports. Ports to hosts no longer listed are removed."""
+        if not await self.ovsdb.has_bridge(INTEGRATION_BRIDGE):
+            return  # nothing of this network here yet
+        tag = await self._tag(network)
+        wanted = {tunnel_name(network, r.host): r.host for r in remotes}
+        for name, host in sorted(wanted.items()):
+            await self.ovsdb.ensure_tunnel(
+                INTEGRATION_BRIDGE,
+                name,
+                tag,
+                {"remote_ip": str(host), "key": str(network.vni), "dst_port": str(VXLAN_PORT)},
+                {"network": network.id, "peer": str(host)},
+            )
+        for name in await self.ovsdb.ports_with("network", network.id):
+            if name.startswith(TUNNEL_PREFIX) and name not in wanted:
+                await self.ovsdb.delete_port(name)
+
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         by_id = {n.id: n for n in networks}
         return {host_port_name(by_id[e.network_id], e) for e in endpoints if e.network_id in by_id}
@@ -91,11 +120,19 @@ class OvsDriver:
                 await self.ovsdb.delete_port(name)
                 await nl.delete_link(name)
         known = {f"net-{n.id}" for n in networks}
+        for name in await self.ovsdb.ports(INTEGRATION_BRIDGE) if bridge else []:
+            if name.startswith(TUNNEL_PREFIX) and await self._network_of(name) not in known:
+                await self.ovsdb.delete_port(name)
+                stray.append(name)
         for key in await self.ovsdb.bridge_ids(INTEGRATION_BRIDGE) if bridge else {}:
             if key.startswith("net-") and key not in known:
                 await self.ovsdb.remove_bridge_id(INTEGRATION_BRIDGE, key)
                 stray.append(key)
         return stray
+
+    async def _network_of(self, port: str) -> str:
+        ids = await self.ovsdb.interface_ids(port)
+        return f"net-{ids.get('network', '')}"
 
     async def _tag(self, network: Network) -> int:
         """The network's local VLAN tag: the one recorded, else the lowest free one."""

@@ -119,6 +119,43 @@ class Ovsdb:
                 raise OvsdbUnavailable(f"ovs-vswitchd did not attach port {name}")
             await asyncio.sleep(0.02)
 
+    async def ensure_tunnel(
+        self,
+        bridge: str,
+        name: str,
+        tag: int,
+        options: dict[str, str],
+        external_ids: dict[str, str],
+    ) -> None:
+        """A VXLAN port (``options``: remote_ip, key) that is an access port of VLAN
+        ``tag``: the network's frames leave through it encapsulated with its key."""
+        await self._run(
+            lambda api: [
+                api.add_port(bridge, name, may_exist=True),
+                api.db_set("Port", name, ("tag", tag)),
+                api.db_set(
+                    "Interface",
+                    name,
+                    ("type", "vxlan"),
+                    ("options", options),
+                    ("external_ids", {"owner": OWNER, **external_ids}),
+                ),
+            ]
+        )
+
+    async def interface_ids(self, name: str) -> dict[str, str]:
+        (ids,) = await self._run(lambda api: [api.db_get("Interface", name, "external_ids")])
+        return dict(ids)
+
+    async def ports_with(self, key: str, value: str) -> list[str]:
+        """Names of the interfaces whose ``external_ids`` have ``key`` = ``value``."""
+        (rows,) = await self._run(
+            lambda api: [
+                api.db_find("Interface", ("external_ids", "=", {key: value}), columns=["name"])
+            ]
+        )
+        return sorted(str(r["name"]) for r in rows)
+
     async def delete_port(self, name: str) -> None:
         await self._run(lambda api: [api.del_port(name, if_exists=True)])
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
-from netdrivers.contract import Driver, Endpoint, Network
+from netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
 
 T = TypeVar("T")
 
@@ -51,6 +51,9 @@ class OnOwnLoop:
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None:
         await self.thread.run(self.driver.leave(network, endpoint))
+
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        await self.thread.run(self.driver.set_remotes(network, remotes))
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return self.driver.owned(networks, endpoints)

@@ -7,8 +7,9 @@ write when the driver fails, so nothing is half-created.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from netaddr import IPAddress, IPNetwork
 
 from netdrivers import ipam
-from netdrivers.contract import Driver, Endpoint, Network
+from netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
 from netdrivers.ipam import IpamError
 from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
 
@@ -41,12 +42,17 @@ class Attachment:
 
     @property
     def mac(self) -> str:
-        return str(self.meta.get("mac") or mac_for(self.address))
+        return endpoint_mac(self.address, self.meta)
 
 
 def mac_for(address: IPAddress) -> str:
     """Docker's scheme: 02:42 and the four address bytes; unique as the address is."""
     return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+def endpoint_mac(address: IPAddress, meta: Mapping[str, Any]) -> str:
+    """The MAC an endpoint was given (docker-py's ``mac_address``), else Docker's scheme."""
+    return str(meta.get("mac") or mac_for(address))
 
 
 def to_network(record: NetworkRecord) -> Network:
@@ -62,11 +68,16 @@ class NetworkService:
         drivers: Mapping[str, Driver],
         pool: IPNetwork = ipam.DEFAULT_RANGE,
         prefix: int = ipam.DEFAULT_PREFIX,
+        host: str = "",
     ) -> None:
         self.store = store
         self.drivers = dict(drivers)
         self.pool = pool
         self.prefix = prefix
+        self.host = host  # this host's id: endpoints carry it, in a store hosts share
+        self._here: dict[str, NetworkRecord] = {}  # networks whose datapath is set up here
+        self._datapath = asyncio.Lock()  # setting up and taking down networks here
+        self.on_change: Callable[[], None] = lambda: None  # endpoints here came or went
 
     def driver(self, name: str) -> Driver:
         try:
@@ -77,10 +88,10 @@ class NetworkService:
     # ---- networks ------------------------------------------------------------------------
 
     async def create_network(self, spec: NetworkSpec) -> NetworkRecord:
-        driver = self.driver(spec.driver)
+        self.driver(spec.driver)  # an unknown driver is refused before the store is asked
         record = await self.store.create_network(spec, self.pool, self.prefix)
         try:
-            await driver.create_network(to_network(record))
+            await self._ensure_here(record)
         except BaseException:
             await self.store.delete_network(record.id)
             raise
@@ -96,7 +107,33 @@ class NetworkService:
 
     async def delete_network(self, record: NetworkRecord) -> None:
         await self.store.delete_network(record.id)  # refuses while endpoints remain
+        await self.remove_datapath(record)
+
+    async def remove_datapath(self, record: NetworkRecord) -> None:
+        """This host's part of a network: on its delete, here or (seen later) elsewhere."""
+        async with self._datapath:
+            if record.id in self._here:  # not already replaced by a network on its VNI
+                await self._remove_here(record)
+
+    async def _remove_here(self, record: NetworkRecord) -> None:
         await self.driver(record.driver).delete_network(to_network(record))
+        self._here.pop(record.id, None)
+
+    async def _ensure_here(self, record: NetworkRecord) -> None:
+        """Set up the network's datapath on this host, once per process (it may have been
+        created on another host, or before a restart). A network deleted elsewhere whose
+        VNI was given to this one goes first: a weave network's devices are named by VNI."""
+        async with self._datapath:
+            if record.id in self._here:
+                return
+            for old in [r for r in self._here.values() if r.vni == record.vni]:
+                await self._remove_here(old)
+            await self.driver(record.driver).create_network(to_network(record))
+            self._here[record.id] = record
+
+    def set_up_here(self) -> list[NetworkRecord]:
+        """The networks whose datapath this process has set up."""
+        return list(self._here.values())
 
     # ---- endpoints -----------------------------------------------------------------------
 
@@ -116,9 +153,10 @@ class NetworkService:
         if mine is None:
             used = {a.meta.get("ifname") for a in held}
             ifname = next(f"eth{i}" for i in range(first_ifindex, 4096) if f"eth{i}" not in used)
-            meta = {**(meta or {}), "ifname": ifname}
+            meta = {**(meta or {}), "ifname": ifname, "host": self.host}
         else:
             meta = mine.meta
+        await self._ensure_here(record)
         address = await self.store.allocate(record.id, owner, requested, meta)
         attachment = Attachment(record, owner, address, meta)
         try:
@@ -129,6 +167,7 @@ class NetworkService:
             await self._unplug(attachment)
             await self.store.release(record.id, owner)
             raise
+        self.on_change()
         return attachment
 
     async def detach(self, record: NetworkRecord, owner: str) -> bool:
@@ -137,6 +176,7 @@ class NetworkService:
             if attachment.network.id == record.id:
                 await self._unplug(attachment)
                 await self.store.release(record.id, owner)
+                self.on_change()
                 return True
         return False
 
@@ -145,10 +185,12 @@ class NetworkService:
         for attachment in await self.attachments(owner):
             await self._unplug(attachment)
             await self.store.release(attachment.network.id, owner)
+            self.on_change()
 
     async def replug(self, owner: str, netns_path: str) -> None:
         """Plug ``owner``'s endpoints into a (new) namespace: after a holder restarted."""
         for attachment in await self.attachments(owner):
+            await self._ensure_here(attachment.network)
             await self.driver(attachment.network.driver).join(
                 to_network(attachment.network), self.endpoint(attachment, netns_path)
             )
@@ -176,11 +218,34 @@ class NetworkService:
         return removed
 
     async def networks_in_use(self) -> set[str]:
-        """Ids of the networks that have endpoints."""
+        """Ids of the networks that have endpoints (on any host)."""
         return {a.network_id for a in await self.store.endpoints()}
 
     async def owners(self) -> set[str]:
-        return {a.owner for a in await self.store.endpoints()}
+        """The owners of this host's endpoints (others' are theirs to reconcile)."""
+        return {a.owner for a in await self.store.endpoints() if self.is_local(a)}
+
+    def is_local(self, allocation: Allocation) -> bool:
+        # endpoints made before hosts were recorded are a single host's: this one's
+        return bool(allocation.meta.get("host", self.host) == self.host)
+
+    async def remotes(self, hosts: Mapping[str, IPAddress]) -> dict[str, list[RemoteEndpoint]]:
+        """Per network with endpoints on this host: the endpoints other live ``hosts``
+        (id -> underlay address) have on it."""
+        allocations = await self.store.endpoints()
+        mine = {a.network_id for a in allocations if self.is_local(a)}
+        found: dict[str, list[RemoteEndpoint]] = {n: [] for n in mine}
+        for a in allocations:
+            where = hosts.get(str(a.meta.get("host")))
+            if a.network_id in mine and not self.is_local(a) and where is not None:
+                found[a.network_id].append(
+                    RemoteEndpoint(
+                        IPv4Address(str(a.address)),
+                        endpoint_mac(a.address, a.meta),
+                        IPv4Address(str(where)),
+                    )
+                )
+        return found
 
     async def resolve(self, owner: str, name: str) -> list[IPv4Address]:
         """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is

@@ -25,6 +25,7 @@ from netdrivers.ipam import IpamError
 
 T = TypeVar("T")
 STORE_FILE = "networks.db"  # the embedded store, in the state directory
+HOST_ID_FILE = "host-id"
 MAX_VNI = (1 << 24) - 1
 
 
@@ -66,6 +67,15 @@ class Allocation:
     meta: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Host:
+    """A plugstrip host: its id (stable across restarts) and the underlay address other
+    hosts send VXLAN to (``--advertise-addr``)."""
+
+    id: str
+    address: IPAddress
+
+
 class Store(Protocol):
     async def create_network(
         self,
@@ -98,6 +108,15 @@ class Store(Protocol):
 
     async def update_meta(self, owner: str, changes: dict[str, Any]) -> None: ...
 
+    async def register_host(self, host: Host, ttl: int) -> None:
+        """Say ``host`` is alive for the next ``ttl`` seconds: call again before they run
+        out. A host not heard of in time is no longer listed by ``hosts``."""
+        ...
+
+    async def deregister_host(self, host_id: str) -> None: ...
+
+    async def hosts(self) -> list[Host]: ...
+
     async def close(self) -> None: ...
 
 
@@ -112,6 +131,9 @@ CREATE TABLE IF NOT EXISTS allocations (
     network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
     address INTEGER NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (network_id, owner), UNIQUE (network_id, address)
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    id TEXT PRIMARY KEY, address TEXT NOT NULL, expires REAL NOT NULL
 );
 """
 
@@ -340,6 +362,27 @@ class SqliteStore:
 
         await self._tx(update)
 
+    async def register_host(self, host: Host, ttl: int) -> None:
+        await self._tx(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO hosts VALUES (?,?,?)",
+                (host.id, str(host.address), time.time() + ttl),
+            )
+        )
+
+    async def deregister_host(self, host_id: str) -> None:
+        await self._tx(lambda db: db.execute("DELETE FROM hosts WHERE id=?", (host_id,)))
+
+    async def hosts(self) -> list[Host]:
+        return await self._tx(
+            lambda db: [
+                Host(i, IPAddress(a))
+                for i, a in db.execute(
+                    "SELECT id, address FROM hosts WHERE expires > ? ORDER BY id", (time.time(),)
+                )
+            ]
+        )
+
 
 def lowest_free_vni(taken: set[int]) -> int:
     vni = 1
@@ -363,6 +406,19 @@ def _record(row: tuple[str, ...]) -> NetworkRecord:
         bool(row[8]),
         float(row[9]),
     )
+
+
+def host_id(state_dir: str | Path) -> str:
+    """This host's id: made once, kept in the state directory (the endpoints a host holds
+    in a shared store are known by it, across restarts)."""
+    path = Path(state_dir) / HOST_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = uuid.uuid4().hex
+        path.write_text(made + "\n")
+        return made
 
 
 def open_store(url: str | None, state_dir: str | Path) -> Store:

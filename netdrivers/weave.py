@@ -4,17 +4,18 @@ Per network: one Linux bridge and one VXLAN device (VNI = the network's, UDP 478
 learning: peers come as static FDB entries). Per endpoint: a veth pair, one end on the
 bridge, the other in the container. Every device gets the underlay MTU less 50 (the VXLAN
 header), both veth ends included. Traffic within a bridge is accepted in iptables
-(dockerd's FORWARD policy is DROP). Control-plane decisions (addresses, VNIs, peers) come in
-from the store; this only programs the kernel, through netdrivers.netlink.
+(dockerd's FORWARD policy is DROP). Control-plane decisions (addresses, VNIs, the other
+hosts' endpoints through ``set_remotes``) come in from the store; this only programs the
+kernel, through netdrivers.netlink.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from ipaddress import IPv4Address
 
 from netdrivers import firewall
-from netdrivers.contract import Endpoint, Network
+from netdrivers.contract import Endpoint, Network, RemoteEndpoint
 from netdrivers.netlink import (
     ZERO_MAC,
     Netlink,
@@ -44,19 +45,26 @@ class WeaveDriver:
     name = "plugstrip/weave"
 
     def __init__(
-        self, netns: str | None = None, underlay: str | None = None, underlay_mtu: int = 1500
+        self,
+        netns: str | None = None,
+        local: IPv4Address | None = None,
+        underlay_mtu: int = 1500,
     ) -> None:
         self.netns = netns  # where the bridges live: the host's namespace unless given
-        self.underlay = underlay
+        self.local = local  # the underlay address VXLAN leaves from (--advertise-addr)
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
 
     async def create_network(self, network: Network) -> None:
         async with Netlink(self.netns) as nl:
             mtu = self.mtu
             vxlan_attrs: dict[str, object] = {}
-            if self.underlay is not None:
-                vxlan_attrs["vxlan_link"] = await nl.index(self.underlay)
-                mtu = int(await nl.link_attr(self.underlay, "mtu")) - VXLAN_OVERHEAD
+            if self.local is not None:
+                underlay = await nl.device_with(str(self.local))
+                if underlay is None:
+                    raise ConnectionError(f"no device here has the address {self.local}")
+                vxlan_attrs["vxlan_local"] = str(self.local)
+                vxlan_attrs["vxlan_link"] = await nl.index(underlay)
+                mtu = int(await nl.link_attr(underlay, "mtu")) - VXLAN_OVERHEAD
             await nl.ensure_link(bridge_name(network), "bridge")
             await nl.ensure_link(
                 vxlan_name(network),
@@ -64,6 +72,7 @@ class WeaveDriver:
                 vxlan_id=network.vni,
                 vxlan_port=VXLAN_PORT,
                 vxlan_learning=0,
+                vxlan_proxy=1,  # ARP for remote endpoints answered here, from set_remotes
                 **vxlan_attrs,
             )
             await nl.set_up(vxlan_name(network), master=bridge_name(network), mtu=mtu)
@@ -89,18 +98,28 @@ class WeaveDriver:
         async with Netlink(self.netns) as nl:
             await nl.delete_link(host_veth_name(network, endpoint))  # its peer goes with it
 
-    async def set_peers(self, network: Network, peers: Iterable[IPv4Address]) -> None:
-        """Make the network's VXLAN device reach exactly ``peers`` (other hosts' underlay
-        addresses): one static flood entry each (learning is off, so frames for the other
-        hosts' containers are flooded to them), and none left for hosts that are gone."""
-        wanted = {str(p) for p in peers}
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        """Program the network's VXLAN device for exactly ``remotes``: a flood entry per
+        host they are on (broadcast reaches every such host, learning is off), an FDB entry
+        per endpoint's MAC (unicast goes straight to its host) and a neighbour entry per
+        endpoint's address (ARP for it is answered here). Stale entries go first."""
+        flood = {(ZERO_MAC, str(r.host)) for r in remotes}
+        fdb = flood | {(r.mac, str(r.host)) for r in remotes}
+        neighbours = {(str(r.address), r.mac) for r in remotes}
         async with Netlink(self.netns) as nl:
             vxlan = vxlan_name(network)
-            current = await nl.flood_peers(vxlan)
-            for peer in sorted(wanted - current):
-                await nl.ensure_fdb(vxlan, ZERO_MAC, peer)
-            for peer in sorted(current - wanted):
-                await nl.delete_fdb(vxlan, ZERO_MAC, peer)
+            if await nl.index(vxlan) is None:
+                return  # not on this host (yet): create_network programs it from scratch
+            current = await nl.fdb_entries(vxlan)
+            for mac, dst in sorted(current - fdb):
+                await nl.delete_fdb(vxlan, mac, dst)
+            for mac, dst in sorted(fdb - current):
+                await nl.ensure_fdb(vxlan, mac, dst)
+            known = await nl.neighbours(vxlan)
+            for address, _ in sorted(known - neighbours):
+                await nl.delete_neighbour(vxlan, address)
+            for address, mac in sorted(neighbours - known):
+                await nl.set_neighbour(vxlan, address, mac)
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         by_id = {n.id: n for n in networks}

@@ -14,11 +14,13 @@ import sys
 import time
 import urllib.request
 from contextlib import suppress
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import uvloop
 from aiohttp import web
+from netaddr import IPAddress
 
 from adapters import holder_pool
 from adapters.docker_api import DockerApi
@@ -26,11 +28,12 @@ from adapters.network import NetworkAdapter, builtin
 from netdrivers import ipam
 from netdrivers.contract import Driver
 from netdrivers.ipam import DEFAULT_RANGE
+from netdrivers.mesh import Mesh
 from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb
 from netdrivers.own_loop import LoopThread, OnOwnLoop
 from netdrivers.service import NetworkService
-from netdrivers.store import open_store
+from netdrivers.store import host_id, open_store
 from netdrivers.weave import WeaveDriver
 from proxy import logs, ops
 from proxy.addresses import SocketAddress
@@ -116,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default: embedded SQLite)",
+    )
+    serve.add_argument(
+        "--advertise-addr",
+        metavar="IP",
+        help="this host's underlay address, which other hosts send VXLAN to (with --store "
+        "etcd://: networks span the hosts)",
     )
     serve.add_argument(
         "--spare-holders",
@@ -256,18 +265,28 @@ def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAda
         pool = ipam.parse_subnet(args.ipalloc_range)
     except ipam.IpamError as exc:
         raise UsageError(f"--ipalloc-range: {exc}") from None
+    advertise = None
+    if args.advertise_addr is not None:
+        try:
+            advertise = IPv4Address(args.advertise_addr)
+        except ValueError:
+            msg = f"--advertise-addr: {args.advertise_addr!r} is not an IPv4 address"
+            raise UsageError(msg) from None
+    elif args.store is not None:
+        log.warning("no --advertise-addr: other hosts' containers are not reachable from here")
     datapath = LoopThread()
     drivers: dict[str, Driver] = {
         d.name: OnOwnLoop(d, datapath)
         for d in (
-            WeaveDriver(),
+            WeaveDriver(local=advertise),
             OvsDriver(Ovsdb(args.ovsdb), datapath_type=args.ovs_datapath),
         )
     }
     store = open_store(args.store, args.state_dir)
-    service = NetworkService(store, drivers, pool)
+    service = NetworkService(store, drivers, pool, host=host_id(args.state_dir))
+    mesh = None if advertise is None else Mesh(service, IPAddress(str(advertise)))
     api = DockerApi(upstream.address, upstream.tls)
-    return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders))
+    return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders), mesh=mesh)
 
 
 def _write_runtime(state_dir: str, listeners: list[Listener], admin: SocketAddress | None) -> None:

@@ -99,6 +99,7 @@ def _net_inspect(args: argparse.Namespace) -> int:
                 "address": f"{a.address}/{record.subnet.prefixlen}",
                 "mac": a.mac,
                 "interface": a.meta.get("ifname"),
+                "host": a.meta.get("host"),
                 "host_interface": _host_end(record, network, endpoint),
             }
         )

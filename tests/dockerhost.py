@@ -12,12 +12,72 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from adapters import holder_pool
 from tests import harness, netns
 from tests.harness import Plugstrip
 from tests.ovs import ovs_in
+
+UNDERLAY_DEVICE = "u0"  # each host's link into the underlay
+
+
+@dataclass
+class Underlay:
+    """A namespace with one bridge, the "switch" between hosts: each host joins with a
+    veth and gets the next address of ``subnet``; the bridge itself has the last one."""
+
+    ns: str
+    subnet: IPv4Network
+    joined: int = 0
+    joined_as: dict[str, int] = field(default_factory=dict)  # host namespace -> number
+
+    @property
+    def address(self) -> str:
+        return str(self.subnet.broadcast_address - 1)
+
+    def join(self, host_ns: str) -> str:
+        self.joined += 1
+        self.joined_as[host_ns] = self.joined
+        address = str(self.subnet.network_address + self.joined)
+        port = f"ul{self.joined}"
+        _ip(
+            self.ns,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UNDERLAY_DEVICE,
+            "netns",
+            host_ns,
+        )
+        _ip(self.ns, "link", "set", port, "master", "ul0", "up")
+        _ip(host_ns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", UNDERLAY_DEVICE)
+        _ip(host_ns, "link", "set", UNDERLAY_DEVICE, "up")
+        return address
+
+    def cut(self, host: DockerHost, off: bool) -> None:
+        """Unplug a host from the switch (``off``), or plug it back."""
+        port = f"ul{self.joined_as[host.ns]}"
+        _ip(self.ns, "link", "set", port, "down" if off else "up")
+
+
+@contextmanager
+def underlay(subnet: IPv4Network) -> Iterator[Underlay]:
+    with netns.namespaces(1) as (ns,):
+        switch = Underlay(ns, subnet)
+        _ip(ns, "link", "add", "ul0", "type", "bridge")
+        _ip(ns, "addr", "add", f"{switch.address}/{subnet.prefixlen}", "dev", "ul0")
+        _ip(ns, "link", "set", "ul0", "up")
+        yield switch
+
+
+def _ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
 
 
 @dataclass
@@ -29,6 +89,7 @@ class DockerHost:
     daemon_proc: subprocess.Popen[bytes] | None = None
     ps: Plugstrip | None = None
     extra: list[str] = field(default_factory=list)
+    address: str | None = None  # on an underlay: where other hosts reach it
 
     @property
     def netns_path(self) -> str:
@@ -109,12 +170,15 @@ class DockerHost:
 
 
 @contextmanager
-def docker_host(workdir: Path) -> Iterator[DockerHost]:
+def docker_host(workdir: Path, underlay: Underlay | None = None) -> Iterator[DockerHost]:
+    """A test host; on ``underlay`` (a link into its bridge, with the next address), if
+    given, as one of several hosts."""
     try:
         with netns.namespaces(1) as (ns,), ovs_in(netns.path(ns), workdir / "ovs") as ovsdb:
+            address = underlay.join(ns) if underlay is not None else None
             (workdir / "docker").mkdir(parents=True, exist_ok=True)
             daemon, proc = harness.start_dockerd(workdir / "docker", netns=netns.path(ns))
-            host = DockerHost(ns, daemon, ovsdb, workdir, proc)
+            host = DockerHost(ns, daemon, ovsdb, workdir, proc, address=address)
             try:
                 yield host
             finally:

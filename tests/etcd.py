@@ -1,4 +1,4 @@
-"""A private etcd for tests, on loopback, with its data in a throwaway directory."""
+"""A private etcd for tests, with its data in a throwaway directory."""
 
 from __future__ import annotations
 
@@ -12,47 +12,70 @@ from pathlib import Path
 from tests.harness import free_port, wait_for
 
 
+class EtcdServer:
+    """etcd on ``address`` (in namespace ``netns``, a path, if given); stopped and started
+    again on the same ports and data, as an operator restarting it."""
+
+    def __init__(self, workdir: Path, netns: str | None = None, address: str = "127.0.0.1"):
+        if shutil.which("etcd") is None:
+            raise RuntimeError("no etcd: run ./scripts/test (it installs etcd-server)")
+        self.workdir = workdir
+        self.address = address
+        self.client, self.peer = free_port(), free_port()
+        self.enter = ["nsenter", f"--net={netns}"] if netns else []
+        self.url = f"etcd://{address}:{self.client}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        client, peer = f"http://{self.address}:{self.client}", f"http://127.0.0.1:{self.peer}"
+        self.proc = subprocess.Popen(
+            [
+                *self.enter,
+                "etcd",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"default={peer}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "etcd.log").open("a"),
+        )
+        wait_for(self.healthy, 30, "etcd did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def healthy(self) -> bool:
+        """etcd's /health, asked from the namespace it listens in."""
+        probe = (
+            "import json, urllib.request; print(json.load(urllib.request.urlopen("
+            f"'http://{self.address}:{self.client}/health', timeout=2)))"
+        )
+        command = [*self.enter, sys.executable, "-c", probe]
+        out = subprocess.run(command, capture_output=True, text=True)
+        return "'health': 'true'" in out.stdout
+
+
 @contextmanager
-def etcd_server(workdir: Path, netns: str | None = None) -> Iterator[str]:
-    """Start etcd (in namespace ``netns``, a path, if given); yields its
-    ``etcd://127.0.0.1:PORT`` URL, valid in that namespace."""
-    if shutil.which("etcd") is None:
-        raise RuntimeError("etcd is not installed: run ./scripts/test (it installs etcd-server)")
-    client, peer = free_port(), free_port()
-    enter = ["nsenter", f"--net={netns}"] if netns else []
-    proc = subprocess.Popen(
-        [
-            *enter,
-            "etcd",
-            "--data-dir",
-            str(workdir / "etcd"),
-            "--listen-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-cluster",
-            f"default=http://127.0.0.1:{peer}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "etcd.log").open("w"),
-    )
+def etcd_server(
+    workdir: Path, netns: str | None = None, address: str = "127.0.0.1"
+) -> Iterator[str]:
+    """A started etcd; yields its ``etcd://ADDRESS:PORT`` URL."""
+    server = EtcdServer(workdir, netns, address)
+    server.start()
     try:
-        wait_for(lambda: _healthy(client, enter), 30, "etcd did not start")
-        yield f"etcd://127.0.0.1:{client}"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _healthy(port: int, enter: list[str]) -> bool:
-    """etcd's /health, asked from the namespace it listens in."""
-    probe = (
-        "import json, urllib.request; "
-        f"print(json.load(urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=2)))"
-    )
-    out = subprocess.run([*enter, sys.executable, "-c", probe], capture_output=True, text=True)
-    return "'health': 'true'" in out.stdout
+        server.stop()

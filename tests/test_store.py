@@ -15,7 +15,7 @@ from netaddr import IPAddress, IPNetwork
 
 from netdrivers.etcd_store import EtcdStore
 from netdrivers.ipam import IpamError
-from netdrivers.store import NetworkSpec, SqliteStore, Store
+from netdrivers.store import Host, NetworkSpec, SqliteStore, Store
 from tests.etcd import etcd_server
 
 Opener = Callable[[], Store]
@@ -146,3 +146,23 @@ async def test_next_fit_skips_addresses_taken_anywhere(store: Store) -> None:
     assert got == [IPAddress(f"10.44.0.{i}") for i in range(3, 8)]
     await store.release(net.id, "asked")
     assert await store.allocate(net.id, "again", far) == far
+
+
+async def test_hosts_live_under_a_lease(opener: Opener) -> None:
+    a, b = opener(), opener()  # two hosts
+    try:
+        host_a = Host("a" * 32, IPAddress("192.168.90.1"))
+        host_b = Host("b" * 32, IPAddress("192.168.90.2"))
+        await a.register_host(host_a, ttl=2)
+        await b.register_host(host_b, ttl=30)
+        await a.register_host(host_a, ttl=2)  # a heartbeat: idempotent
+        assert await b.hosts() == [host_a, host_b]
+        await b.deregister_host(host_b.id)  # leaving cleanly: gone at once
+        assert await a.hosts() == [host_a]
+        await asyncio.sleep(4)  # no heartbeat within the TTL: gone
+        assert await b.hosts() == []
+        await a.register_host(host_a, ttl=2)  # back after its lease ran out: listed again
+        assert await b.hosts() == [host_a]
+    finally:
+        await a.close()
+        await b.close()

@@ -1,0 +1,99 @@
+"""Networks across hosts: each host says it is alive in the shared store (under a lease),
+and keeps every network it has endpoints on tunnelled to exactly the other live hosts with
+endpoints on it.
+
+The store is the only channel between hosts. A host that stops renewing its lease (it
+crashed, or its link to etcd is cut) drops out of every other host's tunnels within the
+lease's time; its endpoints stay in the store, so when it comes back it is tunnelled to
+again as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from netaddr import IPAddress
+
+from netdrivers.contract import RemoteEndpoint
+from netdrivers.service import NetworkService, to_network
+from netdrivers.store import Host
+
+log = logging.getLogger("plugstrip.mesh")
+
+LEASE_TTL = 10  # seconds a host stays listed without a heartbeat
+INTERVAL = 1.0  # seconds between heartbeats and syncs
+FULL_SYNC = 30  # every this many syncs, program even what looks unchanged (heals drift)
+
+
+class Mesh:
+    def __init__(
+        self,
+        service: NetworkService,
+        address: IPAddress,
+        ttl: int = LEASE_TTL,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.service = service
+        self.me = Host(service.host, address)
+        self.ttl = ttl
+        self.interval = interval
+        self._applied: dict[str, frozenset[RemoteEndpoint]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        service.on_change = self.kick
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def kick(self) -> None:
+        """Sync now: an endpoint came or went here (maybe the first on a network)."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop, and leave: other hosts drop their tunnels to this one at once."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for attempt in (1, 2):  # the second on a new connection (a failed call drops it)
+            try:
+                await self.service.store.deregister_host(self.me.id)
+                return
+            except ConnectionError as exc:
+                log.warning("leaving the cluster, attempt %d: %s", attempt, exc)
+        log.warning("did not leave the cluster: other hosts drop this one when its lease ends")
+
+    async def _run(self) -> None:
+        rounds = 0
+        while True:
+            try:
+                await self.service.store.register_host(self.me, self.ttl)
+                await self.sync(full=rounds % FULL_SYNC == 0)
+                rounds += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # etcd away, a driver failing: try again next round
+                log.warning("mesh sync failed: %s", exc)
+                self._applied.clear()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def sync(self, full: bool = False) -> None:
+        """Program every network set up here for the endpoints live hosts have on it, and
+        take down the datapath of networks deleted elsewhere."""
+        hosts = {h.id: h.address for h in await self.service.store.hosts() if h.id != self.me.id}
+        remotes = await self.service.remotes(hosts)
+        existing = {r.id for r in await self.service.store.list_networks()}
+        for record in self.service.set_up_here():
+            if record.id not in existing:
+                log.info("network %s was deleted: removing it here", record.name)
+                self._applied.pop(record.id, None)
+                await self.service.remove_datapath(record)
+                continue
+            wanted = frozenset(remotes.get(record.id, ()))
+            if full or self._applied.get(record.id) != wanted:
+                await self.service.driver(record.driver).set_remotes(to_network(record), wanted)
+                self._applied[record.id] = wanted

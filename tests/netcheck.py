@@ -1,0 +1,46 @@
+"""What a user checks of containers on a test host: addresses, reach by ICMP and TCP."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from typing import Any
+
+from tests.dockerhost import DockerHost
+
+
+def uname(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+def sleeper(net: DockerHost, name: str, network: str, *options: str) -> None:
+    """`docker run -d` of a busybox that sleeps, named ``name``, on ``network``."""
+    net.docker(
+        "run", "-d", "--name", name, "--network", network, *options, "busybox", "sleep", "1d"
+    )
+
+
+def address(net: DockerHost, container: str, network: str) -> str:
+    settings: Any = net.inspect(container)["NetworkSettings"]
+    return str(settings["Networks"][network]["IPAddress"])
+
+
+def in_container(net: DockerHost, container: str, *cmd: str) -> subprocess.CompletedProcess[bytes]:
+    return net.docker("exec", container, *cmd, check=False)
+
+
+def reaches(net: DockerHost, src: str, dst: str) -> bool:
+    """ICMP from container ``src`` to ``dst`` (a name or an address)."""
+    return in_container(net, src, "ping", "-c", "1", "-W", "1", dst).returncode == 0
+
+
+def tcp_reaches(net: DockerHost, src: str, dst: str, port: int = 80) -> bool:
+    """A TCP exchange from ``src`` to an httpd at ``dst``: an HTTP status line comes back."""
+    out = in_container(
+        net, src, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {dst} {port}"
+    )
+    return out.stdout.startswith(b"HTTP/1.")
+
+
+def ip_addrs(net: DockerHost, container: str) -> str:
+    return in_container(net, container, "ip", "-4", "-o", "addr", "show").stdout.decode()

