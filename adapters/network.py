@@ -47,6 +47,7 @@ log = logging.getLogger("plugstrip.network")
 
 PREFIX = "plugstrip/"
 DEFAULT_WEAVE_NETWORK = "weave"  # where WEAVE_CIDR's net:default lands, as in Weave
+RELEASE_RETRY = 2.0  # seconds between tries to release while the store is away
 
 # What each hook handles: a method, a path (``*``: one segment, a name or an id, handed to
 # the handler) and the handler's name. The pipeline's routes are made from the same lines.
@@ -112,6 +113,8 @@ class NetworkAdapter:
         self._pending: set[str] = set()  # holders whose container is being created
         self._bridge: bool | None = None  # does the daemon have its default bridge?
         self._events: asyncio.Task[None] | None = None
+        self._unreleased: set[str] = set()  # holders gone whose release the store refused
+        self._releasing: asyncio.Task[None] | None = None
         self.names = NameServer(service.resolve)
         self._pre = self._table(_PRE)
         self._post = self._table(_POST)
@@ -138,9 +141,10 @@ class NetworkAdapter:
             self.mesh.start()
 
     async def close(self) -> None:
-        if self._events is not None:
-            self._events.cancel()
-            await asyncio.gather(self._events, return_exceptions=True)
+        for task in (self._events, self._releasing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.mesh is not None:
             await self.mesh.close()
         await self.pool.close()
@@ -265,7 +269,7 @@ class NetworkAdapter:
         filters = _filters(call)
         in_use = await self.service.networks_in_use()
         listed = response.json()
-        for record in await self.service.store.list_networks():
+        for record in await self.service.networks():
             if shapes.matches(record, filters, record.id in in_use):
                 listed.append(shapes.network(record, []))
 
@@ -641,10 +645,29 @@ class NetworkAdapter:
             await self.api.call(
                 "DELETE", f"/containers/{hid}", params={"force": "1"}, ok_missing=True
             )
-            await self.service.release_owner(hid)
             self.names.stop(hid)
+            try:
+                await self.service.release_owner(hid)
+            except ConnectionError as exc:  # the store is away: the container is gone anyway
+                log.warning("releasing %s later: %s", hid[:12], exc)
+                self._unreleased.add(hid)
+                if self._releasing is None or self._releasing.done():
+                    self._releasing = asyncio.create_task(self._release_later())
         self._locks.pop(hid, None)
         self._pending.discard(hid)
+
+    async def _release_later(self) -> None:
+        """Release what holders removed while the store was away held, once it is back."""
+        while self._unreleased:
+            await asyncio.sleep(RELEASE_RETRY)
+            for hid in sorted(self._unreleased):
+                try:
+                    async with self._lock(hid):
+                        await self.service.release_owner(hid)
+                except ConnectionError:
+                    break
+                self._unreleased.discard(hid)
+                log.info("released what %s held", hid[:12])
 
     # ---- following the daemon ------------------------------------------------------------
 

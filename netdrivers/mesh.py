@@ -55,13 +55,12 @@ class Mesh:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for attempt in (1, 2):  # the second on a new connection (a failed call drops it)
-            try:
-                await self.service.store.deregister_host(self.me.id)
-                return
-            except ConnectionError as exc:
-                log.warning("leaving the cluster, attempt %d: %s", attempt, exc)
-        log.warning("did not leave the cluster: other hosts drop this one when its lease ends")
+        try:
+            await self.service.store.deregister_host(self.me.id)
+        except ConnectionError as exc:
+            log.warning(
+                "could not leave the cluster (others drop this host when its lease ends): %s", exc
+            )
 
     async def _run(self) -> None:
         rounds = 0

@@ -76,6 +76,8 @@ class NetworkService:
         self.prefix = prefix
         self.host = host  # this host's id: endpoints carry it, in a store hosts share
         self._here: dict[str, NetworkRecord] = {}  # networks whose datapath is set up here
+        self._seen_networks: list[NetworkRecord] | None = None
+        self._seen_endpoints: list[Allocation] | None = None
         self._datapath = asyncio.Lock()  # setting up and taking down networks here
         self.on_change: Callable[[], None] = lambda: None  # endpoints here came or went
 
@@ -172,7 +174,7 @@ class NetworkService:
 
     async def detach(self, record: NetworkRecord, owner: str) -> bool:
         """Unplug and release ``owner`` from ``record``; False if it was not attached."""
-        for attachment in await self.attachments(owner):
+        for attachment in await self._held(owner):
             if attachment.network.id == record.id:
                 await self._unplug(attachment)
                 await self.store.release(record.id, owner)
@@ -182,7 +184,7 @@ class NetworkService:
 
     async def release_owner(self, owner: str) -> None:
         """Everything ``owner`` holds, gone (its namespace may be gone already)."""
-        for attachment in await self.attachments(owner):
+        for attachment in await self._held(owner):
             await self._unplug(attachment)
             await self.store.release(attachment.network.id, owner)
             self.on_change()
@@ -195,18 +197,54 @@ class NetworkService:
                 to_network(attachment.network), self.endpoint(attachment, netns_path)
             )
 
+    async def _held(self, owner: str) -> list[Attachment]:
+        """What ``owner`` holds, read from the store itself: for changing it."""
+        records = {r.id: r for r in await self.store.list_networks()}
+        return [
+            self._attachment(records[a.network_id], a)
+            for a in await self.store.endpoints(owner=owner)
+        ]
+
+    # ---- reads: they keep working from the last state seen while the store is away ----
+
+    async def networks(self) -> list[NetworkRecord]:
+        try:
+            self._seen_networks = await self.store.list_networks()
+        except ConnectionError as exc:
+            if self._seen_networks is None:
+                raise
+            log.warning("store unreachable, listing networks as last seen: %s", exc)
+        return list(self._seen_networks)
+
     async def attachments(
         self, owner: str | None = None, network: NetworkRecord | None = None
     ) -> list[Attachment]:
-        records = {r.id: r for r in await self.store.list_networks()}
-        allocations = await self.store.endpoints(network.id if network else None, owner)
+        """Endpoints, all or of one owner and/or network. While the store is unreachable,
+        as last read in full (``docker inspect``, ``ps``, ``exec`` and names keep working
+        through an etcd outage; only changes fail)."""
+        network_id = network.id if network else None
+        records = {r.id: r for r in await self.networks()}
+        try:
+            allocations = await self.store.endpoints(network_id, owner)
+        except ConnectionError as exc:
+            if self._seen_endpoints is None:
+                raise
+            log.warning("store unreachable, answering from the endpoints last seen: %s", exc)
+            allocations = [
+                a
+                for a in self._seen_endpoints
+                if owner in (None, a.owner) and network_id in (None, a.network_id)
+            ]
+        else:
+            if owner is None and network is None:
+                self._seen_endpoints = allocations
         return [self._attachment(records[a.network_id], a) for a in allocations]
 
     async def prune(self) -> list[str]:
         """Have each driver remove what it finds of its own that no network or endpoint in
         the store accounts for (a crash half way through a create or a delete)."""
         records = await self.store.list_networks()
-        attachments = await self.attachments()
+        attachments = await self.attachments()  # (not as last seen: read just above)
         removed: list[str] = []
         for name, driver in self.drivers.items():
             networks = [to_network(r) for r in records if r.driver == name]
@@ -219,15 +257,15 @@ class NetworkService:
 
     async def networks_in_use(self) -> set[str]:
         """Ids of the networks that have endpoints (on any host)."""
-        return {a.network_id for a in await self.store.endpoints()}
+        return {a.network.id for a in await self.attachments()}
 
     async def owners(self) -> set[str]:
         """The owners of this host's endpoints (others' are theirs to reconcile)."""
         return {a.owner for a in await self.store.endpoints() if self.is_local(a)}
 
-    def is_local(self, allocation: Allocation) -> bool:
+    def is_local(self, endpoint: Allocation | Attachment) -> bool:
         # endpoints made before hosts were recorded are a single host's: this one's
-        return bool(allocation.meta.get("host", self.host) == self.host)
+        return bool(endpoint.meta.get("host", self.host) == self.host)
 
     async def remotes(self, hosts: Mapping[str, IPAddress]) -> dict[str, list[RemoteEndpoint]]:
         """Per network with endpoints on this host: the endpoints other live ``hosts``
@@ -251,10 +289,11 @@ class NetworkService:
         """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is
         on: names are scoped to shared networks, as on Docker's user-defined networks."""
         wanted = name.lower().rstrip(".")
-        mine = {a.network_id for a in await self.store.endpoints(owner=owner)}
+        every = await self.attachments()
+        mine = {a.network.id for a in every if a.owner == owner}
         found = []
-        for a in await self.store.endpoints():
-            if a.network_id not in mine:
+        for a in every:
+            if a.network.id not in mine:
                 continue
             container = str(a.meta.get("container", ""))
             names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]

@@ -10,7 +10,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from tests import netns
-from tests.dockerhost import DockerHost, docker_host, underlay
+from tests.dockerhost import DockerHost, Underlay, docker_host, underlay
 from tests.etcd import EtcdServer
 
 UNDERLAY = IPv4Network("192.168.219.0/24")
@@ -20,6 +20,7 @@ UNDERLAY = IPv4Network("192.168.219.0/24")
 class Cluster:
     hosts: list[DockerHost]
     etcd: EtcdServer
+    switch: Underlay
 
     def start_plugstrip(self, host: DockerHost) -> None:
         host.extra = ["--store", self.etcd.url, "--advertise-addr", str(host.address)]
@@ -35,7 +36,7 @@ def cluster(workdir: Path, count: int) -> Iterator[Cluster]:
         hosts = [
             stack.enter_context(docker_host(workdir / f"host{i}", switch)) for i in range(count)
         ]
-        made = Cluster(hosts, etcd)
+        made = Cluster(hosts, etcd, switch)
         for host in hosts:
             made.start_plugstrip(host)
         yield made

@@ -70,7 +70,9 @@ class Underlay:
 def underlay(subnet: IPv4Network) -> Iterator[Underlay]:
     with netns.namespaces(1) as (ns,):
         switch = Underlay(ns, subnet)
-        _ip(ns, "link", "add", "ul0", "type", "bridge")
+        # A fixed MAC: a bridge otherwise takes its ports' lowest, which changes as hosts
+        # leave, and the others' ARP entries for it (etcd's address) go stale.
+        _ip(ns, "link", "add", "ul0", "address", "02:00:c0:a8:db:fe", "type", "bridge")
         _ip(ns, "addr", "add", f"{switch.address}/{subnet.prefixlen}", "dev", "ul0")
         _ip(ns, "link", "set", "ul0", "up")
         yield switch

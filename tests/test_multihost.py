@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.cluster import Cluster, cluster
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
@@ -39,6 +40,11 @@ def inspect(c: Cluster, network: str) -> dict[str, object]:
     )
     doc: dict[str, object] = json.loads(out.stdout)
     return doc
+
+
+def holder_count(host: DockerHost) -> int:
+    out = harness.docker(host.daemon, "ps", "-aq", "--filter", "label=io.plugstrip.role=holder")
+    return len(out.stdout.split())
 
 
 def flood_peers(host: DockerHost, vni: object) -> set[str]:
@@ -155,4 +161,70 @@ def test_host_leaving_restarting_and_losing_its_lease(trio: Cluster) -> None:
     wait_for(lambda: reaches(a, x, y), 15, "no reach after the crash")
     a.docker("rm", "-f", x)
     b.docker("rm", "-f", y)
+    a.docker("network", "rm", name)
+
+
+def test_etcd_away_and_back(trio: Cluster) -> None:
+    a, b, c = trio.hosts
+    name = uname("calm")
+    a.docker("network", "create", "-d", "plugstrip/weave", name)
+    x, y = uname("x"), uname("y")
+    sleeper(a, x, name)
+    sleeper(b, y, name)
+    wait_for(lambda: reaches(a, x, y), 10, "no reach across hosts")
+    ip_y = address(b, y, name)
+    trio.etcd.stop()
+    try:
+        holders = holder_count(c)
+        for args in (
+            ["network", "create", "-d", "plugstrip/weave", uname("no")],
+            ["run", "--rm", "--network", name, "busybox", "true"],
+        ):
+            out = c.docker(*args, check=False)
+            assert out.returncode != 0 and b"cannot reach etcd" in out.stderr, out.stderr
+        assert holder_count(c) == holders  # nothing half made
+        assert reaches(a, x, ip_y)  # the datapath stays as it was
+    finally:
+        trio.etcd.start()
+    z = uname("z")
+    sleeper(c, z, name)  # etcd back: a new endpoint, on a third host
+    wait_for(lambda: reaches(c, z, x) and reaches(a, x, z), 15, "no reach after etcd came back")
+    for host, box in ((a, x), (b, y), (c, z)):
+        host.docker("rm", "-f", box)
+    a.docker("network", "rm", name)
+
+
+def test_host_cut_off_and_back(trio: Cluster) -> None:
+    a, b, c = trio.hosts
+    name = uname("cut")
+    a.docker("network", "create", "-d", "plugstrip/weave", name)
+    x, y = uname("x"), uname("y")
+    sleeper(a, x, name)
+    sleeper(c, y, name)
+    ip_y = address(c, y, name)
+    vni = inspect(trio, name)["VNI"]
+    wait_for(lambda: reaches(a, x, ip_y), 10, "no reach across hosts")
+    trio.switch.cut(c, off=True)
+    try:
+        wait_for(
+            lambda: flood_peers(a, vni) == set(), LEASE_TTL + 10, "a cut-off host kept its tunnel"
+        )
+        out = c.docker("run", "--rm", "--network", name, "busybox", "true", check=False)
+        assert out.returncode != 0 and b"cannot reach etcd" in out.stderr, out.stderr
+        more = [uname("m") for _ in range(3)]  # meanwhile, the others go on allocating
+        for box in more:
+            sleeper(b, box, name)
+    finally:
+        trio.switch.cut(c, off=False)
+    back = {b.address, c.address}  # b has endpoints on it now, too
+    wait_for(lambda: flood_peers(a, vni) == back, 15, "the host did not come back")
+    wait_for(lambda: reaches(a, x, y) and reaches(c, y, x), 15, "no reach after the cut")
+    assert address(c, y, name) == ip_y  # its endpoint was kept
+    endpoints = inspect(trio, name)["Endpoints"]
+    assert isinstance(endpoints, list) and len(endpoints) == 5
+    assert len({e["address"] for e in endpoints}) == 5  # no address handed out twice
+    assert all(reaches(b, box, y) for box in more)
+    b.docker("rm", "-f", *more)
+    a.docker("rm", "-f", x)
+    c.docker("rm", "-f", y)
     a.docker("network", "rm", name)
