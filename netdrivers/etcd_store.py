@@ -101,9 +101,20 @@ class EtcdStore:
         try:
             return await fn(client)
         except _UNREACHABLE as exc:
-            await self.close()  # connect again (maybe to another endpoint) next time
+            await self._drop(client)  # connect again (maybe to another endpoint) next time
             where = self._where()
             raise StoreUnavailable(f"plugstrip cannot reach etcd at {where}: {exc}") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # not us being cancelled: another caller dropped the connection under this call
+            where = self._where()
+            raise StoreUnavailable(f"plugstrip cannot reach etcd at {where}") from None
+
+    async def _drop(self, client: aetcd.Client) -> None:
+        if self._client is client:  # not one made since by another caller
+            await self.close()
 
     async def close(self) -> None:
         client, self._client = self._client, None

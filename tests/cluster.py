@@ -28,7 +28,9 @@ class Cluster:
 
 
 @contextmanager
-def cluster(workdir: Path, count: int) -> Iterator[Cluster]:
+def cluster(workdir: Path, count: int, underlay_through_ovs: bool = False) -> Iterator[Cluster]:
+    """``count`` hosts; their underlay through their Open vSwitch if asked (the userspace
+    datapath's tunnels need that, see Underlay.through_ovs)."""
     with underlay(UNDERLAY) as switch, ExitStack() as stack:
         etcd = EtcdServer(workdir / "etcd", netns.path(switch.ns), switch.address)
         etcd.start()
@@ -38,5 +40,7 @@ def cluster(workdir: Path, count: int) -> Iterator[Cluster]:
         ]
         made = Cluster(hosts, etcd, switch)
         for host in hosts:
+            if underlay_through_ovs:
+                switch.through_ovs(host)
             made.start_plugstrip(host)
         yield made

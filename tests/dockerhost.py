@@ -4,6 +4,7 @@ plugstrip in front of the daemon, all in that namespace."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
@@ -16,6 +17,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from adapters import holder_pool
+from netdrivers.netlink import tx_checksum_off
 from tests import harness, netns
 from tests.harness import Plugstrip
 from tests.ovs import ovs_in
@@ -59,6 +61,22 @@ class Underlay:
         _ip(host_ns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", UNDERLAY_DEVICE)
         _ip(host_ns, "link", "set", UNDERLAY_DEVICE, "up")
         return address
+
+    def through_ovs(self, host: DockerHost) -> None:
+        """Carry ``host``'s underlay through its Open vSwitch: the link on a userspace
+        bridge ``br-phy`` holding the address, as OVS's userspace tunnels need (they route
+        out through an OVS bridge). Checksums are filled in before frames reach it (its
+        datapath forwards them as they are)."""
+        address = f"{host.address}/{self.subnet.prefixlen}"
+        vsctl = ["ovs-vsctl", f"--db={host.ovsdb}"]
+        bridge = ["add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev"]
+        port = ["--", "add-port", "br-phy", UNDERLAY_DEVICE]
+        subprocess.run([*vsctl, *bridge, *port], check=True, capture_output=True)
+        _ip(host.ns, "addr", "del", address, "dev", UNDERLAY_DEVICE)
+        _ip(host.ns, "addr", "add", address, "dev", "br-phy")
+        _ip(host.ns, "link", "set", "br-phy", "up")
+        asyncio.run(tx_checksum_off(host.netns_path, "br-phy", UNDERLAY_DEVICE))
+        asyncio.run(tx_checksum_off(netns.path(self.ns), f"ul{self.joined_as[host.ns]}"))
 
     def cut(self, host: DockerHost, off: bool) -> None:
         """Unplug a host from the switch (``off``), or plug it back."""

@@ -19,7 +19,7 @@ from tests import harness
 from tests.cluster import Cluster, cluster
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
-from tests.netcheck import address, reaches, sleeper, uname
+from tests.netcheck import address, reaches, sleeper, tcp_reaches, uname
 
 LEASE_TTL = 10  # netdrivers.mesh.LEASE_TTL: a silent host is dropped after it
 
@@ -27,6 +27,13 @@ LEASE_TTL = 10  # netdrivers.mesh.LEASE_TTL: a silent host is dropped after it
 @pytest.fixture(scope="module")
 def trio() -> Iterator[Cluster]:
     with cluster(Path(tempfile.mkdtemp(prefix="ps-cluster-")), 3) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def ovs_pair() -> Iterator[Cluster]:
+    workdir = Path(tempfile.mkdtemp(prefix="ps-ovs-cluster-"))
+    with cluster(workdir, 2, underlay_through_ovs=True) as made:
         yield made
 
 
@@ -228,3 +235,42 @@ def test_host_cut_off_and_back(trio: Cluster) -> None:
     a.docker("rm", "-f", x)
     c.docker("rm", "-f", y)
     a.docker("network", "rm", name)
+
+
+def tunnel_ports(host: DockerHost) -> dict[str, str]:
+    """plugstrip's VXLAN ports on the host's integration bridge: name -> remote_ip."""
+    query = ["--format=json", "--columns=name,options", "find", "Interface", "type=vxlan"]
+    out = subprocess.run(
+        ["ovs-vsctl", f"--db={host.ovsdb}", *query],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = json.loads(out.stdout)["data"]
+    return {name: dict(options[1])["remote_ip"] for name, options in rows}
+
+
+def test_ovs_networks_across_hosts(ovs_pair: Cluster) -> None:
+    a, b = ovs_pair.hosts
+    red, blue = uname("red"), uname("blue")
+    for name in (red, blue):
+        a.docker("network", "create", "-d", "plugstrip/ovs", name)
+    x, y, web, other = uname("x"), uname("y"), uname("web"), uname("o")
+    sleeper(a, x, red)
+    sleeper(b, y, red)
+    b.docker("run", "-d", "--name", web, "--network", red, "busybox", "httpd", "-f", "-p", "80")
+    sleeper(b, other, blue)
+    wait_for(lambda: reaches(a, x, address(b, y, red)), 15, "no reach across hosts over OVS")
+    assert reaches(a, x, y) and tcp_reaches(a, x, web)  # by name; TCP through the tunnel
+    # one VXLAN port keyed by VNI per network and peer: red has endpoints on both hosts
+    assert sorted(tunnel_ports(a).values()) == [b.address]
+    assert not reaches(a, x, address(b, other, blue)) and not reaches(a, x, other)
+
+    b.stop_plugstrip()  # b leaves: its tunnel port goes
+    wait_for(lambda: tunnel_ports(a) == {}, 5, "a tunnel port to a host that left stayed")
+    ovs_pair.start_plugstrip(b)
+    wait_for(lambda: reaches(a, x, y), 15, "no reach after the host came back")
+    for host, box in ((a, x), (b, y), (b, web), (b, other)):
+        host.docker("rm", "-f", box)
+    wait_for(lambda: tunnel_ports(a) == {}, 10, "a tunnel port outlived the endpoints")
+    a.docker("network", "rm", red, blue)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from netdrivers.contract import Network
-from netdrivers.netlink import Netlink
+from netdrivers.contract import Network, RemoteEndpoint
+from netdrivers.netlink import ZERO_MAC, Netlink
 from netdrivers.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
 from tests import netns
 
@@ -61,36 +61,52 @@ async def test_reach_within_isolation_across_and_teardown() -> None:
         assert bridge_name(red) == "psbr101"
 
 
-async def test_vxlan_between_two_hosts_follows_the_peer_list() -> None:
+async def test_vxlan_between_two_hosts_follows_the_remote_endpoints() -> None:
     """Two "hosts" joined by an underlay veth, a container namespace on each: one network
-    across both, reached over kernel VXLAN (UDP 4789), exactly to the peers listed."""
+    across both, over kernel VXLAN (UDP 4789), to exactly the remote endpoints listed: a
+    flood entry per host, an FDB entry per MAC, an ARP answer per address."""
     net = Network("n-wide", "wide", IPv4Network("10.98.1.0/24"), vni=301)
     with netns.namespaces(4) as (host_a, host_b, c_a, c_b):
         made = netns.run(
             host_a, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", host_b
         )
         assert made.returncode == 0, made.stderr
-        underlay = {host_a: "192.168.77.1", host_b: "192.168.77.2"}
+        underlay = {host_a: IPv4Address("192.168.77.1"), host_b: IPv4Address("192.168.77.2")}
         for host, address in underlay.items():
             netns.run(host, "ip", "addr", "add", f"{address}/24", "dev", "u0")
             netns.run(host, "ip", "link", "set", "u0", "up")
-        drivers = {h: WeaveDriver(netns=netns.path(h), underlay="u0") for h in underlay}
+        drivers = {h: WeaveDriver(netns=netns.path(h), local=underlay[h]) for h in underlay}
         eps = {c_a: netns.endpoint(net, c_a, 2, "ca"), c_b: netns.endpoint(net, c_b, 3, "cb")}
         for host, container in ((host_a, c_a), (host_b, c_b)):
             await drivers[host].create_network(net)
             await drivers[host].join(net, eps[container])
-        assert not netns.ping(c_a, eps[c_b].address)  # no peers yet: nothing crosses
+        assert not netns.ping(c_a, eps[c_b].address)  # nothing listed yet: nothing crosses
 
-        stray = IPv4Address("192.168.77.9")  # a host that has left
-        await drivers[host_a].set_peers(net, [IPv4Address(underlay[host_b]), stray])
-        await drivers[host_b].set_peers(net, [IPv4Address(underlay[host_a])])
+        def remote(container: str, host: str) -> RemoteEndpoint:
+            return RemoteEndpoint(eps[container].address.ip, eps[container].mac, underlay[host])
+
+        stray = RemoteEndpoint(  # an endpoint of a host that has left
+            IPv4Address("10.98.1.9"), "02:42:0a:62:01:09", IPv4Address("192.168.77.9")
+        )
+        await drivers[host_a].set_remotes(net, [remote(c_b, host_b), stray])
+        await drivers[host_b].set_remotes(net, [remote(c_a, host_a)])
         assert netns.ping(c_a, eps[c_b].address) and netns.ping(c_b, eps[c_a].address)
-        await drivers[host_a].set_peers(net, [IPv4Address(underlay[host_b])])
+        await drivers[host_a].set_remotes(net, [remote(c_b, host_b)])
         async with Netlink(netns.path(host_a)) as nl:
-            assert await nl.flood_peers(vxlan_name(net)) == {underlay[host_b]}  # stray gone
+            vxlan = vxlan_name(net)
+            assert await nl.fdb_entries(vxlan) == {  # the stray's entries are gone
+                (ZERO_MAC, "192.168.77.2"),
+                (eps[c_b].mac, "192.168.77.2"),
+            }
+            assert await nl.neighbours(vxlan) == {(str(eps[c_b].address.ip), eps[c_b].mac)}
+            assert await nl.link_attr(vxlan, "mtu") == 1450  # the underlay's, less VXLAN's
         assert netns.ping(c_a, eps[c_b].address)
+        # ARP is answered on A's side: B's container is known without asking B
+        arp = netns.run(c_a, "ip", "neigh", "show", str(eps[c_b].address.ip)).stdout
+        assert eps[c_b].mac in arp
 
-        await drivers[host_a].set_peers(net, [])  # B left: nothing to it any more
+        await drivers[host_a].set_remotes(net, [])  # B left: nothing to it any more
         async with Netlink(netns.path(host_a)) as nl:
-            assert await nl.flood_peers(vxlan_name(net)) == set()
+            assert await nl.fdb_entries(vxlan_name(net)) == set()
+            assert await nl.neighbours(vxlan_name(net)) == set()
         assert not netns.ping(c_a, eps[c_b].address)
