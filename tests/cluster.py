@@ -28,9 +28,12 @@ class Cluster:
 
 
 @contextmanager
-def cluster(workdir: Path, count: int, underlay_through_ovs: bool = False) -> Iterator[Cluster]:
-    """``count`` hosts; their underlay through their Open vSwitch if asked (the userspace
-    datapath's tunnels need that, see Underlay.through_ovs)."""
+def cluster(
+    workdir: Path, count: int, underlay_through_ovs: bool = False, started: int | None = None
+) -> Iterator[Cluster]:
+    """``count`` hosts, plugstrip running on the first ``started`` (all by default); their
+    underlay through their Open vSwitch if asked (the userspace datapath's tunnels need
+    that, see Underlay.through_ovs)."""
     with underlay(UNDERLAY) as switch, ExitStack() as stack:
         etcd = EtcdServer(workdir / "etcd", netns.path(switch.ns), switch.address)
         etcd.start()
@@ -39,8 +42,9 @@ def cluster(workdir: Path, count: int, underlay_through_ovs: bool = False) -> It
             stack.enter_context(docker_host(workdir / f"host{i}", switch)) for i in range(count)
         ]
         made = Cluster(hosts, etcd, switch)
-        for host in hosts:
+        for i, host in enumerate(hosts):
             if underlay_through_ovs:
                 switch.through_ovs(host)
-            made.start_plugstrip(host)
+            if started is None or i < started:
+                made.start_plugstrip(host)
         yield made

@@ -1,0 +1,194 @@
+"""plugstrip networks across hosts, on three test hosts (namespaces on an underlay bridge,
+each with its own dockerd and plugstrip, one etcd on the underlay; see tests/cluster.py).
+
+    python3 -m bench.multihost_bench [--quick]
+
+Prints, measured in the same run:
+- TCP throughput between containers on two hosts over plugstrip/weave, against a VXLAN
+  built by hand (bridge, VXLAN device, veth) between the same two container namespaces
+  (target >= 0.95x), and against the underlay itself (reported);
+- the latency of one address allocation on the etcd store against the SQLite store;
+- how long a new host takes to be reachable: from starting plugstrip on a third host to
+  a container there answering pings from containers on both other hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from netaddr import IPNetwork
+
+from netdrivers.etcd_store import EtcdStore
+from netdrivers.store import NetworkSpec, SqliteStore, Store
+from tests.cluster import cluster
+from tests.dockerhost import UNDERLAY_DEVICE, DockerHost
+from tests.etcd import etcd_server
+from tests.netcheck import address, reaches, sleeper
+
+HAND_VNI = 4000
+HAND_NET = "10.199.0"
+MTU = 1450  # the underlay's 1500 less VXLAN's 50, as plugstrip/weave sets it
+
+
+def pid_of(host: DockerHost, container: str) -> str:
+    return str(json.loads(host.docker("inspect", container).stdout)[0]["State"]["Pid"])
+
+
+def iperf(server_ns: list[str], client_ns: list[str], address: str, seconds: int) -> float:
+    """Gbit/s from ``client_ns`` to ``server_ns`` (nsenter prefixes)."""
+    server = subprocess.Popen([*server_ns, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(
+            [*client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 30,
+        ).stdout
+    finally:
+        server.wait(10)
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def hand_built_vxlan(hosts: list[DockerHost], pids: list[str]) -> None:
+    """What plugstrip/weave programs, by hand with ip(8): per host a bridge and a VXLAN
+    device (static flood entry to the other host), and a veth into the container."""
+    for i, (host, pid) in enumerate(zip(hosts, pids, strict=True)):
+        peer = hosts[1 - i].address
+        for cmd in (
+            ["ip", "link", "add", "hbbr", "mtu", str(MTU), "type", "bridge"],
+            [
+                "ip",
+                "link",
+                "add",
+                "hbvx",
+                "mtu",
+                str(MTU),
+                "type",
+                "vxlan",
+                "id",
+                str(HAND_VNI),
+                "dstport",
+                "4789",
+                "local",
+                str(host.address),
+                "dev",
+                UNDERLAY_DEVICE,
+            ],
+            ["ip", "link", "set", "hbvx", "master", "hbbr", "up"],
+            ["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "hbvx", "dst", str(peer)],
+            ["ip", "link", "add", "hbv", "mtu", str(MTU), "type", "veth", "peer", "name", "hb0"],
+            ["ip", "link", "set", "hbv", "master", "hbbr", "up"],
+            ["ip", "link", "set", "hb0", "netns", f"/proc/{pid}/ns/net"],
+            ["ip", "link", "set", "hbbr", "up"],
+            ["iptables", "-I", "FORWARD", "-i", "hbbr", "-o", "hbbr", "-j", "ACCEPT"],
+        ):
+            run = host.run_in_ns(*cmd)
+            assert run.returncode == 0, (cmd, run.stderr)
+        inside = ["nsenter", "-t", pid, "-n"]
+        for cmd in (
+            ["ip", "addr", "add", f"{HAND_NET}.{i + 1}/24", "dev", "hb0"],
+            ["ip", "link", "set", "hb0", "up"],
+        ):
+            subprocess.run([*inside, *cmd], check=True)
+
+
+def ns_of(pid: str) -> list[str]:
+    return ["nsenter", "-t", pid, "-n"]
+
+
+async def allocation_latency(store: Store, in_use: int, count: int) -> list[float]:
+    """Seconds per allocation, one at a time, with ``in_use`` addresses held."""
+    try:
+        net = await store.create_network(
+            NetworkSpec("lat", "plugstrip/weave", IPNetwork("10.101.0.0/16"))
+        )
+        for i in range(0, in_use, 100):
+            await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            await store.allocate(net.id, f"new{i}")
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        await store.close()
+
+
+def summary(times: list[float]) -> str:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"median {statistics.median(times) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    seconds, count = (3, 100) if args.quick else (10, 500)
+    if shutil.which("iperf3") is None:
+        raise SystemExit("iperf3 is not installed: scripts/install-deps installs it")
+    workdir = Path(tempfile.mkdtemp(prefix="ps-mhbench-"))
+    with cluster(workdir / "cluster", 3, started=2) as c:
+        a, b, new = c.hosts
+        a.docker("network", "create", "-d", "plugstrip/weave", "wide")
+        sleeper(a, "srv", "wide")
+        sleeper(b, "cli", "wide")
+        server_ip = address(a, "srv", "wide")
+        deadline = time.monotonic() + 15
+        while not reaches(b, "cli", server_ip) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = [pid_of(a, "srv"), pid_of(b, "cli")]
+        hand_built_vxlan([a, b], pids)
+        hand = iperf(ns_of(pids[0]), ns_of(pids[1]), f"{HAND_NET}.1", seconds)
+        weave = iperf(ns_of(pids[0]), ns_of(pids[1]), server_ip, seconds)
+        hand_again = iperf(ns_of(pids[0]), ns_of(pids[1]), f"{HAND_NET}.1", seconds)
+        under = iperf(
+            ["nsenter", f"--net={a.netns_path}"],
+            ["nsenter", f"--net={b.netns_path}"],
+            str(a.address),
+            seconds,
+        )
+        hand_mean = (hand + hand_again) / 2
+        print(
+            f"TCP between containers on two hosts: plugstrip/weave {weave:.2f} Gbit/s, "
+            f"hand-built VXLAN {hand_mean:.2f} Gbit/s ({hand:.2f}, {hand_again:.2f}), "
+            f"ratio {weave / hand_mean:.2f}x (target >= 0.95x); "
+            f"the underlay itself {under:.2f} Gbit/s (weave {weave / under:.2f}x of it)"
+        )
+
+        started = time.perf_counter()
+        c.start_plugstrip(new)  # a host joining: plugstrip starts, a container runs there
+        sleeper(new, "newbie", "wide")
+        ran = time.perf_counter()
+        target = address(new, "newbie", "wide")
+        for host, box in ((a, "srv"), (b, "cli")):
+            while not reaches(host, box, target):
+                if time.perf_counter() - started > 60:
+                    raise SystemExit("the new host did not become reachable within 60 s")
+        reached = time.perf_counter()
+        print(
+            f"a new host reachable from all others: {reached - started:.2f} s from starting "
+            f"plugstrip there ({reached - ran:.2f} s after its first container was running)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite = asyncio.run(allocation_latency(SqliteStore(Path(tmp) / "lat.db"), 1000, count))
+    print(f"one allocation, 1,000 in use: SQLite {summary(sqlite)}")
+    with etcd_server(workdir / "etcd") as url:
+        etcd = asyncio.run(allocation_latency(EtcdStore.from_url(url), 1000, count))
+    ratio = statistics.median(etcd) / statistics.median(sqlite)
+    print(f"one allocation, 1,000 in use: etcd {summary(etcd)} ({ratio:.1f}x SQLite's median)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
