@@ -5,7 +5,8 @@ container on a plugstrip network needs two: its holder and itself. A create that
 nothing to its holder (no ports, DNS, hostname, extra hosts: most of them) takes a
 running spare instead, so it costs about what a container on Docker's own network
 costs; the pool is topped up in the background. Spares are plain holders on Docker's
-bridge; they outlive plugstrip and are adopted again by the next one.
+bridge. A clean stop removes them (a holder left running would be a leftover once
+plugstrip is gone); ones a crash left behind are adopted by the next plugstrip.
 """
 
 from __future__ import annotations
@@ -72,3 +73,11 @@ class HolderPool:
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            try:
+                await self.api.call(
+                    "DELETE", f"/containers/{spare}", params={"force": "1"}, ok_missing=True
+                )
+            except Exception as exc:  # the daemon is away: the next plugstrip adopts it
+                log.warning("spare network holder %s left: %s", spare[:12], exc)

@@ -252,7 +252,7 @@ class NetworkAdapter:
         record = await self.service.find(match.group(1))
         if record is None:
             return
-        if await self.service.attachments(network=record):
+        if await self._in_use(record):
             raise Refuse(
                 403,
                 f"error while removing network: network {record.name} id {record.id} "
@@ -261,6 +261,22 @@ class NetworkAdapter:
         await self.service.delete_network(record)
         log.info("network removed", extra={"network": record.name})
         call.respond(204, body=b"", content_type="text/plain")
+
+    async def _in_use(self, record: NetworkRecord) -> bool:
+        """Whether containers are on the network. A holder whose container is gone but
+        whose destroy event is not handled yet (``run --rm`` returns as the daemon removes
+        the container) is discarded here, so ``network rm`` right after works as on
+        Docker's own networks."""
+        attachments = await self.service.attachments(network=record)
+        for a in attachments:
+            if not self.service.is_local(a) or a.owner in self._pending:
+                continue
+            users = json.dumps({"label": [f"{holders.HOLDER}={a.owner}"]})
+            if not await self.api.call(
+                "GET", "/containers/json", params={"all": "1", "filters": users}
+            ):
+                await self._discard_holder(a.owner)
+        return bool(await self.service.attachments(network=record))
 
     async def _list_networks(self, call: Call, _: re.Match[str]) -> None:
         response = call.response

@@ -118,13 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         metavar="URL",
-        help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default: embedded SQLite)",
+        default=os.environ.get("PLUGSTRIP_STORE") or None,
+        help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default $PLUGSTRIP_STORE, "
+        "else the embedded SQLite store)",
     )
     serve.add_argument(
         "--advertise-addr",
         metavar="IP",
+        default=os.environ.get("PLUGSTRIP_ADVERTISE_ADDR") or None,
         help="this host's underlay address, which other hosts send VXLAN to (with --store "
-        "etcd://: networks span the hosts)",
+        "etcd://: networks span the hosts; default $PLUGSTRIP_ADVERTISE_ADDR)",
     )
     serve.add_argument(
         "--spare-holders",

@@ -42,7 +42,12 @@ def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
     for parser in (ls, inspect, doctor, flows):
         parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
         parser.add_argument("--ovsdb", metavar="URL", default=ovsdb)
-        parser.add_argument("--store", metavar="URL", help="etcd://... (default: embedded)")
+        parser.add_argument(
+            "--store",
+            metavar="URL",
+            default=os.environ.get("PLUGSTRIP_STORE") or None,
+            help="etcd://... (default $PLUGSTRIP_STORE, else the embedded store)",
+        )
 
 
 def _service(args: argparse.Namespace) -> NetworkService:
