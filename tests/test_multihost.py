@@ -132,9 +132,7 @@ def test_three_hosts_allocate_at_once_without_duplicates(trio: Cluster) -> None:
     assert isinstance(endpoints, list)
     addresses = [e["address"] for e in endpoints]
     assert len(addresses) == 3 * per_host and len(set(addresses)) == len(addresses)
-    assert {e["host"] for e in endpoints} == {h.workdir.name for h in trio.hosts} or len(
-        {e["host"] for e in endpoints}
-    ) == 3
+    assert len({e["host"] for e in endpoints}) == 3  # each host's own, recorded as such
     for n, host in enumerate(trio.hosts):
         host.docker("rm", "-f", *(f"{name}-{n * per_host + i}" for i in range(per_host)))
     trio.hosts[0].docker("network", "rm", name)

@@ -1,0 +1,133 @@
+"""The multi-host control plane without a datapath: which remote endpoints each network
+is programmed with, on the real SQLite store, against a driver that records its calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from netaddr import IPAddress
+
+from netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from netdrivers.mesh import Mesh
+from netdrivers.service import NetworkService
+from netdrivers.store import Host, NetworkSpec, SqliteStore
+
+DRIVER = "plugstrip/weave"
+
+
+class Recorder:
+    """The driver contract, doing nothing but remembering what it was asked."""
+
+    name = DRIVER
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, object]] = []
+
+    async def create_network(self, network: Network) -> None:
+        self.calls.append(("create", network.name, None))
+
+    async def delete_network(self, network: Network) -> None:
+        self.calls.append(("delete", network.name, None))
+
+    async def join(self, network: Network, endpoint: Endpoint) -> None:
+        self.calls.append(("join", network.name, endpoint.container_id))
+
+    async def leave(self, network: Network, endpoint: Endpoint) -> None:
+        self.calls.append(("leave", network.name, endpoint.container_id))
+
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        self.calls.append(("remotes", network.name, sorted(remotes, key=str)))
+
+    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
+        return set()
+
+    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
+        return []
+
+    def remotes_of(self, network: str) -> list[object]:
+        return [arg for call, name, arg in self.calls if call == "remotes" and name == network]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[NetworkService, Recorder, Mesh]]:
+    store = SqliteStore(tmp_path / "state.db")
+    driver = Recorder()
+    service = NetworkService(store, {DRIVER: driver}, host="me")
+    yield service, driver, Mesh(service, IPAddress("192.168.5.1"))
+    await store.close()
+
+
+async def test_each_network_gets_exactly_the_live_hosts_endpoints(
+    setup: tuple[NetworkService, Recorder, Mesh],
+) -> None:
+    service, driver, mesh = setup
+    store = service.store
+    wide = await service.create_network(NetworkSpec("wide", DRIVER))
+    alone = await service.create_network(NetworkSpec("alone", DRIVER))
+    await service.attach(wide, "holder-local", "/proc/1/ns/net")
+    await service.attach(alone, "holder-local", "/proc/1/ns/net")
+    await store.register_host(Host("live", IPAddress("192.168.5.2")), ttl=30)
+    remote = await store.allocate(wide.id, "holder-live", meta={"host": "live"})
+    await store.allocate(wide.id, "holder-dead", meta={"host": "dead"})  # no lease: gone
+    await mesh.sync()
+    assert driver.remotes_of("wide") == [
+        [
+            RemoteEndpoint(
+                IPv4Address(str(remote)),
+                "02:42:" + ":".join(f"{b:02x}" for b in remote.packed),
+                IPv4Address("192.168.5.2"),
+            )
+        ]
+    ]
+    assert driver.remotes_of("alone") == [[]]  # no other host on it: no tunnels
+
+    await mesh.sync()  # nothing changed: nothing programmed again
+    assert len(driver.remotes_of("wide")) == 1
+    await mesh.sync(full=True)  # except on a full pass, which heals drift
+    assert len(driver.remotes_of("wide")) == 2
+
+    await store.release(wide.id, "holder-live")  # the remote endpoint goes
+    await mesh.sync()
+    assert driver.remotes_of("wide")[-1] == []
+
+
+async def test_a_network_deleted_on_another_host_is_taken_down_here(
+    setup: tuple[NetworkService, Recorder, Mesh],
+) -> None:
+    service, driver, mesh = setup
+    net = await service.create_network(NetworkSpec("gone", DRIVER))
+    await service.store.delete_network(net.id)  # as another host's `network rm` does
+    await mesh.sync()
+    assert ("delete", "gone", None) in driver.calls
+    assert service.set_up_here() == []
+
+
+async def test_a_reused_vni_replaces_the_stale_network_first(
+    setup: tuple[NetworkService, Recorder, Mesh],
+) -> None:
+    """Deleted elsewhere and its VNI given to a new network before this host's next sync:
+    the old network's devices (named by VNI) go before the new one's are made, and the
+    sync after does not take the new one down."""
+    service, driver, mesh = setup
+    old = await service.create_network(NetworkSpec("old", DRIVER))
+    await service.store.delete_network(old.id)
+    new = await service.create_network(NetworkSpec("new", DRIVER))
+    assert new.vni == old.vni
+    assert driver.calls[-2:] == [("delete", "old", None), ("create", "new", None)]
+    await mesh.sync()
+    assert service.set_up_here() == [new]
+    assert ("delete", "new", None) not in driver.calls
+
+
+async def test_only_this_hosts_endpoints_are_its_own(
+    setup: tuple[NetworkService, Recorder, Mesh],
+) -> None:
+    service, _, _ = setup
+    net = await service.create_network(NetworkSpec("shared", DRIVER))
+    await service.attach(net, "mine", "/proc/1/ns/net")
+    await service.store.allocate(net.id, "theirs", meta={"host": "other"})
+    await service.store.allocate(net.id, "older", meta={})  # before hosts were recorded
+    assert await service.owners() == {"mine", "older"}  # reconciliation leaves "theirs"
