@@ -1,4 +1,4 @@
-"""Operator commands for plugstrip networks: ``net ls|inspect``, ``doctor`` and ``flows``.
+"""Operator commands for plugstrip networks: ``net ls|inspect|hosts``, ``doctor``, ``flows``.
 
 They read the state store (SQLite allows readers while ``serve`` writes), the kernel and
 Open vSwitch directly, so they answer even when plugstrip is not running: that is when an
@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from netdrivers.netlink import Netlink
 from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
 from netdrivers.service import Attachment, NetworkService, to_network
-from netdrivers.store import STORE_FILE, NetworkRecord, open_store
+from netdrivers.store import STORE_FILE, Host, NetworkRecord, open_store
 from netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
 
 
@@ -34,12 +35,14 @@ def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
     inspect = net_sub.add_parser("inspect", help="a network, its endpoints and devices")
     inspect.add_argument("network")
     inspect.set_defaults(func=_net_inspect)
+    hosts = net_sub.add_parser("hosts", help="live hosts sharing the store, and their endpoints")
+    hosts.set_defaults(func=_net_hosts)
     doctor = sub.add_parser("doctor", help="check what plugstrip networks need")
     doctor.set_defaults(func=_doctor)
     flows = sub.add_parser("flows", help="OpenFlow and datapath flows of a plugstrip/ovs network")
     flows.add_argument("network")
     flows.set_defaults(func=_flows)
-    for parser in (ls, inspect, doctor, flows):
+    for parser in (ls, inspect, hosts, doctor, flows):
         parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
         parser.add_argument("--ovsdb", metavar="URL", default=ovsdb)
         parser.add_argument(
@@ -76,10 +79,31 @@ def _net_ls(args: argparse.Namespace) -> int:
     for r in records:
         count = sum(a.network.id == r.id for a in attachments)
         rows.append((r.name, r.driver, str(r.subnet), str(r.gateway), str(r.vni), str(count)))
+    _print_table(rows)
+    return 0
+
+
+def _net_hosts(args: argparse.Namespace) -> int:
+    async def read() -> tuple[list[Host], list[Attachment]]:
+        service = _service(args)
+        try:
+            return await service.store.hosts(), await service.attachments()
+        finally:
+            await service.store.close()
+
+    hosts, attachments = asyncio.run(read())
+    rows = [("HOST", "ADDRESS", "ENDPOINTS")]
+    for h in hosts:
+        count = sum(a.meta.get("host") == h.id for a in attachments)
+        rows.append((h.id, str(h.address), str(count)))
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0
 
 
 def _net_inspect(args: argparse.Namespace) -> int:

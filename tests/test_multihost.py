@@ -37,15 +37,20 @@ def ovs_pair() -> Iterator[Cluster]:
         yield made
 
 
-def inspect(c: Cluster, network: str) -> dict[str, object]:
-    host = c.hosts[0].netns_path  # where etcd is reached, as from any host
+def plugstrip(c: Cluster, *args: str) -> str:
+    """An operator command against the cluster's etcd, from a host (where etcd is reached)."""
+    host = c.hosts[0].netns_path
     out = subprocess.run(
-        ["nsenter", f"--net={host}", "plugstrip", "net", "inspect", network, "--store", c.etcd.url],
+        ["nsenter", f"--net={host}", "plugstrip", *args, "--store", c.etcd.url],
         capture_output=True,
         text=True,
         check=True,
     )
-    doc: dict[str, object] = json.loads(out.stdout)
+    return out.stdout
+
+
+def inspect(c: Cluster, network: str) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(plugstrip(c, "net", "inspect", network))
     return doc
 
 
@@ -81,6 +86,8 @@ def test_one_network_across_hosts_by_address_and_name(trio: Cluster) -> None:
     assert reaches(a, web, client)
     vni = inspect(trio, wide)["VNI"]
     assert flood_peers(a, vni) == {b.address} and flood_peers(b, vni) == {a.address}
+    listed = plugstrip(trio, "net", "hosts").splitlines()[1:]  # the operator's view
+    assert sorted(line.split()[1] for line in listed) == sorted(str(h.address) for h in trio.hosts)
     # c has no endpoint on wide: no tunnel to it, and its container is out of reach
     assert not reaches(b, client, address(c, stranger, other))
     assert not reaches(b, client, stranger)
