@@ -27,7 +27,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aetcd
@@ -392,6 +392,18 @@ class EtcdStore:
                     pass  # the lease had run out already
 
         await self._call(revoke)
+
+    async def changes(self) -> AsyncIterator[None]:
+        client = await self._etcd()
+        try:
+            watch = await client.watch_prefix(self._key(""))
+            async for _ in watch:
+                yield
+        except _UNREACHABLE as exc:
+            await self._drop(client)
+            raise StoreUnavailable(
+                f"plugstrip cannot reach etcd at {self._where()}: {exc}"
+            ) from exc
 
     async def hosts(self) -> list[Host]:
         async def query(etcd: aetcd.Client) -> list[Host]:

@@ -41,10 +41,12 @@ class Mesh:
         self._applied: dict[str, frozenset[RemoteEndpoint]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         service.on_change = self.kick
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._watching = asyncio.create_task(self._watch())
 
     def kick(self) -> None:
         """Sync now: an endpoint came or went here (maybe the first on a network)."""
@@ -52,9 +54,10 @@ class Mesh:
 
     async def close(self) -> None:
         """Stop, and leave: other hosts drop their tunnels to this one at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._watching):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             await self.service.store.deregister_host(self.me.id)
         except ConnectionError as exc:
@@ -65,6 +68,7 @@ class Mesh:
     async def _run(self) -> None:
         rounds = 0
         while True:
+            self._wake.clear()  # before reading: a change seen during this round wakes the next
             try:
                 await self.service.store.register_host(self.me, self.ttl)
                 await self.sync(full=rounds % FULL_SYNC == 0)
@@ -74,11 +78,26 @@ class Mesh:
             except Exception as exc:  # etcd away, a driver failing: try again next round
                 log.warning("mesh sync failed: %s", exc)
                 self._applied.clear()
-            self._wake.clear()
+                if self._watching is not None:  # a watch on a dead connection may just hang
+                    self._watching.cancel()
+                    self._watching = asyncio.create_task(self._watch())
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
                 pass
+
+    async def _watch(self) -> None:
+        """Sync as soon as another host changes something (the poll above is the floor):
+        a container started elsewhere is reachable from here in milliseconds."""
+        while True:
+            try:
+                async for _ in self.service.store.changes():
+                    self.kick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("watch ended, watching again: %s", exc)
+            await asyncio.sleep(self.interval)
 
     async def sync(self, full: bool = False) -> None:
         """Program every network set up here for the endpoints live hosts have on it, and

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -116,6 +116,11 @@ class Store(Protocol):
     async def deregister_host(self, host_id: str) -> None: ...
 
     async def hosts(self) -> list[Host]: ...
+
+    def changes(self) -> AsyncIterator[None]:
+        """Yields after each change to the shared state (by any host); ends or raises
+        when the store connection drops."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -372,6 +377,11 @@ class SqliteStore:
 
     async def deregister_host(self, host_id: str) -> None:
         await self._tx(lambda db: db.execute("DELETE FROM hosts WHERE id=?", (host_id,)))
+
+    async def changes(self) -> AsyncIterator[None]:
+        # One host, this process the only writer: nothing ever comes from elsewhere.
+        await asyncio.get_running_loop().create_future()
+        yield
 
     async def hosts(self) -> list[Host]:
         return await self._tx(

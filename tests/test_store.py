@@ -166,3 +166,20 @@ async def test_hosts_live_under_a_lease(opener: Opener) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_etcd_changes_are_seen_as_they_happen(etcd_url: str) -> None:
+    """Another host's change reaches a watcher at once (the mesh syncs on it)."""
+    prefix = f"/test-{uuid.uuid4().hex}/"
+    watcher, writer = EtcdStore.from_url(etcd_url, prefix), EtcdStore.from_url(etcd_url, prefix)
+    try:
+        changes = watcher.changes()
+        first = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0.5)  # the watch is set up
+        assert not first.done()  # nothing changed yet: nothing seen
+        await writer.create_network(NetworkSpec("w", "plugstrip/weave"))
+        await asyncio.wait_for(first, 5)
+        await changes.aclose()
+    finally:
+        await watcher.close()
+        await writer.close()
