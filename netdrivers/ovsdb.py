@@ -128,11 +128,14 @@ class Ovsdb:
         external_ids: dict[str, str],
     ) -> None:
         """A VXLAN port (``options``: remote_ip, key) that is an access port of VLAN
-        ``tag``: the network's frames leave through it encapsulated with its key."""
+        ``tag``: the network's frames leave through it encapsulated with its key. It is
+        protected: NORMAL never forwards between protected ports, so what comes in from
+        one peer is not flooded on to the others (split horizon: a full mesh of tunnels
+        would otherwise loop broadcasts between three hosts)."""
         await self._run(
             lambda api: [
                 api.add_port(bridge, name, may_exist=True),
-                api.db_set("Port", name, ("tag", tag)),
+                api.db_set("Port", name, ("tag", tag), ("protected", True)),
                 api.db_set(
                     "Interface",
                     name,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
@@ -22,6 +23,8 @@ from netdrivers.ipam import IpamError
 from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
 
 log = logging.getLogger("plugstrip.netdrivers")
+T = TypeVar("T")
+AWAY_RETRY = 2.0  # seconds reads answer from the last state seen after the store failed one
 
 
 class UnknownDriver(IpamError):
@@ -42,17 +45,13 @@ class Attachment:
 
     @property
     def mac(self) -> str:
-        return endpoint_mac(self.address, self.meta)
+        # the one it was given (docker-py's ``mac_address``), else Docker's scheme
+        return str(self.meta.get("mac") or mac_for(self.address))
 
 
 def mac_for(address: IPAddress) -> str:
     """Docker's scheme: 02:42 and the four address bytes; unique as the address is."""
     return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
-
-
-def endpoint_mac(address: IPAddress, meta: Mapping[str, Any]) -> str:
-    """The MAC an endpoint was given (docker-py's ``mac_address``), else Docker's scheme."""
-    return str(meta.get("mac") or mac_for(address))
 
 
 def to_network(record: NetworkRecord) -> Network:
@@ -78,6 +77,8 @@ class NetworkService:
         self._here: dict[str, NetworkRecord] = {}  # networks whose datapath is set up here
         self._seen_networks: list[NetworkRecord] | None = None
         self._seen_endpoints: list[Allocation] | None = None
+        self._away_until = 0.0  # reads fail fast until then: the store just failed one
+        self._away_reason = ""
         self._datapath = asyncio.Lock()  # setting up and taking down networks here
         self.on_change: Callable[[], None] = lambda: None  # endpoints here came or went
 
@@ -207,13 +208,25 @@ class NetworkService:
 
     # ---- reads: they keep working from the last state seen while the store is away ----
 
+    async def _ask(self, read: Callable[[], Awaitable[T]]) -> T:
+        """A read from the store. Just after one failed, fail at once instead (callers
+        answer from what they saw last) rather than wait out another timeout each call."""
+        if time.monotonic() < self._away_until:
+            raise ConnectionError(self._away_reason)
+        try:
+            return await read()
+        except ConnectionError as exc:
+            log.warning("store unreachable, answering reads from the state last seen: %s", exc)
+            self._away_until = time.monotonic() + AWAY_RETRY
+            self._away_reason = str(exc)
+            raise
+
     async def networks(self) -> list[NetworkRecord]:
         try:
-            self._seen_networks = await self.store.list_networks()
-        except ConnectionError as exc:
+            self._seen_networks = await self._ask(self.store.list_networks)
+        except ConnectionError:
             if self._seen_networks is None:
                 raise
-            log.warning("store unreachable, listing networks as last seen: %s", exc)
         return list(self._seen_networks)
 
     async def attachments(
@@ -225,11 +238,10 @@ class NetworkService:
         network_id = network.id if network else None
         records = {r.id: r for r in await self.networks()}
         try:
-            allocations = await self.store.endpoints(network_id, owner)
-        except ConnectionError as exc:
+            allocations = await self._ask(lambda: self.store.endpoints(network_id, owner))
+        except ConnectionError:
             if self._seen_endpoints is None:
                 raise
-            log.warning("store unreachable, answering from the endpoints last seen: %s", exc)
             allocations = [
                 a
                 for a in self._seen_endpoints
@@ -270,18 +282,14 @@ class NetworkService:
     async def remotes(self, hosts: Mapping[str, IPAddress]) -> dict[str, list[RemoteEndpoint]]:
         """Per network with endpoints on this host: the endpoints other live ``hosts``
         (id -> underlay address) have on it."""
-        allocations = await self.store.endpoints()
-        mine = {a.network_id for a in allocations if self.is_local(a)}
+        every = await self.attachments()  # (also what reads fall back on if etcd goes)
+        mine = {a.network.id for a in every if self.is_local(a)}
         found: dict[str, list[RemoteEndpoint]] = {n: [] for n in mine}
-        for a in allocations:
+        for a in every:
             where = hosts.get(str(a.meta.get("host")))
-            if a.network_id in mine and not self.is_local(a) and where is not None:
-                found[a.network_id].append(
-                    RemoteEndpoint(
-                        IPv4Address(str(a.address)),
-                        endpoint_mac(a.address, a.meta),
-                        IPv4Address(str(where)),
-                    )
+            if a.network.id in mine and not self.is_local(a) and where is not None:
+                found[a.network.id].append(
+                    RemoteEndpoint(IPv4Address(str(a.address)), a.mac, IPv4Address(str(where)))
                 )
         return found
 
