@@ -41,6 +41,16 @@ class Setup:
     def network(self, host: DockerHost, name: str) -> None:
         host.docker("network", "create", "-d", self.driver, name)
 
+    def pair(self, prefix: str, one: DockerHost, other: DockerHost) -> tuple[str, str, str]:
+        """A new network (made on the first host) with a container on each of two hosts
+        that reach each other: (network, container on ``one``, container on ``other``)."""
+        name, x, y = uname(prefix), uname("x"), uname("y")
+        self.network(self.hosts[0], name)
+        sleeper(one, x, name)
+        sleeper(other, y, name)
+        wait_for(lambda: reaches(one, x, address(other, y, name)), 15, "no reach across hosts")
+        return name, x, y
+
     def tunnels(self, host: DockerHost, network: str) -> set[str]:
         """The hosts ``host`` tunnels the network to: the destinations of its VXLAN
         device's flood entries (weave), or of its VXLAN ports (ovs)."""
@@ -197,13 +207,8 @@ def test_three_hosts_allocate_at_once_without_duplicates(setup: Setup) -> None:
 
 def test_host_leaving_restarting_and_losing_its_lease(setup: Setup) -> None:
     a, b, _ = setup.hosts
-    name = uname("life")
-    setup.network(a, name)
-    x, y = uname("x"), uname("y")
-    sleeper(a, x, name)
-    sleeper(b, y, name)
+    name, x, y = setup.pair("life", a, b)
     ip_y = address(b, y, name)
-    wait_for(lambda: reaches(a, x, y), 15, "no reach across hosts")
 
     b.stop_plugstrip()  # a clean stop leaves the cluster: the tunnel to it goes at once
     wait_for(lambda: setup.tunnels(a, name) == set(), 5, "the tunnel to a host that left stayed")
@@ -227,12 +232,7 @@ def test_host_leaving_restarting_and_losing_its_lease(setup: Setup) -> None:
 
 def test_etcd_away_and_back(setup: Setup) -> None:
     a, b, c = setup.hosts
-    name = uname("calm")
-    setup.network(a, name)
-    x, y = uname("x"), uname("y")
-    sleeper(a, x, name)
-    sleeper(b, y, name)
-    wait_for(lambda: reaches(a, x, y), 15, "no reach across hosts")
+    name, x, y = setup.pair("calm", a, b)
     ip_y = address(b, y, name)
     setup.cluster.etcd.stop()
     try:
@@ -257,13 +257,8 @@ def test_etcd_away_and_back(setup: Setup) -> None:
 
 def test_host_cut_off_and_back(setup: Setup) -> None:
     a, b, c = setup.hosts
-    name = uname("cut")
-    setup.network(a, name)
-    x, y = uname("x"), uname("y")
-    sleeper(a, x, name)
-    sleeper(c, y, name)
+    name, x, y = setup.pair("cut", a, c)
     ip_y = address(c, y, name)
-    wait_for(lambda: reaches(a, x, ip_y), 15, "no reach across hosts")
     setup.cluster.switch.cut(c, off=True)
     try:
         wait_for(
