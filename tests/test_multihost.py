@@ -141,8 +141,9 @@ def test_one_network_across_hosts_by_address_and_name(setup: Setup) -> None:
     ip = address(a, web, wide)
     assert address(b, client, wide) != ip  # one address space across the hosts
     wait_for(lambda: reaches(b, client, ip), 15, "no reach across hosts by address")
-    assert reaches(b, client, web)  # by name, answered from the shared store
-    assert reaches(a, web, client) and tcp_reaches(b, client, web)  # TCP through the tunnel
+    wait_for(lambda: reaches(b, client, web), 10, "no name")  # answered from the shared store
+    wait_for(lambda: reaches(a, web, client), 10, "no reach back by name")
+    assert tcp_reaches(b, client, web)  # TCP through the tunnel
     assert setup.tunnels(a, wide) == {b.address} and setup.tunnels(b, wide) == {a.address}
     listed = plugstrip(setup.cluster, "net", "hosts").splitlines()[1:]  # the operator's view
     assert sorted(line.split()[1] for line in listed) == sorted(str(h.address) for h in setup.hosts)
