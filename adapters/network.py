@@ -283,9 +283,10 @@ class NetworkAdapter:
         if response is None or response.status != 200:
             return
         filters = _filters(call)
-        in_use = await self.service.networks_in_use()
+        records, every = await self.service.snapshot()
+        in_use = {a.network.id for a in every}
         listed = response.json()
-        for record in await self.service.networks():
+        for record in records:
             if shapes.matches(record, filters, record.id in in_use):
                 listed.append(shapes.network(record, []))
 
@@ -294,9 +295,10 @@ class NetworkAdapter:
         if response is None or response.status != 200:
             return
         filters = _filters(call)
-        in_use = await self.service.networks_in_use()
+        records, every = await self.service.snapshot()
+        in_use = {a.network.id for a in every}
         pruned = []
-        for record in await self.service.store.list_networks():
+        for record in records:
             if record.id not in in_use and shapes.matches(record, filters, False):
                 await self.service.delete_network(record)
                 pruned.append(record.name)

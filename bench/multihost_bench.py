@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from netaddr import IPNetwork
-
+from bench.common import busy_network, in_pid_ns, iperf
 from netdrivers.etcd_store import EtcdStore
-from netdrivers.store import NetworkSpec, SqliteStore, Store
+from netdrivers.store import SqliteStore, Store
 from tests.cluster import cluster
 from tests.dockerhost import UNDERLAY_DEVICE, DockerHost
 from tests.etcd import etcd_server
@@ -40,23 +39,6 @@ MTU = 1450  # the underlay's 1500 less VXLAN's 50, as plugstrip/weave sets it
 
 def pid_of(host: DockerHost, container: str) -> str:
     return str(json.loads(host.docker("inspect", container).stdout)[0]["State"]["Pid"])
-
-
-def iperf(server_ns: list[str], client_ns: list[str], address: str, seconds: int) -> float:
-    """Gbit/s from ``client_ns`` to ``server_ns`` (nsenter prefixes)."""
-    server = subprocess.Popen([*server_ns, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        out = subprocess.run(
-            [*client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 30,
-        ).stdout
-    finally:
-        server.wait(10)
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
 def hand_built_vxlan(hosts: list[DockerHost], pids: list[str]) -> None:
@@ -95,7 +77,7 @@ def hand_built_vxlan(hosts: list[DockerHost], pids: list[str]) -> None:
         ):
             run = host.run_in_ns(*cmd)
             assert run.returncode == 0, (cmd, run.stderr)
-        inside = ["nsenter", "-t", pid, "-n"]
+        inside = in_pid_ns(pid)
         for cmd in (
             ["ip", "addr", "add", f"{HAND_NET}.{i + 1}/24", "dev", "hb0"],
             ["ip", "link", "set", "hb0", "up"],
@@ -103,18 +85,10 @@ def hand_built_vxlan(hosts: list[DockerHost], pids: list[str]) -> None:
             subprocess.run([*inside, *cmd], check=True)
 
 
-def ns_of(pid: str) -> list[str]:
-    return ["nsenter", "-t", pid, "-n"]
-
-
 async def allocation_latency(store: Store, in_use: int, count: int) -> list[float]:
     """Seconds per allocation, one at a time, with ``in_use`` addresses held."""
     try:
-        net = await store.create_network(
-            NetworkSpec("lat", "plugstrip/weave", IPNetwork("10.101.0.0/16"))
-        )
-        for i in range(0, in_use, 100):
-            await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
+        net = await busy_network(store, in_use, "10.101.0.0/16")
         times = []
         for i in range(count):
             started = time.perf_counter()
@@ -156,8 +130,8 @@ def main() -> None:
         hand_built_vxlan([a, b], pids)
         hand, weave = [], []
         for _ in range(rounds):  # taking turns, so that drift in load hits both alike
-            hand.append(iperf(ns_of(pids[0]), ns_of(pids[1]), f"{HAND_NET}.1", seconds))
-            weave.append(iperf(ns_of(pids[0]), ns_of(pids[1]), server_ip, seconds))
+            hand.append(iperf(in_pid_ns(pids[0]), in_pid_ns(pids[1]), f"{HAND_NET}.1", seconds))
+            weave.append(iperf(in_pid_ns(pids[0]), in_pid_ns(pids[1]), server_ip, seconds))
         under = iperf(
             ["nsenter", f"--net={a.netns_path}"],
             ["nsenter", f"--net={b.netns_path}"],

@@ -20,17 +20,15 @@ import asyncio
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from netaddr import IPNetwork
-
+from bench.common import busy_network, in_pid_ns, iperf
 from netdrivers.etcd_store import EtcdStore
-from netdrivers.store import NetworkSpec, SqliteStore, Store
+from netdrivers.store import SqliteStore, Store
 from tests import harness
-from tests.dockerhost import DockerHost, docker_host
+from tests.dockerhost import docker_host
 from tests.etcd import etcd_server
 
 SETTLE = 1.0  # seconds after each run: a spare holder is made and started in well under
@@ -58,7 +56,7 @@ def run_times(pairs: list[tuple[str, str]], count: int) -> list[list[float]]:
     return times
 
 
-def tcp_throughput(h: DockerHost, host: str, network: str, seconds: int) -> float:
+def tcp_throughput(host: str, network: str, seconds: int) -> float:
     """Gbit/s from one container to another with iperf3 run in their namespaces."""
     names = [f"iperf-{network}-a", f"iperf-{network}-b"]
     for name in names:
@@ -67,21 +65,9 @@ def tcp_throughput(h: DockerHost, host: str, network: str, seconds: int) -> floa
         )
     try:
         info = [json.loads(harness.docker(host, "inspect", n).stdout)[0] for n in names]
-        pids = [str(i["State"]["Pid"]) for i in info]
+        server, client = (in_pid_ns(str(i["State"]["Pid"])) for i in info)
         server_ip = info[0]["NetworkSettings"]["Networks"][network]["IPAddress"]
-        server = subprocess.Popen(
-            ["nsenter", "-t", pids[0], "-n", "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL
-        )
-        time.sleep(0.5)
-        out = subprocess.run(
-            ["nsenter", "-t", pids[1], "-n", "iperf3", "-c", server_ip, "-t", str(seconds), "-J"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 30,
-        ).stdout
-        server.wait(10)
-        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+        return iperf(server, client, server_ip, seconds)
     finally:
         harness.docker(host, "rm", "-f", *names)
 
@@ -89,11 +75,7 @@ def tcp_throughput(h: DockerHost, host: str, network: str, seconds: int) -> floa
 async def ipam_rate(store: Store, in_use: int, count: int) -> float:
     """Allocations per second with ``in_use`` addresses already held on a /16."""
     try:
-        net = await store.create_network(
-            NetworkSpec("big", "plugstrip/weave", IPNetwork("10.100.0.0/16"))
-        )
-        for i in range(0, in_use, 100):
-            await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
+        net = await busy_network(store, in_use, "10.100.0.0/16")
         started = time.perf_counter()
         for i in range(count):
             await store.allocate(net.id, f"new{i}")
@@ -122,8 +104,8 @@ def main() -> None:
             f"plugstrip/weave through plugstrip {through * 1000:.0f} ms, "
             f"ratio {through / direct:.2f}x (target <= 1.25x)"
         )
-        bridge_bw = tcp_throughput(h, h.daemon, "dockerbr", seconds)
-        weave_bw = tcp_throughput(h, h.host, "psweave", seconds)
+        bridge_bw = tcp_throughput(h.daemon, "dockerbr", seconds)
+        weave_bw = tcp_throughput(h.host, "psweave", seconds)
         print(
             f"TCP between two containers: Docker bridge {bridge_bw:.2f} Gbit/s, "
             f"plugstrip/weave {weave_bw:.2f} Gbit/s, ratio {weave_bw / bridge_bw:.2f}x "

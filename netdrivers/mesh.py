@@ -103,8 +103,9 @@ class Mesh:
         """Program every network set up here for the endpoints live hosts have on it, and
         take down the datapath of networks deleted elsewhere."""
         hosts = {h.id: h.address for h in await self.service.store.hosts() if h.id != self.me.id}
-        remotes = await self.service.remotes(hosts)
-        existing = {r.id for r in await self.service.store.list_networks()}
+        records, every = await self.service.snapshot()
+        remotes = self.service.remotes(every, hosts)
+        existing = {r.id for r in records}
         for record in self.service.set_up_here():
             if record.id not in existing:
                 log.info("network %s was deleted: removing it here", record.name)

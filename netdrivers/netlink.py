@@ -198,7 +198,7 @@ class Netlink:
 
     async def device_with(self, address: str) -> str | None:
         """The device carrying ``address``, if any."""
-        for entry in await _listed(await self.ipr.addr("dump")):
+        async for entry in await self.ipr.addr("dump"):
             if entry.get("IFA_ADDRESS") == address or entry.get("IFA_LOCAL") == address:
                 links = await self.ipr.link("get", index=entry["index"])
                 return str(links[0].get("ifname"))
@@ -206,10 +206,6 @@ class Netlink:
 
     async def link_names(self) -> list[str]:
         return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]
-
-
-async def _listed(result: Any) -> list[Any]:
-    return [entry async for entry in result]
 
 
 async def ensure_endpoint_veth(

@@ -235,8 +235,22 @@ class NetworkService:
         """Endpoints, all or of one owner and/or network. While the store is unreachable,
         as last read in full (``docker inspect``, ``ps``, ``exec`` and names keep working
         through an etcd outage; only changes fail)."""
+        return await self._attachments(await self.networks(), owner, network)
+
+    async def snapshot(self) -> tuple[list[NetworkRecord], list[Attachment]]:
+        """Every network and every endpoint, one read of each (while the store is
+        unreachable, as last seen)."""
+        records = await self.networks()
+        return records, await self._attachments(records)
+
+    async def _attachments(
+        self,
+        records: list[NetworkRecord],
+        owner: str | None = None,
+        network: NetworkRecord | None = None,
+    ) -> list[Attachment]:
         network_id = network.id if network else None
-        records = {r.id: r for r in await self.networks()}
+        by_id = {r.id: r for r in records}
         try:
             allocations = await self._ask(lambda: self.store.endpoints(network_id, owner))
         except ConnectionError:
@@ -250,13 +264,12 @@ class NetworkService:
         else:
             if owner is None and network is None:
                 self._seen_endpoints = allocations
-        return [self._attachment(records[a.network_id], a) for a in allocations]
+        return [self._attachment(by_id[a.network_id], a) for a in allocations]
 
     async def prune(self) -> list[str]:
         """Have each driver remove what it finds of its own that no network or endpoint in
         the store accounts for (a crash half way through a create or a delete)."""
-        records = await self.store.list_networks()
-        attachments = await self.attachments()  # (not as last seen: read just above)
+        records, attachments = await self.snapshot()
         removed: list[str] = []
         for name, driver in self.drivers.items():
             networks = [to_network(r) for r in records if r.driver == name]
@@ -267,10 +280,6 @@ class NetworkService:
                 log.info("%s: not pruned: %s", name, exc)
         return removed
 
-    async def networks_in_use(self) -> set[str]:
-        """Ids of the networks that have endpoints (on any host)."""
-        return {a.network.id for a in await self.attachments()}
-
     async def owners(self) -> set[str]:
         """The owners of this host's endpoints (others' are theirs to reconcile)."""
         return {a.owner for a in await self.store.endpoints() if self.is_local(a)}
@@ -279,10 +288,11 @@ class NetworkService:
         # endpoints made before hosts were recorded are a single host's: this one's
         return bool(endpoint.meta.get("host", self.host) == self.host)
 
-    async def remotes(self, hosts: Mapping[str, IPAddress]) -> dict[str, list[RemoteEndpoint]]:
-        """Per network with endpoints on this host: the endpoints other live ``hosts``
-        (id -> underlay address) have on it."""
-        every = await self.attachments()  # (also what reads fall back on if etcd goes)
+    def remotes(
+        self, every: list[Attachment], hosts: Mapping[str, IPAddress]
+    ) -> dict[str, list[RemoteEndpoint]]:
+        """Per network with endpoints on this host: the endpoints (of ``every``) that other
+        live ``hosts`` (id -> underlay address) have on it."""
         mine = {a.network.id for a in every if self.is_local(a)}
         found: dict[str, list[RemoteEndpoint]] = {n: [] for n in mine}
         for a in every:

@@ -65,7 +65,7 @@ async def _snapshot(
 ) -> tuple[list[NetworkRecord], list[Attachment]]:
     service = _service(args)
     try:
-        return await service.store.list_networks(), await service.attachments()
+        return await service.snapshot()
     finally:
         await service.store.close()
 

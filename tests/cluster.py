@@ -3,6 +3,7 @@ own dockerd, Open vSwitch and plugstrip, all sharing one etcd on the underlay.""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ def cluster(
     underlay through their Open vSwitch if asked (the userspace datapath's tunnels need
     that, see Underlay.through_ovs)."""
     with underlay(UNDERLAY) as switch, ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)  # etcd's data, last
         etcd = EtcdServer(workdir / "etcd", netns.path(switch.ns), switch.address)
         etcd.start()
         stack.callback(etcd.stop)

@@ -32,7 +32,6 @@ class Underlay:
 
     ns: str
     subnet: IPv4Network
-    joined: int = 0
     joined_as: dict[str, int] = field(default_factory=dict)  # host namespace -> number
 
     @property
@@ -40,10 +39,9 @@ class Underlay:
         return str(self.subnet.broadcast_address - 1)
 
     def join(self, host_ns: str) -> str:
-        self.joined += 1
-        self.joined_as[host_ns] = self.joined
-        address = str(self.subnet.network_address + self.joined)
-        port = f"ul{self.joined}"
+        number = self.joined_as[host_ns] = len(self.joined_as) + 1
+        address = str(self.subnet.network_address + number)
+        port = f"ul{number}"
         _ip(
             self.ns,
             "link",

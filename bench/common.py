@@ -1,0 +1,44 @@
+"""What the network benchmarks share: iperf3 between namespaces, and a store with a
+network already holding many addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+
+from netaddr import IPNetwork
+
+from netdrivers.store import NetworkRecord, NetworkSpec, Store
+
+
+def in_pid_ns(pid: str) -> list[str]:
+    """The prefix that runs a command in process ``pid``'s network namespace."""
+    return ["nsenter", "-t", pid, "-n"]
+
+
+def iperf(server_ns: list[str], client_ns: list[str], address: str, seconds: int) -> float:
+    """Gbit/s of TCP from ``client_ns`` to an iperf3 server in ``server_ns`` (prefixes that
+    run a command in a namespace), received at ``address``."""
+    server = subprocess.Popen([*server_ns, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(
+            [*client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 30,
+        ).stdout
+    finally:
+        server.wait(10)
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+async def busy_network(store: Store, in_use: int, subnet: str) -> NetworkRecord:
+    """A network on ``subnet`` with ``in_use`` addresses already held."""
+    net = await store.create_network(NetworkSpec("busy", "plugstrip/weave", IPNetwork(subnet)))
+    for i in range(0, in_use, 100):
+        await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
+    return net
