@@ -78,6 +78,7 @@ class ClientConnection:
         self.busy = False  # a request is in flight (used by drain)
         self.draining = False  # set on shutdown: close once the call in flight is done
         self._head: Head | None = None  # the client's request head in flight
+        self._endpoint = ""  # its metrics label
         self._must_close = False
         self._sent = 0  # the status sent to the client for the call in flight (0: none yet)
         self._upstream_reusable = False
@@ -123,6 +124,7 @@ class ClientConnection:
         path, _, query = head.target.partition("?")
         request = HttpRequest(head.method, path, query, _decode(head.headers))
         self._head = head
+        self._endpoint = endpoint_label(path)
         # An HTTP/1.0 client cannot follow the daemon's HTTP/1.1 keep-alive: one call each.
         self._must_close = not head.keep_alive or head.version != "1.1"
         self._sent = 0
@@ -135,7 +137,7 @@ class ClientConnection:
                 await self._intercept(request, chain)
         finally:  # hijacks and hang-ups end in exceptions: count them too
             status = str(self._sent) if self._sent else "aborted"
-            self.shared.metrics.requests.labels(endpoint_label(path), head.method, status).inc()
+            self.shared.metrics.count_request(self._endpoint, head.method, status)
         return not self._must_close
 
     async def _intercept(self, request: HttpRequest, chain: Chain) -> int:
@@ -228,9 +230,7 @@ class ClientConnection:
     ) -> int:
         started = time.perf_counter()
         head = await self._response_head(up)
-        self.shared.metrics.upstream_latency.labels(endpoint_label(request.path)).observe(
-            time.perf_counter() - started
-        )
+        self.shared.metrics.observe_upstream(self._endpoint, time.perf_counter() - started)
         response = HttpResponse(head.status, _decode(head.headers))
         switching = head.status == 101
         legacy = (
@@ -317,10 +317,14 @@ class ClientConnection:
         return encode_response_head(response.status, head.reason, headers)
 
     async def _streaming(self, relay: Any) -> None:
+        """Run a body's relay; a body still coming is an open stream, and gets a watcher
+        at once (a stream may go quiet for long: notice a hang-up now)."""
+        if self.upstream is not None and self.upstream.complete:
+            await relay  # all of it came with the head
+            return
         metrics = self.shared.metrics
         metrics.open_streams.inc()
-        if not self.upstream or not self.upstream.complete:
-            self._start_watcher()  # a stream may go quiet for long: notice a hang-up now
+        self._start_watcher()
         try:
             await relay
         finally:

@@ -147,6 +147,7 @@ class HttpSide:
         self.trailing = b""  # bytes after an upgrade
         self._head_buf = bytearray()  # responses: bytes of the current head, for ``raw``
         self._no_body = False
+        self._first = 1  # the parser's count of the response expected now
         self._new_parser()
 
     def _new_parser(self) -> None:
@@ -162,11 +163,15 @@ class HttpSide:
         self._head_bytes = 0
 
     def expect_response(self, method: str) -> None:
-        """Before each response: a new parser (a HEAD response has no body, whatever its
-        Content-Length says, and llhttp cannot be told so)."""
-        self._new_parser()
+        """Before each response. The parser goes on from one kept-alive response to the
+        next, except after a HEAD: its response has no body whatever its Content-Length
+        says, llhttp cannot be told so, and would still be waiting for that body."""
+        if self._c.messages and (self._no_body or not self._c.complete):
+            self._new_parser()
+        self._c.in_head = True  # what comes now is a head, to keep for ``raw_head``
         self._head_buf.clear()
         self._no_body = method == "HEAD"
+        self._first = self._c.messages + 1
 
     def after_refused_upgrade(self) -> None:
         """The upstream did not switch protocols: the client goes on speaking HTTP."""
@@ -239,9 +244,9 @@ class HttpSide:
 
     @property
     def first_message(self) -> bool:
-        """The response is this parser's first message, its head read whole: it can be
-        relayed as received (after a 100 Continue it cannot)."""
-        return self._c.messages == 1 and b"\r\n\r\n" in self._head_buf
+        """The response is the first message since ``expect_response``, its head read
+        whole: it can be relayed as received (after a 100 Continue it cannot)."""
+        return self._c.messages == self._first and b"\r\n\r\n" in self._head_buf
 
     def raw_head(self) -> bytes:
         """The response head exactly as received."""

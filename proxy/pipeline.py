@@ -128,9 +128,7 @@ class Pipeline:
                 outcome = f"failed ({spec.on_failure}): {failure[1]}"
             after = _message(call, hook).snapshot()
             record.steps.append(Step(spec.name, hook, seconds, outcome, changes(before, after)))
-            self._metrics.adapter_latency.labels(spec.name, hook, outcome.split(" ")[0]).observe(
-                seconds
-            )
+            self._metrics.observe_adapter(spec.name, hook, outcome.split(" ")[0], seconds)
         if failure is None:
             return
         status, why = failure

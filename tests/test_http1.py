@@ -87,6 +87,34 @@ async def test_continue_then_response_is_not_relayed_raw() -> None:
     assert got[-2:] == [b"ok", END] and not s.first_message
 
 
+async def test_one_parser_across_kept_alive_responses() -> None:
+    """Responses on one upstream connection, each asked for after the one before: the
+    parser goes on between them, and is renewed after a HEAD (whose Content-Length
+    announces a body that never comes)."""
+    s, peer = await side("response")
+
+    async def answer(method: str, raw: bytes) -> list[object]:
+        s.expect_response(method)
+        peer.write(raw)
+        await peer.drain()
+        return await until_end(s)
+
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    assert (await answer("GET", plain + b"ok"))[1:] == [b"ok", END]
+    assert s.first_message and s.raw_head() == plain
+    got = await answer("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(got[0], Head) and got[1:] == [END]
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert (await answer("GET", chunked + b"3\r\nabc\r\n0\r\n\r\n"))[1:] == [b"abc", END]
+    assert s.first_message and s.raw_head() == chunked
+    got = await answer(
+        "POST", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    )
+    got += await until_end(s)  # the 100's END, then the answer's
+    assert [g.status for g in got if isinstance(g, Head)] == [100, 201] and not s.first_message
+    assert (await answer("GET", plain + b"ok"))[1:] == [b"ok", END] and s.first_message
+
+
 async def test_oversized_head_is_431() -> None:
     s, _ = await side("request", b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD + (1 << 17)))
     with pytest.raises(ProtocolError) as info:

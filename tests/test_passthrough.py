@@ -223,21 +223,27 @@ def test_inspect_ps_and_errors_match(dockerd: str, proxy: Plugstrip) -> None:
 
 
 def test_head_and_unversioned_paths(dockerd: str, proxy: Plugstrip) -> None:
-    def ask(sock: str, method: str, path: str) -> tuple[int, bytes, str | None]:
-        conn = UnixHTTPConnection(sock)
+    """On one kept-alive connection each, so a HEAD's answer is followed by others."""
+    through, direct = UnixHTTPConnection(proxy.socket), UnixHTTPConnection(dockerd[7:])
+
+    def ask(conn: UnixHTTPConnection, method: str, path: str) -> tuple[int, bytes, str | None]:
         conn.request(method, path)
         resp = conn.getresponse()
         return resp.status, resp.read(), resp.getheader("Api-Version")
 
-    direct = dockerd[len("unix://") :]
+    assert ask(through, "HEAD", "/_ping") == ask(direct, "HEAD", "/_ping")
+    kept = through.sock  # http.client would reconnect unseen if the proxy had closed it
     for method, path in [
-        ("HEAD", "/_ping"),
         ("GET", "/_ping"),
+        ("HEAD", "/version"),
         ("GET", "/v1.41/_ping"),
         ("GET", "/version"),
         ("GET", "/images/json"),
     ]:
-        assert ask(proxy.socket, method, path) == ask(direct, method, path)
+        assert ask(through, method, path) == ask(direct, method, path)
+    assert through.sock is kept
+    through.close()
+    direct.close()
 
 
 def test_docker_py_streams_and_attach_socket(proxy: Plugstrip) -> None:
