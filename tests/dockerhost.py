@@ -210,4 +210,5 @@ def docker_host(workdir: Path, underlay: Underlay | None = None) -> Iterator[Doc
                 assert host.daemon_proc is not None
                 harness.stop_dockerd(host.daemon_proc)
     finally:  # after OVS has stopped: it finds its pid files in there
+        harness.unmount_under(workdir)
         shutil.rmtree(workdir, ignore_errors=True)

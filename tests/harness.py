@@ -92,6 +92,16 @@ def stop_dockerd(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
+def unmount_under(root: Path) -> None:
+    """Lazily unmount what is still mounted below ``root`` (deepest first), so the
+    directory can go: a stopped dockerd can leave its netns bind mount behind."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        targets = [line.split()[1] for line in mounts]
+    for target in sorted((t for t in targets if t.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+
+
 def make_busybox_image(host: str, workdir: Path) -> None:
     """busybox:latest from Debian's busybox-static (no registry is reachable here)."""
     busybox = shutil.which("busybox")

@@ -5,7 +5,6 @@ plugstrip processes or two hosts), persistence across a restart, reclaiming."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ Opener = Callable[[], Store]
 
 
 @pytest.fixture(scope="session")
-def etcd_url() -> Iterator[str]:
-    with etcd_server(Path(tempfile.mkdtemp(prefix="ps-etcd-"))) as url:
+def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with etcd_server(tmp_path_factory.mktemp("etcd")) as url:
         yield url
 
 
