@@ -24,8 +24,8 @@ class SocketAddress:
             return cls("unix", path=path)
         if url.startswith("tcp://"):
             parts = urlsplit(url)
-            try:
-                port = parts.port or default_port
+            try:  # an explicit :0 asks for any free port
+                port = default_port if parts.port is None else parts.port
             except ValueError as exc:
                 raise ValueError(f"{url!r}: bad port") from exc
             if not parts.hostname or parts.path not in ("", "/"):

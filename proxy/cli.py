@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import http.client
 import json
 import logging
@@ -225,8 +226,7 @@ async def _run(
     server = ProxyServer(upstream, args.config, builtins=builtins)
     if network is not None:
         await network.start()
-    for listener in listeners:
-        await server.listen(listener)
+    bound = [await server.listen(listener) for listener in listeners]
     runner = None
     if admin is not None:
         runner = web.AppRunner(admin_app(server), access_log=None)
@@ -237,7 +237,9 @@ async def _run(
             else web.TCPSite(runner, admin.host, admin.port)
         )
         await site.start()
-    _write_runtime(args.state_dir, listeners, admin)
+        if admin.scheme == "tcp" and admin.port == 0:  # any free port: say which
+            admin = dataclasses.replace(admin, port=runner.addresses[0][1])
+    _write_runtime(args.state_dir, bound, admin)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -292,12 +294,14 @@ def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAda
     return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders), mesh=mesh)
 
 
-def _write_runtime(state_dir: str, listeners: list[Listener], admin: SocketAddress | None) -> None:
+def _write_runtime(
+    state_dir: str, listening: list[SocketAddress], admin: SocketAddress | None
+) -> None:
     path = Path(state_dir)
     path.mkdir(parents=True, exist_ok=True)
     doc = {
         "pid": os.getpid(),
-        "listen": [str(li.address) for li in listeners],
+        "listen": [str(address) for address in listening],
         "admin": str(admin) if admin else None,
     }
     (path / RUNTIME_FILE).write_text(json.dumps(doc))

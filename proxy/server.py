@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -66,7 +67,8 @@ class ProxyServer:
 
     # ---- listening ---------------------------------------------------------------------
 
-    async def listen(self, listener: Listener) -> None:
+    async def listen(self, listener: Listener) -> SocketAddress:
+        """Listen on ``listener``; returns the address bound (port 0 becomes the real one)."""
         addr = listener.address
         accept = functools.partial(self._accept, tls=listener.tls)
         if addr.scheme == "unix":
@@ -79,7 +81,10 @@ class ProxyServer:
                 accept, addr.host, addr.port, limit=STREAM_LIMIT, reuse_address=True
             )
         self._servers.append(server)
+        if addr.scheme == "tcp" and addr.port == 0:
+            addr = dataclasses.replace(addr, port=server.sockets[0].getsockname()[1])
         log.info("listening", extra={"listen": str(addr), "tls": listener.tls is not None})
+        return addr
 
     async def _accept(
         self,

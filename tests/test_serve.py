@@ -3,6 +3,7 @@ reloads, metrics, a missing daemon."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -284,3 +285,24 @@ def test_daemon_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_port_zero_means_any_free_port(plugstrip_factory: Any) -> None:
+    """`tcp://HOST:0` binds a free port (not the default one), and the state dir says
+    which, so `plugstrip trace` finds the admin listener."""
+    ps = plugstrip_factory(
+        extra=["--listen", "tcp://127.0.0.1:0", "--admin", "tcp://127.0.0.1:0"], name="zero"
+    )
+    runtime = json.loads((ps.workdir / "state" / "serve.json").read_text())
+    tcp = next(url for url in runtime["listen"] if url.startswith("tcp://"))
+    ports = {int(tcp.rsplit(":", 1)[1]), int(runtime["admin"].rsplit(":", 1)[1])}
+    assert not ports & {0, 2375, 9323}  # neither zero nor the defaults it once became
+    assert docker(tcp, "version", "--format", "{{.Server.APIVersion}}").stdout.strip()
+    metrics = urllib.request.urlopen(f"http://{runtime['admin'][6:]}/metrics", timeout=10)
+    assert b"plugstrip_requests_total" in metrics.read()
+    traced = subprocess.run(
+        ["plugstrip", "trace", "--state-dir", str(ps.workdir / "state")],
+        capture_output=True,
+        timeout=30,
+    )
+    assert traced.returncode == 0, traced.stderr
