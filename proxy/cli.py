@@ -239,6 +239,7 @@ async def _run(
         await site.start()
         if admin.scheme == "tcp" and admin.port == 0:  # any free port: say which
             admin = dataclasses.replace(admin, port=runner.addresses[0][1])
+        log.info("admin listening", extra={"admin": str(admin)})
     _write_runtime(args.state_dir, bound, admin)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
