@@ -1,5 +1,5 @@
-"""What the network benchmarks share: iperf3 between namespaces, and a store with a
-network already holding many addresses."""
+"""What the network benchmarks share: iperf3 between namespaces, and timed allocations
+on a network already holding many addresses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 from netaddr import IPNetwork
 
-from netdrivers.store import NetworkRecord, NetworkSpec, Store
+from netdrivers.store import NetworkSpec, Store
 
 
 def in_pid_ns(pid: str) -> list[str]:
@@ -36,9 +36,19 @@ def iperf(server_ns: list[str], client_ns: list[str], address: str, seconds: int
     return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-async def busy_network(store: Store, in_use: int, subnet: str) -> NetworkRecord:
-    """A network on ``subnet`` with ``in_use`` addresses already held."""
-    net = await store.create_network(NetworkSpec("busy", "plugstrip/weave", IPNetwork(subnet)))
-    for i in range(0, in_use, 100):
-        await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
-    return net
+async def allocation_times(store: Store, in_use: int, subnet: str, count: int) -> list[float]:
+    """Seconds for each of ``count`` allocations, one at a time, on a network on ``subnet``
+    with ``in_use`` addresses already held; the store is closed after."""
+    try:
+        spec = NetworkSpec("busy", "plugstrip/weave", IPNetwork(subnet))
+        net = await store.create_network(spec)
+        for i in range(0, in_use, 100):
+            await asyncio.gather(*(store.allocate(net.id, f"pre{j}") for j in range(i, i + 100)))
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            await store.allocate(net.id, f"new{i}")
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        await store.close()

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import busy_network, in_pid_ns, iperf
+from bench.common import allocation_times, in_pid_ns, iperf
 from netdrivers.etcd_store import EtcdStore
-from netdrivers.store import SqliteStore, Store
+from netdrivers.store import SqliteStore
 from tests.cluster import cluster
 from tests.dockerhost import UNDERLAY_DEVICE, DockerHost
 from tests.etcd import etcd_server
@@ -35,6 +35,7 @@ from tests.netcheck import address, reaches, sleeper
 HAND_VNI = 4000
 HAND_NET = "10.199.0"
 MTU = 1450  # the underlay's 1500 less VXLAN's 50, as plugstrip/weave sets it
+LATENCY_SUBNET = "10.101.0.0/16"  # the allocation-latency network, in its own store
 
 
 def pid_of(host: DockerHost, container: str) -> str:
@@ -83,20 +84,6 @@ def hand_built_vxlan(hosts: list[DockerHost], pids: list[str]) -> None:
             ["ip", "link", "set", "hb0", "up"],
         ):
             subprocess.run([*inside, *cmd], check=True)
-
-
-async def allocation_latency(store: Store, in_use: int, count: int) -> list[float]:
-    """Seconds per allocation, one at a time, with ``in_use`` addresses held."""
-    try:
-        net = await busy_network(store, in_use, "10.101.0.0/16")
-        times = []
-        for i in range(count):
-            started = time.perf_counter()
-            await store.allocate(net.id, f"new{i}")
-            times.append(time.perf_counter() - started)
-        return times
-    finally:
-        await store.close()
 
 
 def _each(values: list[float]) -> str:
@@ -161,10 +148,12 @@ def main() -> None:
             f"plugstrip there ({reached - ran:.2f} s after its first container was running)"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        sqlite = asyncio.run(allocation_latency(SqliteStore(Path(tmp) / "lat.db"), 1000, count))
+        sqlite = asyncio.run(
+            allocation_times(SqliteStore(Path(tmp) / "lat.db"), 1000, LATENCY_SUBNET, count)
+        )
     print(f"one allocation, 1,000 in use: SQLite {summary(sqlite)}")
     with etcd_server(workdir / "etcd") as url:
-        etcd = asyncio.run(allocation_latency(EtcdStore.from_url(url), 1000, count))
+        etcd = asyncio.run(allocation_times(EtcdStore.from_url(url), 1000, LATENCY_SUBNET, count))
     ratio = statistics.median(etcd) / statistics.median(sqlite)
     print(f"one allocation, 1,000 in use: etcd {summary(etcd)} ({ratio:.1f}x SQLite's median)")
     shutil.rmtree(workdir, ignore_errors=True)

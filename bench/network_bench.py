@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import busy_network, in_pid_ns, iperf
+from bench.common import allocation_times, in_pid_ns, iperf
 from netdrivers.etcd_store import EtcdStore
 from netdrivers.store import SqliteStore, Store
 from tests import harness
@@ -72,16 +72,9 @@ def tcp_throughput(host: str, network: str, seconds: int) -> float:
         harness.docker(host, "rm", "-f", *names)
 
 
-async def ipam_rate(store: Store, in_use: int, count: int) -> float:
+def ipam_rate(store: Store, in_use: int, count: int) -> float:
     """Allocations per second with ``in_use`` addresses already held on a /16."""
-    try:
-        net = await busy_network(store, in_use, "10.100.0.0/16")
-        started = time.perf_counter()
-        for i in range(count):
-            await store.allocate(net.id, f"new{i}")
-        return count / (time.perf_counter() - started)
-    finally:
-        await store.close()
+    return count / sum(asyncio.run(allocation_times(store, in_use, "10.100.0.0/16", count)))
 
 
 def main() -> None:
@@ -122,11 +115,11 @@ def main() -> None:
             f"{cold * 1000:.0f} ms, ratio {cold / direct:.2f}x"
         )
     count = 200 if args.quick else 1000
-    rate = asyncio.run(ipam_rate(SqliteStore(workdir / "ipam.db"), 10_000, count))
+    rate = ipam_rate(SqliteStore(workdir / "ipam.db"), 10_000, count)
     print(f"IPAM: {rate:.0f} allocations/s with 10,000 addresses in use (SQLite store)")
     with etcd_server(workdir) as url:
         for in_use in (1_000, 10_000):
-            rate = asyncio.run(ipam_rate(EtcdStore.from_url(url, f"/b{in_use}/"), in_use, count))
+            rate = ipam_rate(EtcdStore.from_url(url, f"/b{in_use}/"), in_use, count)
             print(f"IPAM: {rate:.0f} allocations/s with {in_use:,} addresses in use (etcd store)")
     shutil.rmtree(workdir, ignore_errors=True)
 

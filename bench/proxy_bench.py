@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,9 @@ frontend dockerfrontend
 
 
 @dataclass(frozen=True)
-class Path_:
+class Target:
+    """A way to the daemon: directly, or through a proxy."""
+
     name: str
     host: str  # DOCKER_HOST
 
@@ -109,14 +111,14 @@ class Path_:
         return self.host.removeprefix("unix://")
 
 
-def start_haproxy(upstream: str, workdir: Path) -> tuple[Path_, subprocess.Popen[bytes]]:
+def start_haproxy(upstream: str, workdir: Path) -> tuple[Target, subprocess.Popen[bytes]]:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "haproxy.sock"
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(HAPROXY_CFG.format(upstream=upstream.removeprefix("unix://"), listen=sock))
     proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL)
     harness.wait_for(sock.exists, 10, "haproxy did not start")
-    return Path_("HAProxy", f"unix://{sock}"), proc
+    return Target("HAProxy", f"unix://{sock}"), proc
 
 
 def timed(host: str, *args: str) -> float:
@@ -133,22 +135,20 @@ def timed(host: str, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def in_turns(
-    rounds: int, paths: Sequence[Path_], fn: Callable[..., float], *args: str
-) -> list[float | None]:
-    """The median of ``rounds`` measures per path, the paths taking turns, so a slow
-    moment of the machine is shared rather than landing on one path. None for a path
-    where the command fails (printed once)."""
-    got: list[list[float] | None] = [[] for _ in paths]
+def in_turns(rounds: int, targets: Sequence[Target], *args: str) -> list[float | None]:
+    """Seconds for ``docker ARGS``, the median of ``rounds`` per target, the targets
+    taking turns, so a slow moment of the machine is shared rather than landing on one.
+    None for a target where the command fails (printed once)."""
+    got: list[list[float] | None] = [[] for _ in targets]
     for _ in range(rounds):
-        for i, path in enumerate(paths):
+        for i, target in enumerate(targets):
             times = got[i]
             if times is None:
                 continue
             try:
-                times.append(fn(path.host, *args))
+                times.append(timed(target.host, *args))
             except subprocess.CalledProcessError as exc:
-                print(f"{path.name}: docker {' '.join(args)} failed: {exc.stderr.strip()}")
+                print(f"{target.name}: docker {' '.join(args)} failed: {exc.stderr.strip()}")
                 got[i] = None
     return [None if g is None else statistics.median(g) for g in got]
 
@@ -191,28 +191,29 @@ def main() -> None:
             'adapters: {tag: {python: "tests.sample_adapters:Tagger"}}\n'
         ),
     )
-    paths = [Path_("daemon", direct), Path_("plugstrip", plain.host)]
+    targets = [Target("daemon", direct), Target("plugstrip", plain.host)]
     haproxy = None
     if shutil.which("haproxy"):
-        ha_path, haproxy = start_haproxy(direct, root / "haproxy")
-        paths.append(ha_path)
+        ha_target, haproxy = start_haproxy(direct, root / "haproxy")
+        targets.append(ha_target)
     else:
         print("haproxy is not installed (scripts/install-deps test installs it): left out")
     rows: list[Row] = []
+    plugstrip_only = ["-"] * (len(targets) - 2)  # the cells of a row HAProxy has no figure in
 
     def row(measure: str, figures: list[str], target: str = "") -> None:
         rows.append((measure, figures, target))
 
     try:
-        for path in paths:
-            ping_latencies(path.socket, 200)  # warm up
-        lat = [statistics.median(ping_latencies(p.socket, pings)) for p in paths]
+        for target in targets:
+            ping_latencies(target.socket, 200)  # warm up
+        lat = [statistics.median(ping_latencies(p.socket, pings)) for p in targets]
         row(
             "GET /_ping median latency",
             [f"{lat[0] * 1e3:.3f} ms"] + [f"+{(v - lat[0]) * 1e3:.3f} ms" for v in lat[1:]],
             "plugstrip: <= +0.3 ms added",
         )
-        rate = [asyncio.run(request_rate(p.socket, 32, seconds)) for p in paths]
+        rate = [asyncio.run(request_rate(p.socket, 32, seconds)) for p in targets]
         row("req/s, 32 concurrent clients", with_ratios(list(rate), "/s"))
 
         c = "bench-" + str(int(time.time()))
@@ -257,22 +258,19 @@ def main() -> None:
             ("docker cp out", stream_mb, ("cp", f"{c}:/big", "-")),
             ("docker logs, 1000-byte lines", logs_mb, ("logs", lc)),
         ]:
-            secs = in_turns(rounds, paths, timed, *cmd)
+            secs = in_turns(rounds, targets, *cmd)
             speed = [None if t is None else mb / t for t in secs]
             row(f"{label} ({mb} MiB)", with_ratios(speed, "MiB/s"), "plugstrip: >= 0.9x")
         hwm_after = vm_hwm_kb(plain.proc.pid)
         row(
             "plugstrip peak RSS streaming",
-            ["-", f"{hwm_before / 1024:.0f} -> {hwm_after / 1024:.0f} MB"]
-            + ["-"] * (len(paths) - 2),
+            ["-", f"{hwm_before / 1024:.0f} -> {hwm_after / 1024:.0f} MB", *plugstrip_only],
             "flat, < 100 MB",
         )
 
-        run_paths = [paths[0], Path_("plugstrip, create hook", hooked.host)]
-        run = in_turns(rounds * 3, run_paths, timed, "run", "-d", "--rm", "busybox", "true")
-        row(
-            "docker run -d, create pre-hook", with_ratios(run, "ms", 1e3) + ["-"] * (len(paths) - 2)
-        )
+        run_targets = [targets[0], Target("plugstrip, create hook", hooked.host)]
+        run = in_turns(rounds * 3, run_targets, "run", "-d", "--rm", "busybox", "true")
+        row("docker run -d, create pre-hook", with_ratios(run, "ms", 1e3) + plugstrip_only)
         harness.docker(direct, "rm", "-f", c, lc)
     finally:
         for ps in (plain, hooked):
@@ -283,7 +281,7 @@ def main() -> None:
         harness.stop_dockerd(dockerd)
         shutil.rmtree(root, ignore_errors=True)
 
-    header = ("measure", *(p.name for p in paths), "target")
+    header = ("measure", *(p.name for p in targets), "target")
     table = [header] + [(m, *figures, target) for m, figures, target in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for line in table:

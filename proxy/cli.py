@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plugstrip", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    store = os.environ.get("PLUGSTRIP_STORE") or None  # serve's and the operator commands'
 
     serve = sub.add_parser("serve", help="run the proxy in front of a Docker daemon")
     serve.add_argument(
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         metavar="URL",
-        default=os.environ.get("PLUGSTRIP_STORE") or None,
+        default=store,
         help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default $PLUGSTRIP_STORE, "
         "else the embedded SQLite store)",
     )
@@ -159,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
     serve.set_defaults(func=_serve)
 
-    ops.add_commands(sub, DEFAULT_STATE_DIR, DEFAULT_OVSDB)
+    ops.add_commands(sub, DEFAULT_STATE_DIR, DEFAULT_OVSDB, store)
 
     trace = sub.add_parser("trace", help="show the last intercepted calls and adapter changes")
     trace.add_argument("--admin", metavar="URL", help="admin URL (default: from --state-dir)")

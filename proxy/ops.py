@@ -12,10 +12,10 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from netdrivers import firewall, ovs, weave
 from netdrivers.contract import Driver, Endpoint, Network
@@ -26,8 +26,10 @@ from netdrivers.service import Attachment, NetworkService, to_network
 from netdrivers.store import STORE_FILE, Host, NetworkRecord, open_store
 from netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
 
+T = TypeVar("T")
 
-def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
+
+def add_commands(sub: Any, state_dir: str, ovsdb: str, store: str | None) -> None:
     net = sub.add_parser("net", help="plugstrip networks as the state store has them")
     net_sub = net.add_subparsers(required=True, metavar="ACTION")
     ls = net_sub.add_parser("ls", help="list plugstrip networks")
@@ -48,7 +50,7 @@ def add_commands(sub: Any, state_dir: str, ovsdb: str) -> None:
         parser.add_argument(
             "--store",
             metavar="URL",
-            default=os.environ.get("PLUGSTRIP_STORE") or None,
+            default=store,
             help="etcd://... (default $PLUGSTRIP_STORE, else the embedded store)",
         )
 
@@ -60,14 +62,17 @@ def _service(args: argparse.Namespace) -> NetworkService:
     return NetworkService(open_store(args.store, args.state_dir), {})
 
 
-async def _snapshot(
-    args: argparse.Namespace,
-) -> tuple[list[NetworkRecord], list[Attachment]]:
+async def _read(args: argparse.Namespace, read: Callable[[NetworkService], Awaitable[T]]) -> T:
+    """One read of the store, closed after."""
     service = _service(args)
     try:
-        return await service.snapshot()
+        return await read(service)
     finally:
         await service.store.close()
+
+
+async def _snapshot(args: argparse.Namespace) -> tuple[list[NetworkRecord], list[Attachment]]:
+    return await _read(args, NetworkService.snapshot)
 
 
 # ---- net ls / inspect ------------------------------------------------------------------
@@ -84,14 +89,10 @@ def _net_ls(args: argparse.Namespace) -> int:
 
 
 def _net_hosts(args: argparse.Namespace) -> int:
-    async def read() -> tuple[list[Host], list[Attachment]]:
-        service = _service(args)
-        try:
-            return await service.store.hosts(), await service.attachments()
-        finally:
-            await service.store.close()
+    async def read(service: NetworkService) -> tuple[list[Host], list[Attachment]]:
+        return await service.store.hosts(), await service.attachments()
 
-    hosts, attachments = asyncio.run(read())
+    hosts, attachments = asyncio.run(_read(args, read))
     rows = [("HOST", "ADDRESS", "ENDPOINTS")]
     for h in hosts:
         count = sum(a.meta.get("host") == h.id for a in attachments)

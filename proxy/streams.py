@@ -47,4 +47,4 @@ def is_json_stream(method: str, path: str, query: str) -> bool:
 
 def may_hijack(method: str, path: str, upgrade: bool) -> bool:
     """Attach, exec start, session and grpc hijack the connection, with or without Upgrade."""
-    return upgrade or (method == "POST" and any(r.matches(method, path) for r in _HIJACKS))
+    return upgrade or any(r.matches(method, path) for r in _HIJACKS)
