@@ -87,6 +87,13 @@ class ClientConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._hijackable = False
         self._client_gone = False
+        self._continued = False  # the client was sent 100 Continue for the call in flight
+        self._early_head: Head | None = None  # a final answer read before the body went
+
+    @property
+    def _version(self) -> str:
+        """The HTTP version of the request in flight."""
+        return self._head.version if self._head is not None else "1.1"
 
     async def serve(self) -> None:
         try:
@@ -125,9 +132,12 @@ class ClientConnection:
         request = HttpRequest(head.method, path, query, _decode(head.headers))
         self._head = head
         self._endpoint = endpoint_label(path)
-        # An HTTP/1.0 client cannot follow the daemon's HTTP/1.1 keep-alive: one call each.
-        self._must_close = not head.keep_alive or head.version != "1.1"
+        # The request goes upstream in the client's HTTP version, so the daemon frames its
+        # answer and keeps the connection (or not) as it would for that client.
+        self._must_close = not head.keep_alive
         self._sent = 0
+        self._continued = False
+        self._early_head = None
         try:
             # The chain matched here fixes the call's adapters, even across a reload.
             chain = self.shared.pipeline.match(head.method, path)
@@ -143,6 +153,9 @@ class ClientConnection:
     async def _intercept(self, request: HttpRequest, chain: Chain) -> int:
         held = _holdable(request.headers)
         if held:
+            if self._expects_continue(request):  # plugstrip reads the body, as a server
+                await self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._continued = True
             body = await self._read_client_body(MAX_HELD_BODY)
             if body is None:
                 self._must_close = True
@@ -287,7 +300,7 @@ class ClientConnection:
         """Pass the response on: as received when nothing changed it and the client speaks
         HTTP/1.1; else with a head of ours, and the body re-framed only where needed."""
         self._sent = response.status
-        client_11 = self._head is not None and self._head.version == "1.1"
+        client_11 = self._version == "1.1"
         if not response.streaming and response.body is not None:  # held, maybe rewritten
             body = response.body
             if (response.headers.get("Transfer-Encoding") or "").lower() == "chunked":
@@ -296,8 +309,8 @@ class ClientConnection:
                 else:
                     _set_length(response.headers, body)
             await self.client.write(self._head_bytes(response, head) + body)
-        elif client_11 and not prefix and up.first_message:
-            first = self._head_bytes(response, head) if changed else up.raw_head()
+        elif (client_11 or not head.chunked) and not prefix and up.head_whole:
+            first = self._first_bytes(up, response, head, changed)
             await self._streaming(up.relay_raw(self.client.writer, first))
         else:
             chunked_out = head.chunked and client_11
@@ -310,9 +323,19 @@ class ClientConnection:
         if not head.keep_alive:
             self._must_close = True
 
+    def _first_bytes(
+        self, up: HttpSide, response: HttpResponse, head: Head, changed: bool
+    ) -> bytes:
+        """The head as received, unless it changed or plugstrip will close a connection the
+        daemon keeps open: then the client must be told (RFC 9112 §9.6)."""
+        if changed or (self._must_close and head.keep_alive):
+            return self._head_bytes(response, head)
+        return up.raw_head()
+
     def _head_bytes(self, response: HttpResponse, head: Head) -> bytes:
         headers = list(response.headers)
-        if self._must_close and not any(k.lower() == "connection" for k, _ in headers):
+        if self._must_close:
+            headers = [(k, v) for k, v in headers if k.lower() != "connection"]
             headers.append(("Connection", "close"))
         return encode_response_head(response.status, head.reason, headers)
 
@@ -345,10 +368,7 @@ class ClientConnection:
 
     async def _send_request(self, request: HttpRequest, held: bool) -> HttpSide:
         up = await self._upstream_side()
-        headers = list(request.headers)
-        if request.headers.get("Host") is None:
-            headers.append(("Host", "docker"))  # HTTP/1.0 clients may omit it
-        head = encode_head(request.method, request.target, headers)
+        head = encode_head(request.method, request.target, list(request.headers), self._version)
         chunked = (request.headers.get("Transfer-Encoding") or "").lower() == "chunked"
         try:
             if held:
@@ -356,15 +376,41 @@ class ClientConnection:
                 if chunked:
                     body = chunk(body) + LAST_CHUNK
                 await up.write(head + body)
-            else:
-                await up.write(head)
-                await self._stream_client_body(up, chunked)
+                up.expect_response(request.method)
+                return up
+            await up.write(head)
+            up.expect_response(request.method)
+            if self._expects_continue(request) and not self._continued:
+                # The client sends the body once told to: only the daemon may tell it.
+                first = await self._interim_or_final(up)
+                if first is not None:
+                    self._early_head = first
+                    self._must_close = True  # its body was never read
+                    return up
+            await self._stream_client_body(up, chunked)
         except (ConnectionError, OSError):
             # The daemon may answer (say, an error) before reading the whole body; the
             # answer is still readable.
             log.debug("upstream stopped reading the request body")
-        up.expect_response(request.method)
         return up
+
+    def _expects_continue(self, request: HttpRequest) -> bool:
+        expect = (request.headers.get("Expect") or "").lower()
+        return self._version == "1.1" and expect == "100-continue"
+
+    async def _interim_or_final(self, up: HttpSide) -> Head | None:
+        """Pass interim answers on until a 100 Continue (None) or a final answer."""
+        while True:
+            event = await up.next()
+            if not isinstance(event, Head):
+                raise ConnectionError(f"upstream closed before answering ({event!r})")
+            if not 100 <= event.status < 200 or event.status == 101:
+                return event
+            await self.client.write(up.raw_head())
+            await up.next()  # its END
+            if event.status == 100:
+                self._continued = True
+                return None
 
     async def _upstream_side(self) -> HttpSide:
         up = self.upstream
@@ -377,13 +423,17 @@ class ClientConnection:
         return self.upstream
 
     async def _response_head(self, up: HttpSide) -> Head:
-        """The response head, passing 100 Continue on to the client."""
+        """The final response head, passing interim (1xx) answers on to the client as
+        they came, but a second 100 Continue (plugstrip already sent one)."""
+        if self._early_head is not None:
+            head, self._early_head = self._early_head, None
+            return head
         while True:
             event = await up.next()
             if isinstance(event, Head) and 100 <= event.status < 200 and event.status != 101:
-                await self.client.write(
-                    encode_response_head(event.status, event.reason, list(_decode(event.headers)))
-                )
+                if event.status != 100 or not self._continued:
+                    await self.client.write(up.raw_head())
+                self._continued = self._continued or event.status == 100
                 await up.next()  # its END
                 continue
             if isinstance(event, Head):

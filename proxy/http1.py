@@ -69,6 +69,16 @@ class Head:
     length: int | None = None  # Content-Length, if any
 
 
+def persistent(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a message leaves its connection open (RFC 9112 §9.3), from its head alone."""
+    tokens = {
+        t.strip().lower() for k, v in headers if k.lower() == b"connection" for t in v.split(b",")
+    }
+    if b"close" in tokens:
+        return False
+    return version == "1.1" or b"keep-alive" in tokens
+
+
 class _End:
     def __repr__(self) -> str:
         return "END"
@@ -80,7 +90,8 @@ Event = Head | bytes | _End
 
 @dataclass
 class _Collector:
-    """httptools callbacks, queued as events."""
+    """httptools callbacks, queued as events (the queue outlives a parser renewed
+    between two messages of one read)."""
 
     events: deque[Event] = field(default_factory=deque)
     url: bytes = b""
@@ -134,7 +145,13 @@ class _Collector:
 
 
 class HttpSide:
-    """One connection, parsed as requests (the client side) or responses (the upstream)."""
+    """One connection, parsed as requests (the client side) or responses (the upstream).
+
+    Responses are framed as RFC 9112 §6.3 says, which llhttp alone cannot do (httptools
+    cannot tell it that a response answers a HEAD): a response to HEAD, and every 1xx, 204
+    and 304, ends at its head whatever its headers say, and its connection stays open
+    unless the head says otherwise; a response with neither length header ends when the
+    upstream closes."""
 
     def __init__(
         self, kind: Literal["request", "response"], reader: ByteReader, writer: ByteWriter
@@ -146,12 +163,14 @@ class HttpSide:
         self.eof = False
         self.trailing = b""  # bytes after an upgrade
         self._head_buf = bytearray()  # responses: bytes of the current head, for ``raw``
-        self._no_body = False
-        self._first = 1  # the parser's count of the response expected now
+        self._fresh_head = False  # the next byte fed starts a new head
+        self._no_body = False  # the response answers a HEAD
+        self._to_eof = False  # the response body is delimited by the upstream closing
+        self._c = _Collector()
         self._new_parser()
 
     def _new_parser(self) -> None:
-        self._c = _Collector()
+        self._c = _Collector(events=self._c.events)
         cls = (
             httptools.HttpRequestParser
             if self.kind == "request"
@@ -164,14 +183,14 @@ class HttpSide:
 
     def expect_response(self, method: str) -> None:
         """Before each response. The parser goes on from one kept-alive response to the
-        next, except after a HEAD: its response has no body whatever its Content-Length
-        says, llhttp cannot be told so, and would still be waiting for that body."""
-        if self._c.messages and (self._no_body or not self._c.complete):
+        next unless the last one was cut short."""
+        if self._c.messages and not self._c.complete:
             self._new_parser()
         self._c.in_head = True  # what comes now is a head, to keep for ``raw_head``
         self._head_buf.clear()
+        self._fresh_head = False
         self._no_body = method == "HEAD"
-        self._first = self._c.messages + 1
+        self._to_eof = False
 
     def after_refused_upgrade(self) -> None:
         """The upstream did not switch protocols: the client goes on speaking HTTP."""
@@ -195,25 +214,64 @@ class HttpSide:
             if not data:
                 if (self._c.in_head and self._c.messages == 0) or self._c.complete:
                     return None
+                if self._to_eof and not self._c.in_head:
+                    self._end_message()
+                    break
                 raise ConnectionError("peer closed in the middle of a message")
             if self._upgrade_body:
                 self._take_upgrade_body(data)
             else:
                 self._feed(data)
-        event = self._c.events.popleft()
-        if self._no_body and isinstance(event, Head) and event.status >= 200:
-            self._c.events.clear()
-            self._c.events.append(END)
-            self._c.complete = True
-        return event
+        return self._c.events.popleft()
 
     def _feed(self, data: bytes) -> None:
         if self._c.in_head:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD + READ_SIZE:
                 raise ProtocolError("request header fields too large", 431)
-            if self.kind == "response":
-                self._head_buf += data
+            if self.kind == "response" and self._feed_head(data):
+                return
+        self._parse(data)
+        if not self._c.in_head:
+            self._head_bytes = 0
+
+    def _feed_head(self, data: bytes) -> bool:
+        """Keep a response head's bytes; a bodiless response ends at its head, and what
+        follows it in this read is the next message. True if ``data`` was parsed here."""
+        if self._fresh_head:
+            self._head_buf.clear()
+            self._fresh_head = False
+        start = len(self._head_buf)
+        self._head_buf += data
+        end = self._head_buf.find(b"\r\n\r\n", max(0, start - 3))
+        if end < 0 or not self._bodiless():
+            return False
+        cut = end + 4 - start
+        self._parse(data[:cut])
+        head = next(e for e in reversed(self._c.events) if isinstance(e, Head))
+        head.keep_alive = persistent(head.version, head.headers)
+        head.chunked, head.length = False, None
+        if not self._c.complete:  # llhttp waits for a body that is not coming
+            self._c.events.append(END)
+        self._new_parser()
+        self._c.complete = True  # until the next message begins
+        self._fresh_head = True
+        self._head_bytes = 0
+        if len(data) > cut:
+            self._feed(data[cut:])
+        return True
+
+    def _bodiless(self) -> bool:
+        """RFC 9112 §6.3: the head now in the buffer ends its message (101 is an upgrade)."""
+        line = bytes(self._head_buf[:13])
+        if not line.startswith(b"HTTP/") or not line[9:12].isdigit():
+            return False  # llhttp says what is wrong
+        status = int(line[9:12])
+        if 100 <= status < 200:
+            return status != 101
+        return self._no_body or status in (204, 304)
+
+    def _parse(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as up:
@@ -230,8 +288,15 @@ class HttpSide:
                 self.trailing = rest
         except httptools.HttpParserError as exc:
             raise ProtocolError(str(exc) or type(exc).__name__) from exc
-        if not self._c.in_head:
-            self._head_bytes = 0
+        if self.kind == "response" and not self._c.in_head and not self._c.complete:
+            head = next((e for e in reversed(self._c.events) if isinstance(e, Head)), None)
+            if head is not None and not head.chunked and head.length is None:
+                self._to_eof = True
+
+    def _end_message(self) -> None:
+        """The upstream closed: that ends a body delimited by its closing."""
+        self._c.complete = True
+        self._c.events.append(END)
 
     def _take_upgrade_body(self, data: bytes) -> None:
         take = data[: self._upgrade_body]
@@ -243,10 +308,10 @@ class HttpSide:
             self.trailing += data[len(take) :]
 
     @property
-    def first_message(self) -> bool:
-        """The response is the first message since ``expect_response``, its head read
-        whole: it can be relayed as received (after a 100 Continue it cannot)."""
-        return self._c.messages == self._first and b"\r\n\r\n" in self._head_buf
+    def head_whole(self) -> bool:
+        """The current response head is whole in the buffer: it can be relayed as
+        received (a 1xx before it has a buffer of its own)."""
+        return b"\r\n\r\n" in self._head_buf
 
     def raw_head(self) -> bytes:
         """The response head exactly as received."""
@@ -271,7 +336,11 @@ class HttpSide:
         while not self._c.complete:
             data = await self.reader.read(RELAY_READ_SIZE)
             if not data:
-                raise ConnectionError("upstream closed in the middle of a response body")
+                self.eof = True
+                if not self._to_eof:
+                    raise ConnectionError("upstream closed in the middle of a response body")
+                self._end_message()
+                break
             self._feed(data)
             out.write(data)
             await out.drain()
@@ -287,9 +356,11 @@ class HttpSide:
             self.writer.close()
 
 
-def encode_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
-    """A request head in the client's own header order and spelling."""
-    lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers]
+def encode_head(
+    method: str, target: str, headers: list[tuple[str, str]], version: str = "1.1"
+) -> bytes:
+    """A request head in the client's own HTTP version, header order and spelling."""
+    lines = [f"{method} {target} HTTP/{version}"] + [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

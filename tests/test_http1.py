@@ -76,15 +76,74 @@ async def test_head_response_ends_at_its_head() -> None:
     assert isinstance(got[0], Head) and got[0].status == 200 and got[1] is END
 
 
-async def test_continue_then_response_is_not_relayed_raw() -> None:
-    s, _ = await side(
-        "response",
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
-    )
+async def test_continue_then_response_is_relayed_raw() -> None:
+    final = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n"
+    s, _ = await side("response", b"HTTP/1.1 100 Continue\r\n\r\n" + final + b"ok")
     s.expect_response("POST")
     got = await events(s, 5)
     assert [g.status for g in got if isinstance(g, Head)] == [100, 201]
-    assert got[-2:] == [b"ok", END] and not s.first_message
+    assert got[-2:] == [b"ok", END] and s.head_whole and s.raw_head() == final
+
+
+@pytest.mark.parametrize(
+    ("method", "raw"),
+    [
+        # dockerd's stat of an existing path: a HEAD answered with no length header at all
+        ("HEAD", b"HTTP/1.1 200 OK\r\nX-Docker-Container-Path-Stat: e30=\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("DELETE", b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+        ("GET", b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\n\r\n"),
+    ],
+)
+async def test_bodiless_answers_end_at_their_head_and_keep_the_connection(
+    method: str, raw: bytes
+) -> None:
+    """RFC 9112 §6.3: HEAD, 204 and 304 have no body whatever their headers say, and the
+    next answer on the connection parses from the byte after the head."""
+    after = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    s, peer = await side("response", raw)
+    s.expect_response(method)
+    got = await events(s, 2)
+    assert isinstance(got[0], Head) and got[1] is END and s.complete
+    assert got[0].keep_alive and s.raw_head() == raw
+    s.expect_response("GET")
+    peer.write(after)
+    await peer.drain()
+    assert (await until_end(s))[1:] == [b"ok", END]
+
+
+async def test_bodiless_answer_and_the_next_in_one_read() -> None:
+    s, _ = await side(
+        "response",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 199 Odd\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    )
+    s.expect_response("HEAD")
+    got = await events(s, 6)
+    assert [g.status for g in got if isinstance(g, Head)] == [103, 199, 200]
+    assert [g for g in got if g is END] == [END] * 3
+
+
+async def test_connection_close_on_a_bodiless_answer() -> None:
+    s, _ = await side("response", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+    s.expect_response("HEAD")
+    head = await s.next()
+    assert isinstance(head, Head) and not head.keep_alive
+
+
+async def test_body_with_no_length_runs_to_eof() -> None:
+    s, peer = await side("response", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nab")
+    s.expect_response("GET")
+    head = await s.next()
+    assert isinstance(head, Head) and not head.keep_alive
+    assert await s.next() == b"ab"
+    peer.write(b"cd")
+    await peer.drain()
+    peer.close()
+    assert await until_end(s) == [b"cd", END] and s.complete
 
 
 async def test_one_parser_across_kept_alive_responses() -> None:
@@ -101,18 +160,18 @@ async def test_one_parser_across_kept_alive_responses() -> None:
 
     plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
     assert (await answer("GET", plain + b"ok"))[1:] == [b"ok", END]
-    assert s.first_message and s.raw_head() == plain
+    assert s.head_whole and s.raw_head() == plain
     got = await answer("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
     assert isinstance(got[0], Head) and got[1:] == [END]
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert (await answer("GET", chunked + b"3\r\nabc\r\n0\r\n\r\n"))[1:] == [b"abc", END]
-    assert s.first_message and s.raw_head() == chunked
+    assert s.head_whole and s.raw_head() == chunked
     got = await answer(
         "POST", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
     )
     got += await until_end(s)  # the 100's END, then the answer's
-    assert [g.status for g in got if isinstance(g, Head)] == [100, 201] and not s.first_message
-    assert (await answer("GET", plain + b"ok"))[1:] == [b"ok", END] and s.first_message
+    assert [g.status for g in got if isinstance(g, Head)] == [100, 201] and s.head_whole
+    assert (await answer("GET", plain + b"ok"))[1:] == [b"ok", END] and s.raw_head() == plain
 
 
 async def test_oversized_head_is_431() -> None:

@@ -191,6 +191,25 @@ def test_cp_both_ways(dockerd: str, proxy: Plugstrip, tmp_path: Path) -> None:
         docker(dockerd, "rm", "-f", c)
 
 
+def test_cp_into_an_existing_directory_ten_times(
+    dockerd: str, proxy: Plugstrip, tmp_path: Path
+) -> None:
+    """The CLI stats /tmp first: dockerd answers that HEAD with no length header and keeps
+    the connection, and the CLI sends the archive on it next."""
+    c = name()
+    docker(dockerd, "run", "-d", "--name", c, "busybox", "sleep", "60")
+    try:
+        src = tmp_path / "f.bin"
+        src.write_bytes(os.urandom(1 << 20))
+        for i in range(10):
+            out = docker(proxy.host, "cp", str(src), f"{c}:/tmp/", check=False)
+            assert out.returncode == 0, f"try {i}: {out.stderr.decode(errors='replace')}"
+            docker(proxy.host, "cp", f"{c}:/tmp/f.bin", str(tmp_path / f"back{i}"))
+            assert (tmp_path / f"back{i}").read_bytes() == src.read_bytes()
+    finally:
+        docker(dockerd, "rm", "-f", c)
+
+
 def test_stats_no_stream_and_wait(dockerd: str, proxy: Plugstrip) -> None:
     c, w = name(), name()
     docker(dockerd, "run", "-d", "--name", c, "busybox", "sleep", "60")
