@@ -40,7 +40,7 @@ from proxy import logs, ops
 from proxy.addresses import SocketAddress
 from proxy.admin import admin_app
 from proxy.config import ConfigError
-from proxy.server import Listener, ProxyServer
+from proxy.server import Listener, ProxyServer, raise_open_files_limit
 from proxy.tls import TlsFiles, client_context, server_context
 from proxy.upstream import Upstream
 
@@ -224,6 +224,7 @@ async def _run(
 ) -> int:
     network = None if args.no_networks else _network_adapter(args, upstream)
     builtins = [] if network is None else [builtin(network)]
+    raise_open_files_limit()
     server = ProxyServer(upstream, args.config, builtins=builtins)
     if network is not None:
         await network.start()

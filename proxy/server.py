@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import os
+import resource
 import socket
 import ssl
 import struct
@@ -32,6 +33,27 @@ log = logging.getLogger("plugstrip.server")
 
 # In-flight calls may still be using the adapters a reload replaced.
 _OLD_ADAPTERS_GRACE = 60.0
+
+
+def _max_backlog() -> int:
+    """The system's maximum, as the daemon listens (Go reads the same file): asyncio's
+    default of 100 resets a burst of clients the daemon would have taken."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+_BACKLOG = _max_backlog()
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one, as Go does for dockerd at start:
+    each client connection holds two descriptors here (client and upstream)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 @dataclass(frozen=True)
@@ -73,12 +95,19 @@ class ProxyServer:
         accept = functools.partial(self._accept, tls=listener.tls)
         if addr.scheme == "unix":
             _prepare_unix_path(addr.path)
-            server = await asyncio.start_unix_server(accept, addr.path, limit=STREAM_LIMIT)
+            server = await asyncio.start_unix_server(
+                accept, addr.path, limit=STREAM_LIMIT, backlog=_BACKLOG
+            )
             _copy_socket_permissions(addr.path, self.shared.upstream.address)
             self._unix_paths.append(addr.path)
         else:
             server = await asyncio.start_server(
-                accept, addr.host, addr.port, limit=STREAM_LIMIT, reuse_address=True
+                accept,
+                addr.host,
+                addr.port,
+                limit=STREAM_LIMIT,
+                reuse_address=True,
+                backlog=_BACKLOG,
             )
         self._servers.append(server)
         if addr.scheme == "tcp" and addr.port == 0:
