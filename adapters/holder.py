@@ -28,6 +28,7 @@ IMAGE = f"{IMAGE_REPO}:{IMAGE_TAG}"
 
 # Labels: on a holder, its role; on a user's container, its holder and the network mode
 # the user asked for (shown back in inspect and ps instead of ``container:<holder>``).
+LABEL_PREFIX = "io.plugstrip."  # every label below: a container without one is not ours
 ROLE = "io.plugstrip.role"
 HOLDER = "io.plugstrip.holder"
 NETWORK_MODE = "io.plugstrip.network-mode"

@@ -115,6 +115,9 @@ class NetworkAdapter:
         self._events: asyncio.Task[None] | None = None
         self._unreleased: set[str] = set()  # holders gone whose release the store refused
         self._releasing: asyncio.Task[None] | None = None
+        # Whether this daemon may have containers of plugstrip's (holders, or containers
+        # joined to one): until the first reconcile says otherwise, assume so.
+        self._holding = True
         self.names = NameServer(service.resolve)
         self._pre = self._table(_PRE)
         self._post = self._table(_POST)
@@ -152,6 +155,14 @@ class NetworkAdapter:
         await self.api.close()
 
     # ---- dispatch ------------------------------------------------------------------------
+
+    def wants(self, method: str, path: str) -> bool:
+        """Container lists and inspects, which dashboards poll, are none of this adapter's
+        business while the daemon has no container of plugstrip's: they pass through as
+        if plugstrip had no networks."""
+        if self._holding or method != "GET":
+            return True
+        return not split_version(path)[1].startswith("/containers/")
 
     async def pre_hook(self, call: Call) -> None:
         await self._dispatch(self._pre, call)
@@ -367,6 +378,7 @@ class NetworkAdapter:
         wanted = await self._wanted_networks(body)
         if not wanted:
             return
+        self._holding = True  # before the holder exists: a list from now on may show it
         mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
         shown_mode = mode if mode not in _DOCKER_MODES else wanted[0][0].name
         on_bridge = any(not r.internal for r, _ in wanted) and await self._has_bridge()
@@ -563,6 +575,8 @@ class NetworkAdapter:
         response = call.response
         if response is None or response.status != 200:
             return
+        if holders.HOLDER.encode() not in (response.body or b""):
+            return  # not joined to a holder: left as the daemon sent it, unparsed
         data = response.json()
         labels = (data.get("Config") or {}).get("Labels") or {}
         hid = labels.get(holders.HOLDER)
@@ -595,6 +609,8 @@ class NetworkAdapter:
         response = call.response
         if response is None or response.status != 200:
             return
+        if holders.LABEL_PREFIX.encode() not in (response.body or b""):
+            return  # none of plugstrip's containers: left as the daemon sent it, unparsed
         listed = response.json()
         held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holders.ROLE)}
         if not held and not any((c.get("Labels") or {}).get(holders.HOLDER) for c in listed):
@@ -628,6 +644,7 @@ class NetworkAdapter:
         """Spares only where they serve: plugstrip networks exist, and so does the bridge
         they sit on."""
         if await self.service.store.list_networks() and await self._has_bridge():
+            self._holding = True
             self.pool.top_up()
 
     async def _has_bridge(self) -> bool:
@@ -755,6 +772,8 @@ class NetworkAdapter:
             for c in listed
             if (c.get("Labels") or {}).get(holders.HOLDER)
         }
+        if not held and not used and not self._pending:
+            self._holding = False  # until a create or a spare says otherwise
         owners = await self.service.owners()
         for hid in set(held) - used - self._pending:
             idle = hid not in owners and held[hid]["State"] == "running"
@@ -789,4 +808,4 @@ def builtin(adapter: NetworkAdapter) -> BuiltIn:
     """The adapter as the pipeline runs it: fail closed, with a long timeout (a create
     makes and starts a holder and wires its namespace)."""
     spec = AdapterSpec("network", "python", f"{__name__}:NetworkAdapter", timeout=120.0)
-    return BuiltIn(ROUTES, LoadedAdapter(spec, adapter))
+    return BuiltIn(ROUTES, LoadedAdapter(spec, adapter), adapter.wants)

@@ -204,6 +204,18 @@ class Netlink:
                 return str(links[0].get("ifname"))
         return None
 
+    async def uplink(self, address: str | None = None) -> tuple[str, int] | None:
+        """The underlay device and its MTU: the one carrying ``address`` if given, else
+        the default route's (None when there is no such device)."""
+        if address is not None:
+            name = await self.device_with(address)
+            return None if name is None else (name, int(await self.link_attr(name, "mtu")))
+        async for route in await self.ipr.route("dump", table=254):
+            if route.get("dst_len") == 0 and route.get("oif"):
+                link = (await self.ipr.link("get", index=route.get("oif")))[0]
+                return str(link.get("ifname")), int(link.get("mtu"))
+        return None
+
     async def link_names(self) -> list[str]:
         return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]
 

@@ -64,7 +64,6 @@ class WeaveDriver:
                     raise ConnectionError(f"no device here has the address {self.local}")
                 vxlan_attrs["vxlan_local"] = str(self.local)
                 vxlan_attrs["vxlan_link"] = await nl.index(underlay)
-                mtu = int(await nl.link_attr(underlay, "mtu")) - VXLAN_OVERHEAD
             await nl.ensure_link(bridge_name(network), "bridge")
             await nl.ensure_link(
                 vxlan_name(network),

@@ -30,6 +30,7 @@ from netdrivers import ipam
 from netdrivers.contract import Driver
 from netdrivers.ipam import DEFAULT_RANGE
 from netdrivers.mesh import Mesh
+from netdrivers.netlink import Netlink
 from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb
 from netdrivers.own_loop import LoopThread, OnOwnLoop
@@ -40,6 +41,7 @@ from proxy import logs, ops
 from proxy.addresses import SocketAddress
 from proxy.admin import admin_app
 from proxy.config import ConfigError
+from proxy.ops import RUNTIME_FILE
 from proxy.server import Listener, ProxyServer, raise_open_files_limit
 from proxy.tls import TlsFiles, client_context, server_context
 from proxy.upstream import Upstream
@@ -50,7 +52,6 @@ DEFAULT_LISTEN = "unix:///run/plugstrip/docker.sock"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/plugstrip"
 DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
-RUNTIME_FILE = "serve.json"  # in the state dir: where `plugstrip trace` finds the admin URL
 
 
 class UsageError(Exception):
@@ -132,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
         "etcd://: networks span the hosts; default $PLUGSTRIP_ADVERTISE_ADDR)",
     )
     serve.add_argument(
+        "--mtu",
+        type=int,
+        metavar="N",
+        help="the underlay's MTU; plugstrip network devices get N - 50 (default: the MTU "
+        "of the --advertise-addr device, else of the default route's device)",
+    )
+    serve.add_argument(
         "--spare-holders",
         type=int,
         default=holder_pool.DEFAULT_SIZE,
@@ -179,7 +187,9 @@ def _serve(args: argparse.Namespace) -> int:
     listeners = _listeners(args)
     upstream = _upstream(args)
     admin = SocketAddress.parse(args.admin, default_port=9323) if args.admin else None
-    return uvloop.run(_run(args, listeners, upstream, admin))
+    # On the standard loop: uvloop, which serves, cannot open netlink sockets.
+    underlay = None if args.no_networks else asyncio.run(_underlay(args))
+    return uvloop.run(_run(args, listeners, upstream, admin, underlay))
 
 
 def _listeners(args: argparse.Namespace) -> list[Listener]:
@@ -221,8 +231,12 @@ async def _run(
     listeners: list[Listener],
     upstream: Upstream,
     admin: SocketAddress | None,
+    underlay: tuple[int, str] | None,
 ) -> int:
-    network = None if args.no_networks else _network_adapter(args, upstream)
+    network = None
+    if underlay is not None:
+        log.info("underlay", extra={"mtu": underlay[0], "from": underlay[1]})
+        network = _network_adapter(args, upstream, underlay[0])
     builtins = [] if network is None else [builtin(network)]
     raise_open_files_limit()
     server = ProxyServer(upstream, args.config, builtins=builtins)
@@ -242,7 +256,7 @@ async def _run(
         if admin.scheme == "tcp" and admin.port == 0:  # any free port: say which
             admin = dataclasses.replace(admin, port=runner.addresses[0][1])
         log.info("admin listening", extra={"admin": str(admin)})
-    _write_runtime(args.state_dir, bound, admin)
+    _write_runtime(args.state_dir, bound, admin, underlay)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -268,7 +282,24 @@ async def _run(
     return 0
 
 
-def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAdapter:
+async def _underlay(args: argparse.Namespace) -> tuple[int, str]:
+    """The underlay's MTU and where it came from: --mtu, else the device VXLAN leaves
+    from (the --advertise-addr one, else the default route's; 1500 when there is none)."""
+    if args.mtu is not None:
+        if not 1280 <= args.mtu <= 65535:
+            raise UsageError(f"--mtu: {args.mtu} is not between 1280 and 65535")
+        return int(args.mtu), "--mtu"
+    async with Netlink() as nl:
+        found = await nl.uplink(args.advertise_addr)
+    source = "--advertise-addr" if args.advertise_addr else "default route"
+    if found is None:
+        return 1500, f"no {source} device"
+    return found[1], f"{found[0]}, {source}"
+
+
+def _network_adapter(
+    args: argparse.Namespace, upstream: Upstream, underlay_mtu: int
+) -> NetworkAdapter:
     try:
         pool = ipam.parse_subnet(args.ipalloc_range)
     except ipam.IpamError as exc:
@@ -286,8 +317,10 @@ def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAda
     drivers: dict[str, Driver] = {
         d.name: OnOwnLoop(d, datapath)
         for d in (
-            WeaveDriver(local=advertise),
-            OvsDriver(Ovsdb(args.ovsdb), datapath_type=args.ovs_datapath),
+            WeaveDriver(local=advertise, underlay_mtu=underlay_mtu),
+            OvsDriver(
+                Ovsdb(args.ovsdb), datapath_type=args.ovs_datapath, underlay_mtu=underlay_mtu
+            ),
         )
     }
     store = open_store(args.store, args.state_dir)
@@ -298,7 +331,10 @@ def _network_adapter(args: argparse.Namespace, upstream: Upstream) -> NetworkAda
 
 
 def _write_runtime(
-    state_dir: str, listening: list[SocketAddress], admin: SocketAddress | None
+    state_dir: str,
+    listening: list[SocketAddress],
+    admin: SocketAddress | None,
+    underlay: tuple[int, str] | None,
 ) -> None:
     path = Path(state_dir)
     path.mkdir(parents=True, exist_ok=True)
@@ -306,6 +342,7 @@ def _write_runtime(
         "pid": os.getpid(),
         "listen": [str(address) for address in listening],
         "admin": str(admin) if admin else None,
+        "underlay": None if underlay is None else {"mtu": underlay[0], "from": underlay[1]},
     }
     (path / RUNTIME_FILE).write_text(json.dumps(doc))
 

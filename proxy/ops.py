@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -25,6 +26,9 @@ from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
 from netdrivers.service import Attachment, NetworkService, to_network
 from netdrivers.store import STORE_FILE, Host, NetworkRecord, open_store
 from netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
+
+# In the state dir, written by a running serve: its listeners, admin URL and underlay.
+RUNTIME_FILE = "serve.json"
 
 T = TypeVar("T")
 
@@ -181,7 +185,7 @@ async def _run_checks(args: argparse.Namespace) -> list[Check]:
     has_state = args.store is not None or _has_state(args)
     records, attachments = await _snapshot(args) if has_state else ([], [])
     checks = [await _check_vxlan(), await _check_ovs(args.ovsdb), _check_forward(records)]
-    checks.append(await _check_mtu(records))
+    checks.append(await _check_mtu(args, records))
     checks.append(await _check_leftovers(args, records, attachments))
     return checks
 
@@ -234,9 +238,9 @@ def _check_forward(records: list[NetworkRecord]) -> Check:
     return Check("forward policy", "ok", f"FORWARD policy {policy}; bridge rules in place")
 
 
-async def _check_mtu(records: list[NetworkRecord]) -> Check:
+async def _check_mtu(args: argparse.Namespace, records: list[NetworkRecord]) -> Check:
     async with Netlink() as nl:
-        underlay = await _underlay_mtu(nl)
+        underlay, source = await _underlay(args, nl)
         wrong = []
         for r in records:
             if r.driver != "plugstrip/weave":
@@ -247,17 +251,21 @@ async def _check_mtu(records: list[NetworkRecord]) -> Check:
                 if mtu > underlay - VXLAN_OVERHEAD:
                     wrong.append(f"{name} {mtu}")
     if wrong:
-        return Check("mtu", "fail", f"over underlay {underlay} - 50: {', '.join(wrong)}")
-    return Check("mtu", "ok", f"underlay {underlay}, plugstrip devices at most {underlay - 50}")
+        return Check("mtu", "fail", f"over underlay {underlay} ({source}) - 50: {', '.join(wrong)}")
+    return Check(
+        "mtu", "ok", f"underlay {underlay} ({source}), plugstrip devices at most {underlay - 50}"
+    )
 
 
-async def _underlay_mtu(nl: Netlink) -> int:
-    """The MTU of the default route's device (1500 when there is none)."""
-    async for route in await nl.ipr.route("dump", table=254):
-        if route.get("dst_len") == 0 and route.get("oif"):
-            links = await nl.ipr.link("get", index=route.get("oif"))
-            return int(links[0].get("mtu"))
-    return 1500
+async def _underlay(args: argparse.Namespace, nl: Netlink) -> tuple[int, str]:
+    """The running serve's underlay (it wrote it down), else the default route's device."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads((Path(args.state_dir) / RUNTIME_FILE).read_text())["underlay"]
+        return int(doc["mtu"]), f"{doc['from']}, as serve found it"
+    found = await nl.uplink()
+    if found is None:
+        return 1500, "no default route"
+    return found[1], f"{found[0]}, default route"
 
 
 async def _check_leftovers(

@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +47,9 @@ class BuiltIn:
 
     routes: tuple[Route, ...]
     adapter: LoadedAdapter
+    # Asked per call, cheaply, before anything is held: False lets the call pass as if
+    # the built-in were not there.
+    wants: Callable[[str, str], bool] = lambda method, path: True
 
 
 class Pipeline:
@@ -72,7 +75,11 @@ class Pipeline:
 
     def match(self, method: str, path: str) -> Chain | None:
         hits = [e for e in self._endpoints if e[0].matches(method, path)]
-        inner = [b.adapter for b in self.builtins if any(r.matches(method, path) for r in b.routes)]
+        inner = [
+            b.adapter
+            for b in self.builtins
+            if any(r.matches(method, path) for r in b.routes) and b.wants(method, path)
+        ]
         if not hits and not inner:
             return None
         return Chain(
