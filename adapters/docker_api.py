@@ -14,6 +14,8 @@ import aiohttp
 from adapters.contract import Refuse
 from proxy.addresses import SocketAddress
 
+USER_AGENT = "plugstrip"
+
 
 class DockerError(Refuse):
     """The daemon said no; status and message pass on to the client as they came."""
@@ -37,7 +39,10 @@ class DockerApi:
                 scheme = "https" if self._tls else "http"
                 base = f"{scheme}://{self.address.host}:{self.address.port}"
             self._session = aiohttp.ClientSession(
-                base_url=base, connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                base_url=base,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers={"User-Agent": USER_AGENT},  # plugstrip's own calls, in daemon logs
             )
         return self._session
 

@@ -79,7 +79,8 @@ class ClientConnection:
         self.draining = False  # set on shutdown: close once the call in flight is done
         self._head: Head | None = None  # the client's request head in flight
         self._endpoint = ""  # its metrics label
-        self._must_close = False
+        self._must_close = False  # plugstrip closes the client connection after this call
+        self._client_closes = False  # the client asked to close after this call
         self._sent = 0  # the status sent to the client for the call in flight (0: none yet)
         self._upstream_reusable = False
         self._watcher: asyncio.Task[None] | None = None
@@ -132,9 +133,12 @@ class ClientConnection:
         request = HttpRequest(head.method, path, query, _decode(head.headers))
         self._head = head
         self._endpoint = endpoint_label(path)
-        # The request goes upstream in the client's HTTP version, so the daemon frames its
-        # answer and keeps the connection (or not) as it would for that client.
-        self._must_close = not head.keep_alive
+        # The request goes upstream in the client's HTTP version and Connection header, so
+        # the daemon frames its answer and keeps the connection (or not) as it would for
+        # this client: plugstrip follows it. Only answers of plugstrip's own follow the
+        # client's wish directly.
+        self._client_closes = not head.keep_alive
+        self._must_close = False
         self._sent = 0
         self._continued = False
         self._early_head = None
@@ -196,6 +200,7 @@ class ClientConnection:
         assert response is not None
         response.settle()
         _set_length(response.headers, response.body)
+        self._must_close = self._must_close or self._client_closes
         if self._must_close:
             response.headers.set("Connection", "close")
         self._sent = response.status
@@ -297,28 +302,20 @@ class ClientConnection:
     async def _relay(
         self, up: HttpSide, head: Head, response: HttpResponse, changed: bool, prefix: bytes
     ) -> None:
-        """Pass the response on: as received when nothing changed it and the client speaks
-        HTTP/1.1; else with a head of ours, and the body re-framed only where needed."""
+        """Pass the response on: as received when nothing changed it, else with a head of
+        ours; a body is framed as the daemon framed it unless an adapter rewrote it."""
         self._sent = response.status
-        client_11 = self._version == "1.1"
         if not response.streaming and response.body is not None:  # held, maybe rewritten
             body = response.body
             if (response.headers.get("Transfer-Encoding") or "").lower() == "chunked":
-                if client_11:  # held whole but unchanged: framed as the daemon framed it
-                    body = (chunk(body) if body else b"") + LAST_CHUNK
-                else:
-                    _set_length(response.headers, body)
-            await self.client.write(self._head_bytes(response, head) + body)
-        elif (client_11 or not head.chunked) and not prefix and up.head_whole:
+                body = (chunk(body) if body else b"") + LAST_CHUNK  # held whole, unchanged
+            await self.client.write(self._first_bytes(up, response, head, changed) + body)
+        elif not prefix and up.head_whole:
             first = self._first_bytes(up, response, head, changed)
             await self._streaming(up.relay_raw(self.client.writer, first))
         else:
-            chunked_out = head.chunked and client_11
-            if head.chunked and not client_11:  # HTTP/1.0 has no chunks: end by closing
-                response.headers.remove("Transfer-Encoding")
-                self._must_close = True
             await self.client.write(self._head_bytes(response, head))
-            await self._streaming(self._relay_decoded(up, prefix, chunked_out))
+            await self._streaming(self._relay_decoded(up, prefix, head.chunked))
         self._upstream_reusable = head.keep_alive and up.complete
         if not head.keep_alive:
             self._must_close = True
@@ -406,7 +403,7 @@ class ClientConnection:
                 raise ConnectionError(f"upstream closed before answering ({event!r})")
             if not 100 <= event.status < 200 or event.status == 101:
                 return event
-            await self.client.write(up.raw_head())
+            await self.client.write(event.raw)
             await up.next()  # its END
             if event.status == 100:
                 self._continued = True
@@ -432,7 +429,7 @@ class ClientConnection:
             event = await up.next()
             if isinstance(event, Head) and 100 <= event.status < 200 and event.status != 101:
                 if event.status != 100 or not self._continued:
-                    await self.client.write(up.raw_head())
+                    await self.client.write(event.raw)
                 self._continued = self._continued or event.status == 100
                 await up.next()  # its END
                 continue
@@ -520,6 +517,7 @@ class ClientConnection:
         self._sent = status
         body = dumps({"message": message}) + b"\n"
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        self._must_close = self._must_close or self._client_closes
         if self._must_close:
             headers.append(("Connection", "close"))
         await self.client.write(encode_response_head(status, "", headers) + body)

@@ -67,6 +67,7 @@ class Head:
     reason: str = ""
     chunked: bool = False
     length: int | None = None  # Content-Length, if any
+    raw: bytes = b""  # responses: the head as received
 
 
 def persistent(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -230,13 +231,14 @@ class HttpSide:
             if self._head_bytes > MAX_HEAD + READ_SIZE:
                 raise ProtocolError("request header fields too large", 431)
             if self.kind == "response" and self._feed_head(data):
-                return
-        self._parse(data)
+                data = b""
+        if data:
+            self._parse(data)
         if not self._c.in_head:
             self._head_bytes = 0
 
     def _feed_head(self, data: bytes) -> bool:
-        """Keep a response head's bytes; a bodiless response ends at its head, and what
+        """Keep a response head's bytes, and end a bodiless response at its head: what
         follows it in this read is the next message. True if ``data`` was parsed here."""
         if self._fresh_head:
             self._head_buf.clear()
@@ -244,11 +246,21 @@ class HttpSide:
         start = len(self._head_buf)
         self._head_buf += data
         end = self._head_buf.find(b"\r\n\r\n", max(0, start - 3))
-        if end < 0 or not self._bodiless():
+        if end < 0:
             return False
         cut = end + 4 - start
+        bodiless = self._bodiless()
         self._parse(data[:cut])
-        head = next(e for e in reversed(self._c.events) if isinstance(e, Head))
+        head = next((e for e in reversed(self._c.events) if isinstance(e, Head)), None)
+        if head is not None:
+            head.raw = bytes(self._head_buf[: end + 4])
+        if not bodiless:
+            if self.upgraded:
+                self.trailing += data[cut:]
+            elif len(data) > cut:
+                self._parse(data[cut:])
+            return True
+        assert head is not None
         head.keep_alive = persistent(head.version, head.headers)
         head.chunked, head.length = False, None
         if not self._c.complete:  # llhttp waits for a body that is not coming
