@@ -25,6 +25,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -121,6 +122,23 @@ def start_haproxy(upstream: str, workdir: Path) -> tuple[Target, subprocess.Pope
     return Target("HAProxy", f"unix://{sock}"), proc
 
 
+def start_splice_relay(upstream: str, workdir: Path) -> tuple[Target, subprocess.Popen[bytes]]:
+    """The floor of any hop: bench/splice_relay.py, bytes moved in the kernel."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / "splice.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.splice_relay", str(sock), upstream.removeprefix("unix://")]
+    )
+    harness.wait_for(sock.exists, 10, "the splice relay did not start")
+    return Target("splice relay", f"unix://{sock}"), proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(host: str, *args: str) -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -135,22 +153,67 @@ def timed(host: str, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def in_turns(rounds: int, targets: Sequence[Target], *args: str) -> list[float | None]:
+def in_turns(
+    rounds: int, targets: Sequence[Target], *args: str, cpu_of: dict[str, int] | None = None
+) -> tuple[list[float | None], dict[str, float]]:
     """Seconds for ``docker ARGS``, the median of ``rounds`` per target, the targets
     taking turns, so a slow moment of the machine is shared rather than landing on one.
-    None for a target where the command fails (printed once)."""
+    None for a target where the command fails (printed once). With ``cpu_of`` (target
+    name: pid), also the CPU seconds that process spent over its own turns."""
     got: list[list[float] | None] = [[] for _ in targets]
+    cpu = dict.fromkeys(cpu_of or {}, 0.0)
     for _ in range(rounds):
         for i, target in enumerate(targets):
             times = got[i]
             if times is None:
                 continue
+            pid = (cpu_of or {}).get(target.name)
+            before = cpu_seconds(pid) if pid else 0.0
             try:
                 times.append(timed(target.host, *args))
             except subprocess.CalledProcessError as exc:
                 print(f"{target.name}: docker {' '.join(args)} failed: {exc.stderr.strip()}")
                 got[i] = None
-    return [None if g is None else statistics.median(g) for g in got]
+            if pid:
+                cpu[target.name] += cpu_seconds(pid) - before
+    return [None if g is None else statistics.median(g) for g in got], cpu
+
+
+def api_calls(sock_path: str, request: bytes, count: int) -> float:
+    """Seconds for ``count`` calls of ``request`` on one kept-alive connection (each
+    answer read whole, by its Content-Length or chunks)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    f = s.makefile("rb")
+    started = time.perf_counter()
+    for _ in range(count):
+        s.sendall(request)
+        length, chunked = 0, False
+        while (line := f.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if chunked:
+            while (size := int(f.readline().split(b";")[0], 16)) != 0:
+                f.read(size + 2)
+            f.readline()
+        else:
+            f.read(length)
+    elapsed = time.perf_counter() - started
+    s.close()
+    return elapsed
+
+
+def calls_in_turns(
+    rounds: int, targets: Sequence[Target], request: bytes, count: int
+) -> list[float]:
+    got: list[list[float]] = [[] for _ in targets]
+    for _ in range(rounds):
+        for i, target in enumerate(targets):
+            got[i].append(api_calls(target.socket, request, count))
+    return [statistics.median(g) for g in got]
 
 
 def vm_hwm_kb(pid: int) -> int:
@@ -163,14 +226,61 @@ def vm_hwm_kb(pid: int) -> int:
 Row = tuple[str, list[str], str]  # measure, figure per path, target
 
 
-def with_ratios(values: list[float | None], unit: str, scale: float = 1.0) -> list[str]:
+def with_ratios(
+    values: Sequence[float | None], unit: str, scale: float = 1.0, digits: int = 0
+) -> list[str]:
     """Each path's figure, and after the first (the daemon's) its multiple of that."""
     base = values[0]
     assert base is not None, "the daemon itself failed"
-    cells = [f"{base * scale:.0f} {unit}"]
+    cells = [f"{base * scale:.{digits}f} {unit}"]
     for v in values[1:]:
-        cells.append("fails" if v is None else f"{v * scale:.0f} {unit} ({v / base:.2f}x)")
+        cells.append("fails" if v is None else f"{v * scale:.{digits}f} {unit} ({v / base:.2f}x)")
     return cells
+
+
+def stream_verdict(speed: dict[str, float | None], cpu: float, gib: float) -> str:
+    """plugstrip against the floor (the splice relay) and the prior art (HAProxy)."""
+    ours, floor, haproxy = (speed.get(k) for k in ("plugstrip", "splice relay", "HAProxy"))
+    if ours is None:
+        return "plugstrip fails"
+    parts = []
+    if floor:
+        ok = "met" if ours >= 0.95 * floor else "not met"
+        parts.append(f"{ours / floor:.2f}x splice (>= 0.95x: {ok})")
+    if haproxy:
+        parts.append(f"{'>=' if ours >= haproxy else '<'} HAProxy")
+    parts.append(f"{cpu / gib:.1f} CPU s/GiB")
+    return "; ".join(parts)
+
+
+def calls_without_plugstrip_networks(
+    direct: str, plain: harness.Plugstrip, bare: harness.Plugstrip, rounds: int, others: int
+) -> list[Row]:
+    """What dashboards poll, with 300 containers on the daemon and no plugstrip network:
+    through plugstrip (networks on, the default) against --no-networks."""
+    for i in range(300):
+        harness.docker(direct, "create", "--name", f"bench-many-{i}", "busybox", "true")
+    try:
+        paths = [
+            Target("daemon", direct),
+            Target("plugstrip", plain.host),
+            Target("--no-networks", bare.host),
+        ]
+        out: list[Row] = []
+        for label, request, count in [
+            ("GET /containers/json?all=1 (300), 5 lists", b"/containers/json?all=1", 5),
+            ("container inspect, 100 calls", b"/containers/bench-many-7/json", 100),
+        ]:
+            raw = b"GET /v1.41%b HTTP/1.1\r\nHost: docker\r\n\r\n" % request
+            secs = calls_in_turns(rounds * 2, paths, raw, count)
+            cells = with_ratios(secs, "ms", 1e3, digits=1)
+            verdict = f"networks on {secs[1] / secs[2]:.2f}x of --no-networks (<= 1.05x)"
+            out.append((label, [cells[0], "-", cells[1], *["-"] * others], verdict))
+            out.append(("  the same, --no-networks", ["-", "-", cells[2], *["-"] * others], ""))
+        return out
+    finally:
+        names = [f"bench-many-{i}" for i in range(300)]
+        harness.docker(direct, "rm", "-f", *names)
 
 
 def main() -> None:
@@ -191,7 +301,9 @@ def main() -> None:
             'adapters: {tag: {python: "tests.sample_adapters:Tagger"}}\n'
         ),
     )
-    targets = [Target("daemon", direct), Target("plugstrip", plain.host)]
+    bare = harness.start_plugstrip(direct, root / "bare", extra=["--no-networks"])
+    splice_target, splice = start_splice_relay(direct, root / "splice")
+    targets = [Target("daemon", direct), splice_target, Target("plugstrip", plain.host)]
     haproxy = None
     if shutil.which("haproxy"):
         ha_target, haproxy = start_haproxy(direct, root / "haproxy")
@@ -199,7 +311,10 @@ def main() -> None:
     else:
         print("haproxy is not installed (scripts/install-deps test installs it): left out")
     rows: list[Row] = []
-    plugstrip_only = ["-"] * (len(targets) - 2)  # the cells of a row HAProxy has no figure in
+    others = len(targets) - 3  # HAProxy's cells, in rows it has no figure in
+
+    def plugstrip_only(figure: str) -> list[str]:
+        return ["-", "-", figure, *["-"] * others]
 
     def row(measure: str, figures: list[str], target: str = "") -> None:
         rows.append((measure, figures, target))
@@ -258,26 +373,34 @@ def main() -> None:
             ("docker cp out", stream_mb, ("cp", f"{c}:/big", "-")),
             ("docker logs, 1000-byte lines", logs_mb, ("logs", lc)),
         ]:
-            secs = in_turns(rounds, targets, *cmd)
+            secs, cpu = in_turns(rounds, targets, *cmd, cpu_of={"plugstrip": plain.proc.pid})
             speed = [None if t is None else mb / t for t in secs]
-            row(f"{label} ({mb} MiB)", with_ratios(speed, "MiB/s"), "plugstrip: >= 0.9x")
+            by_name = {t.name: v for t, v in zip(targets, speed, strict=True)}
+            verdict = stream_verdict(by_name, cpu["plugstrip"], rounds * mb / 1024)
+            row(f"{label} ({mb} MiB)", with_ratios(speed, "MiB/s"), verdict)
         hwm_after = vm_hwm_kb(plain.proc.pid)
         row(
             "plugstrip peak RSS streaming",
-            ["-", f"{hwm_before / 1024:.0f} -> {hwm_after / 1024:.0f} MB", *plugstrip_only],
+            plugstrip_only(f"{hwm_before / 1024:.0f} -> {hwm_after / 1024:.0f} MB"),
             "flat, < 100 MB",
         )
 
         run_targets = [targets[0], Target("plugstrip, create hook", hooked.host)]
-        run = in_turns(rounds * 3, run_targets, "run", "-d", "--rm", "busybox", "true")
-        row("docker run -d, create pre-hook", with_ratios(run, "ms", 1e3) + plugstrip_only)
+        run, _ = in_turns(rounds * 3, run_targets, "run", "-d", "--rm", "busybox", "true")
+        row(
+            "docker run -d, create pre-hook",
+            [*with_ratios(run, "ms", 1e3)[:1], "-", with_ratios(run, "ms", 1e3)[1]]
+            + ["-"] * others,
+        )
         harness.docker(direct, "rm", "-f", c, lc)
+        rows.extend(calls_without_plugstrip_networks(direct, plain, bare, rounds, others))
     finally:
-        for ps in (plain, hooked):
+        for ps in (plain, hooked, bare):
             ps.stop()
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait(10)
+        for proc in (haproxy, splice):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
         harness.stop_dockerd(dockerd)
         shutil.rmtree(root, ignore_errors=True)
 

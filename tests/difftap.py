@@ -50,6 +50,7 @@ class Tap:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._server: asyncio.Server | None = None
+        self._relays: set[asyncio.Task[None]] = set()
 
     @property
     def host(self) -> str:
@@ -96,6 +97,12 @@ class Tap:
         event.wait(timeout + 1)
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        # asyncio (before 3.12) keeps no reference to a connection's task: without this
+        # one, a collection of garbage can end a relay mid-way and close both sockets.
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
         rec = Recorded()
         self.connections.append(rec)
         try:

@@ -47,14 +47,23 @@ class Rig:
             tap.settle()
         norm = IdNormaliser(self.direct, self.proxied) if normalise else (lambda b: b)
         direct, proxied = transcripts(self.direct, norm), transcripts(self.proxied, norm)
-        assert not (found := diff(direct, proxied)), f"direct vs through plugstrip: {found}"
+        found = diff(direct, proxied)
+        if found and (dump := os.environ.get("DIFFTAP_DUMP")):
+            for name, tap in (
+                ("direct", self.direct),
+                ("proxied", self.proxied),
+                ("up", self.upstream),
+            ):
+                for i, c in enumerate(tap.connections):
+                    Path(dump, f"{name}-{i}.up").write_bytes(c.to_server)
+                    Path(dump, f"{name}-{i}.down").write_bytes(c.to_client)
+        assert not found, f"direct vs through plugstrip: {found}"
         # What the daemon sent plugstrip is what plugstrip's client got, byte for byte;
         # plugstrip's own calls (the network adapter's) are no client's.
         own = f"> user-agent: {USER_AGENT}"
         upstream = [t for t in transcripts(self.upstream) if own not in t]
-        assert not (found := diff(upstream, transcripts(self.proxied))), (
-            f"daemon's side vs client's side of plugstrip: {found}"
-        )
+        found = diff(upstream, transcripts(self.proxied))
+        assert not found, f"daemon's side vs client's side of plugstrip: {found}"
 
 
 def _rig(upstream_sock: str, extra: list[str]) -> Iterator[Rig]:
@@ -94,7 +103,17 @@ def test_cli_scenarios(rig: Rig, tmp_path: Path) -> None:
             return docker(host, *args, **kw)  # type: ignore[arg-type]
 
         d("version")
-        d("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+        # stderr a moment after stdout: the daemon copies them in two goroutines.
+        ran = d(
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "echo out; sleep 0.2; echo err >&2; exit 3",
+            check=False,
+        )
+        assert (ran.returncode, ran.stdout, ran.stderr) == (3, b"out\n", b"err\n"), (host, ran)
         d("run", "-i", "--rm", "busybox", "cat", input=b"piped\n")
         d("run", "-d", "--name", C, "busybox", "sleep", "60")
         try:
@@ -106,7 +125,8 @@ def test_cli_scenarios(rig: Rig, tmp_path: Path) -> None:
             d("restart", "-t", "0", C)
         finally:
             d("rm", "-f", C)
-        d("run", "--name", C, "busybox", "sh", "-c", "echo attach-out")
+        said = d("run", "--name", C, "busybox", "sh", "-c", "echo attach-out")
+        assert said.stdout == b"attach-out\n", (host, said)
         d("wait", C)
         d("rm", C)
         d("build", "--no-cache", "-q", "-t", "difftest:1", str(tmp_path / "ctx"))
