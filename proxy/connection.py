@@ -34,6 +34,7 @@ from proxy.http1 import (
 )
 from proxy.metrics import Metrics, endpoint_label
 from proxy.pipeline import Chain, Pipeline
+from proxy.splice import splice_pipe, spliceable
 from proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
 from proxy.trace import Record, Trace
 from proxy.upstream import Upstream, UpstreamUnavailable
@@ -540,18 +541,30 @@ class ClientConnection:
             await client.write(first + upstream_early)
             if client_early:
                 await up.write(client_early)
-            if client.eof:
-                up.writer.write_eof()
-                to_upstream: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                to_upstream.set_result(None)
+            if (
+                not client.eof
+                and spliceable(client.reader, client.writer)
+                and spliceable(up.reader, up.writer)
+            ):
+                # plain sockets: the bytes never reach Python (bench: docker exec output)
+                await splice_pipe((client.reader, client.writer), (up.reader, up.writer))
             else:
-                to_upstream = asyncio.ensure_future(pipe(client.reader, up.writer))
-            to_client = asyncio.ensure_future(pipe(up.reader, client.writer))
-            await asyncio.gather(to_upstream, to_client)
+                await self._pipe_both_ways(up)
         finally:
             metrics.open_hijacks.dec()
             self.close_upstream()
         raise _Hijacked()
+
+    async def _pipe_both_ways(self, up: HttpSide) -> None:
+        client = self.client
+        if client.eof:
+            up.writer.write_eof()
+            to_upstream: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            to_upstream.set_result(None)
+        else:
+            to_upstream = asyncio.ensure_future(pipe(client.reader, up.writer))
+        to_client = asyncio.ensure_future(pipe(up.reader, client.writer))
+        await asyncio.gather(to_upstream, to_client)
 
 
 def _holdable(headers: Headers) -> bool:
