@@ -1,19 +1,22 @@
-"""plugstrip against the daemon itself, and against the prior art, in the same run.
+"""plugstrip against the daemon itself, the floor of any hop and the prior art, in one run.
 
-    python3 -m bench.proxy_bench [--quick]
+    /opt/plugstrip/bin/python -m bench.proxy_bench [--quick]
 
-On a private dockerd, each figure is taken directly, through plugstrip (no adapters; with
-one Python adapter on container create for `docker run`), and through HAProxy set up as
+On a private dockerd, each figure is taken directly, through a bare splice relay
+(bench/splice_relay.py: the bytes never leave the kernel, no parsing), through plugstrip
+(no adapters, networks on as by default; with a Python adapter on container create for
+`docker run`; with --no-networks for the list rows), and through HAProxy set up as
 docker-socket-proxy sets it up (HTTP mode, server connections closed after each call, its
-timeouts; its per-section allow rules left out, i.e. everything allowed). HAProxy is the
-engine of docker-socket-proxy, the most used Docker API proxy, and a C program: it shows
-what any extra hop costs on this machine. The paths take turns, and streams report the
-median of the rounds. Printed for each: the figure per path and the ratio to the daemon:
+timeouts; its allow rules left out, i.e. everything allowed). The paths take turns, and
+streams report the median of the rounds. Printed for each: the figure per path and the
+ratio to the daemon:
 - added median latency of GET /_ping over a kept-alive connection (target <= 0.3 ms);
 - requests per second with 32 concurrent keep-alive clients;
-- streaming throughput of `docker exec` output, `docker logs` and `docker cp` (target >=
-  0.9x the daemon);
-- plugstrip's peak RSS while 1 GiB streams through it (target: flat, under 100 MB).
+- throughput of `docker exec` output, `docker logs` and `docker cp` (target: plugstrip
+  >= 0.95x the splice relay and never below HAProxy), with plugstrip's CPU s per GiB;
+- plugstrip's peak RSS while 1 GiB streams through it (target: flat, under 100 MB);
+- with 300 containers and no plugstrip network: a container list and container
+  inspects, networks on against --no-networks (target <= 1.05x).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The floor of any hop: a bare relay that moves bytes with splice(2), a thread per
-direction, no parsing at all. It keeps each client connection paired with one upstream
-connection for as long as the client keeps it, as plugstrip does, so kept-alive calls
-stay kept alive.
+direction, no parsing at all (plugstrip's own splice loop, with nothing around it). Each
+client connection is paired with one upstream connection for as long as the client keeps
+it, as plugstrip does, so kept-alive calls stay kept alive.
 
     python3 -m bench.splice_relay LISTEN_SOCKET UPSTREAM_SOCKET
 """
@@ -13,28 +13,7 @@ import socket
 import sys
 import threading
 
-CHUNK = 1 << 20
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """src to dst through a pipe, in the kernel; then pass the half-close on."""
-    r, w = os.pipe()
-    try:
-        while True:
-            n = os.splice(src.fileno(), w, CHUNK)
-            if n == 0:
-                break
-            while n:
-                n -= os.splice(r, dst.fileno(), n)
-    except OSError:
-        pass
-    finally:
-        os.close(r)
-        os.close(w)
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+from proxy.splice import move  # the same kernel path plugstrip takes for hijacks
 
 
 def _serve(client: socket.socket, upstream_path: str) -> None:
@@ -44,9 +23,11 @@ def _serve(client: socket.socket, upstream_path: str) -> None:
     except OSError:
         client.close()
         return
-    other = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+    other = threading.Thread(
+        target=move, args=(upstream.fileno(), client.fileno(), client), daemon=True
+    )
     other.start()
-    _pump(client, upstream)
+    move(client.fileno(), upstream.fileno(), upstream)
     other.join()
     client.close()
     upstream.close()

@@ -41,7 +41,7 @@ def _wait(fd: int, event: int) -> None:
     poller.poll()
 
 
-def _move(src: int, dst: int, dst_sock: socket.socket) -> None:
+def move(src: int, dst: int, dst_sock: socket.socket) -> None:
     """Everything from ``src`` to ``dst`` until EOF, then a half-close of ``dst``."""
     r, w = os.pipe()
     try:
@@ -89,7 +89,7 @@ async def splice_pipe(
 
             def run(src: socket.socket = src, dst: socket.socket = dst, fut: Any = fut) -> None:
                 try:
-                    _move(src.fileno(), dst.fileno(), dst)
+                    move(src.fileno(), dst.fileno(), dst)
                 finally:
                     loop.call_soon_threadsafe(fut.set_result, None)
 

@@ -16,10 +16,12 @@ from tests.test_networks import plugstrip_cmd
 
 @pytest.fixture
 def uplink_1400(nethost: DockerHost) -> Iterator[DockerHost]:
-    """A default route through a device of MTU 1400 (a dummy: nothing is sent on it)."""
+    """A default route through a device of MTU 1400: one end of a veth pair whose other
+    end is in the same namespace (the kernel here has no dummy devices); nothing is sent."""
     for cmd in (
-        ("ip", "link", "add", "psup0", "type", "dummy"),
-        ("ip", "link", "set", "psup0", "mtu", "1400", "up"),
+        ("ip", "link", "add", "psup0", "mtu", "1400", "type", "veth", "peer", "name", "psup1"),
+        ("ip", "link", "set", "psup1", "up"),
+        ("ip", "link", "set", "psup0", "up"),
         ("ip", "addr", "add", "192.0.2.10/24", "dev", "psup0"),
         ("ip", "route", "add", "default", "via", "192.0.2.1", "dev", "psup0"),
     ):
