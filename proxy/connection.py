@@ -366,6 +366,7 @@ class ClientConnection:
 
     async def _send_request(self, request: HttpRequest, held: bool) -> HttpSide:
         up = await self._upstream_side()
+        up.expect_response(request.method)  # nothing can answer before the request goes
         head = encode_head(request.method, request.target, list(request.headers), self._version)
         chunked = (request.headers.get("Transfer-Encoding") or "").lower() == "chunked"
         try:
@@ -374,10 +375,8 @@ class ClientConnection:
                 if chunked:
                     body = chunk(body) + LAST_CHUNK
                 await up.write(head + body)
-                up.expect_response(request.method)
                 return up
             await up.write(head)
-            up.expect_response(request.method)
             if self._expects_continue(request) and not self._continued:
                 # The client sends the body once told to: only the daemon may tell it.
                 first = await self._interim_or_final(up)
@@ -393,8 +392,13 @@ class ClientConnection:
         return up
 
     def _expects_continue(self, request: HttpRequest) -> bool:
+        """An HTTP/1.1 client waiting for 100 Continue before it sends a body."""
         expect = (request.headers.get("Expect") or "").lower()
-        return self._version == "1.1" and expect == "100-continue"
+        headers = request.headers
+        has_body = (headers.get("Transfer-Encoding") or "").lower() == "chunked" or (
+            headers.get("Content-Length") or "0"
+        ) != "0"
+        return self._version == "1.1" and expect == "100-continue" and has_body
 
     async def _interim_or_final(self, up: HttpSide) -> Head | None:
         """Pass interim answers on until a 100 Continue (None) or a final answer."""
