@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.cli import UnixHTTPConnection
 from tests import harness
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
@@ -182,40 +183,24 @@ def in_turns(
     return [None if g is None else statistics.median(g) for g in got], cpu
 
 
-def api_calls(sock_path: str, request: bytes, count: int) -> float:
-    """Seconds for ``count`` calls of ``request`` on one kept-alive connection (each
-    answer read whole, by its Content-Length or chunks)."""
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock_path)
-    f = s.makefile("rb")
+def api_calls(sock_path: str, path: str, count: int) -> float:
+    """Seconds for ``count`` GETs of ``path`` on one kept-alive connection, each answer
+    read whole."""
+    conn = UnixHTTPConnection(sock_path)
     started = time.perf_counter()
     for _ in range(count):
-        s.sendall(request)
-        length, chunked = 0, False
-        while (line := f.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-            elif name.lower() == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-        if chunked:
-            while (size := int(f.readline().split(b";")[0], 16)) != 0:
-                f.read(size + 2)
-            f.readline()
-        else:
-            f.read(length)
+        conn.request("GET", path)
+        conn.getresponse().read()
     elapsed = time.perf_counter() - started
-    s.close()
+    conn.close()
     return elapsed
 
 
-def calls_in_turns(
-    rounds: int, targets: Sequence[Target], request: bytes, count: int
-) -> list[float]:
+def calls_in_turns(rounds: int, targets: Sequence[Target], path: str, count: int) -> list[float]:
     got: list[list[float]] = [[] for _ in targets]
     for _ in range(rounds):
         for i, target in enumerate(targets):
-            got[i].append(api_calls(target.socket, request, count))
+            got[i].append(api_calls(target.socket, path, count))
     return [statistics.median(g) for g in got]
 
 
@@ -270,12 +255,11 @@ def calls_without_plugstrip_networks(
             Target("--no-networks", bare.host),
         ]
         out: list[Row] = []
-        for label, request, count in [
-            ("GET /containers/json?all=1 (300), 5 lists", b"/containers/json?all=1", 5),
-            ("container inspect, 100 calls", b"/containers/bench-many-7/json", 100),
+        for label, path, count in [
+            ("GET /containers/json?all=1 (300), 5 lists", "/v1.41/containers/json?all=1", 5),
+            ("container inspect, 100 calls", "/v1.41/containers/bench-many-7/json", 100),
         ]:
-            raw = b"GET /v1.41%b HTTP/1.1\r\nHost: docker\r\n\r\n" % request
-            secs = calls_in_turns(rounds * 2, paths, raw, count)
+            secs = calls_in_turns(rounds * 2, paths, path, count)
             cells = with_ratios(secs, "ms", 1e3, digits=1)
             verdict = f"networks on {secs[1] / secs[2]:.2f}x of --no-networks (<= 1.05x)"
             out.append((label, [cells[0], "-", cells[1], *["-"] * others], verdict))

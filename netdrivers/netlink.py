@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.ethtool import Ethtool
@@ -31,6 +31,11 @@ ZERO_MAC = "00:00:00:00:00:00"  # an FDB entry for it: where unknown and broadca
 def link_name(prefix: str, *parts: str) -> str:
     """A stable interface name within IFNAMSIZ (15): the same parts, the same name."""
     return prefix + hashlib.sha256("/".join(parts).encode()).hexdigest()[: 15 - len(prefix)]
+
+
+class Underlay(NamedTuple):
+    mtu: int
+    source: str  # where the figure came from, for logs and doctor
 
 
 class Netlink:
@@ -204,17 +209,23 @@ class Netlink:
                 return str(links[0].get("ifname"))
         return None
 
-    async def uplink(self, address: str | None = None) -> tuple[str, int] | None:
-        """The underlay device and its MTU: the one carrying ``address`` if given, else
-        the default route's (None when there is no such device)."""
+    async def underlay(self, address: str | None = None) -> Underlay:
+        """The MTU of the device VXLAN leaves from, and which device that is: the one
+        carrying ``address`` if given, else the default route's; 1500 with neither."""
+        source = "--advertise-addr" if address is not None else "default route"
+        name: str | None = None
         if address is not None:
             name = await self.device_with(address)
-            return None if name is None else (name, int(await self.link_attr(name, "mtu")))
-        async for route in await self.ipr.route("dump", table=254):
-            if route.get("dst_len") == 0 and route.get("oif"):
-                link = (await self.ipr.link("get", index=route.get("oif")))[0]
-                return str(link.get("ifname")), int(link.get("mtu"))
-        return None
+        else:
+            async for route in await self.ipr.route("dump", table=254):
+                if route.get("dst_len") == 0 and route.get("oif"):
+                    name = str(
+                        (await self.ipr.link("get", index=route.get("oif")))[0].get("ifname")
+                    )
+                    break
+        if name is None:
+            return Underlay(1500, f"no {source} device")
+        return Underlay(int(await self.link_attr(name, "mtu")), f"{name}, {source}")
 
     async def link_names(self) -> list[str]:
         return [str(link.get("ifname")) async for link in await self.ipr.link("dump")]

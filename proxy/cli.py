@@ -30,7 +30,7 @@ from netdrivers import ipam
 from netdrivers.contract import Driver
 from netdrivers.ipam import DEFAULT_RANGE
 from netdrivers.mesh import Mesh
-from netdrivers.netlink import Netlink
+from netdrivers.netlink import Netlink, Underlay
 from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb
 from netdrivers.own_loop import LoopThread, OnOwnLoop
@@ -231,12 +231,12 @@ async def _run(
     listeners: list[Listener],
     upstream: Upstream,
     admin: SocketAddress | None,
-    underlay: tuple[int, str] | None,
+    underlay: Underlay | None,
 ) -> int:
     network = None
     if underlay is not None:
-        log.info("underlay", extra={"mtu": underlay[0], "from": underlay[1]})
-        network = _network_adapter(args, upstream, underlay[0])
+        log.info("underlay", extra={"mtu": underlay.mtu, "from": underlay.source})
+        network = _network_adapter(args, upstream, underlay.mtu)
     builtins = [] if network is None else [builtin(network)]
     raise_open_files_limit()
     server = ProxyServer(upstream, args.config, builtins=builtins)
@@ -282,19 +282,14 @@ async def _run(
     return 0
 
 
-async def _underlay(args: argparse.Namespace) -> tuple[int, str]:
-    """The underlay's MTU and where it came from: --mtu, else the device VXLAN leaves
-    from (the --advertise-addr one, else the default route's; 1500 when there is none)."""
+async def _underlay(args: argparse.Namespace) -> Underlay:
+    """--mtu, else what the device VXLAN leaves from has."""
     if args.mtu is not None:
         if not 1280 <= args.mtu <= 65535:
             raise UsageError(f"--mtu: {args.mtu} is not between 1280 and 65535")
-        return int(args.mtu), "--mtu"
+        return Underlay(args.mtu, "--mtu")
     async with Netlink() as nl:
-        found = await nl.uplink(args.advertise_addr)
-    source = "--advertise-addr" if args.advertise_addr else "default route"
-    if found is None:
-        return 1500, f"no {source} device"
-    return found[1], f"{found[0]}, {source}"
+        return await nl.underlay(args.advertise_addr)
 
 
 def _network_adapter(
@@ -334,7 +329,7 @@ def _write_runtime(
     state_dir: str,
     listening: list[SocketAddress],
     admin: SocketAddress | None,
-    underlay: tuple[int, str] | None,
+    underlay: Underlay | None,
 ) -> None:
     path = Path(state_dir)
     path.mkdir(parents=True, exist_ok=True)
@@ -342,7 +337,7 @@ def _write_runtime(
         "pid": os.getpid(),
         "listen": [str(address) for address in listening],
         "admin": str(admin) if admin else None,
-        "underlay": None if underlay is None else {"mtu": underlay[0], "from": underlay[1]},
+        "underlay": None if underlay is None else {"mtu": underlay.mtu, "from": underlay.source},
     }
     (path / RUNTIME_FILE).write_text(json.dumps(doc))
 

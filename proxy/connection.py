@@ -310,9 +310,9 @@ class ClientConnection:
             body = response.body
             if (response.headers.get("Transfer-Encoding") or "").lower() == "chunked":
                 body = (chunk(body) if body else b"") + LAST_CHUNK  # held whole, unchanged
-            await self.client.write(self._first_bytes(up, response, head, changed) + body)
-        elif not prefix and up.head_whole:
-            first = self._first_bytes(up, response, head, changed)
+            await self.client.write(self._first_bytes(response, head, changed) + body)
+        elif not prefix:
+            first = self._first_bytes(response, head, changed)
             await self._streaming(up.relay_raw(self.client.writer, first))
         else:
             await self.client.write(self._head_bytes(response, head))
@@ -321,14 +321,12 @@ class ClientConnection:
         if not head.keep_alive:
             self._must_close = True
 
-    def _first_bytes(
-        self, up: HttpSide, response: HttpResponse, head: Head, changed: bool
-    ) -> bytes:
+    def _first_bytes(self, response: HttpResponse, head: Head, changed: bool) -> bytes:
         """The head as received, unless it changed or plugstrip will close a connection the
         daemon keeps open: then the client must be told (RFC 9112 §9.6)."""
         if changed or (self._must_close and head.keep_alive):
             return self._head_bytes(response, head)
-        return up.raw_head()
+        return head.raw
 
     def _head_bytes(self, response: HttpResponse, head: Head) -> bytes:
         headers = list(response.headers)
@@ -379,7 +377,7 @@ class ClientConnection:
             await up.write(head)
             if self._expects_continue(request) and not self._continued:
                 # The client sends the body once told to: only the daemon may tell it.
-                first = await self._interim_or_final(up)
+                first = await self._next_answer(up, until_continue=True)
                 if first is not None:
                     self._early_head = first
                     self._must_close = True  # its body was never read
@@ -393,26 +391,11 @@ class ClientConnection:
 
     def _expects_continue(self, request: HttpRequest) -> bool:
         """An HTTP/1.1 client waiting for 100 Continue before it sends a body."""
-        expect = (request.headers.get("Expect") or "").lower()
         headers = request.headers
-        has_body = (headers.get("Transfer-Encoding") or "").lower() == "chunked" or (
-            headers.get("Content-Length") or "0"
-        ) != "0"
-        return self._version == "1.1" and expect == "100-continue" and has_body
-
-    async def _interim_or_final(self, up: HttpSide) -> Head | None:
-        """Pass interim answers on until a 100 Continue (None) or a final answer."""
-        while True:
-            event = await up.next()
-            if not isinstance(event, Head):
-                raise ConnectionError(f"upstream closed before answering ({event!r})")
-            if not 100 <= event.status < 200 or event.status == 101:
-                return event
-            await self.client.write(event.raw)
-            await up.next()  # its END
-            if event.status == 100:
-                self._continued = True
-                return None
+        if (headers.get("Expect") or "").lower() != "100-continue" or self._version != "1.1":
+            return False  # nearly every call: one header looked up
+        chunked = (headers.get("Transfer-Encoding") or "").lower() == "chunked"
+        return chunked or (headers.get("Content-Length") or "0") != "0"
 
     async def _upstream_side(self) -> HttpSide:
         up = self.upstream
@@ -425,22 +408,30 @@ class ClientConnection:
         return self.upstream
 
     async def _response_head(self, up: HttpSide) -> Head:
-        """The final response head, passing interim (1xx) answers on to the client as
-        they came, but a second 100 Continue (plugstrip already sent one)."""
-        if self._early_head is not None:
-            head, self._early_head = self._early_head, None
-            return head
+        """The final answer's head (it may have come before the request body went)."""
+        head = self._early_head or await self._next_answer(up)
+        self._early_head = None
+        assert head is not None  # only until_continue answers None
+        return head
+
+    async def _next_answer(self, up: HttpSide, until_continue: bool = False) -> Head | None:
+        """The final answer's head, passing interim answers (1xx) on to the client as they
+        came, but a second 100 Continue (plugstrip may have sent one itself). With
+        ``until_continue``: None as soon as a 100 Continue has been passed on."""
         while True:
             event = await up.next()
-            if isinstance(event, Head) and 100 <= event.status < 200 and event.status != 101:
-                if event.status != 100 or not self._continued:
-                    await self.client.write(event.raw)
-                self._continued = self._continued or event.status == 100
-                await up.next()  # its END
-                continue
-            if isinstance(event, Head):
+            if not isinstance(event, Head):
+                raise ConnectionError(f"upstream closed before answering ({event!r})")
+            if not 100 <= event.status < 200 or event.status == 101:
                 return event
-            raise ConnectionError(f"upstream closed before answering ({event!r})")
+            await up.next()  # its END
+            if event.status == 100 and self._continued:
+                continue
+            await self.client.write(event.raw)
+            if event.status == 100:
+                self._continued = True
+                if until_continue:
+                    return None
 
     async def _read_upstream_body(self, up: HttpSide, limit: int) -> tuple[bytes, bool]:
         """Up to ``limit`` bytes of the body; complete=False if it is longer (the rest then
@@ -534,7 +525,7 @@ class ClientConnection:
         self, up: HttpSide, response: HttpResponse, head: Head, legacy: bool, changed: bool
     ) -> None:
         self._sent = response.status
-        first = self._head_bytes(response, head) if changed else up.raw_head()
+        first = self._head_bytes(response, head) if changed else head.raw
         await self._stop_watcher()  # from here the pipe reads the client
         client = self.client
         client_early = client.trailing + bytes(client.unparsed)

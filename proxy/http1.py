@@ -163,7 +163,7 @@ class HttpSide:
         self.unparsed = bytearray()  # read ahead, not yet fed (a hijack's early bytes)
         self.eof = False
         self.trailing = b""  # bytes after an upgrade
-        self._head_buf = bytearray()  # responses: bytes of the current head, for ``raw``
+        self._head_buf = bytearray()  # responses: the bytes read since the current head began
         self._fresh_head = False  # the next byte fed starts a new head
         self._no_body = False  # the response answers a HEAD
         self._to_eof = False  # the response body is delimited by the upstream closing
@@ -187,7 +187,7 @@ class HttpSide:
         next unless the last one was cut short."""
         if self._c.messages and not self._c.complete:
             self._new_parser()
-        self._c.in_head = True  # what comes now is a head, to keep for ``raw_head``
+        self._c.in_head = True  # what comes now is a head, to keep as ``Head.raw``
         self._head_buf.clear()
         self._fresh_head = False
         self._no_body = method == "HEAD"
@@ -257,7 +257,11 @@ class HttpSide:
         if not bodiless:
             if self.upgraded:
                 self.trailing += data[cut:]
-            elif len(data) > cut:
+                return True
+            assert head is not None
+            # Neither length header: the body ends when the upstream closes.
+            self._to_eof = not head.chunked and head.length is None
+            if len(data) > cut:
                 self._parse(data[cut:])
             return True
         assert head is not None
@@ -300,10 +304,6 @@ class HttpSide:
                 self.trailing = rest
         except httptools.HttpParserError as exc:
             raise ProtocolError(str(exc) or type(exc).__name__) from exc
-        if self.kind == "response" and not self._c.in_head and not self._c.complete:
-            head = next((e for e in reversed(self._c.events) if isinstance(e, Head)), None)
-            if head is not None and not head.chunked and head.length is None:
-                self._to_eof = True
 
     def _end_message(self) -> None:
         """The upstream closed: that ends a body delimited by its closing."""
@@ -318,16 +318,6 @@ class HttpSide:
         if self._upgrade_body == 0:
             self._c.events.append(END)
             self.trailing += data[len(take) :]
-
-    @property
-    def head_whole(self) -> bool:
-        """The current response head is whole in the buffer: it can be relayed as
-        received (a 1xx before it has a buffer of its own)."""
-        return b"\r\n\r\n" in self._head_buf
-
-    def raw_head(self) -> bytes:
-        """The response head exactly as received."""
-        return bytes(self._head_buf[: self._head_buf.find(b"\r\n\r\n") + 4])
 
     def rest_after_head(self) -> bytes:
         """Body bytes that came in the same read as the head."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from netdrivers import firewall, ovs, weave
 from netdrivers.contract import Driver, Endpoint, Network
-from netdrivers.netlink import Netlink
+from netdrivers.netlink import Netlink, Underlay
 from netdrivers.ovs import OvsDriver
 from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
 from netdrivers.service import Attachment, NetworkService, to_network
@@ -257,15 +257,12 @@ async def _check_mtu(args: argparse.Namespace, records: list[NetworkRecord]) -> 
     )
 
 
-async def _underlay(args: argparse.Namespace, nl: Netlink) -> tuple[int, str]:
+async def _underlay(args: argparse.Namespace, nl: Netlink) -> Underlay:
     """The running serve's underlay (it wrote it down), else the default route's device."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         doc = json.loads((Path(args.state_dir) / RUNTIME_FILE).read_text())["underlay"]
-        return int(doc["mtu"]), f"{doc['from']}, as serve found it"
-    found = await nl.uplink()
-    if found is None:
-        return 1500, "no default route"
-    return found[1], f"{found[0]}, default route"
+        return Underlay(int(doc["mtu"]), f"{doc['from']}, as serve found it")
+    return await nl.underlay()
 
 
 async def _check_leftovers(

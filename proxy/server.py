@@ -47,13 +47,12 @@ def _max_backlog() -> int:
 _BACKLOG = _max_backlog()
 
 
-def raise_open_files_limit() -> int:
+def raise_open_files_limit() -> None:
     """Lift the soft limit on open files to the hard one, as Go does for dockerd at start:
     each client connection holds two descriptors here (client and upstream)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 @dataclass(frozen=True)

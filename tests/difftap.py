@@ -21,6 +21,7 @@ import itertools
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,18 +84,9 @@ class Tap:
 
     def settle(self, timeout: float = 10) -> None:
         """Wait until every connection relayed so far has ended on both sides."""
-        loop_deadline = timeout
-        event = threading.Event()
-
-        async def wait() -> None:
-            for _ in range(int(loop_deadline * 20)):
-                if all(c.done for c in self.connections):
-                    break
-                await asyncio.sleep(0.05)
-            event.set()
-
-        asyncio.run_coroutine_threadsafe(wait(), self._loop)
-        event.wait(timeout + 1)
+        deadline = time.monotonic() + timeout
+        while not all(c.done for c in self.connections) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         # asyncio (before 3.12) keeps no reference to a connection's task: without this
