@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapters.contract import Call
+from adapters.contract import Call, Refuse
 
 _READ_METHODS = ("GET", "HEAD")
 # Fields of a create body worth a line in an audit log (never the environment: secrets).
@@ -80,7 +80,7 @@ def _details(call: Call) -> dict[str, Any]:
         return {}
     try:
         body = req.json()
-    except ValueError:
+    except (ValueError, Refuse):
         return {}
     if not isinstance(body, dict):
         return {}

@@ -19,8 +19,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import simplejson
+
+from proxy.canonical import BadRequest, Schema, read_json
 
 HOOK_NAMES = ("pre_hook", "post_hook", "finished")
 
@@ -115,12 +118,15 @@ class _JsonBody:
         self._parsed = _UNPARSED
         self._pristine = _UNPARSED
 
+    def _parse(self, body: bytes) -> Any:
+        return loads(body)
+
     def json(self) -> Any:
         """The body parsed (cached): mutate it in place, or call ``set_json``."""
         if self._parsed is _UNPARSED:
             if not self.body:
                 return None
-            self._parsed = loads(self.body)
+            self._parsed = self._parse(self.body)
             self._pristine = copy.deepcopy(self._parsed)
         return self._parsed
 
@@ -144,16 +150,34 @@ _UNPARSED: Any = object()
 
 @dataclass(eq=False)
 class HttpRequest(_JsonBody):
-    """A request. ``body`` is None when it is streamed (not JSON, or too large to hold)."""
+    """A request, read as the daemon reads it (``proxy.canonical``): ``path`` is
+    percent-decoded, and ``json()`` gives the keys of the bodies Docker defines in Docker's
+    spelling (``body["HostConfig"]["Privileged"]`` whatever case the client wrote); a body
+    that cannot be read so makes ``json()`` refuse the call with a 400. ``body`` is None
+    when it is streamed (not JSON, or too large to hold): then ``streamed`` says whether
+    there was one at all, which a hook that checks bodies must refuse."""
 
     method: str
     path: str
     query: str = ""
     headers: Headers = field(default_factory=Headers)
     body: bytes | None = None
+    schema: Schema = None  # the body's type, where Docker defines it
+    streamed: bool = False
+    # The path as the client wrote it, escapes and all: sent on unless a hook changes path.
+    raw_path: str | None = None
 
     def __post_init__(self) -> None:
         self._init_json()
+        if self.raw_path is None:
+            self.raw_path = self.path
+        self._decoded = self.path
+
+    def _parse(self, body: bytes) -> Any:
+        try:
+            return read_json(body, self.schema)
+        except BadRequest as exc:
+            raise Refuse(400, str(exc)) from None
 
     @property
     def target(self) -> str:
@@ -163,9 +187,29 @@ class HttpRequest(_JsonBody):
     def target(self, value: str) -> None:
         self.path, _, self.query = value.partition("?")
 
+    @property
+    def wire_target(self) -> str:
+        """The target to send upstream: the client's own bytes while the path is unchanged."""
+        path = self.raw_path if self.path == self._decoded else quote(self.path, safe=_PATH_SAFE)
+        return f"{path}?{self.query}" if self.query else str(path)
+
     def snapshot(self) -> HttpRequest:
         self.settle()
-        return HttpRequest(self.method, self.path, self.query, self.headers.copy(), self.body)
+        copied = HttpRequest(
+            self.method,
+            self.path,
+            self.query,
+            self.headers.copy(),
+            self.body,
+            self.schema,
+            self.streamed,
+            self.raw_path,
+        )
+        copied._decoded = self._decoded
+        return copied
+
+
+_PATH_SAFE = "/:@!$&'()*+,;=~"
 
 
 @dataclass(eq=False)
@@ -192,17 +236,29 @@ class HttpResponse(_JsonBody):
 
 @dataclass(frozen=True)
 class Peer:
-    """Who is calling: unix peer credentials, a TCP address, and a TLS client subject."""
+    """Who is calling: unix peer credentials (``SO_PEERCRED``), or a TCP address and the
+    verified TLS client certificate's subject CN and SANs. An address is never an identity."""
 
     transport: str  # "unix" or "tcp"
     address: str = ""
     uid: int | None = None
     pid: int | None = None
-    tls_subject: str | None = None
+    tls_subject: str | None = None  # the certificate's common name
+    gid: int | None = None
+    tls_sans: tuple[str, ...] = ()  # "DNS:name", "IP Address:...", "email:..." as in the cert
+
+    @property
+    def identity(self) -> str:
+        """A stable name for the client: ``uid:1001``, ``cn:ci-runner``, or ``anonymous``."""
+        if self.uid is not None:
+            return f"uid:{self.uid}"
+        if self.tls_subject:
+            return f"cn:{self.tls_subject}"
+        return "anonymous"
 
     def describe(self) -> str:
         if self.transport == "unix":
-            return f"unix:uid={self.uid},pid={self.pid}"
+            return f"unix:uid={self.uid},gid={self.gid},pid={self.pid}"
         who = f"tcp:{self.address}"
         return f"{who},cn={self.tls_subject}" if self.tls_subject else who
 

@@ -75,6 +75,11 @@ class DockerApi:
                 return None
             return json.loads(raw)
 
+    async def raw(self, path: str) -> bytes | None:
+        """A GET's body as bytes (an archive, say); None for any error status."""
+        async with self.session.get(path) as resp:
+            return await resp.read() if resp.status < 400 else None
+
     async def inspect_container(self, name_or_id: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self.call(
             "GET", f"/containers/{quote(name_or_id, safe='')}/json", ok_missing=True

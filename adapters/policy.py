@@ -1,4 +1,4 @@
-"""The rules people run docker-socket-proxy and sockguard for, as a pre-hook.
+"""The rules people run docker-socket-proxy and sockguard for, per client, as hooks.
 
 ::
 
@@ -6,95 +6,126 @@
       policy:
         use: policy
         options:
-          read_only: false               # refuse everything but GET and HEAD
-          allow: ["GET /**", "POST /containers/*/start"]   # if given: nothing else passes
-          deny: ["POST /swarm/**"]       # refused even if allowed
-          privileged: false              # containers and execs with Privileged
-          host_namespaces: false         # --network/--pid/--ipc/--uts/--userns host
-          bind_mounts: ["/srv", "/tmp"]  # host paths binds may use; [] none, omitted: any
+          clients:                          # first match wins; none matching: refused
+            - match: {uid: 0}
+              rules: {}                     # an empty rule set: everything
+            - match: {cert_cn: ci-runner}
+              rules: {bind_mounts: ["/srv/ci"]}
+            - match: {}                     # anyone else
+              rules: {read_only: true}
+          ownership: true                   # clients see and touch only what they made
     endpoints:
-      "* /**": {pre: [policy]}
+      "* /**": {pre: [policy], post: [policy]}
 
-Every refusal is a 403 whose message names the rule, so ``docker`` prints why.
+Without ``clients`` the options are one rule set for everyone. A rule set that names any
+option refuses every power it does not allow (``policy_rules.Rules``: privileged, host
+namespaces, capabilities, devices, security options, host paths, exec as root, swarm,
+services, plugins), on every route that grants it. A client is told apart by its unix
+peer credentials or its verified TLS certificate, never by its address.
+
+With ``ownership`` the objects a client creates (containers, networks, volumes, execs)
+carry its identity in a label; lists show it only its own, and anything else it names
+answers 404 as if absent, unless its rule set says ``see_all``.
 """
 
 from __future__ import annotations
 
-import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from adapters.contract import Call, Refuse
-from proxy.routes import Route
+from adapters.contract import Call, Peer, Refuse
+from adapters.ownership import Ownership
+from adapters.policy_rules import INSPECT, Daemon, Rules, refuse
+from proxy.docker_types import body_schema
 
-_READ_METHODS = ("GET", "HEAD")
-_NAMESPACE_MODES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode")
-# Calls whose JSON body says how a process will run (privileges, namespaces, mounts).
-_CONTAINER_BODIES = (Route.parse("POST /containers/create"), Route.parse("POST /containers/*/exec"))
+_MATCH_KEYS = {"uid", "gid", "cert_cn", "cert_san", "transport"}
+REDACTED = "<redacted by plugstrip>"
+
+
+@dataclass(frozen=True)
+class ClientRules:
+    match: dict[str, list[Any]]
+    rules: Rules
+
+    def matches(self, peer: Peer) -> bool:
+        facts: dict[str, Iterable[Any]] = {
+            "uid": () if peer.uid is None else (peer.uid,),
+            "gid": () if peer.gid is None else (peer.gid,),
+            "cert_cn": () if not peer.tls_subject else (peer.tls_subject,),
+            "cert_san": [san.partition(":")[2] for san in peer.tls_sans],
+            "transport": (peer.transport,),
+        }
+        return all(any(v in wanted for v in facts[k]) for k, wanted in self.match.items())
 
 
 class PolicyAdapter:
     def __init__(
         self,
-        read_only: bool = False,
-        allow: list[str] | None = None,
-        deny: list[str] | None = None,
-        privileged: bool = True,
-        host_namespaces: bool = True,
-        bind_mounts: list[str] | None = None,
+        clients: list[dict[str, Any]] | None = None,
+        ownership: bool = False,
+        **rules: Any,
     ) -> None:
-        self.read_only = read_only
-        self.allow = [Route.parse(r) for r in allow] if allow is not None else None
-        self.deny = [Route.parse(r) for r in deny or []]
-        self.privileged = privileged
-        self.host_namespaces = host_namespaces
-        self.bind_mounts = (
-            [posixpath.normpath(p) for p in bind_mounts] if bind_mounts is not None else None
-        )
+        if clients is not None and rules:
+            raise ValueError("give either clients or one rule set's options, not both")
+        entries = clients if clients is not None else [{"match": {}, "rules": rules}]
+        self.clients = [_client(entry, i) for i, entry in enumerate(entries)]
+        self.ownership = Ownership() if ownership else None
+        self.daemon: Daemon | None = None
 
-    def pre_hook(self, call: Call) -> None:
+    def bind_daemon(self, daemon: Daemon) -> None:
+        """Called once by the registry: the daemon behind plugstrip, for lookups."""
+        self.daemon = daemon
+
+    def rules_for(self, peer: Peer) -> Rules:
+        for client in self.clients:
+            if client.matches(peer):
+                return client.rules
+        refuse(f"no rule set matches client {peer.describe()}")
+        raise AssertionError  # refuse raised
+
+    async def pre_hook(self, call: Call) -> None:
         req = call.request
-        if self.read_only and req.method not in _READ_METHODS:
-            _refuse("the Docker API is read-only here")
-        if self.allow is not None and not any(r.matches(req.method, req.path) for r in self.allow):
-            _refuse(f"{req.method} {req.path} is not in the allow-list")
-        for route in self.deny:
-            if route.matches(req.method, req.path):
-                _refuse(f"{req.method} {req.path} is denied ({route.text})")
-        if any(r.matches(req.method, req.path) for r in _CONTAINER_BODIES):
-            body = req.json() if req.body else None
-            if isinstance(body, dict):
-                self._check_container(body)
+        rules = self.rules_for(call.peer)
+        call.context["policy.rules"] = rules
+        if rules.unrestricted and self.ownership is None:
+            return
+        rules.check_route(req.method, req.path, req.query)
+        if req.streamed and not rules.unrestricted and _body_checked(req.method, req.path):
+            raise Refuse(400, "plugstrip policy: this request's body must be JSON it can read")
+        if req.body:
+            await rules.check_body(req.method, req.path, req.json(), self.daemon)
+        if self.ownership is not None and not rules.see_all:
+            await self.ownership.pre_hook(call, self._need_daemon())
 
-    def _check_container(self, body: dict[str, Any]) -> None:
-        host = body.get("HostConfig") or {}
-        if not self.privileged and (body.get("Privileged") or host.get("Privileged")):
-            _refuse("privileged containers are not allowed")
-        if not self.host_namespaces:
-            for key in _NAMESPACE_MODES:
-                if str(host.get(key) or "") == "host":
-                    _refuse(f"{key}=host is not allowed")
-        if self.bind_mounts is not None:
-            for source in _bind_sources(host):
-                path = posixpath.normpath(source)
-                if not self._bind_allowed(path):
-                    shown = path if path == source else f"{path} (given as {source})"
-                    _refuse(f"bind mount of {shown} is not allowed")
+    async def post_hook(self, call: Call) -> None:
+        rules: Rules | None = call.context.get("policy.rules")
+        response = call.response
+        if rules is None or response is None or response.status >= 400:
+            return
+        req = call.request
+        if not rules.env and INSPECT.matches(req.method, req.path) and response.body:
+            config = (response.json() or {}).get("Config") or {}
+            config["Env"] = [e.split("=", 1)[0] + "=" + REDACTED for e in config.get("Env") or []]
 
-    def _bind_allowed(self, path: str) -> bool:
-        assert self.bind_mounts is not None
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.bind_mounts)
+    def _need_daemon(self) -> Daemon:
+        if self.daemon is None:
+            refuse("ownership needs the daemon, and the policy was not given one")
+        assert self.daemon is not None
+        return self.daemon
 
 
-def _bind_sources(host: dict[str, Any]) -> list[str]:
-    """Host paths from ``Binds`` ("src:dst[:opts]", a name for a volume) and bind ``Mounts``."""
-    sources = [b.split(":", 1)[0] for b in host.get("Binds") or [] if isinstance(b, str)]
-    sources += [
-        str(m.get("Source", ""))
-        for m in host.get("Mounts") or []
-        if isinstance(m, dict) and m.get("Type") == "bind"
-    ]
-    return [s for s in sources if s.startswith("/")]
+def _body_checked(method: str, path: str) -> bool:
+    return body_schema(method, path) is not None
 
 
-def _refuse(why: str) -> None:
-    raise Refuse(403, f"plugstrip policy: {why}")
+def _client(entry: Any, index: int) -> ClientRules:
+    where = f"clients[{index}]"
+    if not isinstance(entry, dict) or set(entry) - {"match", "rules"}:
+        raise ValueError(f"{where}: expected {{match: ..., rules: ...}}")
+    match = entry.get("match") or {}
+    unknown = sorted(set(match) - _MATCH_KEYS)
+    if unknown:
+        raise ValueError(f"{where}.match: unknown key(s) {', '.join(unknown)}")
+    wanted = {k: v if isinstance(v, list) else [v] for k, v in match.items()}
+    return ClientRules(wanted, Rules.from_options(entry.get("rules") or {}, f"{where}.rules"))

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from adapters.contract import hooks_of
+from adapters.docker_api import DockerApi
 from adapters.remote import RemoteAdapter
 from proxy.config import AdapterSpec, ConfigError
 
@@ -29,14 +30,18 @@ class LoadedAdapter:
 class Registry:
     """Live adapters by name. Built whole or not at all, so a bad reload changes nothing."""
 
-    def __init__(self, specs: Iterable[AdapterSpec]) -> None:
+    def __init__(self, specs: Iterable[AdapterSpec], daemon: DockerApi | None = None) -> None:
         # Remote adapters open their HTTP sessions lazily, so a half-built registry holds
         # nothing that needs closing.
         self._adapters: dict[str, LoadedAdapter] = {}
         for spec in specs:
             if spec.name in self._adapters:
                 raise ConfigError(f"adapters.{spec.name}: defined twice")
-            self._adapters[spec.name] = LoadedAdapter(spec, _instantiate(spec))
+            instance = _instantiate(spec)
+            bind = getattr(instance, "bind_daemon", None)
+            if daemon is not None and callable(bind):
+                bind(daemon)  # an adapter that asks the daemon (the policy's lookups)
+            self._adapters[spec.name] = LoadedAdapter(spec, instance)
 
     def __getitem__(self, name: str) -> LoadedAdapter:
         return self._adapters[name]

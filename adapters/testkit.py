@@ -15,6 +15,8 @@ import inspect
 from typing import Any
 
 from adapters.contract import Call, Headers, HttpRequest, HttpResponse, Peer, dumps
+from proxy.canonical import canonical_path
+from proxy.docker_types import body_schema
 
 
 def make_call(
@@ -31,9 +33,12 @@ def make_call(
     if body is not None:
         hdrs.set("Content-Type", "application/json")
         hdrs.set("Content-Length", str(len(body)))
-    request = HttpRequest(method, headers=hdrs, body=body, path="")
-    request.target = target
-    return Call(request.snapshot(), request, peer or Peer("unix", uid=0, pid=1), target)
+    raw_path, _, query = target.partition("?")
+    path = canonical_path(raw_path)  # as the proxy reads requests
+    request = HttpRequest(
+        method, path, query, hdrs, body, body_schema(method, path), raw_path=raw_path
+    )
+    return Call(request.snapshot(), request, peer or Peer("unix", uid=0, pid=1, gid=0), target)
 
 
 def respond(call: Call, status: int, json: Any = None, streaming: bool = False) -> Call:

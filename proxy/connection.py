@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
+from proxy.canonical import BadRequest, canonical_path
+from proxy.docker_types import body_schema
 from proxy.http1 import (
     END,
     LAST_CHUNK,
@@ -130,9 +132,14 @@ class ClientConnection:
 
     async def _exchange(self, head: Head) -> bool:
         """Handle one request; False when the connection must close afterwards."""
-        path, _, query = head.target.partition("?")
-        request = HttpRequest(head.method, path, query, _decode(head.headers))
+        raw_path, _, query = head.target.partition("?")
         self._head = head
+        refused = ""
+        try:
+            path = canonical_path(raw_path)
+        except BadRequest as exc:  # routed elsewhere by the daemon: no hook could see it
+            path, refused = "", str(exc)
+        request = HttpRequest(head.method, path, query, _decode(head.headers), raw_path=raw_path)
         self._endpoint = endpoint_label(path)
         # The request goes upstream in the client's HTTP version and Connection header, so
         # the daemon frames its answer and keeps the connection (or not) as it would for
@@ -144,6 +151,10 @@ class ClientConnection:
         self._continued = False
         self._early_head = None
         try:
+            if refused:
+                self._must_close = True  # its body, if any, is not read
+                await self._reply_error(400, f"bad request: {refused}")
+                return False
             # The chain matched here fixes the call's adapters, even across a reload.
             chain = self.shared.pipeline.match(head.method, path)
             if chain is None:
@@ -166,6 +177,14 @@ class ClientConnection:
                 self._must_close = True
                 return await self._reply_error(413, f"request body over {MAX_HELD_BODY} bytes")
             request.set_body(body)
+            request.schema = body_schema(request.method, request.path)
+            if request.schema is not None and body:
+                try:  # a body Docker defines is read once here, whoever reads it later
+                    request.json()
+                except Refuse as refusal:
+                    return await self._reply_error(refusal.status, refusal.message)
+        else:
+            request.streamed = _has_body(request.headers)
         call = Call(request.snapshot(), request, self.peer, chain.endpoint)
         record = self.shared.trace.start(
             request.method, request.target, chain.endpoint, self.peer.describe()
@@ -365,7 +384,9 @@ class ClientConnection:
     async def _send_request(self, request: HttpRequest, held: bool) -> HttpSide:
         up = await self._upstream_side()
         up.expect_response(request.method)  # nothing can answer before the request goes
-        head = encode_head(request.method, request.target, list(request.headers), self._version)
+        head = encode_head(
+            request.method, request.wire_target, list(request.headers), self._version
+        )
         chunked = (request.headers.get("Transfer-Encoding") or "").lower() == "chunked"
         try:
             if held:
@@ -566,10 +587,15 @@ def _holdable(headers: Headers) -> bool:
     """Hold a request body for adapters only if it is JSON (or absent): tar build contexts,
     image loads and archive uploads stream straight through."""
     ctype = headers.get("Content-Type")
-    if ctype is not None and "json" not in ctype:
+    if ctype is not None and "json" not in ctype.lower():
         return False
     length = headers.get("Content-Length")
     return length is None or not length.isdigit() or int(length) <= MAX_HELD_BODY
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("Content-Length")
+    return "Transfer-Encoding" in headers or (length is not None and length.strip() != "0")
 
 
 def _set_length(headers: Headers, body: bytes | None) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.contract import Peer
+from adapters.docker_api import DockerApi
 from adapters.registry import Registry
 from proxy import tls as tls_layer
 from proxy.addresses import SocketAddress
@@ -61,8 +62,13 @@ class Listener:
     tls: ssl.SSLContext | None = None
 
 
-def build_pipeline(config: Config, metrics: Metrics, builtins: Sequence[BuiltIn] = ()) -> Pipeline:
-    return Pipeline(config, Registry(config.adapters.values()), metrics, builtins)
+def build_pipeline(
+    config: Config,
+    metrics: Metrics,
+    builtins: Sequence[BuiltIn] = (),
+    daemon: DockerApi | None = None,
+) -> Pipeline:
+    return Pipeline(config, Registry(config.adapters.values(), daemon), metrics, builtins)
 
 
 class ProxyServer:
@@ -77,9 +83,9 @@ class ProxyServer:
         self.config_path = config_path
         self.builtins = tuple(builtins)  # kept across reloads: they own long-lived state
         config = load_file(config_path) if config_path else Config()
-        self.shared = Shared(
-            upstream, build_pipeline(config, self.metrics, builtins), self.metrics, Trace()
-        )
+        self.daemon = DockerApi(upstream.address, upstream.tls)  # for adapters' lookups
+        pipeline = build_pipeline(config, self.metrics, builtins, self.daemon)
+        self.shared = Shared(upstream, pipeline, self.metrics, Trace())
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []  # asyncio (before 3.13) leaves socket files behind
         self._connections: dict[ClientConnection, asyncio.Task[Any]] = {}
@@ -154,7 +160,8 @@ class ProxyServer:
             return False
         self._config_mtime = _mtime(self.config_path)
         try:
-            pipeline = build_pipeline(load_file(self.config_path), self.metrics, self.builtins)
+            config = load_file(self.config_path)
+            pipeline = build_pipeline(config, self.metrics, self.builtins, self.daemon)
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             return False
@@ -203,6 +210,7 @@ class ProxyServer:
         for task in self._tasks:
             task.cancel()
         await self.shared.pipeline.registry.aclose()
+        await self.daemon.close()
 
 
 def _mtime(path: str | None) -> float | None:
@@ -246,16 +254,18 @@ def _peer_of(writer: ByteWriter) -> Peer:
     if sock is not None and sock.family == socket.AF_UNIX:
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _gid = struct.unpack("3i", creds)
-            return Peer("unix", uid=uid, pid=pid)
+            pid, uid, gid = struct.unpack("3i", creds)
+            return Peer("unix", uid=uid, pid=pid, gid=gid)
         except OSError:
             return Peer("unix")
     peername = writer.get_extra_info("peername")
     address = f"{peername[0]}:{peername[1]}" if peername else ""
     cert = writer.get_extra_info("peercert")
     subject = None
-    if cert:
+    sans: tuple[str, ...] = ()
+    if cert:  # only a verified certificate is given (--tlsverify)
         subject = next(
             (v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), None
         )
-    return Peer("tcp", address=address, tls_subject=subject)
+        sans = tuple(f"{kind}:{value}" for kind, value in cert.get("subjectAltName", ()))
+    return Peer("tcp", address=address, tls_subject=subject, tls_sans=sans)

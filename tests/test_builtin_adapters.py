@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,22 @@ async def refused(adapter: object, method: str, target: str, body: object = None
     return None
 
 
+class FakeDaemon:
+    """The daemon's answers the policy asks for: inspected objects by path."""
+
+    def __init__(self, objects: dict[str, Any] | None = None) -> None:
+        self.objects = objects or {}
+
+    async def call(self, method: str, path: str, ok_missing: bool = False) -> Any:
+        return self.objects.get(path)
+
+    async def raw(self, path: str) -> bytes | None:
+        return None
+
+
 async def test_policy_container_rules() -> None:
     policy = PolicyAdapter(privileged=False, host_namespaces=False, bind_mounts=["/srv/data"])
+    policy.bind_daemon(FakeDaemon())
     create = "/v1.41/containers/create"
     assert await refused(policy, "POST", create, {"Image": "x"}) is None
     cases = {
@@ -83,5 +98,5 @@ async def test_audit_line_per_mutating_call(tmp_path: Path, status: int, outcome
         status,
         outcome,
     )
-    assert line["who"] == "unix:uid=0,pid=1"
+    assert line["who"] == "unix:uid=0,gid=0,pid=1"
     assert line["create"] == {"Image": "busybox", "Privileged": True}  # never the Env
