@@ -26,6 +26,7 @@ from netaddr import IPAddress
 from adapters import holder_pool
 from adapters.docker_api import DockerApi
 from adapters.network import NetworkAdapter, builtin
+from adapters.socket_proxy_env import policy_options
 from netdrivers import ipam
 from netdrivers.contract import Driver
 from netdrivers.ipam import DEFAULT_RANGE
@@ -40,8 +41,9 @@ from netdrivers.weave import WeaveDriver
 from proxy import logs, ops
 from proxy.addresses import SocketAddress
 from proxy.admin import admin_app
-from proxy.config import ConfigError
+from proxy.config import AdapterSpec, Config, ConfigError, EndpointSpec
 from proxy.ops import RUNTIME_FILE
+from proxy.routes import Route
 from proxy.server import Listener, ProxyServer, raise_open_files_limit
 from proxy.tls import TlsFiles, client_context, server_context
 from proxy.upstream import Upstream
@@ -112,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-insecure-tcp",
         action="store_true",
         help="allow a TCP listener without verified TLS on a non-loopback address",
+    )
+    serve.add_argument(
+        "--policy-from-env",
+        action="store_true",
+        help="a policy on every call from docker-socket-proxy's environment variables "
+        "(CONTAINERS=1, POST=0, ...), with request body checks on top",
+    )
+    serve.add_argument(
+        "--no-body-checks",
+        action="store_true",
+        help="with --policy-from-env: check API sections only, as docker-socket-proxy does",
     )
     serve.add_argument(
         "--no-networks",
@@ -211,6 +224,15 @@ def _listeners(args: argparse.Namespace) -> list[Listener]:
     return out
 
 
+def _flag_adapters(args: argparse.Namespace) -> Config:
+    if not args.policy_from_env:
+        return Config()
+    options = policy_options(os.environ, body_checks=not args.no_body_checks)
+    spec = AdapterSpec("socket-proxy-env", "entrypoint", "policy", options)
+    route = Route.parse("* /**")
+    return Config((EndpointSpec(route, (spec.name,), (spec.name,)),), {spec.name: spec})
+
+
 def _upstream(args: argparse.Namespace) -> Upstream:
     addr = SocketAddress.parse(args.upstream)
     tls = None
@@ -239,7 +261,7 @@ async def _run(
         network = _network_adapter(args, upstream, underlay.mtu)
     builtins = [] if network is None else [builtin(network)]
     raise_open_files_limit()
-    server = ProxyServer(upstream, args.config, builtins=builtins)
+    server = ProxyServer(upstream, args.config, builtins=builtins, flags=_flag_adapters(args))
     if network is not None:
         await network.start()
     bound = [await server.listen(listener) for listener in listeners]

@@ -57,6 +57,13 @@ class Config:
     endpoints: tuple[EndpointSpec, ...] = ()
     adapters: dict[str, AdapterSpec] = field(default_factory=dict)
 
+    def before(self, other: Config) -> Config:
+        """This configuration's endpoints first, then ``other``'s (flags before the file)."""
+        clash = sorted(set(self.adapters) & set(other.adapters))
+        if clash:
+            raise ConfigError(f"adapters {', '.join(clash)}: named by flags and by the file")
+        return Config(self.endpoints + other.endpoints, {**self.adapters, **other.adapters})
+
 
 def load_file(path: str | Path) -> Config:
     try:

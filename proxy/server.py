@@ -78,11 +78,13 @@ class ProxyServer:
         config_path: str | None,
         metrics: Metrics | None = None,
         builtins: Sequence[BuiltIn] = (),
+        flags: Config | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.config_path = config_path
         self.builtins = tuple(builtins)  # kept across reloads: they own long-lived state
-        config = load_file(config_path) if config_path else Config()
+        self.flags = flags or Config()  # adapters set up by command-line flags, kept across reloads
+        config = self.flags.before(load_file(config_path) if config_path else Config())
         self.daemon = DockerApi(upstream.address, upstream.tls)  # for adapters' lookups
         pipeline = build_pipeline(config, self.metrics, builtins, self.daemon)
         self.shared = Shared(upstream, pipeline, self.metrics, Trace())
@@ -160,7 +162,7 @@ class ProxyServer:
             return False
         self._config_mtime = _mtime(self.config_path)
         try:
-            config = load_file(self.config_path)
+            config = self.flags.before(load_file(self.config_path))
             pipeline = build_pipeline(config, self.metrics, self.builtins, self.daemon)
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
