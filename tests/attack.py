@@ -7,8 +7,10 @@ inspect on the daemon: what the daemon will really grant, whatever the request s
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
+import os
 import posixpath
 import socket
 from typing import Any
@@ -53,41 +55,72 @@ def exchange(sock_path: str, raw: bytes, method: str = "POST") -> tuple[int, Any
         return response.status, text.decode(errors="replace")
 
 
+@functools.cache
+def baseline(dockerd: str) -> dict[str, Any]:
+    """The HostConfig the daemon gives a container that asked for nothing."""
+    sock, name = dockerd.removeprefix("unix://"), f"baseline-{os.getpid()}"
+    body = '{"Image":"busybox","Cmd":["true"]}'
+    send(sock, "POST", f"/v1.41/containers/create?name={name}", body)
+    host: dict[str, Any] = get(sock, f"/v1.41/containers/{name}/json")["HostConfig"]
+    send(sock, "DELETE", f"/v1.41/containers/{name}?force=1", headers={"Content-Type": ""})
+    return host
+
+
 def get(sock_path: str, target: str) -> Any:
     status, answer = send(sock_path, "GET", target, headers={"Content-Type": ""})
     return answer if status == 200 else None
 
 
+# Docker's documented default capabilities (docker run reference), written out here so the
+# oracle does not lean on the policy's own list.
+_DOCKER_DEFAULT_CAPS = set(
+    "AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD NET_BIND_SERVICE NET_RAW SETFCAP"
+    " SETGID SETPCAP SETUID SYS_CHROOT".split()
+)
 _NAMESPACES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
 
 
-def powers(info: dict[str, Any], allowed_root: str, volumes: dict[str, Any]) -> set[str]:
-    """The powers over the host a created container has, from the daemon's inspect."""
+def powers(
+    info: dict[str, Any],
+    allowed_root: str,
+    volumes: dict[str, Any],
+    baseline: dict[str, Any] | None = None,
+) -> set[str]:
+    """The powers over the host a created container has, from the daemon's inspect, beyond
+    what the daemon gives every container (``baseline``: a plain container's HostConfig;
+    on cgroup v1 its CgroupnsMode is already host)."""
     host = info["HostConfig"]
+    usual = baseline or {}
     found: set[str] = set()
     if host.get("Privileged"):
         found.add("privileged")
     for key in _NAMESPACES:
-        if host.get(key) == "host":
+        if host.get(key) == "host" and usual.get(key) != "host":
             found.add(f"{key}=host")
-    if host.get("CapAdd"):
-        found.add("CapAdd")
+    for cap in host.get("CapAdd") or []:
+        if cap.upper().removeprefix("CAP_") not in _DOCKER_DEFAULT_CAPS:
+            found.add(f"CapAdd {cap}")
     for key in ("Devices", "DeviceCgroupRules", "DeviceRequests"):
         if host.get(key):
             found.add(key)
     for opt in host.get("SecurityOpt") or []:
         found.add(f"SecurityOpt {opt}")
+
+    def outside(source: str) -> bool:  # where the mount really leads, on this host
+        real = os.path.realpath(posixpath.normpath(source))
+        return real != allowed_root and not real.startswith(allowed_root + "/")
+
     for mount in info.get("Mounts") or []:
-        source = posixpath.normpath(mount.get("Source") or "")
-        if mount.get("Type") == "bind" and not source.startswith(allowed_root):
+        source = mount.get("Source") or ""
+        if mount.get("Type") == "bind" and outside(source):
             found.add(f"bind {source}")
         if mount.get("Type") == "volume":
             options = (volumes.get(mount.get("Name")) or {}).get("Options") or {}
             if options.get("device"):
                 found.add(f"volume device {options['device']}")
     for bind in host.get("Binds") or []:
-        source = posixpath.normpath(bind.split(":", 1)[0])
-        if source.startswith("/") and not source.startswith(allowed_root):
+        source = bind.split(":", 1)[0]
+        if source.startswith("/") and outside(source):
             found.add(f"bind {source}")
     for key in ("PidMode", "NetworkMode", "IpcMode"):
         if str(host.get(key) or "").startswith("container:"):
