@@ -82,26 +82,31 @@ class Ownership:
 
 
 async def _own_references(daemon: Daemon, body: dict[str, Any], who: str) -> None:
-    """A new container may name others (namespaces, volumes) and networks: owned too."""
+    """A new container may name others (namespaces, volumes) and networks: owned too. The
+    daemon answers a missing container named so with a 400 (a missing network only fails
+    at start; plugstrip refuses at create, with the daemon's 404 for a network)."""
     for host in (body, body.get("HostConfig") or {}):
         if not isinstance(host, dict):
             continue
         for key in ("NetworkMode", "PidMode", "IpcMode"):
             mode = str(host.get(key) or "")
             if mode.startswith("container:"):
-                await _own_container(daemon, mode.partition(":")[2], who)
+                await _own_container(daemon, mode.partition(":")[2], who, status=400)
             elif key == "NetworkMode" and mode and mode not in _PREDEFINED_NETWORKS:
                 await _own_network(daemon, mode, who)
         for source in host.get("VolumesFrom") or []:
-            await _own_container(daemon, str(source).split(":", 1)[0], who)
+            await _own_container(daemon, str(source).split(":", 1)[0], who, status=400)
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
     for network in endpoints if isinstance(endpoints, dict) else ():
         if network not in _PREDEFINED_NETWORKS:
             await _own_network(daemon, network, who)
 
 
-async def _own_container(daemon: Daemon, name: str, who: str, missing: str = "") -> None:
-    await _own(daemon, f"/containers/{_q(name)}/json", who, missing or f"No such container: {name}")
+async def _own_container(
+    daemon: Daemon, name: str, who: str, missing: str = "", status: int = 404
+) -> None:
+    missing = missing or f"No such container: {name}"
+    await _own(daemon, f"/containers/{_q(name)}/json", who, missing, status)
 
 
 async def _own_network(daemon: Daemon, name: str, who: str) -> None:
@@ -110,16 +115,16 @@ async def _own_network(daemon: Daemon, name: str, who: str) -> None:
         _check(info, who, f"network {name} not found")
 
 
-async def _own(daemon: Daemon, path: str, who: str, missing: str) -> None:
+async def _own(daemon: Daemon, path: str, who: str, missing: str, status: int = 404) -> None:
     info = await daemon.call("GET", path, ok_missing=True)
-    if info is not None:  # absent: the daemon gives its own 404
-        _check(info, who, missing)
+    if info is not None:  # absent: the daemon gives its own answer
+        _check(info, who, missing, status)
 
 
-def _check(info: dict[str, Any], who: str, missing: str) -> None:
+def _check(info: dict[str, Any], who: str, missing: str, status: int = 404) -> None:
     labels = info.get("Labels") or (info.get("Config") or {}).get("Labels") or {}
     if labels.get(OWNER_LABEL) != who:
-        raise Refuse(404, missing)
+        raise Refuse(status, missing)
 
 
 def _with_owner_filter(query: str, who: str) -> str:
