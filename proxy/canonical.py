@@ -140,7 +140,11 @@ def _object(pairs: _Pairs, schema: Schema, where: str) -> dict[str, Any]:
         if same in seen:
             first = seen[same]
             also = "" if first == key else f", also as {first!r}"
-            raise BadRequest(f"request body gives key {where + key!r} twice{also}")
+            raise BadRequest(f"request body gives key {_at(where, key)!r} twice{also}")
         seen[same] = key
-        out[name] = _canonical(value, sub, f"{where}{name}.")
+        out[name] = _canonical(value, sub, _at(where, name))
     return out
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
