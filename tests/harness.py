@@ -156,9 +156,10 @@ def start_plugstrip(
     config: str | None = None,
     extra: list[str] | None = None,
     netns: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Plugstrip:
     """``plugstrip serve`` in front of ``upstream``; in namespace ``netns`` (a path) if given,
-    as it runs beside the daemon of a test "host"."""
+    as it runs beside the daemon of a test "host"; ``env`` adds to its environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "plugstrip.sock"
     port = free_port()
@@ -184,8 +185,12 @@ def start_plugstrip(
     args += extra or []
     log = workdir / "plugstrip.log"
     # tests.sample_adapters must be importable, as a user's own adapter package would be
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        **(env or {}),
+    }
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=full_env)
     ps = Plugstrip(f"unix://{sock}", str(sock), f"http://127.0.0.1:{port}", proc, workdir, log)
     wait_for(lambda: sock.exists() or proc.poll() is not None, 20, "no socket")
     if proc.poll() is not None:
