@@ -102,7 +102,8 @@ class Pipeline:
             try:
                 result = fn(call)
                 if inspect.isawaitable(result):
-                    await asyncio.wait_for(result, loaded.spec.timeout)
+                    async with asyncio.timeout(loaded.spec.timeout):
+                        await result
             except Exception:
                 log.exception("adapter %s finished hook failed", loaded.name)
 
@@ -118,7 +119,9 @@ class Pipeline:
         try:
             result = fn(call)
             if inspect.isawaitable(result):
-                await asyncio.wait_for(result, spec.timeout)
+                # a deadline on this task, not a task per hook as wait_for makes
+                async with asyncio.timeout(spec.timeout):
+                    await result
         except Refuse as refusal:
             outcome = f"refused {refusal.status}: {refusal.message}"
             raise
