@@ -269,7 +269,7 @@ adapters:
     docker(ps.host, "run", "-d", "--name", name, "busybox", "sleep", "30")
     try:
         out = docker(ps.host, "exec", "--privileged", name, "true", check=False)
-        assert b"plugstrip policy: privileged containers are not allowed" in out.stderr
+        assert b"plugstrip policy: privileged execs are not allowed" in out.stderr
     finally:
         docker(dockerd, "rm", "-f", name)
 
