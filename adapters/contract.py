@@ -296,7 +296,24 @@ def split_version(path: str) -> tuple[str | None, str]:
     return match.group(1), path[match.end() :] or "/"
 
 
-_VERSION_PREFIX = re.compile(r"/v(\d+(?:\.\d+)?)(?=/|$)")
+# dockerd's router takes any run of digits and dots as the version (``/v1.41.0/`` is
+# 1.41): so does plugstrip, or such a path would match no route here and still be
+# routed there.
+_VERSION_PREFIX = re.compile(r"/v([0-9.]+)(?=/|$)")
+
+
+def same_version(a: str, b: str) -> bool:
+    """Versions compared as the daemon compares them: by number, part by part, missing or
+    unreadable parts as 0 (``1.41`` is ``1.41.0``)."""
+    pa, pb = a.split("."), b.split(".")
+    width = max(len(pa), len(pb))
+    return [_part(p) for p in pa + ["0"] * (width - len(pa))] == [
+        _part(p) for p in pb + ["0"] * (width - len(pb))
+    ]
+
+
+def _part(text: str) -> int:
+    return int(text) if text.isdigit() else 0
 
 
 def hooks_of(adapter: object) -> tuple[str, ...]:

@@ -46,7 +46,8 @@ def _routes(*texts: str) -> tuple[Route, ...]:
     return tuple(Route.parse(t) for t in texts)
 
 
-_ARCHIVE = _routes("GET /containers/*/archive", "HEAD /containers/*/archive")
+# cp out; HEAD (a path's stat) stays: cp into a container asks it first.
+_ARCHIVE = _routes("GET /containers/*/archive")
 _EXPORT = _routes("GET /containers/*/export")
 _LOGS = _routes("GET /containers/*/logs")
 _ATTACH = _routes("POST /containers/*/attach", "GET /containers/*/attach/ws")

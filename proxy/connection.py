@@ -537,6 +537,8 @@ class ClientConnection:
         self._must_close = self._must_close or self._client_closes
         if self._must_close:
             headers.append(("Connection", "close"))
+        if self._head is not None and self._head.method == "HEAD":
+            body = b""  # an answer to HEAD has its head only (RFC 9110 §9.3.2)
         await self.client.write(encode_response_head(status, "", headers) + body)
         return status
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from adapters.contract import split_version
+from adapters.contract import same_version, split_version
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*"}
 _VERSION_SLOT = re.compile(r"^/(\*|v\d+(?:\.\d+)?)(?=/|$)")
@@ -51,7 +51,9 @@ class Route:
         if self.method != "*" and self.method != method.upper():
             return False
         version, rest = split_version(path)
-        if self.version is not None and version != self.version:
+        if self.version is not None and (
+            version is None or not same_version(version, self.version)
+        ):
             return False
         return self.path.fullmatch(rest) is not None
 

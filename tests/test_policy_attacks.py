@@ -12,10 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from proxy.cli import UnixHTTPConnection
 from tests import attack
 from tests.attack import baseline
 from tests.harness import docker
@@ -180,6 +182,12 @@ CREATE_CASES = [
         "bind mount of /etc",
     ),
     Case(
+        "version with a third part",  # the daemon's router reads /v1.41.0/ as 1.41
+        '{"Image":"busybox","HostConfig":{"Privileged":true}}',
+        "privileged containers",
+        target="/v1.41.0/containers/create",
+    ),
+    Case(
         "percent-escaped route",
         '{"Image":"busybox","HostConfig":{"Privileged":true}}',
         "privileged containers",
@@ -278,6 +286,12 @@ OTHER_CASES = [
         for user in ("0", "00", "root", "0:0", "root:root")
     ),
     Case(
+        "exec as a name that is uid 0",  # toor:x:0:0 in the container's /etc/passwd
+        '{"Cmd":["true"],"User":"toor"}',
+        "exec as toor, uid 0 in the container",
+        target=f"/v1.41/containers/{TARGET}/exec",
+    ),
+    Case(
         "service with a bind",
         '{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":'
         '"busybox","Mounts":[{"Type":"bind","Source":"/etc","Target":"/x"}]}}}',
@@ -333,7 +347,21 @@ adapters:
     )
     docker(dockerd, "create", "--name", HOSTPID, "--pid", "host", "busybox", "true")
     docker(dockerd, "create", "--name", ETCBIND, "-v", "/etc:/x", "busybox", "true")
-    docker(dockerd, "run", "-d", "--name", TARGET, "--network", "none", "busybox", "sleep", "600")
+    docker(
+        dockerd,
+        "run",
+        "-d",
+        "--name",
+        TARGET,
+        "-e",
+        "SECRET=hunter2",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "600",
+    )
+    docker(dockerd, "exec", TARGET, "sh", "-c", "echo toor:x:0:0::/root:/bin/sh >> /etc/passwd")
     try:
         yield ps.socket, str(allowed)
     finally:
@@ -373,7 +401,7 @@ def test_refused_and_nothing_made(case: Case, setup: tuple[str, str], dockerd: s
     assert isinstance(answer, dict) and case.why in answer["message"], answer
     assert _names(daemon) == before_names  # nothing created, nothing removed
     assert set(_volumes(daemon)) == before_volumes
-    if not case.real or not case.target.startswith("/v1.41/"):
+    if not case.real or not case.target.startswith("/v1.41"):
         return
     # The oracle: the same bytes straight to the daemon grant the power.
     status, answer = attack.send(daemon, case.method, target, body, case.headers, case.chunked)
@@ -430,3 +458,83 @@ def test_the_cli_prints_refusals(setup: tuple[str, str], dockerd: str) -> None:
         check=False,
     )
     assert ok.returncode == 0, ok.stderr  # a default capability grants nothing new
+
+
+def test_smuggled_bodies_reach_nothing(setup: tuple[str, str], dockerd: str) -> None:
+    """Framing tricks (the shape of CVE-2024-41110: a body the check never saw): whatever
+    plugstrip answers, the daemon creates nothing privileged."""
+    sock, _ = setup
+    daemon = _daemon_sock(dockerd)
+    body = PRIVILEGED.encode()
+    head = (
+        b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+    )
+    tricks = {
+        "length 0, body after": head + b"Content-Length: 0\r\n\r\n" + body,
+        "chunked and a length": head
+        + f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n",
+        "two lengths": head
+        + f"Content-Length: {len(body)}\r\nContent-Length: 0\r\n\r\n".encode()
+        + body,
+        "lower-case method": head.replace(b"POST", b"post")
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+    }
+    before = _names(daemon)
+    for name, raw in tricks.items():
+        status, answer = attack.exchange(sock, raw)
+        assert status in (400, 403), (name, status, answer)
+        containers = attack.get(daemon, "/v1.41/containers/json?all=1") or []
+        for c in containers:
+            info = attack.get(daemon, f"/v1.41/containers/{c['Id']}/json")
+            assert not info["HostConfig"]["Privileged"], name
+    assert _names(daemon) == before
+
+
+def test_read_side_scopes(dockerd: str, tmp_path: Path, setup: tuple[str, str]) -> None:
+    from tests import harness
+
+    config = """
+endpoints:
+  "* /**": {pre: [policy], post: [policy]}
+adapters:
+  policy:
+    use: policy
+    options: {archive: false, export: false, logs: false, attach: false, env: false,
+              deny: ["HEAD /_ping"]}
+"""
+    ps = harness.start_plugstrip(dockerd, tmp_path / "scopes", config)
+    try:
+        for args, why in (
+            (("cp", f"{TARGET}:/etc/passwd", "-"), b"copying files out of containers"),
+            (("export", TARGET), b"exporting containers"),
+            (("logs", TARGET), b"reading container logs"),
+        ):
+            out = docker(ps.host, *args, check=False, timeout=30)
+            assert out.returncode != 0 and b"plugstrip policy: " + why in out.stderr, out.stderr
+        # On a hijack the CLI prints the status only ("unable to upgrade to tcp, received
+        # 403"), as it would for the daemon's own refusal; the message is in the body.
+        out = docker(ps.host, "attach", "--no-stdin", TARGET, check=False, timeout=30)
+        assert out.returncode != 0 and b"received 403" in out.stderr, out.stderr
+        status, answer = attack.send(
+            ps.socket, "POST", f"/v1.41/containers/{TARGET}/attach?stream=1"
+        )
+        assert status == 403 and "attaching to containers" in answer["message"]
+        shown = docker(ps.host, "inspect", "-f", "{{json .Config.Env}}", TARGET).stdout
+        assert b'"SECRET=<redacted by plugstrip>"' in shown and b"hunter2" not in shown
+        real = docker(dockerd, "inspect", "-f", "{{json .Config.Env}}", TARGET).stdout
+        assert b'"SECRET=hunter2"' in real
+        docker(ps.host, "cp", str(Path(__file__)), f"{TARGET}:/tmp/")  # cp in is no read
+        # A refused HEAD is a head alone: the next answer on the connection is intact.
+        conn = UnixHTTPConnection(ps.socket)
+        conn.request("HEAD", "/_ping")
+        refused = conn.getresponse()
+        assert refused.status == 403 and refused.read() == b""
+        conn.request("GET", "/_ping")
+        assert conn.getresponse().read() == b"OK"
+        conn.close()
+    finally:
+        ps.stop()
