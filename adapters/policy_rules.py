@@ -354,7 +354,8 @@ class _Lookup:
 def _check_security_opt(opt: str) -> None:
     """Options that weaken confinement: seccomp or AppArmor off, custom seccomp profiles,
     SELinux labels off or a super-privileged type, /proc unmasked, no-new-privileges off."""
-    key, _, value = opt.replace(":", "=", 1).partition("=")
+    # "key=value", or the older "key:value"
+    key, _, value = opt.partition("=") if "=" in opt else opt.partition(":")
     key, low = key.strip().lower(), value.strip().lower()
     weak = (
         (key == "seccomp" and low not in ("", "default"))

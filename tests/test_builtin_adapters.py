@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 
 from adapters.audit import AuditAdapter
-from adapters.contract import Refuse
+from adapters.contract import Call, Peer, Refuse
 from adapters.policy import PolicyAdapter
 from adapters.testkit import make_call, respond, run_hook
 
@@ -100,3 +101,151 @@ async def test_audit_line_per_mutating_call(tmp_path: Path, status: int, outcome
     )
     assert line["who"] == "unix:uid=0,gid=0,pid=1"
     assert line["create"] == {"Image": "busybox", "Privileged": True}  # never the Env
+
+
+def _owned(who: str) -> dict[str, Any]:
+    return {
+        "Labels": {"io.plugstrip.owner": who},
+        "Config": {"Labels": {"io.plugstrip.owner": who}},
+    }
+
+
+async def test_ownership_stamps_filters_and_hides() -> None:
+    alice = Peer("unix", uid=1001, gid=1001, pid=7)
+    policy = PolicyAdapter(ownership=True, bind_mounts=[])
+    policy.bind_daemon(
+        FakeDaemon(
+            {
+                "/containers/mine/json": _owned("uid:1001"),
+                "/containers/theirs/json": _owned("uid:1002"),
+                "/networks/theirnet": {"Name": "theirnet", **_owned("uid:1002")},
+                "/networks/bridge": {"Name": "bridge", "Labels": {}},
+                "/exec/e1/json": {"ContainerID": "theirs"},
+                "/volumes/v": _owned("uid:1002"),
+            }
+        )
+    )
+
+    async def outcome(method: str, target: str, body: Any = None) -> tuple[int, str] | Call:
+        call = make_call(method, target, json=body, peer=alice)
+        try:
+            await run_hook(policy, "pre_hook", call)
+        except Refuse as refusal:
+            return refusal.status, refusal.message
+        return call
+
+    created = await outcome(
+        "POST",
+        "/v1.41/containers/create",
+        {"Image": "x", "labels": {"io.plugstrip.owner": "uid:0", "keep": "1"}},
+    )
+    assert isinstance(created, Call)
+    assert created.request.json()["Labels"] == {"io.plugstrip.owner": "uid:1001", "keep": "1"}
+    vol = await outcome("POST", "/volumes/create")
+    assert isinstance(vol, Call) and vol.request.json() == {
+        "Labels": {"io.plugstrip.owner": "uid:1001"}
+    }
+
+    listed = await outcome("GET", '/containers/json?all=1&filters={"status":["exited"]}')
+    assert isinstance(listed, Call)
+    query = dict(parse_qsl(listed.request.query))
+    assert json.loads(query["filters"]) == {
+        "status": ["exited"],
+        "label": ["io.plugstrip.owner=uid:1001"],
+    }
+    assert query["all"] == "1"
+    legacy = await outcome("POST", '/v1.41/containers/prune?filters={"label":{"a=b":true}}')
+    assert isinstance(legacy, Call)
+    assert json.loads(dict(parse_qsl(legacy.request.query))["filters"])["label"] == {
+        "a=b": True,
+        "io.plugstrip.owner=uid:1001": True,
+    }
+
+    assert isinstance(await outcome("POST", "/containers/mine/start"), Call)
+    assert await outcome("POST", "/containers/theirs/start") == (404, "No such container: theirs")
+    assert await outcome("GET", "/networks/theirnet") == (404, "network theirnet not found")
+    assert isinstance(
+        await outcome("POST", "/networks/bridge/connect", {"Container": "mine"}), Call
+    )
+    assert await outcome("POST", "/networks/bridge/connect", {"container": "theirs"}) == (
+        404,
+        "No such container: theirs",
+    )
+    assert await outcome("POST", "/exec/e1/start", {}) == (404, "No such exec instance: e1")
+    assert await outcome("DELETE", "/volumes/v") == (404, "get v: no such volume")
+    assert await outcome("POST", "/commit?container=theirs") == (404, "No such container: theirs")
+    assert await outcome(
+        "POST", "/containers/create", {"Image": "x", "HostConfig": {"VolumesFrom": ["theirs:ro"]}}
+    ) == (400, "No such container: theirs")
+    assert await outcome(
+        "POST",
+        "/containers/create",
+        {"Image": "x", "NetworkingConfig": {"EndpointsConfig": {"theirnet": {}}}},
+    ) == (404, "network theirnet not found")
+
+
+async def test_policy_routes_to_the_same_powers() -> None:
+    policy = PolicyAdapter(bind_mounts=["/srv"])
+    policy.bind_daemon(FakeDaemon())
+    cases = [
+        ("POST", "/build?networkmode=host", None, "networkmode=host"),
+        ("POST", "/build?networkmode=container:x", None, "networkmode=container:x"),
+        ("POST", "/swarm/init", {}, "managing the swarm"),
+        ("POST", "/plugins/pull?remote=x", [], "installing or changing plugins"),
+        ("POST", "/services/create", {}, "creating or updating services"),
+        ("POST", "/containers/x/update", {"devices": [{"PathOnHost": "/dev/sda"}]}, "Devices"),
+        (
+            "POST",
+            "/containers/create",
+            {"HostConfig": {"Capabilities": ["CAP_SYS_ADMIN"]}},
+            "Capabilities CAP_SYS_ADMIN",
+        ),
+        ("POST", "/containers/create", {"HostConfig": {"MaskedPaths": []}}, "MaskedPaths"),
+        (
+            "POST",
+            "/containers/create",
+            {"HostConfig": {"SecurityOpt": ["label=type:spc_t"]}},
+            "SecurityOpt",
+        ),
+        (
+            "POST",
+            "/containers/create",
+            {"HostConfig": {"SecurityOpt": ["seccomp={}"]}},
+            "SecurityOpt",
+        ),
+        (
+            "POST",
+            "/containers/create",
+            {"HostConfig": {"DeviceRequests": [{"Count": -1}]}},
+            "DeviceRequests",
+        ),
+    ]
+    for method, target, body, why in cases:
+        message = await refused(policy, method, target, body)
+        assert message is not None and why in message, (target, body, message)
+    ok = [
+        ("POST", "/build?networkmode=bridge", None),
+        ("POST", "/containers/create", {"HostConfig": {"SecurityOpt": ["no-new-privileges"]}}),
+        ("POST", "/containers/create", {"HostConfig": {"CapAdd": ["chown", "CAP_KILL"]}}),
+        ("GET", "/containers/x/logs", None),
+    ]
+    for method, target, body in ok:
+        assert await refused(policy, method, target, body) is None, (target, body)
+    services = PolicyAdapter(services=True, bind_mounts=[])
+    spec = {
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": "x",
+                "Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}],
+            }
+        }
+    }
+    assert "bind mount of /etc" in (await refused(services, "POST", "/services/create", spec) or "")
+    host_net = {"TaskTemplate": {"ContainerSpec": {"Image": "x"}, "Networks": [{"Target": "host"}]}}
+    assert "host network" in (await refused(services, "POST", "/services/x/update", host_net) or "")
+    assert (
+        await refused(
+            PolicyAdapter(), "POST", "/containers/create", {"HostConfig": {"Privileged": True}}
+        )
+        is None
+    )  # an empty rule set allows everything
