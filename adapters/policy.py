@@ -30,7 +30,7 @@ answers 404 as if absent, unless its rule set says ``see_all``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from adapters.policy_rules import INSPECT, Daemon, Rules, refuse
 from proxy.docker_types import body_schema
 
 _MATCH_KEYS = {"uid", "gid", "cert_cn", "cert_san", "transport"}
+_PEERS_REMEMBERED = 4096
 REDACTED = "<redacted by plugstrip>"
 
 
@@ -72,39 +73,55 @@ class PolicyAdapter:
         self.clients = [_client(entry, i) for i, entry in enumerate(entries)]
         self.ownership = Ownership() if ownership else None
         self.daemon: Daemon | None = None
+        self._rules_by_peer: dict[Peer, Rules] = {}  # a connection's calls share a peer
 
     def bind_daemon(self, daemon: Daemon) -> None:
         """Called once by the registry: the daemon behind plugstrip, for lookups."""
         self.daemon = daemon
 
     def rules_for(self, peer: Peer) -> Rules:
-        for client in self.clients:
-            if client.matches(peer):
-                return client.rules
-        refuse(f"no rule set matches client {peer.describe()}")
-        raise AssertionError  # refuse raised
+        rules = self._rules_by_peer.get(peer)
+        if rules is None:
+            client = next((c for c in self.clients if c.matches(peer)), None)
+            if client is None:
+                refuse(f"no rule set matches client {peer.describe()}")
+            assert client is not None
+            if len(self._rules_by_peer) >= _PEERS_REMEMBERED:
+                self._rules_by_peer.clear()
+            rules = self._rules_by_peer[peer] = client.rules
+        return rules
 
-    async def pre_hook(self, call: Call) -> None:
+    def pre_hook(self, call: Call) -> Awaitable[None] | None:
+        """Route rules at once; a coroutine only when a body or ownership needs more (the
+        daemon asked), so most calls cost no task switch and no timer."""
         req = call.request
         rules = self.rules_for(call.peer)
         call.context["policy.rules"] = rules
         if rules.unrestricted:  # everything, every object seen
-            return
+            return None
         rules.check_route(req.method, req.path, req.query)
-        if req.streamed and not rules.unrestricted and _body_checked(req.method, req.path):
+        if req.streamed and _body_checked(req.method, req.path):
             raise Refuse(400, "plugstrip policy: this request's body must be JSON it can read")
+        owned = self.ownership is not None and not rules.see_all
+        if not req.body and not owned:
+            return None
+        return self._pre_async(call, rules, owned)
+
+    async def _pre_async(self, call: Call, rules: Rules, owned: bool) -> None:
+        req = call.request
         if req.body:
             await rules.check_body(req.method, req.path, req.json(), self.daemon)
-        if self.ownership is not None and not rules.see_all:
+        if owned:
+            assert self.ownership is not None
             await self.ownership.pre_hook(call, self._need_daemon())
 
-    async def post_hook(self, call: Call) -> None:
+    def post_hook(self, call: Call) -> None:
         rules: Rules | None = call.context.get("policy.rules")
         response = call.response
-        if rules is None or response is None or response.status >= 400:
+        if rules is None or rules.env or response is None or response.status >= 400:
             return
         req = call.request
-        if not rules.env and INSPECT.matches(req.method, req.path) and response.body:
+        if INSPECT.matches(req.method, req.path) and response.body:
             config = (response.json() or {}).get("Config") or {}
             config["Env"] = [e.split("=", 1)[0] + "=" + REDACTED for e in config.get("Env") or []]
 

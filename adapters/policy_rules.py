@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
-from adapters.contract import Refuse
+from adapters.contract import Refuse, split_version
 from proxy.routes import Route
 
 # Docker's default capability set (moby oci/caps/defaults.go): adding these grants nothing.
@@ -94,6 +94,9 @@ class Rules:
     _deny: list[Route] = field(default_factory=list, init=False, repr=False)
     _caps: set[str] = field(default_factory=set, init=False, repr=False)
     _roots: list[str] | None = field(default=None, init=False, repr=False)
+    _scopes: dict[str, list[tuple[Route, str]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @classmethod
     def from_options(cls, options: dict[str, Any], where: str = "rules") -> Rules:
@@ -105,6 +108,19 @@ class Rules:
         rules._allow = [Route.parse(r) for r in rules.allow] if rules.allow is not None else None
         rules._deny = [Route.parse(r) for r in rules.deny]
         rules._caps = {_cap(c) for c in rules.cap_add}
+        for allowed, routes, what in (
+            (rules.archive, _ARCHIVE, "copying files out of containers"),
+            (rules.export, _EXPORT, "exporting containers"),
+            (rules.logs, _LOGS, "reading container logs"),
+            (rules.attach, _ATTACH, "attaching to containers"),
+            (rules.swarm, _SWARM, "managing the swarm"),
+            (rules.plugins, _PLUGINS, "installing or changing plugins"),
+            (rules.services, _SERVICES, "creating or updating services"),
+        ):
+            for route in routes if not allowed else ():
+                # by the path's first segment: most calls look at no route at all
+                section = route.text.split()[1].split("/")[1]
+                rules._scopes.setdefault(section, []).append((route, what))
         rules._roots = (
             None
             if rules.bind_mounts is None
@@ -124,18 +140,12 @@ class Rules:
         for route in self._deny:
             if route.matches(method, path):
                 refuse(f"{method} {path} is denied ({route.text})")
-        for allowed, routes, what in (
-            (self.archive, _ARCHIVE, "copying files out of containers"),
-            (self.export, _EXPORT, "exporting containers"),
-            (self.logs, _LOGS, "reading container logs"),
-            (self.attach, _ATTACH, "attaching to containers"),
-            (self.swarm, _SWARM, "managing the swarm"),
-            (self.plugins, _PLUGINS, "installing or changing plugins"),
-            (self.services, _SERVICES, "creating or updating services"),
-        ):
-            if not allowed and _any(routes, method, path):
+        _, rest = split_version(path)
+        section = rest.split("/", 2)[1] if rest.count("/") else ""
+        for route, what in self._scopes.get(section, ()):
+            if route.matches(method, path):
                 refuse(f"{what} is not allowed")
-        if BUILD.matches(method, path):
+        if section == "build" and BUILD.matches(method, path):
             self._check_build(query)
 
     def _check_build(self, query: str) -> None:

@@ -177,8 +177,8 @@ class ClientConnection:
                 self._must_close = True
                 return await self._reply_error(413, f"request body over {MAX_HELD_BODY} bytes")
             request.set_body(body)
-            request.schema = body_schema(request.method, request.path)
-            if request.schema is not None and body:
+            request.schema = body_schema(request.method, request.path) if body else None
+            if request.schema is not None:
                 try:  # a body Docker defines is read once here, whoever reads it later
                     request.json()
                 except Refuse as refusal:

@@ -32,6 +32,8 @@ from proxy.trace import Record, Step, changes
 log = logging.getLogger("plugstrip.pipeline")
 
 Hook = Literal["pre_hook", "post_hook"]
+# Chains of the configured endpoints, by method and path (a container's calls repeat).
+_CHAINS_REMEMBERED = 4096
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Pipeline:
         self.builtins = tuple(builtins)
         self._metrics = metrics
         self._endpoints: list[tuple[Route, tuple[LoadedAdapter, ...], tuple[LoadedAdapter, ...]]]
+        self._configured: dict[tuple[str, str], Chain | None] = {}
         self._endpoints = [
             (
                 ep.route,
@@ -74,12 +77,22 @@ class Pipeline:
         ]
 
     def match(self, method: str, path: str) -> Chain | None:
-        hits = [e for e in self._endpoints if e[0].matches(method, path)]
         inner = [
             b.adapter
             for b in self.builtins
             if any(r.matches(method, path) for r in b.routes) and b.wants(method, path)
         ]
+        if not inner:  # the configured endpoints alone: the same answer for the same call
+            key = (method, path)
+            if key not in self._configured:
+                if len(self._configured) >= _CHAINS_REMEMBERED:
+                    self._configured.clear()
+                self._configured[key] = self._chain(method, path, [])
+            return self._configured[key]
+        return self._chain(method, path, inner)
+
+    def _chain(self, method: str, path: str, inner: list[LoadedAdapter]) -> Chain | None:
+        hits = [e for e in self._endpoints if e[0].matches(method, path)]
         if not hits and not inner:
             return None
         return Chain(

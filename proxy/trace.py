@@ -71,9 +71,10 @@ def changes(before: HttpRequest | HttpResponse, after: HttpRequest | HttpRespons
     elif isinstance(before, HttpResponse) and isinstance(after, HttpResponse):
         if before.status != after.status:
             out.append(f"status: {before.status} -> {after.status}")
-    old, new = list(before.headers), list(after.headers)
-    out += [f"header removed: {k}: {v}" for k, v in old if (k, v) not in new]
-    out += [f"header set: {k}: {v}" for k, v in new if (k, v) not in old]
+    if before.headers != after.headers:  # nearly always equal: one list comparison
+        old, new = list(before.headers), list(after.headers)
+        out += [f"header removed: {k}: {v}" for k, v in old if (k, v) not in new]
+        out += [f"header set: {k}: {v}" for k, v in new if (k, v) not in old]
     if before.body != after.body:
         out.append("body:\n" + _body_diff(before.body, after.body))
     return out
