@@ -71,6 +71,9 @@ class PolicyAdapter:
             raise ValueError("give either clients or one rule set's options, not both")
         entries = clients if clients is not None else [{"match": {}, "rules": rules}]
         self.clients = [_client(entry, i) for i, entry in enumerate(entries)]
+        if ownership and all(c.rules.unrestricted for c in self.clients):
+            # an empty rule set sees everything: ownership would hide nothing from anyone
+            raise ValueError("ownership needs a rule set that is not empty (or clients)")
         self.ownership = Ownership() if ownership else None
         self.daemon: Daemon | None = None
         self._rules_by_peer: dict[Peer, Rules] = {}  # a connection's calls share a peer

@@ -249,3 +249,14 @@ async def test_policy_routes_to_the_same_powers() -> None:
         )
         is None
     )  # an empty rule set allows everything
+
+
+def test_policy_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown option"):
+        PolicyAdapter(privilegd=False)
+    with pytest.raises(ValueError, match="ownership needs a rule set"):
+        PolicyAdapter(ownership=True)
+    with pytest.raises(ValueError, match=r"clients\[0\].match: unknown key"):
+        PolicyAdapter(clients=[{"match": {"ip": "10.0.0.1"}, "rules": {}}])
+    with pytest.raises(ValueError, match="either clients or one rule set"):
+        PolicyAdapter(clients=[], read_only=True)
