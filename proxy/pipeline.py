@@ -15,6 +15,7 @@ and must not block.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -41,6 +42,15 @@ class Chain:
     endpoint: str
     pre: tuple[LoadedAdapter, ...]
     post: tuple[LoadedAdapter, ...]
+
+    @functools.cached_property
+    def finishers(self) -> tuple[LoadedAdapter, ...]:
+        """The chain's adapters that have a ``finished`` hook, each once."""
+        return tuple(
+            a
+            for a in _unique((*self.pre, *self.post))
+            if callable(getattr(a.instance, "finished", None))
+        )
 
 
 @dataclass(frozen=True)
@@ -108,13 +118,10 @@ class Pipeline:
                 return  # answered (call.respond): the rest of the pre-hooks do not run
 
     async def finish(self, chain: Chain, call: Call) -> None:
-        for loaded in _unique((*chain.pre, *chain.post)):
-            fn = getattr(loaded.instance, "finished", None)
-            if fn is None:
-                continue
+        for loaded in chain.finishers:
             try:
-                result = fn(call)
-                if inspect.isawaitable(result):
+                result = loaded.instance.finished(call)
+                if result is not None and inspect.isawaitable(result):
                     async with asyncio.timeout(loaded.spec.timeout):
                         await result
             except Exception:
@@ -131,7 +138,7 @@ class Pipeline:
         outcome = "ok"
         try:
             result = fn(call)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 # a deadline on this task, not a task per hook as wait_for makes
                 async with asyncio.timeout(spec.timeout):
                     await result
@@ -149,7 +156,8 @@ class Pipeline:
             seconds = time.perf_counter() - started
             if failure is not None:
                 outcome = f"failed ({spec.on_failure}): {failure[1]}"
-            after = _message(call, hook).snapshot()
+            after = _message(call, hook)
+            after.settle()  # the message itself is compared: no second copy
             record.steps.append(Step(spec.name, hook, seconds, outcome, changes(before, after)))
             self._metrics.observe_adapter(spec.name, hook, outcome.split(" ")[0], seconds)
         if failure is None:
