@@ -104,6 +104,8 @@ class Rules:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}")
+        for name, value in options.items():
+            _check_type(name, value, where)
         rules = cls(**options, unrestricted=not options)
         rules._allow = [Route.parse(r) for r in rules.allow] if rules.allow is not None else None
         rules._deny = [Route.parse(r) for r in rules.deny]
@@ -359,6 +361,20 @@ class _Lookup:
             if len(parts) > 2 and parts[0] == user and parts[2].isdigit():
                 return int(parts[2])
         return None
+
+
+_LISTS = {"allow", "deny", "cap_add", "bind_mounts"}
+_MAY_BE_NULL = {"allow", "bind_mounts"}
+
+
+def _check_type(name: str, value: Any, where: str) -> None:
+    if value is None and name in _MAY_BE_NULL:
+        return
+    if name in _LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where}.{name}: expected a list of strings, got {value!r}")
+    elif not isinstance(value, bool):
+        raise ValueError(f"{where}.{name}: expected true or false, got {value!r}")
 
 
 def _check_security_opt(opt: str) -> None:

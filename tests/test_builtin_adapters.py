@@ -258,5 +258,9 @@ def test_policy_options_are_checked() -> None:
         PolicyAdapter(ownership=True)
     with pytest.raises(ValueError, match=r"clients\[0\].match: unknown key"):
         PolicyAdapter(clients=[{"match": {"ip": "10.0.0.1"}, "rules": {}}])
+    with pytest.raises(ValueError, match="bind_mounts: expected a list of strings"):
+        PolicyAdapter(bind_mounts="/srv")
+    with pytest.raises(ValueError, match="privileged: expected true or false"):
+        PolicyAdapter(privileged="no")
     with pytest.raises(ValueError, match="either clients or one rule set"):
         PolicyAdapter(clients=[], read_only=True)
