@@ -4,9 +4,11 @@ daemon, so the network adapter (which follows the daemon's events) is off here."
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,7 +85,17 @@ ODD_REQUEST = (
 
 
 # Intercepted by an adapter that reads the body and changes nothing: still as received.
-LOOKING = 'endpoints: {"POST /containers/create": {pre: [look]}}\nadapters: {look: {use: policy}}\n'
+LOOKING = (
+    'endpoints: {"POST /containers/create": {pre: [look]}}\n'
+    "adapters: {look: {use: policy, options: {bind_mounts: null}}}\n"
+)
+# Read as the daemon reads it (an escaped route, keys in another case), checked, and sent
+# on as it came: the canonical reading is for hooks, not for the wire.
+ESCAPED_REQUEST = (
+    b"POST /v1.41/containers/%63reate?name=odd HTTP/1.1\r\nHost: docker\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n"
+    b'{"image": "busybox", "hostconfig": {"memory": 0} }'
+)
 
 
 @pytest.mark.parametrize("config", [None, LOOKING], ids=["unmatched", "intercepted-unchanged"])
@@ -95,6 +107,22 @@ def test_request_and_response_pass_byte_for_byte(
     try:
         assert ask(ps.socket, ODD_REQUEST) == ODD_RESPONSE
         assert seen == [ODD_REQUEST]
+    finally:
+        ps.stop()
+
+
+def test_a_request_read_canonically_is_sent_as_it_came(
+    recorder: tuple[str, list[bytes], list[bytes]], tmp_path: Path
+) -> None:
+    upstream, seen, _ = recorder
+    ps = start_plugstrip(upstream, tmp_path / "ps", config=LOOKING, extra=NO_NETWORKS)
+    try:
+        assert ask(ps.socket, ESCAPED_REQUEST) == ODD_RESPONSE
+        assert seen == [ESCAPED_REQUEST]
+        with urllib.request.urlopen(f"{ps.admin}/trace") as answer:
+            (record,) = json.load(answer)
+        assert record["endpoint"] == "POST /containers/create"  # the hook saw it
+        assert record["target"] == "/v1.41/containers/create?name=odd"
     finally:
         ps.stop()
 
