@@ -26,6 +26,11 @@ import simplejson
 from proxy.canonical import BadRequest, Schema, read_json
 
 HOOK_NAMES = ("pre_hook", "post_hook", "finished")
+# Objects a client owns carry this label; while a policy gives a call an owner,
+# ``call.context[OWNER_KEY]`` names it, so an adapter that answers for objects itself (the
+# network adapter's networks) shows that client only its own.
+OWNER_LABEL = "io.plugstrip.owner"
+OWNER_KEY = "plugstrip.owner"
 
 
 class Refuse(Exception):

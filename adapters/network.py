@@ -29,7 +29,7 @@ from netaddr import AddrFormatError, IPAddress
 from adapters import holder as holders
 from adapters import network_shapes as shapes
 from adapters import weave_cidr
-from adapters.contract import Call, Refuse, split_version
+from adapters.contract import OWNER_KEY, OWNER_LABEL, Call, Refuse, split_version
 from adapters.docker_api import DockerApi
 from adapters.holder_pool import DEFAULT_SIZE, HolderPool
 from adapters.registry import LoadedAdapter
@@ -253,14 +253,23 @@ class NetworkAdapter:
             bool(body.get("Internal")),
         )
 
+    async def _network(self, call: Call, name: str) -> NetworkRecord | None:
+        """The plugstrip network ``name``, if there is one this call may see (with a
+        policy's ownership, another client's answers as absent, as Docker's do)."""
+        record = await self.service.find(name)
+        owner = call.context.get(OWNER_KEY)
+        if record is not None and owner is not None and record.labels.get(OWNER_LABEL) != owner:
+            raise Refuse(404, f"network {name} not found")
+        return record
+
     async def _inspect_network(self, call: Call, match: re.Match[str]) -> None:
-        record = await self.service.find(match.group(1))
+        record = await self._network(call, match.group(1))
         if record is not None:
             attachments = await self.service.attachments(network=record)
             call.respond(200, shapes.network(record, attachments))
 
     async def _remove_network(self, call: Call, match: re.Match[str]) -> None:
-        record = await self.service.find(match.group(1))
+        record = await self._network(call, match.group(1))
         if record is None:
             return
         if await self._in_use(record):
@@ -319,7 +328,7 @@ class NetworkAdapter:
             response.set_json(result)
 
     async def _connect(self, call: Call, match: re.Match[str]) -> None:
-        record = await self.service.find(match.group(1))
+        record = await self._network(call, match.group(1))
         if record is None:
             return
         body = call.request.json() or {}
@@ -338,7 +347,7 @@ class NetworkAdapter:
         call.respond(200, body=b"", content_type="text/plain")
 
     async def _disconnect(self, call: Call, match: re.Match[str]) -> None:
-        record = await self.service.find(match.group(1))
+        record = await self._network(call, match.group(1))
         if record is None:
             return
         body = call.request.json() or {}
@@ -800,7 +809,8 @@ def _filters(call: Call) -> dict[str, list[str]]:
 
 
 def _query(call: Call, key: str) -> str | None:
-    values = parse_qs(call.client_request.query).get(key)
+    # as the request went upstream: plugstrip's networks are filtered as the daemon's were
+    values = parse_qs(call.request.query).get(key)
     return values[0] if values else None
 
 

@@ -99,7 +99,7 @@ def parse_filters(text: str | None) -> dict[str, list[str]]:
 
 
 def matches(record: NetworkRecord, filters: dict[str, list[str]], in_use: bool) -> bool:
-    """Docker's network filters: each key must match (any of its values)."""
+    """Docker's network filters: each key must match (labels all, others any value)."""
     tests: dict[str, Callable[[str], bool]] = {
         "name": lambda v: v in record.name,
         "id": lambda v: record.id.startswith(v),
@@ -114,7 +114,9 @@ def matches(record: NetworkRecord, filters: dict[str, list[str]], in_use: bool) 
     for key, values in filters.items():
         if key not in tests:
             raise FilterError(f"invalid filter '{key}'")
-        if values and not any(tests[key](v) for v in values):
+        # labels must all match, as Docker's MatchKVList; other keys any of their values
+        match = all if key in ("label", "label!") else any
+        if values and not match(tests[key](v) for v in values):
             return False
     return True
 

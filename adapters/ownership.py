@@ -13,10 +13,18 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from adapters.contract import Call, HttpRequest, Refuse, dumps, loads, split_version
+from adapters.contract import (
+    OWNER_KEY,
+    OWNER_LABEL,
+    Call,
+    HttpRequest,
+    Refuse,
+    dumps,
+    loads,
+    split_version,
+)
 from adapters.policy_rules import Daemon
 
-OWNER_LABEL = "io.plugstrip.owner"
 _PREDEFINED_NETWORKS = ("bridge", "host", "none", "default")
 _CREATES = {"/containers/create", "/networks/create", "/volumes/create"}
 _FILTERED = {
@@ -34,6 +42,7 @@ _NOT_IDS = {"json", "create", "prune"}
 class Ownership:
     async def pre_hook(self, call: Call, daemon: Daemon) -> None:
         req, who = call.request, call.peer.identity
+        call.context[OWNER_KEY] = who
         _, rest = split_version(req.path)
         if (req.method, rest) in _FILTERED:
             req.query = _with_owner_filter(req.query, who)

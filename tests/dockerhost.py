@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -119,11 +119,12 @@ class DockerHost:
         assert self.ps is not None, "plugstrip is not running"
         return self.ps.host
 
-    def start_plugstrip(self) -> Plugstrip:
+    def start_plugstrip(self, config: str | None = None, extra: Sequence[str] = ()) -> Plugstrip:
         self.ps = harness.start_plugstrip(
             self.daemon,
             self.workdir / "plugstrip",
-            extra=["--ovsdb", self.ovsdb, *self.extra],
+            config,
+            extra=["--ovsdb", self.ovsdb, *self.extra, *extra],
             netns=self.netns_path,
         )
         return self.ps

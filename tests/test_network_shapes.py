@@ -47,6 +47,8 @@ def test_filters_come_in_both_of_dockers_forms() -> None:
         ({"label": ["tier=front"]}, False, True),
         ({"label": ["tier=back"]}, False, False),
         ({"label!": ["tier=back"]}, False, True),
+        ({"label": ["tier=front", "owner=other"]}, False, False),  # labels: all of them
+        ({"label": ["tier=front", "tier"]}, False, True),
         ({"label": ["tier=front"], "driver": ["bridge"]}, False, False),  # every key
         ({"type": ["custom"]}, False, True),
         ({"type": ["builtin"]}, False, False),
