@@ -106,17 +106,20 @@ class PolicyAdapter:
         if req.streamed and _body_checked(req.method, req.path):
             raise Refuse(400, "plugstrip policy: this request's body must be JSON it can read")
         owned = self.ownership is not None and not rules.see_all
-        if not req.body and not owned:
+        inside = rules.acts_inside(req.method, req.path)
+        if not req.body and not owned and not inside:
             return None
-        return self._pre_async(call, rules, owned)
+        return self._pre_async(call, rules, owned, inside)
 
-    async def _pre_async(self, call: Call, rules: Rules, owned: bool) -> None:
+    async def _pre_async(self, call: Call, rules: Rules, owned: bool, inside: bool) -> None:
         req = call.request
-        if req.body:
-            await rules.check_body(req.method, req.path, req.json(), self.daemon)
-        if owned:
+        if owned:  # first: what the client may not see, it must not learn about either
             assert self.ownership is not None
             await self.ownership.pre_hook(call, self._need_daemon())
+        if inside:
+            await rules.check_inside(req.path, self.daemon)
+        if req.body:
+            await rules.check_body(req.method, req.path, req.json(), self.daemon)
 
     def post_hook(self, call: Call) -> None:
         rules: Rules | None = call.context.get("policy.rules")

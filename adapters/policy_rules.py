@@ -30,6 +30,7 @@ DEFAULT_CAPS = frozenset(
 )
 _NAMESPACES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
 _JOINABLE = ("NetworkMode", "PidMode", "IpcMode")  # may be "container:<id>"
+_FILLED_PATHS = ("MaskedPaths", "ReadonlyPaths")  # inspect shows the daemon's defaults
 _DEVICE_FIELDS = ("Devices", "DeviceCgroupRules", "DeviceRequests")
 _READ_METHODS = ("GET", "HEAD")
 
@@ -60,6 +61,14 @@ UPDATE = Route.parse("POST /containers/*/update")
 VOLUME_CREATE = Route.parse("POST /volumes/create")
 BUILD = Route.parse("POST /build")
 INSPECT = Route.parse("GET /containers/*/json")
+# Calls that work inside a container that exists: its powers become the caller's (a shell
+# in a privileged container is root on the host).
+INTO = _routes(
+    "POST /containers/*/exec",
+    "POST /containers/*/attach",
+    "GET /containers/*/attach/ws",
+    "PUT /containers/*/archive",
+)
 
 
 def _any(routes: Iterable[Route], method: str, path: str) -> bool:
@@ -155,6 +164,30 @@ class Rules:
         mode = (parse_qs(query).get("networkmode") or [""])[0]
         if not self.host_namespaces and _is_host_or_join(mode):
             refuse(f"building with networkmode={mode} is not allowed")
+
+    def acts_inside(self, method: str, path: str) -> bool:
+        return not self.unrestricted and _any(INTO, method, path)
+
+    async def check_inside(self, path: str, daemon: Daemon | None) -> None:
+        """Exec, attach and copy into a container are refused when the container has a
+        power this client could not have asked for at create (one an operator made, say).
+        CgroupnsMode is left out: on cgroup v1 the daemon gives every container host."""
+        name = split_version(path)[1].split("/")[2]
+        look = _Lookup(daemon)
+        info = await look.container(name)
+        if info is None:
+            return  # the daemon answers: no such container
+        host = {
+            k: v
+            for k, v in (info.get("HostConfig") or {}).items()
+            # the daemon fills these in for every container: only an emptied one is a power
+            if k != "CgroupnsMode" and not (k in _FILLED_PATHS and v)
+        }
+        try:
+            await self._check_host(host, look)
+        except Refuse as refusal:
+            why = refusal.message.removeprefix("plugstrip policy: ")
+            refuse(f"container {name} has a power this client may not use ({why})")
 
     # ---- bodies ------------------------------------------------------------------------
 

@@ -28,6 +28,9 @@ VOLUME = f"etcvol-{RUN}"  # a local volume that binds /etc, made on the daemon d
 HOSTPID = f"hostpid-{RUN}"  # a container with the host's PID namespace
 ETCBIND = f"etcbind-{RUN}"  # a container with /etc bound in
 TARGET = f"target-{RUN}"  # a running container to exec into
+# A running container an operator made with /etc bound in (this machine runs no privileged
+# containers: its own capabilities are bounded).
+POWERFUL = f"powerful-{RUN}"
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,29 @@ OTHER_CASES = [
         target=f"/v1.41/containers/{TARGET}/exec",
     ),
     Case(
+        "exec into a container with /etc bound",
+        '{"Cmd":["true"]}',
+        f"container {POWERFUL} has a power this client may not use (bind mount of /etc",
+        target=f"/v1.41/containers/{POWERFUL}/exec",
+    ),
+    Case(
+        "attach to a container with /etc bound",
+        None,
+        f"container {POWERFUL} has a power",
+        target=f"/v1.41/containers/{POWERFUL}/attach?stream=1&stdin=1",
+        headers={"Content-Type": ""},
+        real=False,  # a hijack: the oracle would hold a shell open
+    ),
+    Case(
+        "copy into a container with /etc bound",
+        "not a tar: refused before it is read",
+        f"container {ETCBIND} has a power this client may not use (bind mount of /etc",
+        method="PUT",
+        target=f"/v1.41/containers/{ETCBIND}/archive?path=/x",
+        headers={"Content-Type": "application/x-tar"},
+        real=False,  # it would write into the host's /etc
+    ),
+    Case(
         "service with a bind",
         '{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":'
         '"busybox","Mounts":[{"Type":"bind","Source":"/etc","Target":"/x"}]}}}',
@@ -363,11 +389,25 @@ adapters:
         "600",
     )
     docker(dockerd, "exec", TARGET, "sh", "-c", "echo toor:x:0:0::/root:/bin/sh >> /etc/passwd")
+    docker(
+        dockerd,
+        "run",
+        "-d",
+        "--name",
+        POWERFUL,
+        "-v",
+        "/etc:/x:ro",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "600",
+    )
     try:
         yield ps.socket, str(allowed)
     finally:
         ps.stop()
-        docker(dockerd, "rm", "-f", HOSTPID, ETCBIND, TARGET, check=False)
+        docker(dockerd, "rm", "-f", HOSTPID, ETCBIND, TARGET, POWERFUL, check=False)
         docker(dockerd, "volume", "rm", "-f", VOLUME, check=False)
 
 
