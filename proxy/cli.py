@@ -361,7 +361,10 @@ def _write_runtime(
         "admin": str(admin) if admin else None,
         "underlay": None if underlay is None else {"mtu": underlay.mtu, "from": underlay.source},
     }
-    (path / RUNTIME_FILE).write_text(json.dumps(doc))
+    # whole or not at all: tools and tests read it as soon as it is there
+    partial = path / f".{RUNTIME_FILE}.{os.getpid()}"
+    partial.write_text(json.dumps(doc))
+    os.replace(partial, path / RUNTIME_FILE)
 
 
 # ---- trace ---------------------------------------------------------------------------------

@@ -293,7 +293,9 @@ def test_port_zero_means_any_free_port(plugstrip_factory: Any) -> None:
     ps = plugstrip_factory(
         extra=["--listen", "tcp://127.0.0.1:0", "--admin", "tcp://127.0.0.1:0"], name="zero"
     )
-    runtime = json.loads((ps.workdir / "state" / "serve.json").read_text())
+    written = ps.workdir / "state" / "serve.json"  # after every listener, the admin one too
+    wait_for(written.exists, 20, "serve.json not written")
+    runtime = json.loads(written.read_text())
     tcp = next(url for url in runtime["listen"] if url.startswith("tcp://"))
     ports = {int(tcp.rsplit(":", 1)[1]), int(runtime["admin"].rsplit(":", 1)[1])}
     assert not ports & {0, 2375, 9323}  # neither zero nor the defaults it once became
