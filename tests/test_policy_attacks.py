@@ -369,41 +369,50 @@ adapters:
   policy: {{use: policy, options: {{bind_mounts: ["{allowed}"]}}}}
 """
     ps = harness.start_plugstrip(dockerd, work / "ps", config)
-    docker(
-        dockerd, "volume", "create", "-o", "type=none", "-o", "o=bind", "-o", "device=/etc", VOLUME
-    )
-    docker(dockerd, "create", "--name", HOSTPID, "--pid", "host", "busybox", "true")
-    docker(dockerd, "create", "--name", ETCBIND, "-v", "/etc:/x", "busybox", "true")
-    docker(
-        dockerd,
-        "run",
-        "-d",
-        "--name",
-        TARGET,
-        "-e",
-        "SECRET=hunter2",
-        "--network",
-        "none",
-        "busybox",
-        "sleep",
-        "600",
-    )
-    docker(dockerd, "exec", TARGET, "sh", "-c", "echo toor:x:0:0::/root:/bin/sh >> /etc/passwd")
-    docker(
-        dockerd,
-        "run",
-        "-d",
-        "--name",
-        POWERFUL,
-        "-v",
-        "/etc:/x:ro",
-        "--network",
-        "none",
-        "busybox",
-        "sleep",
-        "600",
-    )
-    try:
+    try:  # made inside: a failure here still stops plugstrip and removes them
+        docker(
+            dockerd,
+            "volume",
+            "create",
+            "-o",
+            "type=none",
+            "-o",
+            "o=bind",
+            "-o",
+            "device=/etc",
+            VOLUME,
+        )
+        docker(dockerd, "create", "--name", HOSTPID, "--pid", "host", "busybox", "true")
+        docker(dockerd, "create", "--name", ETCBIND, "-v", "/etc:/x", "busybox", "true")
+        docker(
+            dockerd,
+            "run",
+            "-d",
+            "--name",
+            TARGET,
+            "-e",
+            "SECRET=hunter2",
+            "--network",
+            "none",
+            "busybox",
+            "sleep",
+            "600",
+        )
+        docker(dockerd, "exec", TARGET, "sh", "-c", "echo toor:x:0:0::/root:/bin/sh >> /etc/passwd")
+        docker(
+            dockerd,
+            "run",
+            "-d",
+            "--name",
+            POWERFUL,
+            "-v",
+            "/etc:/x:ro",
+            "--network",
+            "none",
+            "busybox",
+            "sleep",
+            "600",
+        )
         yield ps.socket, str(allowed)
     finally:
         ps.stop()

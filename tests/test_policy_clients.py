@@ -58,9 +58,9 @@ def shared(dockerd: str) -> Iterator[tuple[Plugstrip, Path]]:
     sock = root / "shared.sock"
     config = CLIENTS.replace("AUDIT", str(root / "audit.jsonl"))
     ps = start_plugstrip(dockerd, root / "ps", config, ["--listen", f"unix://{sock}"])
-    wait_for(sock.exists, 20, "no shared socket")
-    sock.chmod(0o666)
     try:
+        wait_for(sock.exists, 20, "no shared socket")
+        sock.chmod(0o666)
         yield ps, root
     finally:
         ps.stop()

@@ -151,8 +151,10 @@ adapters:
 """
     ps = harness.start_plugstrip(dockerd, work / "ps", config)
     target = f"prop-target-{uuid.uuid4().hex[:6]}"
-    docker(dockerd, "run", "-d", "--name", target, "--network", "none", "busybox", "sleep", "600")
     try:
+        docker(
+            dockerd, "run", "-d", "--name", target, "--network", "none", "busybox", "sleep", "600"
+        )
         yield ps.socket
     finally:
         ps.stop()
