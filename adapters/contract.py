@@ -122,6 +122,7 @@ class _JsonBody:
     def _init_json(self) -> None:
         self._parsed = _UNPARSED
         self._pristine = _UNPARSED
+        self._source: bytes | None = None
 
     def _parse(self, body: bytes) -> Any:
         return loads(body)
@@ -133,6 +134,7 @@ class _JsonBody:
                 return None
             self._parsed = self._parse(self.body)
             self._pristine = copy.deepcopy(self._parsed)
+            self._source = self.body  # the bytes that parse came from
         return self._parsed
 
     def set_json(self, value: Any) -> None:
@@ -144,10 +146,16 @@ class _JsonBody:
         self._parsed = _UNPARSED
 
     def settle(self) -> None:
-        """Fold in-place edits of ``json()`` into ``body``; an unedited body keeps its bytes."""
-        if self._parsed is not _UNPARSED and self._parsed != self._pristine:
+        """Fold in-place edits of ``json()`` into ``body``; an unedited body keeps its bytes,
+        and its parse stays for the next reader (the core reads Docker's bodies once, then
+        every hook would parse them again)."""
+        if self._parsed is _UNPARSED:
+            return
+        if self.body is not self._source:  # ``body`` replaced directly: parse it afresh
+            self._parsed = _UNPARSED
+        elif self._parsed != self._pristine:
             self.body = dumps(self._parsed)
-        self._parsed = _UNPARSED
+            self._parsed = _UNPARSED
 
 
 _UNPARSED: Any = object()
