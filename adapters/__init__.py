@@ -1,13 +1,1 @@
-"""Adapters: the hook contract, their loading, and the built-in adapters."""
-
-from adapters.contract import (
-    AdapterError,
-    Call,
-    Headers,
-    HttpRequest,
-    HttpResponse,
-    Peer,
-    Refuse,
-)
-
-__all__ = ["AdapterError", "Call", "Headers", "HttpRequest", "HttpResponse", "Peer", "Refuse"]
+"""plugstrip's adapters: each imports the core (:mod:`plugstrip.proxy`), none is imported by it."""

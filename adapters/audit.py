@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapters.contract import Call, Refuse
+from plugstrip.proxy.contract import Call, Refuse
 
 _READ_METHODS = ("GET", "HEAD")
 # Fields of a create body worth a line in an audit log (never the environment: secrets).

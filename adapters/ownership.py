@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from adapters.contract import (
+from plugstrip.adapters.policy_rules import Daemon
+from plugstrip.proxy.contract import (
     OWNER_KEY,
     OWNER_LABEL,
     Call,
@@ -23,7 +24,6 @@ from adapters.contract import (
     loads,
     split_version,
 )
-from adapters.policy_rules import Daemon
 
 _PREDEFINED_NETWORKS = ("bridge", "host", "none", "default")
 _CREATES = {"/containers/create", "/networks/create", "/volumes/create"}

@@ -34,10 +34,10 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.contract import Call, Peer, Refuse
-from adapters.ownership import Ownership
-from adapters.policy_rules import INSPECT, Daemon, Rules, refuse
-from proxy.docker_types import body_schema
+from plugstrip.adapters.ownership import Ownership
+from plugstrip.adapters.policy_rules import INSPECT, Daemon, Rules, refuse
+from plugstrip.proxy.contract import Call, Peer, Refuse
+from plugstrip.proxy.docker_types import body_schema
 
 _MATCH_KEYS = {"uid", "gid", "cert_cn", "cert_san", "transport"}
 _PEERS_REMEMBERED = 4096

@@ -1,7 +1,7 @@
 """One rule set of the policy: which routes a client may call and which powers over the
 host its requests may ask for, on every route that grants them.
 
-Bodies arrive read as the daemon reads them (``proxy.canonical``: Docker's key spelling,
+Bodies arrive read as the daemon reads them (``plugstrip.proxy.canonical``: Docker's key spelling,
 no duplicate keys). Where a power depends on something already on the daemon (a named
 volume's driver options, the container a ``container:<id>`` mode or ``VolumesFrom``
 names, a user name in a container's ``/etc/passwd``) the daemon is asked (``Daemon``), so
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
-from adapters.contract import Refuse, split_version
-from proxy.routes import Route
+from plugstrip.proxy.contract import Refuse, split_version
+from plugstrip.proxy.routes import Route
 
 # Docker's default capability set (moby oci/caps/defaults.go): adding these grants nothing.
 DEFAULT_CAPS = frozenset(
@@ -36,7 +36,7 @@ _READ_METHODS = ("GET", "HEAD")
 
 
 class Daemon(Protocol):
-    """What the rules ask the daemon (``adapters.docker_api.DockerApi`` answers)."""
+    """What the rules ask the daemon (``plugstrip.proxy.docker_api.DockerApi`` answers)."""
 
     async def call(self, method: str, path: str, ok_missing: bool = False) -> Any: ...
 

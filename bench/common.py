@@ -10,7 +10,7 @@ import time
 
 from netaddr import IPNetwork
 
-from netdrivers.store import NetworkSpec, Store
+from plugstrip.netdrivers.store import NetworkSpec, Store
 
 
 def in_pid_ns(pid: str) -> list[str]:

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from bench.common import allocation_times, in_pid_ns, iperf
-from netdrivers.etcd_store import EtcdStore
-from netdrivers.store import SqliteStore, Store
+from plugstrip.netdrivers.etcd_store import EtcdStore
+from plugstrip.netdrivers.store import SqliteStore, Store
 from tests import harness
 from tests.dockerhost import docker_host
 from tests.etcd import etcd_server

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.proxy_bench import ping_latencies
-from proxy.cli import UnixHTTPConnection
+from plugstrip.cli.main import UnixHTTPConnection
 from tests import harness
 
 POLICY = """

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.cli import UnixHTTPConnection
+from plugstrip.cli.main import UnixHTTPConnection
 from tests import harness
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"

@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 
-from proxy.splice import move  # the same kernel path plugstrip takes for hijacks
+from plugstrip.proxy.splice import move  # the same kernel path plugstrip takes for hijacks
 
 
 def _serve(client: socket.socket, upstream_path: str) -> None:

@@ -30,7 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from netdrivers.netlink import socket_in
+from plugstrip.netdrivers.netlink import socket_in
 
 log = logging.getLogger("plugstrip.dns")
 

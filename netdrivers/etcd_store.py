@@ -34,9 +34,9 @@ import aetcd
 import aetcd.exceptions
 from netaddr import IPAddress, IPNetwork
 
-from netdrivers import ipam
-from netdrivers.ipam import IpamError
-from netdrivers.store import Allocation, Host, NetworkRecord, NetworkSpec, lowest_free_vni
+from plugstrip.netdrivers import ipam
+from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.store import Allocation, Host, NetworkRecord, NetworkSpec, lowest_free_vni
 
 T = TypeVar("T")
 RETRIES = 200  # of one decision that lost (to another host, or to an address it had not read)

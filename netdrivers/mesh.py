@@ -15,9 +15,9 @@ import logging
 
 from netaddr import IPAddress
 
-from netdrivers.contract import RemoteEndpoint
-from netdrivers.service import NetworkService, to_network
-from netdrivers.store import Host
+from plugstrip.netdrivers.contract import RemoteEndpoint
+from plugstrip.netdrivers.service import NetworkService, to_network
+from plugstrip.netdrivers.store import Host
 
 log = logging.getLogger("plugstrip.mesh")
 

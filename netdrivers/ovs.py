@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from ipaddress import IPv4Address
 
-from netdrivers.contract import Endpoint, Network, RemoteEndpoint
-from netdrivers.netlink import (
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.netlink import (
     Netlink,
     ensure_endpoint_veth,
     link_name,
     plug_into_container,
     tx_checksum_off,
 )
-from netdrivers.ovsdb import Ovsdb, detect_datapath
+from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath
 
 INTEGRATION_BRIDGE = "psint"
 PREFIX = "pso"  # veth host ends (access ports)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
-from netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
 
 T = TypeVar("T")
 

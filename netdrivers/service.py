@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
-from netdrivers import ipam
-from netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
-from netdrivers.ipam import IpamError
-from netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
+from plugstrip.netdrivers import ipam
+from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
 
 log = logging.getLogger("plugstrip.netdrivers")
 T = TypeVar("T")

@@ -20,8 +20,8 @@ from typing import Any, Protocol, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
-from netdrivers import ipam
-from netdrivers.ipam import IpamError
+from plugstrip.netdrivers import ipam
+from plugstrip.netdrivers.ipam import IpamError
 
 T = TypeVar("T")
 STORE_FILE = "networks.db"  # the embedded store, in the state directory
@@ -436,6 +436,6 @@ def open_store(url: str | None, state_dir: str | Path) -> Store:
     embedded SQLite store in the state directory."""
     if url is None:
         return SqliteStore(Path(state_dir) / STORE_FILE)
-    from netdrivers.etcd_store import EtcdStore  # gRPC is loaded only when used
+    from plugstrip.netdrivers.etcd_store import EtcdStore  # gRPC is loaded only when used
 
     return EtcdStore.from_url(url)

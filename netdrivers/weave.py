@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from ipaddress import IPv4Address
 
-from netdrivers import firewall
-from netdrivers.contract import Endpoint, Network, RemoteEndpoint
-from netdrivers.netlink import (
+from plugstrip.netdrivers import firewall
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.netlink import (
     ZERO_MAC,
     Netlink,
     ensure_endpoint_veth,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.server import ProxyServer
+from plugstrip.proxy.server import ProxyServer
 
 
 def admin_app(server: ProxyServer) -> web.Application:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from proxy.routes import Route, RouteError
+from plugstrip.proxy.routes import Route, RouteError
 
 FailurePolicy = Literal["refuse", "skip"]
 _FAILURE_POLICIES = ("refuse", "skip")

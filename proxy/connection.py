@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
-from proxy.canonical import BadRequest, canonical_path
-from proxy.docker_types import body_schema
-from proxy.http1 import (
+from plugstrip.proxy.canonical import BadRequest, canonical_path
+from plugstrip.proxy.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
+from plugstrip.proxy.docker_types import body_schema
+from plugstrip.proxy.http1 import (
     END,
     LAST_CHUNK,
     READ_SIZE,
@@ -34,12 +34,12 @@ from proxy.http1 import (
     encode_response_head,
     pipe,
 )
-from proxy.metrics import Metrics, endpoint_label
-from proxy.pipeline import Chain, Pipeline
-from proxy.splice import splice_pipe, spliceable
-from proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
-from proxy.trace import Record, Trace
-from proxy.upstream import Upstream, UpstreamUnavailable
+from plugstrip.proxy.metrics import Metrics, endpoint_label
+from plugstrip.proxy.pipeline import Chain, Pipeline
+from plugstrip.proxy.splice import splice_pipe, spliceable
+from plugstrip.proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
+from plugstrip.proxy.trace import Record, Trace
+from plugstrip.proxy.upstream import Upstream, UpstreamUnavailable
 
 log = logging.getLogger("plugstrip.proxy")
 

@@ -6,8 +6,8 @@ as sent; the daemon ignores them.
 
 from __future__ import annotations
 
-from proxy.canonical import ListOf, MapOf, Schema, struct
-from proxy.routes import Route
+from plugstrip.proxy.canonical import ListOf, MapOf, Schema, struct
+from plugstrip.proxy.routes import Route
 
 STRINGS = MapOf()  # labels, options, sysctls: string to string
 _RESOURCES = dict.fromkeys(

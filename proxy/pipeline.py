@@ -21,20 +21,40 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from adapters.contract import AdapterError, Call, HttpRequest, HttpResponse, Refuse
-from adapters.registry import LoadedAdapter, Registry
-from proxy.config import Config
-from proxy.metrics import Metrics
-from proxy.routes import Route
-from proxy.trace import Record, Step, changes
+from plugstrip.proxy.config import DEFAULT_TIMEOUT, Config, FailurePolicy
+from plugstrip.proxy.contract import AdapterError, Call, HttpRequest, HttpResponse, Refuse
+from plugstrip.proxy.metrics import Metrics
+from plugstrip.proxy.routes import Route
+from plugstrip.proxy.trace import Record, Step, changes
+
+if TYPE_CHECKING:
+    from plugstrip.proxy.registry import Registry
 
 log = logging.getLogger("plugstrip.pipeline")
 
 Hook = Literal["pre_hook", "post_hook"]
 # Chains of the configured endpoints, by method and path (a container's calls repeat).
 _CHAINS_REMEMBERED = 4096
+
+
+@dataclass(frozen=True)
+class HookPolicy:
+    """How the pipeline runs an adapter's hooks: under this deadline, and on a failure
+    other than ``Refuse`` either refusing the call (fail closed) or skipping the adapter."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    on_failure: FailurePolicy = "refuse"
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """An adapter as the pipeline runs it: a live object with hooks, under a policy."""
+
+    name: str
+    instance: Any
+    policy: HookPolicy = HookPolicy()
 
 
 @dataclass(frozen=True)
@@ -122,7 +142,7 @@ class Pipeline:
             try:
                 result = loaded.instance.finished(call)
                 if result is not None and inspect.isawaitable(result):
-                    async with asyncio.timeout(loaded.spec.timeout):
+                    async with asyncio.timeout(loaded.policy.timeout):
                         await result
             except Exception:
                 log.exception("adapter %s finished hook failed", loaded.name)
@@ -131,7 +151,7 @@ class Pipeline:
         fn = getattr(loaded.instance, hook, None)
         if fn is None:
             return
-        spec = loaded.spec
+        policy = loaded.policy
         before = _message(call, hook).snapshot()
         started = time.perf_counter()
         failure: tuple[int, str] | None = None
@@ -140,33 +160,33 @@ class Pipeline:
             result = fn(call)
             if result is not None and inspect.isawaitable(result):
                 # a deadline on this task, not a task per hook as wait_for makes
-                async with asyncio.timeout(spec.timeout):
+                async with asyncio.timeout(policy.timeout):
                     await result
         except Refuse as refusal:
             outcome = f"refused {refusal.status}: {refusal.message}"
             raise
         except TimeoutError:
-            failure = (504, f"timed out after {spec.timeout:g}s")
+            failure = (504, f"timed out after {policy.timeout:g}s")
         except AdapterError as exc:
             failure = (exc.status, str(exc))
         except Exception as exc:
-            log.exception("adapter %s %s raised", spec.name, hook)
+            log.exception("adapter %s %s raised", loaded.name, hook)
             failure = (500, f"{type(exc).__name__}: {exc}")
         finally:
             seconds = time.perf_counter() - started
             if failure is not None:
-                outcome = f"failed ({spec.on_failure}): {failure[1]}"
+                outcome = f"failed ({policy.on_failure}): {failure[1]}"
             after = _message(call, hook)
             after.settle()  # the message itself is compared: no second copy
-            record.steps.append(Step(spec.name, hook, seconds, outcome, changes(before, after)))
-            self._metrics.observe_adapter(spec.name, hook, outcome.split(" ")[0], seconds)
+            record.steps.append(Step(loaded.name, hook, seconds, outcome, changes(before, after)))
+            self._metrics.observe_adapter(loaded.name, hook, outcome.split(" ")[0], seconds)
         if failure is None:
             return
         status, why = failure
         hook_name = hook.replace("_", "-")
-        if spec.on_failure == "refuse":
-            raise Refuse(status, f"plugstrip: adapter {spec.name!r} {hook_name} failed: {why}")
-        log.warning("adapter %s %s failed, skipped: %s", spec.name, hook_name, why)
+        if policy.on_failure == "refuse":
+            raise Refuse(status, f"plugstrip: adapter {loaded.name!r} {hook_name} failed: {why}")
+        log.warning("adapter %s %s failed, skipped: %s", loaded.name, hook_name, why)
         _restore(call, hook, before)
 
 

@@ -4,8 +4,9 @@ The API version prefix is optional on both sides: Powerstrip's ``/*/containers/c
 (its ``*`` stood for the version) matches ``/v1.41/containers/create`` and, unlike
 Powerstrip, the unversioned ``/containers/create`` too. A pattern may pin a version
 (``/v1.41/...``), which then only matches requests with that version. In the rest of the
-path ``*`` matches one segment (or part of one) and ``**`` any number of segments. The
-query is ignored. The method is exact (case-insensitive) or ``*``.
+path ``*`` matches one segment (or part of one) and ``**`` any number of segments; what
+each ``*`` matched is handed back by :meth:`Route.match` (a name or an id). The query is
+ignored. The method is exact (case-insensitive) or ``*``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from adapters.contract import same_version, split_version
+from plugstrip.proxy.contract import same_version, split_version
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*"}
 _VERSION_SLOT = re.compile(r"^/(\*|v\d+(?:\.\d+)?)(?=/|$)")
@@ -48,14 +49,19 @@ class Route:
         return cls(text, method, version, re.compile(_glob_to_regex(path)))
 
     def matches(self, method: str, path: str) -> bool:
+        return self.match(method, path) is not None
+
+    def match(self, method: str, path: str) -> tuple[str, ...] | None:
+        """What each ``*`` matched, in order, if the call matches; else None."""
         if self.method != "*" and self.method != method.upper():
-            return False
+            return None
         version, rest = split_version(path)
         if self.version is not None and (
             version is None or not same_version(version, self.version)
         ):
-            return False
-        return self.path.fullmatch(rest) is not None
+            return None
+        found = self.path.fullmatch(rest)
+        return None if found is None else found.groups()
 
 
 def _glob_to_regex(path: str) -> str:
@@ -64,7 +70,7 @@ def _glob_to_regex(path: str) -> str:
         if token == "**":
             out.append(".*")
         elif token == "*":
-            out.append("[^/]+")
+            out.append("([^/]+)")
         else:
             out.append(re.escape(token))
     regex = "".join(out)

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.contract import Peer
-from adapters.docker_api import DockerApi
-from adapters.registry import Registry
-from proxy import tls as tls_layer
-from proxy.addresses import SocketAddress
-from proxy.config import Config, ConfigError, load_file
-from proxy.connection import ClientConnection, Shared
-from proxy.http1 import ByteReader, ByteWriter
-from proxy.metrics import Metrics
-from proxy.pipeline import BuiltIn, Pipeline
-from proxy.trace import Trace
-from proxy.upstream import STREAM_LIMIT, Upstream
+from plugstrip.proxy import tls as tls_layer
+from plugstrip.proxy.addresses import SocketAddress
+from plugstrip.proxy.config import Config, ConfigError, load_file
+from plugstrip.proxy.connection import ClientConnection, Shared
+from plugstrip.proxy.contract import Peer
+from plugstrip.proxy.docker_api import DockerApi
+from plugstrip.proxy.http1 import ByteReader, ByteWriter
+from plugstrip.proxy.metrics import Metrics
+from plugstrip.proxy.pipeline import BuiltIn, Pipeline
+from plugstrip.proxy.registry import Registry
+from plugstrip.proxy.trace import Trace
+from plugstrip.proxy.upstream import STREAM_LIMIT, Upstream
 
 log = logging.getLogger("plugstrip.server")
 

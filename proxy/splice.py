@@ -18,7 +18,7 @@ import socket
 import threading
 from typing import Any
 
-from proxy.http1 import ByteReader, ByteWriter
+from plugstrip.proxy.http1 import ByteReader, ByteWriter
 
 _CHUNK = 1 << 20
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)

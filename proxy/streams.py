@@ -9,7 +9,7 @@ is not JSON (logs, tar archives, raw attach streams) is streamed anyway.
 
 from __future__ import annotations
 
-from proxy.routes import Route
+from plugstrip.proxy.routes import Route
 
 _JSON_STREAMS = tuple(
     Route.parse(p)

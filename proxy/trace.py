@@ -10,7 +10,7 @@ from typing import Any
 
 import simplejson
 
-from adapters.contract import HttpRequest, HttpResponse, loads
+from plugstrip.proxy.contract import HttpRequest, HttpResponse, loads
 
 _MAX_DIFF_LINES = 60
 

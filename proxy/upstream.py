@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from proxy import tls as tls_layer
-from proxy.addresses import SocketAddress
-from proxy.http1 import ByteReader, ByteWriter
+from plugstrip.proxy import tls as tls_layer
+from plugstrip.proxy.addresses import SocketAddress
+from plugstrip.proxy.http1 import ByteReader, ByteWriter
 
 STREAM_LIMIT = 1 << 20
 

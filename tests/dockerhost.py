@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from adapters import holder_pool
-from netdrivers.netlink import tx_checksum_off
+from plugstrip.adapters.network import holder_pool
+from plugstrip.netdrivers.netlink import tx_checksum_off
 from tests import harness, netns
 from tests.harness import Plugstrip
 from tests.ovs import ovs_in

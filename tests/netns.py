@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface
 
-from netdrivers.contract import Endpoint, Network
+from plugstrip.netdrivers.contract import Endpoint, Network
 
 
 @contextmanager

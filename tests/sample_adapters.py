@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.contract import Call
+from plugstrip.proxy.contract import Call
 
 
 class Tagger:

@@ -9,10 +9,10 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from adapters.audit import AuditAdapter
-from adapters.contract import Call, Peer, Refuse
-from adapters.policy import PolicyAdapter
-from adapters.testkit import make_call, respond, run_hook
+from plugstrip.adapters.audit import AuditAdapter
+from plugstrip.adapters.policy import PolicyAdapter
+from plugstrip.proxy.contract import Call, Peer, Refuse
+from plugstrip.proxy.testkit import make_call, respond, run_hook
 
 
 async def refused(adapter: object, method: str, target: str, body: object = None) -> str | None:

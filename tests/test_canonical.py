@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.socket_proxy_env import policy_options
-from proxy.canonical import BadRequest, canonical_path, fold, read_json
-from proxy.docker_types import CONTAINER_CREATE, body_schema
-from proxy.routes import Route
+from plugstrip.adapters.socket_proxy_env import policy_options
+from plugstrip.proxy.canonical import BadRequest, canonical_path, fold, read_json
+from plugstrip.proxy.docker_types import CONTAINER_CREATE, body_schema
+from plugstrip.proxy.routes import Route
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config import ConfigError, parse
+from plugstrip.proxy.config import ConfigError, parse
 
 POWERSTRIP_EXAMPLE = """
 endpoints:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.contract import Headers, HttpRequest, dumps, loads
+from plugstrip.proxy.contract import Headers, HttpRequest, dumps, loads
 
 
 def test_headers_keep_order_and_case_and_match_any_case() -> None:

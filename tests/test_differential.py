@@ -23,7 +23,7 @@ from pathlib import Path
 import docker as dockerpy
 import pytest
 
-from adapters.docker_api import USER_AGENT
+from plugstrip.proxy.docker_api import USER_AGENT
 from tests import harness
 from tests.difftap import IdNormaliser, Tap, diff, transcripts
 from tests.harness import Plugstrip, docker

@@ -13,9 +13,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from netdrivers.dns import Responder, Upstreams
-from netdrivers.service import NetworkService
-from netdrivers.store import NetworkSpec, SqliteStore
+from plugstrip.netdrivers.dns import Responder, Upstreams
+from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.store import NetworkSpec, SqliteStore
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from proxy.http1 import END, MAX_HEAD, Head, HttpSide, ProtocolError
+from plugstrip.proxy.http1 import END, MAX_HEAD, Head, HttpSide, ProtocolError
 
 _FEEDERS: set[asyncio.Task[None]] = set()
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
-from netdrivers.ipam import (
+from plugstrip.netdrivers.ipam import (
     IpamError,
     check_subnet,
     choose_address,

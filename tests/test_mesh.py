@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress
 
-from netdrivers.contract import Endpoint, Network, RemoteEndpoint
-from netdrivers.mesh import Mesh
-from netdrivers.service import NetworkService
-from netdrivers.store import Host, NetworkSpec, SqliteStore
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.mesh import Mesh
+from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.store import Host, NetworkSpec, SqliteStore
 
 DRIVER = "plugstrip/weave"
 

@@ -3,7 +3,7 @@ bridge and a VXLAN device, two "containers" on veths, traffic between them."""
 
 from __future__ import annotations
 
-from netdrivers.netlink import Netlink
+from plugstrip.netdrivers.netlink import Netlink
 from tests import netns
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from adapters import network_shapes as shapes
-from netdrivers.service import Attachment
-from netdrivers.store import NetworkRecord
+from plugstrip.adapters.network import shapes
+from plugstrip.netdrivers.service import Attachment
+from plugstrip.netdrivers.store import NetworkRecord
 
 RECORD = NetworkRecord(
     "abc123" + "0" * 58,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from adapters.holder_pool import DEFAULT_SIZE
+from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE
 from tests import harness
 from tests.dockerhost import DockerHost
 from tests.etcd import etcd_server

@@ -6,9 +6,9 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from netdrivers.contract import Network
-from netdrivers.ovs import INTEGRATION_BRIDGE, OvsDriver, host_port_name
-from netdrivers.ovsdb import Ovsdb
+from plugstrip.netdrivers.contract import Network
+from plugstrip.netdrivers.ovs import INTEGRATION_BRIDGE, OvsDriver, host_port_name
+from plugstrip.netdrivers.ovsdb import Ovsdb
 from tests import netns
 from tests.ovs import ovs_in
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import docker as dockerpy
 import pytest
 
-from proxy.cli import UnixHTTPConnection
+from plugstrip.cli.main import UnixHTTPConnection
 from tests.harness import Plugstrip, docker
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from adapters.contract import Call, Refuse
-from adapters.testkit import make_call, respond
-from proxy.config import parse
-from proxy.metrics import Metrics
-from proxy.server import build_pipeline
-from proxy.trace import Trace
+from plugstrip.proxy.config import parse
+from plugstrip.proxy.contract import Call, Refuse
+from plugstrip.proxy.metrics import Metrics
+from plugstrip.proxy.server import build_pipeline
+from plugstrip.proxy.testkit import make_call, respond
+from plugstrip.proxy.trace import Trace
 
 RAN: list[str] = []
 

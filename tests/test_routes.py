@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.contract import split_version
-from proxy.routes import Route, RouteError
+from plugstrip.proxy.contract import split_version
+from plugstrip.proxy.routes import Route, RouteError
 
 segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-.", min_size=1, max_size=12)
 segments = st.lists(segment, min_size=1, max_size=5)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netdrivers.etcd_store import EtcdStore
-from netdrivers.ipam import IpamError
-from netdrivers.store import Host, NetworkSpec, SqliteStore, Store
+from plugstrip.netdrivers.etcd_store import EtcdStore
+from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.store import Host, NetworkSpec, SqliteStore, Store
 from tests.etcd import etcd_server
 
 Opener = Callable[[], Store]

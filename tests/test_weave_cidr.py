@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
-from adapters.weave_cidr import AddressRequest, WeaveCidrError, parse
+from plugstrip.adapters.network.weave_cidr import AddressRequest, WeaveCidrError, parse
 
 
 def test_forms() -> None:

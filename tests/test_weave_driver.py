@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from netdrivers.contract import Network, RemoteEndpoint
-from netdrivers.netlink import ZERO_MAC, Netlink
-from netdrivers.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
+from plugstrip.netdrivers.contract import Network, RemoteEndpoint
+from plugstrip.netdrivers.netlink import ZERO_MAC, Netlink
+from plugstrip.netdrivers.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
 from tests import netns
 
 

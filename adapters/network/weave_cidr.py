@@ -13,7 +13,7 @@ from typing import Literal
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from netdrivers.ipam import IpamError, parse_subnet
+from plugstrip.netdrivers.ipam import IpamError, parse_subnet
 
 
 class WeaveCidrError(ValueError):

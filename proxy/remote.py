@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from adapters.contract import (
+from plugstrip.proxy.contract import (
     AdapterError,
     Call,
     HttpRequest,

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from adapters.contract import Refuse
-from proxy.addresses import SocketAddress
+from plugstrip.proxy.addresses import SocketAddress
+from plugstrip.proxy.contract import Refuse
 
 USER_AGENT = "plugstrip"
 

@@ -5,26 +5,16 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from adapters.contract import hooks_of
-from adapters.docker_api import DockerApi
-from adapters.remote import RemoteAdapter
-from proxy.config import AdapterSpec, ConfigError
+from plugstrip.proxy.config import AdapterSpec, ConfigError
+from plugstrip.proxy.contract import hooks_of
+from plugstrip.proxy.docker_api import DockerApi
+from plugstrip.proxy.pipeline import HookPolicy, LoadedAdapter
+from plugstrip.proxy.remote import RemoteAdapter
 
 ENTRY_POINT_GROUP = "plugstrip.adapters"
-
-
-@dataclass(frozen=True)
-class LoadedAdapter:
-    spec: AdapterSpec
-    instance: Any
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 class Registry:
@@ -41,7 +31,9 @@ class Registry:
             bind = getattr(instance, "bind_daemon", None)
             if daemon is not None and callable(bind):
                 bind(daemon)  # an adapter that asks the daemon (the policy's lookups)
-            self._adapters[spec.name] = LoadedAdapter(spec, instance)
+            self._adapters[spec.name] = LoadedAdapter(
+                spec.name, instance, HookPolicy(spec.timeout, spec.on_failure)
+            )
 
     def __getitem__(self, name: str) -> LoadedAdapter:
         return self._adapters[name]

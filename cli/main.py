@@ -23,30 +23,30 @@ import uvloop
 from aiohttp import web
 from netaddr import IPAddress
 
-from adapters import holder_pool
-from adapters.docker_api import DockerApi
-from adapters.network import NetworkAdapter, builtin
-from adapters.socket_proxy_env import policy_options
-from netdrivers import ipam
-from netdrivers.contract import Driver
-from netdrivers.ipam import DEFAULT_RANGE
-from netdrivers.mesh import Mesh
-from netdrivers.netlink import Netlink, Underlay
-from netdrivers.ovs import OvsDriver
-from netdrivers.ovsdb import Ovsdb
-from netdrivers.own_loop import LoopThread, OnOwnLoop
-from netdrivers.service import NetworkService
-from netdrivers.store import host_id, open_store
-from netdrivers.weave import WeaveDriver
-from proxy import logs, ops
-from proxy.addresses import SocketAddress
-from proxy.admin import admin_app
-from proxy.config import AdapterSpec, Config, ConfigError, EndpointSpec
-from proxy.ops import RUNTIME_FILE
-from proxy.routes import Route
-from proxy.server import Listener, ProxyServer, raise_open_files_limit
-from proxy.tls import TlsFiles, client_context, server_context
-from proxy.upstream import Upstream
+from plugstrip.adapters.network import NetworkAdapter, builtin, holder_pool
+from plugstrip.adapters.socket_proxy_env import policy_options
+from plugstrip.cli import ops
+from plugstrip.cli.ops import RUNTIME_FILE
+from plugstrip.netdrivers import ipam
+from plugstrip.netdrivers.contract import Driver
+from plugstrip.netdrivers.ipam import DEFAULT_RANGE
+from plugstrip.netdrivers.mesh import Mesh
+from plugstrip.netdrivers.netlink import Netlink, Underlay
+from plugstrip.netdrivers.ovs import OvsDriver
+from plugstrip.netdrivers.ovsdb import Ovsdb
+from plugstrip.netdrivers.own_loop import LoopThread, OnOwnLoop
+from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.store import host_id, open_store
+from plugstrip.netdrivers.weave import WeaveDriver
+from plugstrip.proxy import logs
+from plugstrip.proxy.addresses import SocketAddress
+from plugstrip.proxy.admin import admin_app
+from plugstrip.proxy.config import AdapterSpec, Config, ConfigError, EndpointSpec
+from plugstrip.proxy.docker_api import DockerApi
+from plugstrip.proxy.routes import Route
+from plugstrip.proxy.server import Listener, ProxyServer, raise_open_files_limit
+from plugstrip.proxy.tls import TlsFiles, client_context, server_context
+from plugstrip.proxy.upstream import Upstream
 
 log = logging.getLogger("plugstrip")
 

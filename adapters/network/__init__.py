@@ -3,8 +3,8 @@
 It answers the network calls for plugstrip's own drivers itself (``call.respond``), adds
 plugstrip networks to Docker's answers (lists, inspects), and turns a container create on
 a plugstrip network into a network-holder container wired up first plus the user's
-container joining it (see :mod:`adapters.holder`). Docker-API shapes stop here: the control
-plane below (:class:`netdrivers.service.NetworkService`) takes plain typed intent.
+container joining it (see :mod:`.holder`). Docker-API shapes stop here: the control
+plane below (:class:`plugstrip.netdrivers.service.NetworkService`) takes plain typed intent.
 
 Address life follows the daemon: addresses belong to a holder, which lives as long as its
 container; removals made anywhere (``docker rm``, ``--rm``, directly on the daemon) arrive
@@ -26,22 +26,19 @@ from urllib.parse import parse_qs, quote
 
 from netaddr import AddrFormatError, IPAddress
 
-from adapters import holder as holders
-from adapters import network_shapes as shapes
-from adapters import weave_cidr
-from adapters.contract import OWNER_KEY, OWNER_LABEL, Call, Refuse, split_version
-from adapters.docker_api import DockerApi
-from adapters.holder_pool import DEFAULT_SIZE, HolderPool
-from adapters.registry import LoadedAdapter
-from netdrivers import dns, ipam
-from netdrivers.dns import NameServer, Upstreams
-from netdrivers.ipam import IpamError
-from netdrivers.mesh import Mesh
-from netdrivers.service import Attachment, NetworkService
-from netdrivers.store import NetworkRecord, NetworkSpec
-from proxy.config import AdapterSpec
-from proxy.pipeline import BuiltIn
-from proxy.routes import Route
+from plugstrip.adapters.network import holder as holders
+from plugstrip.adapters.network import shapes, weave_cidr
+from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE, HolderPool
+from plugstrip.netdrivers import dns, ipam
+from plugstrip.netdrivers.dns import NameServer, Upstreams
+from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.mesh import Mesh
+from plugstrip.netdrivers.service import Attachment, NetworkService
+from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
+from plugstrip.proxy.contract import OWNER_KEY, OWNER_LABEL, Call, Refuse, split_version
+from plugstrip.proxy.docker_api import DockerApi
+from plugstrip.proxy.pipeline import BuiltIn, HookPolicy, LoadedAdapter
+from plugstrip.proxy.routes import Route
 
 log = logging.getLogger("plugstrip.network")
 
@@ -817,5 +814,6 @@ def _query(call: Call, key: str) -> str | None:
 def builtin(adapter: NetworkAdapter) -> BuiltIn:
     """The adapter as the pipeline runs it: fail closed, with a long timeout (a create
     makes and starts a holder and wires its namespace)."""
-    spec = AdapterSpec("network", "python", f"{__name__}:NetworkAdapter", timeout=120.0)
-    return BuiltIn(ROUTES, LoadedAdapter(spec, adapter), adapter.wants)
+    return BuiltIn(
+        ROUTES, LoadedAdapter("network", adapter, HookPolicy(timeout=120.0)), adapter.wants
+    )

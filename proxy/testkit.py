@@ -2,7 +2,7 @@
 
 ::
 
-    from adapters.testkit import make_call, run_hook
+    from plugstrip.proxy.testkit import make_call, run_hook
 
     call = make_call("POST", "/v1.41/containers/create", json={"Image": "busybox"})
     await run_hook(MyAdapter(), "pre_hook", call)
@@ -14,9 +14,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from adapters.contract import Call, Headers, HttpRequest, HttpResponse, Peer, dumps
-from proxy.canonical import canonical_path
-from proxy.docker_types import body_schema
+from plugstrip.proxy.canonical import canonical_path
+from plugstrip.proxy.contract import Call, Headers, HttpRequest, HttpResponse, Peer, dumps
+from plugstrip.proxy.docker_types import body_schema
 
 
 def make_call(

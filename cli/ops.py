@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from netdrivers import firewall, ovs, weave
-from netdrivers.contract import Driver, Endpoint, Network
-from netdrivers.netlink import Netlink, Underlay
-from netdrivers.ovs import OvsDriver
-from netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
-from netdrivers.service import Attachment, NetworkService, to_network
-from netdrivers.store import STORE_FILE, Host, NetworkRecord, open_store
-from netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
+from plugstrip.netdrivers import firewall, ovs, weave
+from plugstrip.netdrivers.contract import Driver, Endpoint, Network
+from plugstrip.netdrivers.netlink import Netlink, Underlay
+from plugstrip.netdrivers.ovs import OvsDriver
+from plugstrip.netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
+from plugstrip.netdrivers.service import Attachment, NetworkService, to_network
+from plugstrip.netdrivers.store import STORE_FILE, Host, NetworkRecord, open_store
+from plugstrip.netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
 
 # In the state dir, written by a running serve: its listeners, admin URL and underlay.
 RUNTIME_FILE = "serve.json"

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from netdrivers.service import Attachment
-from netdrivers.store import NetworkRecord
+from plugstrip.netdrivers.service import Attachment
+from plugstrip.netdrivers.store import NetworkRecord
 
 
 def endpoint_id(attachment: Attachment) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from adapters import holder as holders
-from adapters.docker_api import DockerApi
+from plugstrip.adapters.network import holder as holders
+from plugstrip.proxy.docker_api import DockerApi
 
 log = logging.getLogger("plugstrip.network")
 

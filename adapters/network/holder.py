@@ -19,8 +19,8 @@ import shutil
 import tarfile
 from typing import Any
 
-from adapters.docker_api import DockerApi
-from netdrivers import dns
+from plugstrip.netdrivers import dns
+from plugstrip.proxy.docker_api import DockerApi
 
 IMAGE_REPO = "plugstrip/holder"
 IMAGE_TAG = "1"
@@ -78,7 +78,7 @@ async def ensure_image(api: DockerApi) -> None:
 
 def plain_request(on_bridge: bool) -> dict[str, Any]:
     """A holder's create request when the user's container moved nothing to it: the
-    request spare holders (:mod:`adapters.holder_pool`) are made with."""
+    request spare holders (:mod:`plugstrip.adapters.network.holder_pool`) are made with."""
     return {
         "Image": IMAGE,
         "Labels": {ROLE: "holder", DNS: ""},

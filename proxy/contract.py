@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import simplejson
 
-from proxy.canonical import BadRequest, Schema, read_json
+from plugstrip.proxy.canonical import BadRequest, Schema, read_json
 
 HOOK_NAMES = ("pre_hook", "post_hook", "finished")
 # Objects a client owns carry this label; while a policy gives a call an owner,
@@ -163,7 +163,7 @@ _UNPARSED: Any = object()
 
 @dataclass(eq=False)
 class HttpRequest(_JsonBody):
-    """A request, read as the daemon reads it (``proxy.canonical``): ``path`` is
+    """A request, read as the daemon reads it (``plugstrip.proxy.canonical``): ``path`` is
     percent-decoded, and ``json()`` gives the keys of the bodies Docker defines in Docker's
     spelling (``body["HostConfig"]["Privileged"]`` whatever case the client wrote); a body
     that cannot be read so makes ``json()`` refuse the call with a 400. ``body`` is None
