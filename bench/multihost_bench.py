@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.common import allocation_times, in_pid_ns, iperf
 from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.store import SqliteStore
+from plugstrip.netdrivers.sqlite_store import SqliteStore
 from tests.cluster import cluster
 from tests.dockerhost import UNDERLAY_DEVICE, DockerHost
 from tests.etcd import etcd_server

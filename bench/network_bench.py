@@ -26,7 +26,8 @@ from pathlib import Path
 
 from bench.common import allocation_times, in_pid_ns, iperf
 from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.store import SqliteStore, Store
+from plugstrip.netdrivers.sqlite_store import SqliteStore
+from plugstrip.netdrivers.store import Store
 from tests import harness
 from tests.dockerhost import docker_host
 from tests.etcd import etcd_server

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from plugstrip.netdrivers import firewall, ovs, weave
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network
+from plugstrip.netdrivers.contract import Driver
+from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
 from plugstrip.netdrivers.netlink import Netlink, Underlay
-from plugstrip.netdrivers.ovs import OvsDriver
 from plugstrip.netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
 from plugstrip.netdrivers.service import Attachment, NetworkService, to_network
-from plugstrip.netdrivers.store import STORE_FILE, Host, NetworkRecord, open_store
+from plugstrip.netdrivers.store import STORE_FILE, Host, NetworkRecord
+from plugstrip.netdrivers.stores import open_store
 from plugstrip.netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
 
 # In the state dir, written by a running serve: its listeners, admin URL and underlay.
@@ -72,7 +73,7 @@ async def _read(args: argparse.Namespace, read: Callable[[NetworkService], Await
     try:
         return await read(service)
     finally:
-        await service.store.close()
+        await service.close()
 
 
 async def _snapshot(args: argparse.Namespace) -> tuple[list[NetworkRecord], list[Attachment]]:
@@ -119,6 +120,7 @@ def _net_inspect(args: argparse.Namespace) -> int:
     if record is None:
         raise ValueError(f"no plugstrip network {args.network!r}")
     network = to_network(record)
+    driver = _drivers(args)[record.driver]
     endpoints = []
     for a in attachments:
         if a.network.id != record.id:
@@ -134,14 +136,9 @@ def _net_inspect(args: argparse.Namespace) -> int:
                 "mac": a.mac,
                 "interface": a.meta.get("ifname"),
                 "host": a.meta.get("host"),
-                "host_interface": _host_end(record, network, endpoint),
+                "host_interface": driver.describe(network, endpoint)["host_interface"],
             }
         )
-    devices = (
-        {"bridge": weave.bridge_name(network), "vxlan": weave.vxlan_name(network)}
-        if record.driver == "plugstrip/weave"
-        else {"bridge": ovs.INTEGRATION_BRIDGE}
-    )
     doc = {
         "Name": record.name,
         "Id": record.id,
@@ -151,17 +148,16 @@ def _net_inspect(args: argparse.Namespace) -> int:
         "VNI": record.vni,
         "Internal": record.internal,
         "Labels": record.labels,
-        "Devices": devices,
+        "Devices": driver.describe(network),
         "Endpoints": endpoints,
     }
     print(json.dumps(doc, indent=2))
     return 0
 
 
-def _host_end(record: NetworkRecord, network: Network, endpoint: Endpoint) -> str:
-    if record.driver == "plugstrip/weave":
-        return weave.host_veth_name(network, endpoint)
-    return ovs.host_port_name(network, endpoint)
+def _drivers(args: argparse.Namespace) -> dict[str, Driver]:
+    """The driver table, for names and descriptions (none is connected)."""
+    return make_drivers(DriverSettings(args.ovsdb))
 
 
 # ---- doctor ----------------------------------------------------------------------------
@@ -229,7 +225,7 @@ def _check_forward(records: list[NetworkRecord]) -> Check:
     except (OSError, subprocess.CalledProcessError) as exc:
         return Check("forward policy", "warn", f"cannot read iptables: {exc}")
     policy = next((r.split()[2] for r in rules if r.startswith("-P FORWARD")), "ACCEPT")
-    bridges = [weave.bridge_name(to_network(r)) for r in records if r.driver == "plugstrip/weave"]
+    bridges = [weave.bridge_name(to_network(r)) for r in records if r.driver == WeaveDriver.name]
     missing = [b for b in bridges if not any(" ".join(firewall.accept_rule(b)) in r for r in rules)]
     if policy == "DROP" and missing:
         return Check(
@@ -243,7 +239,7 @@ async def _check_mtu(args: argparse.Namespace, records: list[NetworkRecord]) -> 
         underlay, source = await _underlay(args, nl)
         wrong = []
         for r in records:
-            if r.driver != "plugstrip/weave":
+            if r.driver != WeaveDriver.name:  # the kernel bridge is weave's (OVS: its own)
                 continue
             name = weave.bridge_name(to_network(r))
             if await nl.index(name) is not None:
@@ -268,7 +264,7 @@ async def _underlay(args: argparse.Namespace, nl: Netlink) -> Underlay:
 async def _check_leftovers(
     args: argparse.Namespace, records: list[NetworkRecord], attachments: list[Attachment]
 ) -> Check:
-    drivers: list[Driver] = [WeaveDriver(), OvsDriver(Ovsdb(args.ovsdb))]  # names only
+    drivers = _drivers(args).values()
     expected: set[str] = set()
     for driver in drivers:
         networks = [to_network(r) for r in records if r.driver == driver.name]
@@ -276,7 +272,7 @@ async def _check_leftovers(
             NetworkService.endpoint(a, "") for a in attachments if a.network.driver == driver.name
         ]
         expected |= driver.owned(networks, endpoints)
-    prefixes = (*weave.PREFIXES, ovs.PREFIX)
+    prefixes = tuple(p for driver in drivers for p in driver.prefixes)
     async with Netlink() as nl:
         found = {n for n in await nl.link_names() if n.startswith(prefixes)}
     stale = sorted(found - expected)
@@ -291,7 +287,7 @@ async def _check_leftovers(
 def _flows(args: argparse.Namespace) -> int:
     records, attachments = asyncio.run(_snapshot(args))
     record = next((r for r in records if args.network in (r.name, r.id)), None)
-    if record is None or record.driver != "plugstrip/ovs":
+    if record is None or record.driver != ovs.OvsDriver.name:
         raise ValueError(f"no plugstrip/ovs network {args.network!r}")
     network = to_network(record)
     ports = {

@@ -43,6 +43,7 @@ class RemoteEndpoint:
 
 class Driver(Protocol):
     name: str
+    prefixes: tuple[str, ...]  # how the host links it makes are named (doctor finds strays)
 
     async def create_network(self, network: Network) -> None: ...
 
@@ -66,4 +67,14 @@ class Driver(Protocol):
     async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
         """Remove what the driver finds of its own beyond ``owned`` (left by a crash half
         way); returns the names removed."""
+        ...
+
+    def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
+        """Where ``network`` is on this host (or, given ``endpoint``, where the endpoint
+        is), device names by role, as libnetwork's endpoint info: what an operator looks
+        for (``plugstrip net inspect``)."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of what the driver holds open (a database connection)."""
         ...

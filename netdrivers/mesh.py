@@ -31,6 +31,7 @@ class Mesh:
         self,
         service: NetworkService,
         address: IPAddress,
+        changes: asyncio.Event,
         ttl: int = LEASE_TTL,
         interval: float = INTERVAL,
     ) -> None:
@@ -39,10 +40,11 @@ class Mesh:
         self.ttl = ttl
         self.interval = interval
         self._applied: dict[str, frozenset[RemoteEndpoint]] = {}
-        self._wake = asyncio.Event()
+        # Set when endpoints here come or go: the service is made with ``changes.set`` as
+        # its change callback, by whoever makes both.
+        self._wake = changes
         self._task: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
-        service.on_change = self.kick
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

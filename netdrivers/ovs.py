@@ -41,6 +41,7 @@ def tunnel_name(network: Network, host: IPv4Address) -> str:
 
 class OvsDriver:
     name = "plugstrip/ovs"
+    prefixes: tuple[str, ...] = (PREFIX,)  # its tunnels are OVS ports, not host links
 
     def __init__(
         self,
@@ -53,6 +54,14 @@ class OvsDriver:
         self.netns = netns  # where the veth host ends live: the host's namespace unless given
         self.datapath_type = datapath_type or detect_datapath()
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
+
+    def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
+        if endpoint is not None:
+            return {"host_interface": host_port_name(network, endpoint)}
+        return {"bridge": INTEGRATION_BRIDGE}
+
+    async def close(self) -> None:
+        await self.ovsdb.close()
 
     async def create_network(self, network: Network) -> None:
         await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)

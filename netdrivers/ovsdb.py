@@ -58,6 +58,13 @@ class Ovsdb:
                     ) from exc
         return self._api
 
+    async def close(self) -> None:
+        """Stop ovsdbapp's connection thread, if one was opened."""
+        async with self._connecting:
+            api, self._api = self._api, None
+        if api is not None:
+            await asyncio.to_thread(api.ovsdb_connection.stop, self._timeout)
+
     async def _run(self, commands: Commands) -> list[Any]:
         """Build ``commands`` on the API and run them as one transaction."""
         api = await self.connect()

@@ -39,6 +39,7 @@ class OnOwnLoop:
         self.driver = driver
         self.thread = thread
         self.name = driver.name
+        self.prefixes = driver.prefixes
 
     async def create_network(self, network: Network) -> None:
         await self.thread.run(self.driver.create_network(network))
@@ -60,3 +61,9 @@ class OnOwnLoop:
 
     async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
         return await self.thread.run(self.driver.prune(networks, endpoints))
+
+    def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
+        return self.driver.describe(network, endpoint)
+
+    async def close(self) -> None:
+        await self.thread.run(self.driver.close())

@@ -68,6 +68,7 @@ class NetworkService:
         pool: IPNetwork = ipam.DEFAULT_RANGE,
         prefix: int = ipam.DEFAULT_PREFIX,
         host: str = "",
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.drivers = dict(drivers)
@@ -80,7 +81,7 @@ class NetworkService:
         self._away_until = 0.0  # reads fail fast until then: the store just failed one
         self._away_reason = ""
         self._datapath = asyncio.Lock()  # setting up and taking down networks here
-        self.on_change: Callable[[], None] = lambda: None  # endpoints here came or went
+        self.on_change = on_change  # endpoints here came or went (the mesh syncs)
 
     def driver(self, name: str) -> Driver:
         try:
@@ -197,6 +198,13 @@ class NetworkService:
             await self.driver(attachment.network.driver).join(
                 to_network(attachment.network), self.endpoint(attachment, netns_path)
             )
+
+    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
+        """Add to what the store says of ``owner``'s endpoints (its container's id, name)."""
+        await self.store.update_meta(owner, changes)
+
+    async def close(self) -> None:
+        await self.store.close()
 
     async def _held(self, owner: str) -> list[Attachment]:
         """What ``owner`` holds, read from the store itself: for changing it."""

@@ -1,19 +1,15 @@
-"""The state store: networks and address allocations, behind a small interface.
+"""The state store's contract: its records, the ``Store`` protocol and pure helpers.
 
 Every method that hands something out runs the IPAM decision and its write as one
-transaction, so nothing is handed out twice. ``SqliteStore`` is the embedded default (one
-host); the multi-host issue implements the same interface on etcd with compare-and-swap.
+transaction, so nothing is handed out twice. The backends are modules of their own
+(``sqlite_store``, the embedded default for one host; ``etcd_store``, shared by hosts,
+with compare-and-swap); ``stores.open_store`` picks one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -125,275 +121,6 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS networks (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
-    subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
-    options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL,
-    created REAL NOT NULL, last_address INTEGER
-);
-CREATE TABLE IF NOT EXISTS allocations (
-    network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
-    address INTEGER NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (network_id, owner), UNIQUE (network_id, address)
-);
-CREATE TABLE IF NOT EXISTS hosts (
-    id TEXT PRIMARY KEY, address TEXT NOT NULL, expires REAL NOT NULL
-);
-"""
-
-
-class SqliteStore:
-    """SQLite in WAL mode; each call is one ``BEGIN IMMEDIATE`` transaction in a thread,
-    so concurrent callers (in this process or another) serialise on the write lock."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []  # one per worker thread, closed by close()
-        db = self._connect()
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA foreign_keys=ON")
-            # WAL + NORMAL: a commit survives plugstrip crashing; a power cut may lose the
-            # last ones, and the containers they were for with it (reconciliation mends).
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-            self._all.append(db)
-        return db
-
-    async def close(self) -> None:
-        for db in self._all:
-            db.close()
-        self._all.clear()
-        self._local = threading.local()
-
-    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-        return await asyncio.to_thread(run)
-
-    async def create_network(
-        self,
-        spec: NetworkSpec,
-        pool: IPNetwork = ipam.DEFAULT_RANGE,
-        prefix: int = ipam.DEFAULT_PREFIX,
-    ) -> NetworkRecord:
-        def create(db: sqlite3.Connection) -> NetworkRecord:
-            if db.execute("SELECT 1 FROM networks WHERE name=?", (spec.name,)).fetchone():
-                raise IpamError("conflict", f"network with name {spec.name} already exists")
-            rows = db.execute("SELECT subnet, vni FROM networks").fetchall()
-            taken = [IPNetwork(r[0]) for r in rows]
-            if spec.subnet is None:
-                subnet = ipam.choose_subnet(taken, pool, prefix)
-            else:
-                subnet = spec.subnet
-                ipam.check_subnet(subnet, taken)
-            gateway = spec.gateway or ipam.gateway_of(subnet)
-            if not subnet.first < int(gateway) < subnet.last:
-                raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
-            record = NetworkRecord(
-                uuid.uuid4().hex + uuid.uuid4().hex,
-                spec.name,
-                spec.driver,
-                subnet,
-                gateway,
-                lowest_free_vni({r[1] for r in rows}),
-                dict(spec.options),
-                dict(spec.labels),
-                spec.internal,
-                time.time(),
-            )
-            db.execute(
-                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
-                (
-                    record.id,
-                    record.name,
-                    record.driver,
-                    str(subnet),
-                    str(gateway),
-                    record.vni,
-                    json.dumps(record.options),
-                    json.dumps(record.labels),
-                    int(record.internal),
-                    record.created,
-                ),
-            )
-            return record
-
-        return await self._tx(create)
-
-    async def get_network(self, name_or_id: str) -> NetworkRecord:
-        def get(db: sqlite3.Connection) -> NetworkRecord:
-            row = db.execute(
-                "SELECT * FROM networks WHERE id=? OR name=?", (name_or_id, name_or_id)
-            ).fetchone()
-            if row is None:
-                prefix = db.execute(  # an id prefix, as Docker accepts (no LIKE wildcards)
-                    "SELECT * FROM networks WHERE substr(id, 1, length(?1)) = ?1", (name_or_id,)
-                ).fetchall()
-                if len(prefix) != 1 or not name_or_id:
-                    raise IpamError("not_found", f"network {name_or_id} not found")
-                row = prefix[0]
-            return _record(row)
-
-        return await self._tx(get)
-
-    async def list_networks(self) -> list[NetworkRecord]:
-        return await self._tx(
-            lambda db: [_record(r) for r in db.execute("SELECT * FROM networks ORDER BY name")]
-        )
-
-    async def delete_network(self, network_id: str) -> None:
-        def delete(db: sqlite3.Connection) -> None:
-            users = db.execute(
-                "SELECT count(*) FROM allocations WHERE network_id=?", (network_id,)
-            ).fetchone()[0]
-            if users:
-                raise IpamError("conflict", f"network {network_id} has {users} active endpoints")
-            db.execute("DELETE FROM networks WHERE id=?", (network_id,))
-
-        await self._tx(delete)
-
-    async def allocate(
-        self,
-        network_id: str,
-        owner: str,
-        requested: IPAddress | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> IPAddress:
-        def alloc(db: sqlite3.Connection) -> IPAddress:
-            net = db.execute(
-                "SELECT subnet, gateway, last_address FROM networks WHERE id=?", (network_id,)
-            ).fetchone()
-            if net is None:
-                raise IpamError("not_found", f"network {network_id} not found")
-            held = db.execute(
-                "SELECT address FROM allocations WHERE network_id=? AND owner=?",
-                (network_id, owner),
-            ).fetchone()
-            if held is not None:  # idempotent per (owner, network)
-                mine = IPAddress(held[0], 4)
-                if requested is not None and requested != mine:
-                    raise IpamError("conflict", f"{owner} already has {mine} on this network")
-                return mine
-            address = ipam.choose_address(
-                IPNetwork(net[0]),
-                IPAddress(net[1]),
-                lambda value: (
-                    db.execute(  # an index lookup
-                        "SELECT 1 FROM allocations WHERE network_id=? AND address=?",
-                        (network_id, value),
-                    ).fetchone()
-                    is not None
-                ),
-                requested,
-                after=net[2],
-            )
-            if requested is None:
-                db.execute(
-                    "UPDATE networks SET last_address=? WHERE id=?", (int(address), network_id)
-                )
-            db.execute(
-                "INSERT INTO allocations VALUES (?,?,?,?)",
-                (network_id, owner, int(address), json.dumps(meta or {})),
-            )
-            return address
-
-        return await self._tx(alloc)
-
-    async def release(self, network_id: str, owner: str) -> None:
-        await self._tx(
-            lambda db: db.execute(
-                "DELETE FROM allocations WHERE network_id=? AND owner=?", (network_id, owner)
-            )
-        )
-
-    async def allocations(self, network_id: str) -> dict[str, IPAddress]:
-        return await self._tx(
-            lambda db: {
-                o: IPAddress(a, 4)
-                for o, a in db.execute(
-                    "SELECT owner, address FROM allocations WHERE network_id=?", (network_id,)
-                )
-            }
-        )
-
-    async def endpoints(
-        self, network_id: str | None = None, owner: str | None = None
-    ) -> list[Allocation]:
-        """Allocations, all or of one network and/or one owner."""
-
-        def query(db: sqlite3.Connection) -> list[Allocation]:
-            rows = db.execute(
-                "SELECT network_id, owner, address, meta FROM allocations"
-                " WHERE (?1 IS NULL OR network_id=?1) AND (?2 IS NULL OR owner=?2)"
-                " ORDER BY network_id, address",
-                (network_id, owner),
-            )
-            return [Allocation(n, o, IPAddress(a, 4), json.loads(m)) for n, o, a, m in rows]
-
-        return await self._tx(query)
-
-    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
-        """Merge ``changes`` into the meta of every allocation ``owner`` holds."""
-
-        def update(db: sqlite3.Connection) -> None:
-            rows = db.execute(
-                "SELECT network_id, meta FROM allocations WHERE owner=?", (owner,)
-            ).fetchall()
-            for network_id, meta in rows:
-                db.execute(
-                    "UPDATE allocations SET meta=? WHERE network_id=? AND owner=?",
-                    (json.dumps({**json.loads(meta), **changes}), network_id, owner),
-                )
-
-        await self._tx(update)
-
-    async def register_host(self, host: Host, ttl: int) -> None:
-        await self._tx(
-            lambda db: db.execute(
-                "INSERT OR REPLACE INTO hosts VALUES (?,?,?)",
-                (host.id, str(host.address), time.time() + ttl),
-            )
-        )
-
-    async def deregister_host(self, host_id: str) -> None:
-        await self._tx(lambda db: db.execute("DELETE FROM hosts WHERE id=?", (host_id,)))
-
-    async def changes(self) -> AsyncIterator[None]:
-        # One host, this process the only writer: nothing ever comes from elsewhere.
-        await asyncio.get_running_loop().create_future()
-        yield
-
-    async def hosts(self) -> list[Host]:
-        return await self._tx(
-            lambda db: [
-                Host(i, IPAddress(a))
-                for i, a in db.execute(
-                    "SELECT id, address FROM hosts WHERE expires > ? ORDER BY id", (time.time(),)
-                )
-            ]
-        )
-
-
 def lowest_free_vni(taken: set[int]) -> int:
     vni = 1
     while vni in taken:
@@ -401,21 +128,6 @@ def lowest_free_vni(taken: set[int]) -> int:
     if vni > MAX_VNI:
         raise IpamError("exhausted", "no free VXLAN network identifier")
     return vni
-
-
-def _record(row: tuple[str, ...]) -> NetworkRecord:
-    return NetworkRecord(
-        row[0],
-        row[1],
-        row[2],
-        IPNetwork(row[3]),
-        IPAddress(row[4]),
-        int(row[5]),
-        json.loads(row[6]),
-        json.loads(row[7]),
-        bool(row[8]),
-        float(row[9]),
-    )
 
 
 def host_id(state_dir: str | Path) -> str:
@@ -429,13 +141,3 @@ def host_id(state_dir: str | Path) -> str:
         made = uuid.uuid4().hex
         path.write_text(made + "\n")
         return made
-
-
-def open_store(url: str | None, state_dir: str | Path) -> Store:
-    """``--store``: an ``etcd://HOST:PORT[,...]`` cluster shared by hosts, else (None) the
-    embedded SQLite store in the state directory."""
-    if url is None:
-        return SqliteStore(Path(state_dir) / STORE_FILE)
-    from plugstrip.netdrivers.etcd_store import EtcdStore  # gRPC is loaded only when used
-
-    return EtcdStore.from_url(url)

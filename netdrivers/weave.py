@@ -43,6 +43,7 @@ def host_veth_name(network: Network, endpoint: Endpoint) -> str:
 
 class WeaveDriver:
     name = "plugstrip/weave"
+    prefixes: tuple[str, ...] = PREFIXES
 
     def __init__(
         self,
@@ -53,6 +54,14 @@ class WeaveDriver:
         self.netns = netns  # where the bridges live: the host's namespace unless given
         self.local = local  # the underlay address VXLAN leaves from (--advertise-addr)
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
+
+    def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
+        if endpoint is not None:
+            return {"host_interface": host_veth_name(network, endpoint)}
+        return {"bridge": bridge_name(network), "vxlan": vxlan_name(network)}
+
+    async def close(self) -> None:
+        pass  # a netlink socket per operation: nothing held open
 
     async def create_network(self, network: Network) -> None:
         async with Netlink(self.netns) as nl:

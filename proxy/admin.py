@@ -37,7 +37,7 @@ def admin_app(server: ProxyServer) -> web.Application:
         return web.json_response(server.shared.trace.recent(limit))
 
     async def reload(_: web.Request) -> web.Response:
-        ok = server.reload()
+        ok = await server.reload()
         return web.json_response({"reloaded": ok}, status=200 if ok else 400)
 
     app = web.Application()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from importlib.metadata import entry_points
 from typing import Any
 
+from plugstrip.proxy import lifecycle
 from plugstrip.proxy.config import AdapterSpec, ConfigError
 from plugstrip.proxy.contract import hooks_of
 from plugstrip.proxy.docker_api import DockerApi
@@ -41,13 +42,17 @@ class Registry:
     def __iter__(self) -> Any:
         return iter(self._adapters.values())
 
-    async def aclose(self) -> None:
+    async def start(self) -> None:
+        """Start the adapters in order (``aclose`` closes them, also after a failed start)."""
         for loaded in self._adapters.values():
-            close = getattr(loaded.instance, "close", None)
-            if callable(close):
-                result = close()
-                if inspect.isawaitable(result):
-                    await result
+            await lifecycle.start(loaded.instance)
+
+    async def aclose(self) -> None:
+        """Close every adapter, in reverse order, started or not: each close runs even
+        if one before it raised."""
+        async with AsyncExitStack() as stack:
+            for loaded in self._adapters.values():
+                lifecycle.on_close(stack, loaded.instance)
 
 
 def _instantiate(spec: AdapterSpec) -> Any:

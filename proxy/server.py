@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugstrip.proxy import lifecycle
 from plugstrip.proxy import tls as tls_layer
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.config import Config, ConfigError, load_file
@@ -93,6 +94,37 @@ class ProxyServer:
         self._connections: dict[ClientConnection, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._config_mtime = _mtime(config_path)
+        self._retired: set[Registry] = set()  # replaced by a reload, closed after a grace
+        self._closing = contextlib.AsyncExitStack()
+        self._closing.push_async_callback(self.daemon.close)
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the built-ins, then the configured adapters. ``aclose`` undoes it in
+        reverse order, also after a start that failed half way."""
+        for builtin in self.builtins:
+            await lifecycle.enter(self._closing, builtin.adapter.instance)
+        self._closing.push_async_callback(self._close_registries)
+        await self.shared.pipeline.registry.start()
+
+    async def aclose(self) -> None:
+        """Stop listening (if ``drain`` did not), then close what ``start`` started."""
+        self._stop_listening()
+        await self._closing.aclose()
+
+    def _stop_listening(self) -> None:
+        for server in self._servers:
+            server.close()
+        for path in self._unix_paths:  # no new client finds the socket
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._unix_paths.clear()
+
+    async def _close_registries(self) -> None:
+        for registry in (*self._retired, self.shared.pipeline.registry):
+            await registry.aclose()
+        self._retired.clear()
 
     # ---- listening ---------------------------------------------------------------------
 
@@ -156,8 +188,9 @@ class ProxyServer:
 
     # ---- configuration -----------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """Load the file again; a bad file is logged and the running configuration kept."""
+    async def reload(self) -> bool:
+        """Load the file again and start its adapters; a bad file, or an adapter that
+        fails to start, is logged and the running configuration kept."""
         if not self.config_path:
             return False
         self._config_mtime = _mtime(self.config_path)
@@ -167,19 +200,34 @@ class ProxyServer:
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             return False
+        try:
+            await pipeline.registry.start()
+        except Exception as exc:
+            await pipeline.registry.aclose()
+            log.error("configuration not reloaded, an adapter failed to start: %s", exc)
+            return False
         old, self.shared.pipeline = self.shared.pipeline, pipeline
+        self._retired.add(old.registry)
         self._spawn(self._close_later(old.registry))
         log.info("configuration reloaded", extra={"config": self.config_path})
         return True
+
+    def reload_soon(self) -> None:
+        """For a signal handler: reload in a task of its own."""
+        self._spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        await self.reload()
 
     async def watch_config(self, interval: float = 2.0) -> None:
         while True:
             await asyncio.sleep(interval)
             if self.config_path and _mtime(self.config_path) != self._config_mtime:
-                self.reload()
+                await self.reload()
 
     async def _close_later(self, registry: Registry) -> None:
         await asyncio.sleep(_OLD_ADAPTERS_GRACE)
+        self._retired.discard(registry)
         await registry.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -192,11 +240,7 @@ class ProxyServer:
     async def drain(self, grace: float) -> None:
         """Stop accepting, let calls in flight finish for up to ``grace`` seconds, then close
         the rest (streams and hijacks have no natural end)."""
-        for server in self._servers:
-            server.close()
-        for path in self._unix_paths:  # no new client finds the socket while we drain
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        self._stop_listening()
         for conn in self._connections:
             conn.draining = True  # close after the call in flight
             if not conn.busy:
@@ -211,8 +255,6 @@ class ProxyServer:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         for task in self._tasks:
             task.cancel()
-        await self.shared.pipeline.registry.aclose()
-        await self.daemon.close()
 
 
 def _mtime(path: str | None) -> float | None:

@@ -15,7 +15,8 @@ import pytest
 
 from plugstrip.netdrivers.dns import Responder, Upstreams
 from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.store import NetworkSpec, SqliteStore
+from plugstrip.netdrivers.sqlite_store import SqliteStore
+from plugstrip.netdrivers.store import NetworkSpec
 
 
 @pytest.fixture

@@ -3,65 +3,36 @@ is programmed with, on the real SQLite store, against a driver that records its 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+import asyncio
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import RemoteEndpoint
 from plugstrip.netdrivers.mesh import Mesh
 from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.store import Host, NetworkSpec, SqliteStore
+from plugstrip.netdrivers.sqlite_store import SqliteStore
+from plugstrip.netdrivers.store import Host, NetworkSpec
+from plugstrip.netdrivers.testkit import RecordingDriver
 
 DRIVER = "plugstrip/weave"
 
 
-class Recorder:
-    """The driver contract, doing nothing but remembering what it was asked."""
-
-    name = DRIVER
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, object]] = []
-
-    async def create_network(self, network: Network) -> None:
-        self.calls.append(("create", network.name, None))
-
-    async def delete_network(self, network: Network) -> None:
-        self.calls.append(("delete", network.name, None))
-
-    async def join(self, network: Network, endpoint: Endpoint) -> None:
-        self.calls.append(("join", network.name, endpoint.container_id))
-
-    async def leave(self, network: Network, endpoint: Endpoint) -> None:
-        self.calls.append(("leave", network.name, endpoint.container_id))
-
-    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
-        self.calls.append(("remotes", network.name, sorted(remotes, key=str)))
-
-    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
-        return set()
-
-    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
-        return []
-
-    def remotes_of(self, network: str) -> list[object]:
-        return [arg for call, name, arg in self.calls if call == "remotes" and name == network]
-
-
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[NetworkService, Recorder, Mesh]]:
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[NetworkService, RecordingDriver, Mesh]]:
     store = SqliteStore(tmp_path / "state.db")
-    driver = Recorder()
-    service = NetworkService(store, {DRIVER: driver}, host="me")
-    yield service, driver, Mesh(service, IPAddress("192.168.5.1"))
+    driver = RecordingDriver(DRIVER)
+    changes = asyncio.Event()
+    service = NetworkService(store, {DRIVER: driver}, host="me", on_change=changes.set)
+    yield service, driver, Mesh(service, IPAddress("192.168.5.1"), changes)
     await store.close()
 
 
 async def test_each_network_gets_exactly_the_live_hosts_endpoints(
-    setup: tuple[NetworkService, Recorder, Mesh],
+    setup: tuple[NetworkService, RecordingDriver, Mesh],
 ) -> None:
     service, driver, mesh = setup
     store = service.store
@@ -95,7 +66,7 @@ async def test_each_network_gets_exactly_the_live_hosts_endpoints(
 
 
 async def test_a_network_deleted_on_another_host_is_taken_down_here(
-    setup: tuple[NetworkService, Recorder, Mesh],
+    setup: tuple[NetworkService, RecordingDriver, Mesh],
 ) -> None:
     service, driver, mesh = setup
     net = await service.create_network(NetworkSpec("gone", DRIVER))
@@ -106,7 +77,7 @@ async def test_a_network_deleted_on_another_host_is_taken_down_here(
 
 
 async def test_a_reused_vni_replaces_the_stale_network_first(
-    setup: tuple[NetworkService, Recorder, Mesh],
+    setup: tuple[NetworkService, RecordingDriver, Mesh],
 ) -> None:
     """Deleted elsewhere and its VNI given to a new network before this host's next sync:
     the old network's devices (named by VNI) go before the new one's are made, and the
@@ -123,7 +94,7 @@ async def test_a_reused_vni_replaces_the_stale_network_first(
 
 
 async def test_only_this_hosts_endpoints_are_its_own(
-    setup: tuple[NetworkService, Recorder, Mesh],
+    setup: tuple[NetworkService, RecordingDriver, Mesh],
 ) -> None:
     service, _, _ = setup
     net = await service.create_network(NetworkSpec("shared", DRIVER))

@@ -14,7 +14,8 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers.etcd_store import EtcdStore
 from plugstrip.netdrivers.ipam import IpamError
-from plugstrip.netdrivers.store import Host, NetworkSpec, SqliteStore, Store
+from plugstrip.netdrivers.sqlite_store import SqliteStore
+from plugstrip.netdrivers.store import Host, NetworkSpec, Store
 from tests.etcd import etcd_server
 
 Opener = Callable[[], Store]

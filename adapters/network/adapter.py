@@ -1,0 +1,85 @@
+"""The built-in network adapter, composed: its handlers' tables, its life cycle, and how
+the pipeline runs it."""
+
+from __future__ import annotations
+
+import logging
+
+from plugstrip.adapters.network.containers import ContainerCalls
+from plugstrip.adapters.network.events import Events
+from plugstrip.adapters.network.holder_life import Holders
+from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE
+from plugstrip.adapters.network.networks import NetworkCalls
+from plugstrip.adapters.network.routing import dispatch, routes
+from plugstrip.netdrivers.mesh import Mesh
+from plugstrip.netdrivers.service import NetworkService
+from plugstrip.proxy.contract import Call, split_version
+from plugstrip.proxy.docker_api import DockerApi
+from plugstrip.proxy.pipeline import BuiltIn, HookPolicy, LoadedAdapter
+
+log = logging.getLogger("plugstrip.network")
+
+# Fail closed, with a long deadline: a create makes and starts a holder and wires its
+# namespace.
+POLICY = HookPolicy(timeout=120.0)
+
+
+class NetworkAdapter:
+    def __init__(
+        self,
+        service: NetworkService,
+        api: DockerApi,
+        spare_holders: int = DEFAULT_SIZE,
+        mesh: Mesh | None = None,
+    ) -> None:
+        self.service = service
+        self.api = api
+        self.mesh = mesh  # with other hosts: tunnels to them
+        self.holders = Holders(service, api, spare_holders)
+        self.events = Events(service, api, self.holders)
+        table = (
+            *NetworkCalls(service, api, self.holders).table,
+            *ContainerCalls(service, api, self.holders).table,
+        )
+        self._pre = tuple(on for on in table if on.hook == "pre_hook")
+        self._post = tuple(on for on in table if on.hook == "post_hook")
+        self.routes = routes(table)
+
+    async def start(self) -> None:
+        """Before plugstrip serves: remove datapath leftovers of a crash (nothing can be
+        half-way through a create yet), then follow the daemon."""
+        try:
+            removed = await self.service.prune()
+        except Exception as exc:
+            log.warning("leftovers not pruned: %s", exc)
+        else:
+            if removed:
+                log.info("removed leftovers: %s", ", ".join(removed))
+        self.events.start()
+        if self.mesh is not None:
+            self.mesh.start()
+
+    async def close(self) -> None:
+        await self.events.close()
+        if self.mesh is not None:
+            await self.mesh.close()
+        await self.holders.close()
+        await self.api.close()
+
+    def wants(self, method: str, path: str) -> bool:
+        """Container lists and inspects, which dashboards poll, are none of this adapter's
+        business while the daemon has no container of plugstrip's: they pass through as
+        if plugstrip had no networks."""
+        if self.holders.holding or method != "GET":
+            return True
+        return not split_version(path)[1].startswith("/containers/")
+
+    async def pre_hook(self, call: Call) -> None:
+        await dispatch(self._pre, call)
+
+    async def post_hook(self, call: Call) -> None:
+        await dispatch(self._post, call)
+
+    def builtin(self) -> BuiltIn:
+        """The adapter as the pipeline runs it."""
+        return BuiltIn(self.routes, LoadedAdapter("network", self, POLICY), self.wants)

@@ -1,0 +1,255 @@
+"""Containers on plugstrip networks: a create becomes a holder wired first plus the
+user's container joining it; start, restart and remove follow the holder; inspects and
+lists show the container's plugstrip endpoints in Docker's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netaddr import IPNetwork
+
+from plugstrip.adapters.network import holder, shapes, weave_cidr
+from plugstrip.adapters.network.holder_life import Holders
+from plugstrip.adapters.network.networks import existing_container
+from plugstrip.adapters.network.routing import On, query
+from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.service import Attachment, NetworkService
+from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
+from plugstrip.proxy.contract import Call, Refuse
+from plugstrip.proxy.docker_api import DockerApi
+
+DEFAULT_WEAVE_NETWORK = "weave"  # where WEAVE_CIDR's net:default lands, as in Weave
+DOCKER_MODES = {"", "default", "bridge", "host", "none"}
+
+Wanted = list[tuple[NetworkRecord, dict[str, Any]]]  # networks, each with its endpoint config
+
+
+class ContainerCalls:
+    def __init__(self, service: NetworkService, api: DockerApi, holders: Holders) -> None:
+        self.service = service
+        self.api = api
+        self.holders = holders
+        self.table = (
+            On.pre("POST /containers/create", self.create),
+            On.pre("POST /containers/*/start", self.start),
+            On.pre("POST /containers/*/restart", self.start),
+            On.pre("DELETE /containers/*", self.before_remove),
+            On.post("POST /containers/create", self.created),
+            On.post("GET /containers/json", self.listed),
+            On.post("GET /containers/*/json", self.inspected),
+            On.post("DELETE /containers/*", self.removed),
+        )
+
+    # ---- create ------------------------------------------------------------------------
+
+    async def create(self, call: Call) -> None:
+        body = call.request.json()
+        if not isinstance(body, dict):
+            return
+        wanted = await self._wanted_networks(body)
+        if not wanted:
+            return
+        mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
+        shown_mode = mode if mode not in DOCKER_MODES else wanted[0][0].name
+        on_bridge = any(not r.internal for r, _ in wanted) and await self.holders.has_bridge()
+        mac = body.pop("MacAddress", None)
+        hid = await self.holders.create(holder.split_request(body, shown_mode, on_bridge))
+        call.context["holder"] = hid
+        name = query(call, "name") or ""
+        try:
+            async with self.holders.lock(hid):
+                ns = await self.holders.namespace(hid)  # starts it, unless a running spare
+                for index, (record, config) in enumerate(wanted):
+                    extra = {"mac": mac} if mac and index == 0 else {}
+                    await self.holders.attach(hid, ns, record, config, None, name, extra)
+                await self.holders.serve_names(hid, ns)
+        except BaseException:
+            await self.holders.discard(hid)
+            raise
+        holder.join(body, hid)
+
+    async def _wanted_networks(self, body: dict[str, Any]) -> Wanted:
+        """The plugstrip networks a create request asks for, each with its endpoint config:
+        from the network mode, the endpoints config, and Weave's WEAVE_CIDR."""
+        mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
+        configs = dict((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        wanted: Wanted = []
+        mode_record = None
+        if mode not in DOCKER_MODES and not mode.startswith("container:"):
+            mode_record = await self.service.find(mode)
+            if mode_record is not None:
+                wanted.append((mode_record, configs.pop(mode, None) or {}))
+        for key, config in configs.items():
+            if key in DOCKER_MODES:  # newer clients name the mode here too
+                continue
+            record = await self.service.find(key)
+            if record is not None and mode_record is not None and record.id != mode_record.id:
+                wanted.append((record, config or {}))
+            elif record is not None and mode_record is None:
+                raise Refuse(
+                    400, f"plugstrip network {record.name} must be the container's --network"
+                )
+            elif record is None and mode_record is not None:
+                raise Refuse(
+                    400,
+                    f"a container on plugstrip network {mode_record.name} cannot also join "
+                    f"Docker network {key}",
+                )
+        cidr = next(
+            (e.split("=", 1)[1] for e in body.get("Env") or [] if e.startswith("WEAVE_CIDR=")),
+            None,
+        )
+        if cidr is not None:
+            if mode not in DOCKER_MODES and mode_record is None:
+                return wanted
+            wanted += await self._weave_cidr_networks(cidr, {r.id for r, _ in wanted})
+        return wanted
+
+    async def _weave_cidr_networks(self, text: str, taken: set[str]) -> Wanted:
+        try:
+            requests = weave_cidr.parse(text)
+        except weave_cidr.WeaveCidrError as exc:
+            raise Refuse(400, str(exc)) from None
+        out = []
+        for req in requests:
+            if req.kind == "default":
+                name, subnet = DEFAULT_WEAVE_NETWORK, None
+            else:
+                assert req.subnet is not None
+                name, subnet = f"weave-{req.subnet.network}-{req.subnet.prefixlen}", req.subnet
+            record = await self._network_for_subnet(name, subnet)
+            if record.id in taken:
+                raise Refuse(400, f"WEAVE_CIDR {text!r}: network {record.name} is named twice")
+            config = {"IPAMConfig": {"IPv4Address": str(req.address)}} if req.address else {}
+            out.append((record, config))
+        return out
+
+    async def _network_for_subnet(self, name: str, subnet: IPNetwork | None) -> NetworkRecord:
+        """The plugstrip network with exactly ``subnet`` (or named ``name`` for the default),
+        made on first use as Weave made its subnets."""
+        for record in await self.service.networks():
+            if (subnet is None and record.name == name) or (
+                subnet is not None and record.subnet == subnet
+            ):
+                return record
+        spec = NetworkSpec(name, "plugstrip/weave", subnet)
+        try:
+            return await self.service.create_network(spec)
+        except IpamError as exc:
+            if exc.category != "conflict":
+                raise
+            found = await self.service.find(name)  # made meanwhile by a concurrent create
+            if found is None:
+                raise
+            return found
+
+    async def created(self, call: Call) -> None:
+        hid = call.context.get("holder")
+        response = call.response
+        if hid is None or response is None:
+            return
+        try:
+            if response.status != 201:
+                await self.holders.discard(hid)
+                return
+            cid = str(response.json()["Id"])
+            name = query(call, "name")
+            if not name:
+                info = await existing_container(self.api, cid)
+                name = info["Name"].lstrip("/")
+            await self.service.update_meta(hid, {"container": cid, "name": name})
+        finally:
+            self.holders.pending.discard(hid)
+
+    # ---- start, remove -----------------------------------------------------------------
+
+    async def start(self, call: Call, name: str) -> None:
+        info = await self.api.inspect_container(name)
+        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
+        if not hid:
+            return
+        async with self.holders.lock(hid):
+            held = await self.api.inspect_container(hid)
+            if held is None:
+                raise Refuse(
+                    409,
+                    f"the network holder of {info['Name'].lstrip('/')} is gone "  # type: ignore[index]
+                    "(removed on the daemon): remove the container and create it again",
+                )
+            if not held["State"]["Running"]:
+                await self.holders.replug(hid)
+
+    async def before_remove(self, call: Call, name: str) -> None:
+        info = await self.api.inspect_container(name)
+        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
+        if hid:
+            call.context["holder"] = hid
+
+    async def removed(self, call: Call, _: str) -> None:
+        hid = call.context.get("holder")
+        if hid and call.response is not None and call.response.status < 300:
+            await self.holders.discard(hid)
+
+    # ---- inspect, list -----------------------------------------------------------------
+
+    async def inspected(self, call: Call, _: str) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        if holder.HOLDER.encode() not in (response.body or b""):
+            return  # not joined to a holder: left as the daemon sent it, unparsed
+        data = response.json()
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        hid = labels.get(holder.HOLDER)
+        if not hid:
+            return
+        held = await self.api.inspect_container(hid) or {}
+        settings = data.setdefault("NetworkSettings", {})
+        settings["Networks"] = {
+            a.network.name: shapes.container_endpoint(a, data["Id"])
+            for a in await self.service.attachments(hid)
+        }
+        settings["Ports"] = (held.get("NetworkSettings") or {}).get("Ports") or {}
+        for key in ("IPAddress", "Gateway", "MacAddress"):
+            if key in settings:
+                settings[key] = ""
+        host_config = data.setdefault("HostConfig", {})
+        host_config["NetworkMode"] = labels.get(holder.NETWORK_MODE, host_config.get("NetworkMode"))
+        for key, value in (held.get("HostConfig") or {}).items():
+            if key in holder.MOVED_HOST_CONFIG:
+                host_config[key] = value
+        user_dns = ((held.get("Config") or {}).get("Labels") or {}).get(holder.DNS)
+        host_config["Dns"] = [s for s in (user_dns or "").split(",") if s]
+        for key, value in (held.get("Config") or {}).items():
+            if key in holder.MOVED_CONFIG:
+                data["Config"][key] = value
+
+    async def listed(self, call: Call) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        if holder.LABEL_PREFIX.encode() not in (response.body or b""):
+            return  # none of plugstrip's containers: left as the daemon sent it, unparsed
+        listed = response.json()
+        held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holder.ROLE)}
+        if not held and not any((c.get("Labels") or {}).get(holder.HOLDER) for c in listed):
+            return
+        by_owner: dict[str, list[Attachment]] = {}
+        for a in await self.service.attachments():
+            by_owner.setdefault(a.owner, []).append(a)
+        out = []
+        for c in listed:
+            labels = c.get("Labels") or {}
+            if labels.get(holder.ROLE):
+                continue
+            hid = labels.get(holder.HOLDER)
+            if hid:
+                c.setdefault("HostConfig", {})["NetworkMode"] = labels.get(holder.NETWORK_MODE)
+                c.setdefault("NetworkSettings", {})["Networks"] = {
+                    a.network.name: shapes.container_endpoint(a, c["Id"])
+                    for a in by_owner.get(hid, [])
+                }
+                if hid in held:
+                    c["Ports"] = held[hid].get("Ports") or []
+            out.append(c)
+        response.set_json(out)

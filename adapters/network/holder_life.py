@@ -1,0 +1,196 @@
+"""The holders on this host: their locks, namespaces and life, behind one small class.
+
+Every change to a holder (wiring it, re-plugging it, discarding it, releasing what it
+held) takes the holder's lock, so a create, an event and a reconciliation never interleave
+on one namespace. Releases the store refuses while it is away are retried until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from netaddr import AddrFormatError, IPAddress
+
+from plugstrip.adapters.network import holder
+from plugstrip.adapters.network.holder_pool import HolderPool
+from plugstrip.netdrivers import dns
+from plugstrip.netdrivers.dns import NameServer, Upstreams
+from plugstrip.netdrivers.service import Attachment, NetworkService
+from plugstrip.netdrivers.store import NetworkRecord
+from plugstrip.proxy.contract import Refuse
+from plugstrip.proxy.docker_api import DockerApi
+
+log = logging.getLogger("plugstrip.network")
+
+RELEASE_RETRY = 2.0  # seconds between tries to release while the store is away
+
+
+@dataclass(frozen=True)
+class HolderNs:
+    netns: str  # /proc/PID/ns/net
+    on_bridge: bool  # on Docker's bridge too: plugstrip's interfaces start at eth1
+    upstreams: Upstreams
+
+
+class Holders:
+    def __init__(self, service: NetworkService, api: DockerApi, spares: int) -> None:
+        self.service = service
+        self.api = api
+        self.pool = HolderPool(api, spares)
+        self.names = NameServer(service.resolve)
+        self._locks: dict[str, asyncio.Lock] = {}  # per holder: plug, replug, discard
+        self.pending: set[str] = set()  # holders whose container is being created
+        self._unreleased: set[str] = set()  # holders gone whose release the store refused
+        self._releasing: asyncio.Task[None] | None = None
+        self._bridge: bool | None = None  # does the daemon have its default bridge?
+        # Whether this daemon may have containers of plugstrip's (holders, or containers
+        # joined to one): until the first reconcile says otherwise, assume so.
+        self.holding = True
+
+    async def close(self) -> None:
+        if self._releasing is not None:
+            self._releasing.cancel()
+            await asyncio.gather(self._releasing, return_exceptions=True)
+        await self.pool.close()
+        self.names.close()
+
+    def lock(self, hid: str) -> asyncio.Lock:
+        return self._locks.setdefault(hid, asyncio.Lock())
+
+    # ---- making and finding ------------------------------------------------------------
+
+    async def create(self, request: dict[str, Any]) -> str:
+        """A holder for ``request`` (a running spare if it asks nothing special), marked
+        pending until its container is created."""
+        self.holding = True  # before the holder exists: a list from now on may show it
+        hid = await self._spare() if request == holder.plain_request(True) else None
+        if hid is None:
+            await holder.ensure_image(self.api)
+            created = await self.api.call(
+                "POST", "/containers/create", request, params={"name": holder.new_name()}
+            )
+            hid = str(created["Id"])
+        self.pending.add(hid)
+        return hid
+
+    async def _spare(self) -> str | None:
+        """A running spare holder from the pool; None if there is none (or it died)."""
+        hid = self.pool.take()
+        if hid is not None:
+            info = await self.api.inspect_container(hid)
+            if info is None or not info["State"]["Running"]:
+                await self.discard(hid)
+                return None
+        return hid
+
+    async def top_up_spares(self) -> None:
+        """Spares only where they serve: plugstrip networks exist, and so does the bridge
+        they sit on."""
+        if await self.service.networks() and await self.has_bridge():
+            self.holding = True
+            self.pool.top_up()
+
+    async def has_bridge(self) -> bool:
+        if self._bridge is None:
+            self._bridge = (
+                await self.api.call("GET", "/networks/bridge", ok_missing=True) is not None
+            )
+        return self._bridge
+
+    async def namespace(self, hid: str) -> HolderNs:
+        """The holder's namespace (starting the holder if it is stopped)."""
+        info = await self.api.inspect_container(hid)
+        if info is None:
+            raise Refuse(409, f"network holder {hid[:12]} is gone")
+        if not info["State"]["Running"]:
+            await self.api.call("POST", f"/containers/{hid}/start")
+            info = await self.api.inspect_container(hid) or info
+        on_bridge = info["HostConfig"]["NetworkMode"] != "none"
+        user_dns = (info["Config"].get("Labels") or {}).get(holder.DNS) or ""
+        servers = tuple(s for s in user_dns.split(",") if s) or dns.host_resolvers()
+        return HolderNs(
+            f"/proc/{int(info['State']['Pid'])}/ns/net", on_bridge, Upstreams(servers, on_bridge)
+        )
+
+    # ---- wiring ------------------------------------------------------------------------
+
+    async def attach(
+        self,
+        hid: str,
+        ns: HolderNs,
+        record: NetworkRecord,
+        config: dict[str, Any],
+        container: dict[str, Any] | None = None,
+        name: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> Attachment:
+        """Put the holder on ``record`` as Docker's endpoint ``config`` asks (its
+        ``IPAMConfig`` and ``Aliases``), for ``container`` (an inspect) or a new one."""
+        requested_text = (config.get("IPAMConfig") or {}).get("IPv4Address") or None
+        requested = None
+        if requested_text:
+            try:
+                requested = IPAddress(requested_text, 4)
+            except (AddrFormatError, ValueError):
+                raise Refuse(400, f"invalid IPv4 address {requested_text!r}") from None
+        meta: dict[str, Any] = {
+            "aliases": [str(a) for a in config.get("Aliases") or []],
+            "requested": requested_text,
+            **(extra or {}),
+        }
+        if container is not None:
+            meta |= {"container": container["Id"], "name": container["Name"].lstrip("/")}
+        elif name:
+            meta["name"] = name
+        return await self.service.attach(
+            record, hid, ns.netns, requested, meta, first_ifindex=1 if ns.on_bridge else 0
+        )
+
+    async def serve_names(self, hid: str, ns: HolderNs) -> None:
+        await self.names.serve(hid, ns.netns, ns.upstreams)
+
+    async def replug(self, hid: str) -> None:
+        """Wire a holder's namespace again (it was re-made, or plugstrip restarted).
+        The caller holds the holder's lock."""
+        ns = await self.namespace(hid)
+        await self.service.replug(hid, ns.netns)
+        await self.serve_names(hid, ns)
+
+    # ---- ending ------------------------------------------------------------------------
+
+    async def discard(self, hid: str) -> None:
+        """Remove the holder and release what it held (later, if the store is away)."""
+        async with self.lock(hid):
+            await self.api.call(
+                "DELETE", f"/containers/{hid}", params={"force": "1"}, ok_missing=True
+            )
+            self.names.stop(hid)
+            try:
+                await self.service.release_owner(hid)
+            except ConnectionError as exc:  # the store is away: the container is gone anyway
+                log.warning("releasing %s later: %s", hid[:12], exc)
+                self._unreleased.add(hid)
+                if self._releasing is None or self._releasing.done():
+                    self._releasing = asyncio.create_task(self._release_later())
+        self._locks.pop(hid, None)
+        self.pending.discard(hid)
+
+    async def release(self, owner: str) -> None:
+        """Release what ``owner`` (a holder that is gone) held."""
+        async with self.lock(owner):
+            await self.service.release_owner(owner)
+
+    async def _release_later(self) -> None:
+        """Release what holders removed while the store was away held, once it is back."""
+        while self._unreleased:
+            await asyncio.sleep(RELEASE_RETRY)
+            for hid in sorted(self._unreleased):
+                try:
+                    await self.release(hid)
+                except ConnectionError:
+                    break
+                self._unreleased.discard(hid)
+                log.info("released what %s held", hid[:12])

@@ -1,0 +1,234 @@
+"""The network API for plugstrip's drivers: create, inspect, remove, list, prune,
+connect and disconnect, answered here (``call.respond``) or added to Docker's answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+from netaddr import AddrFormatError, IPAddress
+
+from plugstrip.adapters.network import holder, shapes
+from plugstrip.adapters.network.holder_life import Holders
+from plugstrip.adapters.network.routing import On, filters
+from plugstrip.netdrivers import ipam
+from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
+from plugstrip.proxy.contract import OWNER_KEY, OWNER_LABEL, Call, Refuse
+from plugstrip.proxy.docker_api import DockerApi
+
+log = logging.getLogger("plugstrip.network")
+
+PREFIX = "plugstrip/"
+
+
+class NetworkCalls:
+    def __init__(self, service: NetworkService, api: DockerApi, holders: Holders) -> None:
+        self.service = service
+        self.api = api
+        self.holders = holders
+        self.table = (
+            On.pre("POST /networks/create", self.create),
+            On.pre("GET /networks/*", self.inspect),
+            On.pre("DELETE /networks/*", self.remove),
+            On.pre("POST /networks/*/connect", self.connect),
+            On.pre("POST /networks/*/disconnect", self.disconnect),
+            On.post("GET /networks", self.listed),
+            On.post("POST /networks/prune", self.pruned),
+        )
+
+    async def create(self, call: Call) -> None:
+        body = call.request.json() or {}
+        name, driver = str(body.get("Name") or ""), str(body.get("Driver") or "")
+        if not driver.startswith(PREFIX):
+            mine = await self.service.find(name) if name else None
+            if mine is not None and mine.name == name:
+                raise Refuse(409, f"network with name {name} already exists")
+            return
+        spec = network_spec(body)
+        self.service.driver(spec.driver)  # an unknown driver is refused before any lookup
+        docker_own = await self.api.call(
+            "GET", f"/networks/{quote(name, safe='')}", ok_missing=True
+        )
+        if docker_own is not None and docker_own.get("Name") == name:
+            raise Refuse(409, f"network with name {name} already exists")
+        record = await self.service.create_network(spec)
+        log.info("network created", extra={"network": name, "subnet": str(record.subnet)})
+        await self.holders.top_up_spares()
+        call.respond(201, {"Id": record.id, "Warning": ""})
+
+    async def _network(self, call: Call, name: str) -> NetworkRecord | None:
+        """The plugstrip network ``name``, if there is one this call may see (with a
+        policy's ownership, another client's answers as absent, as Docker's do)."""
+        record = await self.service.find(name)
+        owner = call.context.get(OWNER_KEY)
+        if record is not None and owner is not None and record.labels.get(OWNER_LABEL) != owner:
+            raise Refuse(404, f"network {name} not found")
+        return record
+
+    async def inspect(self, call: Call, name: str) -> None:
+        record = await self._network(call, name)
+        if record is not None:
+            attachments = await self.service.attachments(network=record)
+            call.respond(200, shapes.network(record, attachments))
+
+    async def remove(self, call: Call, name: str) -> None:
+        record = await self._network(call, name)
+        if record is None:
+            return
+        if await self._in_use(record):
+            raise Refuse(
+                403,
+                f"error while removing network: network {record.name} id {record.id} "
+                "has active endpoints",
+            )
+        await self.service.delete_network(record)
+        log.info("network removed", extra={"network": record.name})
+        call.respond(204, body=b"", content_type="text/plain")
+
+    async def _in_use(self, record: NetworkRecord) -> bool:
+        """Whether containers are on the network. A holder whose container is gone but
+        whose destroy event is not handled yet (``run --rm`` returns as the daemon removes
+        the container) is discarded here, so ``network rm`` right after works as on
+        Docker's own networks."""
+        attachments = await self.service.attachments(network=record)
+        for a in attachments:
+            if not self.service.is_local(a) or a.owner in self.holders.pending:
+                continue
+            users = json.dumps({"label": [f"{holder.HOLDER}={a.owner}"]})
+            if not await self.api.call(
+                "GET", "/containers/json", params={"all": "1", "filters": users}
+            ):
+                await self.holders.discard(a.owner)
+        return bool(await self.service.attachments(network=record))
+
+    async def listed(self, call: Call) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        wanted = filters(call)
+        records, every = await self.service.snapshot()
+        in_use = {a.network.id for a in every}
+        listed = response.json()
+        for record in records:
+            if shapes.matches(record, wanted, record.id in in_use):
+                listed.append(shapes.network(record, []))
+
+    async def pruned(self, call: Call) -> None:
+        response = call.response
+        if response is None or response.status != 200:
+            return
+        wanted = filters(call)
+        records, every = await self.service.snapshot()
+        in_use = {a.network.id for a in every}
+        pruned = []
+        for record in records:
+            if record.id not in in_use and shapes.matches(record, wanted, False):
+                await self.service.delete_network(record)
+                pruned.append(record.name)
+        if pruned:
+            result = response.json() or {}
+            result["NetworksDeleted"] = [*(result.get("NetworksDeleted") or []), *pruned]
+            response.set_json(result)
+
+    async def connect(self, call: Call, name: str) -> None:
+        record = await self._network(call, name)
+        if record is None:
+            return
+        body = call.request.json() or {}
+        info = await existing_container(self.api, str(body.get("Container") or ""))
+        hid = _holder_of(info, record)
+        config = body.get("EndpointConfig") or {}
+        async with self.holders.lock(hid):
+            if any(a.network.id == record.id for a in await self.service.attachments(hid)):
+                raise Refuse(
+                    403,
+                    f"endpoint with name {info['Name'].lstrip('/')} already exists "
+                    f"in network {record.name}",
+                )
+            ns = await self.holders.namespace(hid)
+            await self.holders.attach(hid, ns, record, config, info)
+        call.respond(200, body=b"", content_type="text/plain")
+
+    async def disconnect(self, call: Call, name: str) -> None:
+        record = await self._network(call, name)
+        if record is None:
+            return
+        body = call.request.json() or {}
+        info = await existing_container(self.api, str(body.get("Container") or ""))
+        hid = _holder_of(info, record)
+        async with self.holders.lock(hid):
+            if not await self.service.detach(record, hid):
+                raise Refuse(
+                    403,
+                    f"container {info['Id']} is not connected to network {record.name}",
+                )
+        call.respond(200, body=b"", content_type="text/plain")
+
+
+async def existing_container(api: DockerApi, name_or_id: str) -> dict[str, Any]:
+    info = await api.inspect_container(name_or_id) if name_or_id else None
+    if info is None:
+        raise Refuse(404, f"No such container: {name_or_id}")
+    return info
+
+
+def _holder_of(info: dict[str, Any], record: NetworkRecord) -> str:
+    hid = (info["Config"].get("Labels") or {}).get(holder.HOLDER)
+    if not hid:
+        raise Refuse(
+            400,
+            f"container {info['Name'].lstrip('/')} was not created on a plugstrip network, "
+            f"so it cannot join {record.name}: create it with --network {record.name}",
+        )
+    return str(hid)
+
+
+def network_spec(body: dict[str, Any]) -> NetworkSpec:
+    """A network create body for one of plugstrip's drivers, as plain intent."""
+    name, driver = str(body.get("Name") or ""), str(body["Driver"])
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+        raise Refuse(400, f"invalid network name {name!r}")
+    for flag, what in (
+        ("EnableIPv6", "IPv6"),
+        ("Ingress", "ingress networks"),
+        ("ConfigOnly", "config-only networks"),
+    ):
+        if body.get(flag):
+            raise Refuse(400, f"{driver} does not support {what}")
+    if (body.get("ConfigFrom") or {}).get("Network"):
+        raise Refuse(400, f"{driver} does not support --config-from")
+    if body.get("Options"):
+        unknown = ", ".join(sorted(body["Options"]))
+        raise Refuse(400, f"{driver} takes no driver options (got: {unknown})")
+    ipam_body = body.get("IPAM") or {}
+    if (ipam_body.get("Driver") or "default") != "default" or ipam_body.get("Options"):
+        raise Refuse(400, f"{driver} has its own IPAM: no --ipam-driver or --ipam-opt")
+    configs = ipam_body.get("Config") or []
+    if len(configs) > 1:
+        raise Refuse(400, f"{driver} takes one --subnet")
+    config = configs[0] if configs else {}
+    for key, flag in (("IPRange", "--ip-range"), ("AuxiliaryAddresses", "--aux-address")):
+        if config.get(key):
+            raise Refuse(400, f"{driver} does not support {flag}")
+    subnet = ipam.parse_subnet(config["Subnet"]) if config.get("Subnet") else None
+    gateway = None
+    if config.get("Gateway"):
+        if subnet is None:
+            raise Refuse(400, "--gateway needs --subnet")
+        try:
+            gateway = IPAddress(config["Gateway"], 4)
+        except (AddrFormatError, ValueError):
+            raise Refuse(400, f"invalid gateway {config['Gateway']!r}") from None
+    return NetworkSpec(
+        name,
+        driver,
+        subnet,
+        gateway,
+        {},
+        {str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
+        bool(body.get("Internal")),
+    )

@@ -1,0 +1,34 @@
+"""The drivers plugstrip has, by name: one table for ``serve`` and the operator commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from plugstrip.netdrivers.contract import Driver
+from plugstrip.netdrivers.ovs import OvsDriver
+from plugstrip.netdrivers.ovsdb import Ovsdb
+from plugstrip.netdrivers.weave import WeaveDriver
+
+DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    ovsdb: str = DEFAULT_OVSDB  # Open vSwitch's database, for plugstrip/ovs
+    ovs_datapath: str | None = None  # system or netdev (default: what the kernel has)
+    underlay_mtu: int = 1500
+    advertise: IPv4Address | None = None  # where other hosts send VXLAN to
+
+
+def make_drivers(settings: DriverSettings = DriverSettings()) -> dict[str, Driver]:
+    """Every driver, made (nothing is opened until a driver is used; ``close`` each)."""
+    drivers: tuple[Driver, ...] = (
+        WeaveDriver(local=settings.advertise, underlay_mtu=settings.underlay_mtu),
+        OvsDriver(
+            Ovsdb(settings.ovsdb),
+            datapath_type=settings.ovs_datapath,
+            underlay_mtu=settings.underlay_mtu,
+        ),
+    )
+    return {d.name: d for d in drivers}

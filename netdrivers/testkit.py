@@ -1,0 +1,59 @@
+"""A kit for driver and control-plane authors: a driver that records instead of
+programming the kernel, for the real service, store and mesh above it.
+
+::
+
+    from plugstrip.netdrivers.testkit import RecordingDriver
+
+    driver = RecordingDriver()
+    service = NetworkService(SqliteStore(path), {driver.name: driver})
+    ...
+    assert driver.remotes_of("net1")[-1] == [...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+
+
+class RecordingDriver:
+    """The driver contract, doing nothing but remembering what it was asked."""
+
+    prefixes: tuple[str, ...] = ()
+
+    def __init__(self, name: str = "plugstrip/weave") -> None:
+        self.name = name
+        self.calls: list[tuple[str, str, object]] = []
+
+    async def create_network(self, network: Network) -> None:
+        self.calls.append(("create", network.name, None))
+
+    async def delete_network(self, network: Network) -> None:
+        self.calls.append(("delete", network.name, None))
+
+    async def join(self, network: Network, endpoint: Endpoint) -> None:
+        self.calls.append(("join", network.name, endpoint.container_id))
+
+    async def leave(self, network: Network, endpoint: Endpoint) -> None:
+        self.calls.append(("leave", network.name, endpoint.container_id))
+
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        self.calls.append(("remotes", network.name, sorted(remotes, key=str)))
+
+    def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
+        return set()
+
+    async def prune(self, networks: list[Network], endpoints: list[Endpoint]) -> list[str]:
+        return []
+
+    def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
+        return {}
+
+    async def close(self) -> None:
+        self.calls.append(("close", "", None))
+
+    def remotes_of(self, network: str) -> list[object]:
+        """Each set of remotes ``network`` was programmed with, in order."""
+        return [arg for call, name, arg in self.calls if call == "remotes" and name == network]
