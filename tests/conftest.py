@@ -20,6 +20,25 @@ from tests.harness import Plugstrip
 settings.register_profile("plugstrip", suppress_health_check=[HealthCheck.too_slow], deadline=None)
 settings.load_profile("plugstrip")
 
+# Tiers, marked from what a test's fixtures start (modules that make namespaces, devices
+# or packages themselves say so with ``pytestmark``). ``-m unit`` is everything else: no
+# root, no dockerd, no daemon and no plugstrip process, in seconds.
+_TIER_FIXTURES = {
+    "docker": {"dockerd", "nethost"},
+    "system": {"etcd_url"},
+    "serve": {"synthetic", "recorder"},  # plugstrip serve before a loopback stand-in
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for tier, fixtures in _TIER_FIXTURES.items():
+            if used & fixtures:
+                item.add_marker(tier)
+        if not any(item.get_closest_marker(tier) for tier in _TIER_FIXTURES):
+            item.add_marker("unit")
+
 
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[str]:

@@ -12,7 +12,7 @@ import pytest
 from plugstrip.adapters.audit import AuditAdapter
 from plugstrip.adapters.policy import PolicyAdapter
 from plugstrip.proxy.contract import Call, Peer, Refuse
-from plugstrip.proxy.testkit import make_call, respond, run_hook
+from plugstrip.proxy.testkit import FakeDaemon, make_call, respond, run_hook
 
 
 async def refused(adapter: object, method: str, target: str, body: object = None) -> str | None:
@@ -23,19 +23,6 @@ async def refused(adapter: object, method: str, target: str, body: object = None
         assert refusal.status == 403
         return refusal.message
     return None
-
-
-class FakeDaemon:
-    """The daemon's answers the policy asks for: inspected objects by path."""
-
-    def __init__(self, objects: dict[str, Any] | None = None) -> None:
-        self.objects = objects or {}
-
-    async def call(self, method: str, path: str, ok_missing: bool = False) -> Any:
-        return self.objects.get(path)
-
-    async def raw(self, path: str) -> bytes | None:
-        return None
 
 
 async def test_policy_container_rules() -> None:

@@ -19,6 +19,8 @@ from tests import harness
 from tests.dockerhost import DockerHost, docker_host
 from tests.harness import free_port, wait_for
 
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/cache/plugstrip")
 CONTEXT = ("pyproject.toml", "README.md", "proxy", "adapters", "netdrivers")

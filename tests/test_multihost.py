@@ -24,6 +24,8 @@ from tests.dockerhost import DockerHost
 from tests.harness import wait_for
 from tests.netcheck import address, reaches, sleeper, tcp_reaches, uname
 
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
+
 LEASE_TTL = 10  # netdrivers.mesh.LEASE_TTL: a silent host is dropped after it
 
 

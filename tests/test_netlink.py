@@ -3,8 +3,12 @@ bridge and a VXLAN device, two "containers" on veths, traffic between them."""
 
 from __future__ import annotations
 
+import pytest
+
 from plugstrip.netdrivers.netlink import Netlink
 from tests import netns
+
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
 
 async def attach(host: str, container: str, name: str, address: str) -> None:

@@ -6,11 +6,15 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import pytest
+
 from plugstrip.netdrivers.contract import Network
 from plugstrip.netdrivers.ovs import INTEGRATION_BRIDGE, OvsDriver, host_port_name
 from plugstrip.netdrivers.ovsdb import Ovsdb
 from tests import netns
 from tests.ovs import ovs_in
+
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
 
 async def test_ovs_reach_isolation_and_teardown(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.system)])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Opens a store on one backing: each call a new store object (a new process)."""
     if request.param == "sqlite":

@@ -13,6 +13,8 @@ import pytest
 from tests.dockerhost import DockerHost
 from tests.test_networks import plugstrip_cmd
 
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
+
 
 @pytest.fixture
 def uplink_1400(nethost: DockerHost) -> Iterator[DockerHost]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
+
 from plugstrip.netdrivers.contract import Network, RemoteEndpoint
 from plugstrip.netdrivers.netlink import ZERO_MAC, Netlink
 from plugstrip.netdrivers.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
 from tests import netns
+
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
 
 async def test_reach_within_isolation_across_and_teardown() -> None:

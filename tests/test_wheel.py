@@ -8,6 +8,10 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
