@@ -13,12 +13,11 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack, suppress
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
-from netaddr import IPAddress
+from netaddr import AddrFormatError, IPAddress
 
 from plugstrip.adapters.network import NetworkAdapter
 from plugstrip.adapters.socket_proxy_env import policy_options
@@ -184,8 +183,8 @@ def _network_adapter(
     advertise = None
     if args.advertise_addr is not None:
         try:
-            advertise = IPv4Address(args.advertise_addr)
-        except ValueError:
+            advertise = IPAddress(args.advertise_addr, 4)
+        except (AddrFormatError, ValueError):
             msg = f"--advertise-addr: {args.advertise_addr!r} is not an IPv4 address"
             raise UsageError(msg) from None
     elif args.store is not None:
@@ -205,7 +204,7 @@ def _network_adapter(
         on_change=changes.set,
     )
     stack.push_async_callback(service.close)
-    mesh = None if advertise is None else Mesh(service, IPAddress(str(advertise)), changes)
+    mesh = None if advertise is None else Mesh(service, advertise, changes)
     api = DockerApi(upstream.address, upstream.tls)
     return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders), mesh=mesh)
 

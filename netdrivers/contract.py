@@ -1,6 +1,7 @@
 """The driver contract, libnetwork's shape: create/delete a network, join/leave an endpoint.
 
-Plain typed objects only: Docker API shapes stay in the proxy and adapters. The control
+Plain typed objects only, addresses as netaddr's (IPAM's library, one type across
+netdrivers): Docker API shapes stay in the proxy and adapters. The control
 plane (IPAM, the store) decides; a driver only programs the datapath for what it is given.
 """
 
@@ -8,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
+
+from netaddr import IPAddress, IPNetwork
 
 
 @dataclass(frozen=True)
 class Network:
     id: str
     name: str
-    subnet: IPv4Network
+    subnet: IPNetwork
     vni: int
     options: dict[str, str] = field(default_factory=dict)
 
@@ -25,20 +27,21 @@ class Network:
 class Endpoint:
     network_id: str
     container_id: str
-    address: IPv4Interface  # with the subnet's prefix length
+    address: IPAddress
+    prefixlen: int  # the subnet's (netaddr's IPNetwork equates hosts of one subnet)
     mac: str
     netns_path: str  # the namespace the endpoint's interface goes into
     ifname: str = "eth0"  # its name in there
-    gateway: IPv4Address | None = None  # default route through it, if set
+    gateway: IPAddress | None = None  # default route through it, if set
 
 
 @dataclass(frozen=True)
 class RemoteEndpoint:
     """An endpoint on another host: what a host's datapath needs to reach it."""
 
-    address: IPv4Address
+    address: IPAddress
     mac: str
-    host: IPv4Address  # the underlay address of the host it is on (where VXLAN goes)
+    host: IPAddress  # the underlay address of the host it is on (where VXLAN goes)
 
 
 class Driver(Protocol):

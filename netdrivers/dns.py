@@ -5,6 +5,8 @@ One UDP socket per holder, made inside its namespace, so every query says by the
 came in on which container asks: a name resolves only to the addresses it has on networks
 the asker shares (weaveDNS answered every name to everyone). Names with a dot that are not
 ours go to the upstream resolvers (the container's own ``--dns``, else the host's; sent
+from netaddr import IPAddress
+
 from plugstrip, in the host's namespace, so a loopback resolver works), unless the
 container is only on internal networks. Single-label names that are not containers get
 NXDOMAIN here, as they would from any public resolver.
@@ -18,7 +20,6 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import cast
 
@@ -29,6 +30,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from netaddr import IPAddress
 
 from plugstrip.netdrivers.netlink import socket_in
 
@@ -39,7 +41,7 @@ PORT = 53
 TTL = 600  # Docker's
 FORWARD_TIMEOUT = 3.0
 
-Resolve = Callable[[str, str], Awaitable[list[IPv4Address]]]  # (owner, name) -> addresses
+Resolve = Callable[[str, str], Awaitable[list[IPAddress]]]  # (owner, name) -> addresses
 
 
 @dataclass(frozen=True)

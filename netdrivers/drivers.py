@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+
+from netaddr import IPAddress
 
 from plugstrip.netdrivers.contract import Driver
 from plugstrip.netdrivers.ovs import OvsDriver
@@ -18,7 +19,7 @@ class DriverSettings:
     ovsdb: str = DEFAULT_OVSDB  # Open vSwitch's database, for plugstrip/ovs
     ovs_datapath: str | None = None  # system or netdev (default: what the kernel has)
     underlay_mtu: int = 1500
-    advertise: IPv4Address | None = None  # where other hosts send VXLAN to
+    advertise: IPAddress | None = None  # where other hosts send VXLAN to
 
 
 def make_drivers(settings: DriverSettings = DriverSettings()) -> dict[str, Driver]:

@@ -256,7 +256,7 @@ async def plug_into_container(host: Netlink, peer: str, endpoint: Endpoint, mtu:
         if await nl.index(name) is None:
             await nl.rename(peer, name)
         await nl.ipr.link("set", ifname=name, address=endpoint.mac, mtu=mtu)
-        await nl.ensure_address(name, str(endpoint.address.ip), endpoint.address.network.prefixlen)
+        await nl.ensure_address(name, str(endpoint.address), endpoint.prefixlen)
         await nl.set_up(name)
         if endpoint.gateway is not None:
             await nl.ensure_default_route(str(endpoint.gateway))

@@ -11,7 +11,8 @@ the network's VNI, one per peer host, carrying the network's VLAN (``set_remotes
 from __future__ import annotations
 
 from collections.abc import Collection
-from ipaddress import IPv4Address
+
+from netaddr import IPAddress
 
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
@@ -35,7 +36,7 @@ def host_port_name(network: Network, endpoint: Endpoint) -> str:
     return link_name("pso", network.id, endpoint.container_id)
 
 
-def tunnel_name(network: Network, host: IPv4Address) -> str:
+def tunnel_name(network: Network, host: IPAddress) -> str:
     return link_name(TUNNEL_PREFIX, network.id, str(host))
 
 

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
@@ -55,9 +54,7 @@ def mac_for(address: IPAddress) -> str:
 
 
 def to_network(record: NetworkRecord) -> Network:
-    return Network(
-        record.id, record.name, IPv4Network(str(record.subnet)), record.vni, record.options
-    )
+    return Network(record.id, record.name, record.subnet, record.vni, record.options)
 
 
 class NetworkService:
@@ -306,12 +303,10 @@ class NetworkService:
         for a in every:
             where = hosts.get(str(a.meta.get("host")))
             if a.network.id in mine and not self.is_local(a) and where is not None:
-                found[a.network.id].append(
-                    RemoteEndpoint(IPv4Address(str(a.address)), a.mac, IPv4Address(str(where)))
-                )
+                found[a.network.id].append(RemoteEndpoint(a.address, a.mac, where))
         return found
 
-    async def resolve(self, owner: str, name: str) -> list[IPv4Address]:
+    async def resolve(self, owner: str, name: str) -> list[IPAddress]:
         """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is
         on: names are scoped to shared networks, as on Docker's user-defined networks."""
         wanted = name.lower().rstrip(".")
@@ -324,7 +319,7 @@ class NetworkService:
             container = str(a.meta.get("container", ""))
             names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]
             if wanted in (str(n).lower() for n in names):
-                found.append(IPv4Address(str(a.address)))
+                found.append(a.address)
         return found
 
     @staticmethod
@@ -333,7 +328,8 @@ class NetworkService:
         return Endpoint(
             attachment.network.id,
             attachment.owner,
-            IPv4Interface(f"{attachment.address}/{subnet.prefixlen}"),
+            attachment.address,
+            subnet.prefixlen,
             attachment.mac,
             netns_path,
             ifname=str(attachment.meta.get("ifname", "eth0")),

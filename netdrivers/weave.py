@@ -12,7 +12,8 @@ kernel, through netdrivers.netlink.
 from __future__ import annotations
 
 from collections.abc import Collection
-from ipaddress import IPv4Address
+
+from netaddr import IPAddress
 
 from plugstrip.netdrivers import firewall
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
@@ -48,7 +49,7 @@ class WeaveDriver:
     def __init__(
         self,
         netns: str | None = None,
-        local: IPv4Address | None = None,
+        local: IPAddress | None = None,
         underlay_mtu: int = 1500,
     ) -> None:
         self.netns = netns  # where the bridges live: the host's namespace unless given

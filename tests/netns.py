@@ -6,7 +6,8 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Interface
+
+from netaddr import IPAddress
 
 from plugstrip.netdrivers.contract import Endpoint, Network
 
@@ -40,13 +41,14 @@ def endpoint(net: Network, ns: str, host: int, name: str) -> Endpoint:
     return Endpoint(
         net.id,
         name,
-        IPv4Interface(f"{net.subnet.network_address + host}/{net.subnet.prefixlen}"),
+        IPAddress(net.subnet.first + host),
+        net.subnet.prefixlen,
         f"02:42:{net.vni >> 8:02x}:{net.vni & 0xFF:02x}:00:{host:02x}",
         path(ns),
-        gateway=IPv4Address(int(net.subnet.network_address) + 1),
+        gateway=IPAddress(net.subnet.first + 1),
     )
 
 
-def ping(ns: str, address: IPv4Interface) -> bool:
+def ping(ns: str, address: IPAddress) -> bool:
     """One ICMP echo from namespace ``ns`` (busybox: the host may have no ping)."""
-    return run(ns, "busybox", "ping", "-c", "1", "-W", "2", str(address.ip)).returncode == 0
+    return run(ns, "busybox", "ping", "-c", "1", "-W", "2", str(address)).returncode == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -47,9 +46,9 @@ async def test_each_network_gets_exactly_the_live_hosts_endpoints(
     assert driver.remotes_of("wide") == [
         [
             RemoteEndpoint(
-                IPv4Address(str(remote)),
+                remote,
                 "02:42:" + ":".join(f"{b:02x}" for b in remote.packed),
-                IPv4Address("192.168.5.2"),
+                IPAddress("192.168.5.2"),
             )
         ]
     ]
