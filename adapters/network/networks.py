@@ -106,33 +106,35 @@ class NetworkCalls:
         return bool(await self.service.attachments(network=record))
 
     async def listed(self, call: Call) -> None:
-        response = call.response
-        if response is None or response.status != 200:
-            return
-        wanted = filters(call)
-        records, every = await self.service.snapshot()
-        in_use = {a.network.id for a in every}
-        listed = response.json()
-        for record in records:
-            if shapes.matches(record, wanted, record.id in in_use):
-                listed.append(shapes.network(record, []))
+        selected = await self._selected(call)
+        if selected is not None:
+            assert call.response is not None
+            call.response.json().extend(shapes.network(r, []) for r, _ in selected)
 
     async def pruned(self, call: Call) -> None:
-        response = call.response
-        if response is None or response.status != 200:
+        selected = await self._selected(call)
+        if selected is None:
             return
-        wanted = filters(call)
-        records, every = await self.service.snapshot()
-        in_use = {a.network.id for a in every}
         pruned = []
-        for record in records:
-            if record.id not in in_use and shapes.matches(record, wanted, False):
+        for record, in_use in selected:
+            if not in_use:
                 await self.service.delete_network(record)
                 pruned.append(record.name)
         if pruned:
-            result = response.json() or {}
+            assert call.response is not None
+            result = call.response.json() or {}
             result["NetworksDeleted"] = [*(result.get("NetworksDeleted") or []), *pruned]
-            response.set_json(result)
+            call.response.set_json(result)
+
+    async def _selected(self, call: Call) -> list[tuple[NetworkRecord, bool]] | None:
+        """The plugstrip networks the call's filters select, each with whether endpoints
+        are on it, to add to the daemon's answer; None if the daemon did not answer 200."""
+        if call.response is None or call.response.status != 200:
+            return None
+        wanted = filters(call)
+        records, every = await self.service.snapshot()
+        in_use = {a.network.id for a in every}
+        return [(r, r.id in in_use) for r in records if shapes.matches(r, wanted, r.id in in_use)]
 
     async def connect(self, call: Call, name: str) -> None:
         record = await self._network(call, name)
