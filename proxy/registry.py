@@ -45,7 +45,10 @@ class Registry:
     async def start(self) -> None:
         """Start the adapters in order (``aclose`` closes them, also after a failed start)."""
         for loaded in self._adapters.values():
-            await lifecycle.start(loaded.instance)
+            try:
+                await lifecycle.start(loaded.instance)
+            except Exception as exc:
+                raise ConfigError(f"adapters.{loaded.name}: could not start: {exc}") from exc
 
     async def aclose(self) -> None:
         """Close every adapter, in reverse order, started or not: each close runs even

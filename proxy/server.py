@@ -202,9 +202,9 @@ class ProxyServer:
             return False
         try:
             await pipeline.registry.start()
-        except Exception as exc:
+        except ConfigError as exc:
             await pipeline.registry.aclose()
-            log.error("configuration not reloaded, an adapter failed to start: %s", exc)
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
             return False
         old, self.shared.pipeline = self.shared.pipeline, pipeline
         self._retired.add(old.registry)

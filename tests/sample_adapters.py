@@ -72,3 +72,26 @@ class OwnsDemoNetwork:
         assert call.response is not None
         if call.response.status == 200 and isinstance(call.response.json(), dict):
             call.response.json()["Labels"]["seen-by-post-hook"] = "yes"
+
+
+class Lifecycle:
+    """Writes its life to a file, one line per event: start, each call, close."""
+
+    def __init__(self, log: str, fail_start: bool = False) -> None:
+        self.log = log
+        self.fail_start = fail_start
+
+    def _write(self, event: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(event + "\n")
+
+    async def start(self) -> None:
+        self._write("start")
+        if self.fail_start:
+            raise RuntimeError("cannot start")
+
+    def pre_hook(self, call: Call) -> None:
+        self._write("call")
+
+    async def close(self) -> None:
+        self._write("close")

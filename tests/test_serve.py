@@ -308,3 +308,89 @@ def test_port_zero_means_any_free_port(plugstrip_factory: Any) -> None:
         timeout=30,
     )
     assert traced.returncode == 0, traced.stderr
+
+
+def _serve_once(tmp_path: Path, dockerd: str, listen: str, config: str) -> Any:
+    cfg = tmp_path / "adapters.yml"
+    cfg.write_text(config)
+    return subprocess.Popen(
+        [
+            "plugstrip",
+            "serve",
+            "--no-networks",
+            "--listen",
+            listen,
+            "--upstream",
+            dockerd,
+            "--config",
+            str(cfg),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_adapters_start_before_calls_and_close_after_and_on_a_failed_start(
+    dockerd: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "life.log"
+    config = (
+        "endpoints:\n"
+        '  "GET /containers/json": {pre: [life]}\n'
+        "adapters:\n"
+        f"  life: {{python: tests.sample_adapters:Lifecycle, options: {{log: {log}}}}}\n"
+    )
+    sock = tmp_path / "p.sock"
+    proc = _serve_once(tmp_path, dockerd, f"unix://{sock}", config)
+    try:
+        wait_for(sock.exists, 20, "no socket")
+        assert docker(f"unix://{sock}", "ps").returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert _lines(log) == ["start", "call", "close"]
+
+    # listening fails after the adapters started: they are closed all the same
+    log.unlink()
+    busy = tmp_path / "busy.sock"
+    holder = subprocess.Popen(  # another process listening on the socket plugstrip wants
+        [
+            "python3",
+            "-c",
+            f"import socket,time; s=socket.socket(socket.AF_UNIX); "
+            f"s.bind('{busy}'); s.listen(); time.sleep(60)",
+        ]
+    )
+    try:
+        wait_for(busy.exists, 10, "no busy socket")
+        failed = _serve_once(tmp_path, dockerd, f"unix://{busy}", config)
+        _, err = failed.communicate(timeout=30)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert failed.returncode == 2 and "in use by another process" in err, err
+    assert _lines(log) == ["start", "close"]
+
+    # an adapter that fails to start: a clear error, and every adapter is closed
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    config = (
+        "endpoints:\n"
+        '  "GET /containers/json": {pre: [first, second]}\n'
+        "adapters:\n"
+        f"  first: {{python: tests.sample_adapters:Lifecycle, options: {{log: {first}}}}}\n"
+        "  second: {python: tests.sample_adapters:Lifecycle, "
+        f"options: {{log: {second}, fail_start: true}}}}\n"
+    )
+    failed = _serve_once(tmp_path, dockerd, f"unix://{tmp_path}/q.sock", config)
+    _, err = failed.communicate(timeout=30)
+    assert failed.returncode == 2, err
+    assert "plugstrip: adapters.second: could not start: cannot start" in err, err
+    assert _lines(first) == ["start", "close"] and _lines(second) == ["start", "close"]
+    assert not (tmp_path / "q.sock").exists()  # it never listened
