@@ -53,9 +53,13 @@ class Route:
 
     def match(self, method: str, path: str) -> tuple[str, ...] | None:
         """What each ``*`` matched, in order, if the call matches; else None."""
-        if self.method != "*" and self.method != method.upper():
+        return self.match_split(method.upper(), *split_version(path))
+
+    def match_split(self, method: str, version: str | None, rest: str) -> tuple[str, ...] | None:
+        """``match`` for a path already split (``split_version``), the method upper-case:
+        for a table of routes tried against one call."""
+        if self.method != "*" and self.method != method:
             return None
-        version, rest = split_version(path)
         if self.version is not None and (
             version is None or not same_version(version, self.version)
         ):

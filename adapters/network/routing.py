@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 from plugstrip.adapters.network import shapes
 from plugstrip.netdrivers.ipam import IpamError
-from plugstrip.proxy.contract import Call, Refuse
+from plugstrip.proxy.contract import Call, Refuse, split_version
 from plugstrip.proxy.routes import Route
 
 Hook = Literal["pre_hook", "post_hook"]
@@ -46,8 +46,9 @@ def routes(table: Iterable[On]) -> tuple[Route, ...]:
 async def dispatch(table: Sequence[On], call: Call) -> None:
     """Run the first handler whose route matches ``call`` as the client made it."""
     request = call.client_request
+    method, (version, rest) = request.method.upper(), split_version(request.path)
     for on in table:
-        segments = on.route.match(request.method, request.path)
+        segments = on.route.match_split(method, version, rest)
         if segments is None:
             continue
         try:
