@@ -23,7 +23,7 @@ pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of i
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/cache/plugstrip")
-CONTEXT = ("pyproject.toml", "README.md", "proxy", "adapters", "netdrivers")
+CONTEXT = ("pyproject.toml", "README.md", "proxy", "adapters", "netdrivers", "cli")
 BUILD = ("Dockerfile", ".dockerignore", "compose.yml", "compose.caps.yml")
 
 
