@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,12 @@ def make_busybox_image(host: str, workdir: Path) -> None:
     docker(host, "import", "-c", 'CMD ["/bin/sh"]', str(tar), "busybox:latest")
 
 
+# The command of the environment running the tests (and benchmarks), not whichever
+# plugstrip comes first on PATH.
+_HERE_FIRST = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+PLUGSTRIP = shutil.which("plugstrip", path=_HERE_FIRST) or "plugstrip"
+
+
 @dataclass
 class Plugstrip:
     host: str  # DOCKER_HOST for clients
@@ -165,7 +172,7 @@ def start_plugstrip(
     port = free_port()
     args = [
         *(["nsenter", f"--net={netns}"] if netns else []),
-        "plugstrip",
+        PLUGSTRIP,
         "serve",
         "--listen",
         f"unix://{sock}",
