@@ -20,7 +20,7 @@ from aiohttp import web
 from netaddr import AddrFormatError, IPAddress
 
 from plugstrip.adapters.network import NetworkAdapter
-from plugstrip.adapters.socket_proxy_env import policy_options
+from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plugstrip.adapters.socket_proxy_env import policy_options
+from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.proxy.canonical import BadRequest, canonical_path, fold, read_json
 from plugstrip.proxy.docker_types import CONTAINER_CREATE, body_schema
 from plugstrip.proxy.routes import Route

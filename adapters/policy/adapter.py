@@ -18,7 +18,7 @@
       "* /**": {pre: [policy], post: [policy]}
 
 Without ``clients`` the options are one rule set for everyone. A rule set that names any
-option refuses every power it does not allow (``policy_rules.Rules``: privileged, host
+option refuses every power it does not allow (``rules.Rules``: privileged, host
 namespaces, capabilities, devices, security options, host paths, exec as root, swarm,
 services, plugins), on every route that grants it. A client is told apart by its unix
 peer credentials or its verified TLS certificate, never by its address.
@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from plugstrip.adapters.ownership import Ownership
-from plugstrip.adapters.policy_rules import INSPECT, Daemon, Rules, refuse
+from plugstrip.adapters.policy.ownership import Ownership
+from plugstrip.adapters.policy.rules import INSPECT, Daemon, Rules, refuse
 from plugstrip.proxy.contract import Call, Peer, Refuse
 from plugstrip.proxy.docker_types import body_schema
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from plugstrip.adapters.policy_rules import Daemon
+from plugstrip.adapters.policy.rules import Daemon
 from plugstrip.proxy.contract import (
     OWNER_KEY,
     OWNER_LABEL,
