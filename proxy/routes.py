@@ -5,7 +5,7 @@ The API version prefix is optional on both sides: Powerstrip's ``/*/containers/c
 Powerstrip, the unversioned ``/containers/create`` too. A pattern may pin a version
 (``/v1.41/...``), which then only matches requests with that version. In the rest of the
 path ``*`` matches one segment (or part of one) and ``**`` any number of segments; what
-each ``*`` matched is handed back by :meth:`Route.match` (a name or an id). The query is
+each ``*`` matched is handed back by :meth:`Route.match_split` (a name or an id). The query is
 ignored. The method is exact (case-insensitive) or ``*``.
 """
 
@@ -49,23 +49,25 @@ class Route:
         return cls(text, method, version, re.compile(_glob_to_regex(path)))
 
     def matches(self, method: str, path: str) -> bool:
-        return self.match(method, path) is not None
-
-    def match(self, method: str, path: str) -> tuple[str, ...] | None:
-        """What each ``*`` matched, in order, if the call matches; else None."""
-        return self.match_split(method.upper(), *split_version(path))
+        if self.method != "*" and self.method != method.upper():
+            return False  # before the path is split: most routes a call meets end here
+        return self._rest(*split_version(path)) is not None
 
     def match_split(self, method: str, version: str | None, rest: str) -> tuple[str, ...] | None:
-        """``match`` for a path already split (``split_version``), the method upper-case:
-        for a table of routes tried against one call."""
+        """What each ``*`` matched, in order, if the call matches; else None. For a table
+        of routes tried against one call: the path split once (``split_version``), the
+        method upper-case."""
         if self.method != "*" and self.method != method:
             return None
+        found = self._rest(version, rest)
+        return None if found is None else found.groups()
+
+    def _rest(self, version: str | None, rest: str) -> re.Match[str] | None:
         if self.version is not None and (
             version is None or not same_version(version, self.version)
         ):
             return None
-        found = self.path.fullmatch(rest)
-        return None if found is None else found.groups()
+        return self.path.fullmatch(rest)
 
 
 def _glob_to_regex(path: str) -> str:
