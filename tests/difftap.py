@@ -319,6 +319,9 @@ def diff(direct: list[list[str]], proxied: list[list[str]]) -> str:
 
 _HEX64 = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 _HEX12 = re.compile(rb"(?<![0-9a-f])[0-9a-f]{12}(?![0-9a-f])")
+# A sandbox's namespace file is named from its id's first 12 digits; a stopped container
+# may show the file while its SandboxID is already gone, so the id is not learnt.
+_NETNS = re.compile(rb"(/netns/)[0-9a-f]{12}(?![0-9a-f])")
 _TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 # Unix times (of events, of creation, --since/--until), ages ("Up 2 seconds"), pids, and
 # the daemon's counts of its own descriptors and goroutines.
@@ -349,4 +352,5 @@ class IdNormaliser:
     def __call__(self, data: bytes) -> bytes:
         data = _HEX64.sub(b"<id>", data)
         data = _HEX12.sub(lambda m: b"<id>" if m.group(0) in self.short else m.group(0), data)
+        data = _NETNS.sub(rb"\1<id>", data)
         return _CLOCK.sub(_clock, _TIME.sub(b"<T>", data))
