@@ -24,6 +24,13 @@ def detect_datapath() -> str:
     return "system" if os.path.exists("/sys/module/openvswitch") else "netdev"
 
 
+def _backend_of_its_own() -> Any:
+    """ovsdbapp keeps a backend's connection on its class, set once: every later backend
+    object would talk to the first one's server, even one stopped by ``close``. A class
+    per connection keeps each database its own."""
+    return type("OvsdbIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+
+
 class OvsdbUnavailable(ConnectionError):
     pass
 
@@ -48,7 +55,7 @@ class Ovsdb:
                 def open_api() -> Any:
                     idl = connection.OvsdbIdl.from_server(self.url, "Open_vSwitch")
                     conn = connection.Connection(idl=idl, timeout=self._timeout)
-                    return impl_idl.OvsdbIdl(conn)
+                    return _backend_of_its_own()(conn)
 
                 try:
                     self._api = await asyncio.to_thread(open_api)

@@ -92,7 +92,7 @@ class ProxyServer:
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []  # asyncio (before 3.13) leaves socket files behind
         self._connections: dict[ClientConnection, asyncio.Task[Any]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._config_mtime = _mtime(config_path)
         self._retired: set[Registry] = set()  # replaced by a reload, closed after a grace
         self._closing = contextlib.AsyncExitStack()
@@ -194,16 +194,14 @@ class ProxyServer:
         if not self.config_path:
             return False
         self._config_mtime = _mtime(self.config_path)
+        pipeline = None
         try:
             config = self.flags.before(load_file(self.config_path))
             pipeline = build_pipeline(config, self.metrics, self.builtins, self.daemon)
-        except ConfigError as exc:
-            log.error("configuration not reloaded, keeping the running one: %s", exc)
-            return False
-        try:
             await pipeline.registry.start()
         except ConfigError as exc:
-            await pipeline.registry.aclose()
+            if pipeline is not None:  # built, and an adapter would not start
+                await pipeline.registry.aclose()
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             return False
         old, self.shared.pipeline = self.shared.pipeline, pipeline
@@ -214,10 +212,7 @@ class ProxyServer:
 
     def reload_soon(self) -> None:
         """For a signal handler: reload in a task of its own."""
-        self._spawn(self._reload_quietly())
-
-    async def _reload_quietly(self) -> None:
-        await self.reload()
+        self._spawn(self.reload())
 
     async def watch_config(self, interval: float = 2.0) -> None:
         while True:
@@ -230,7 +225,7 @@ class ProxyServer:
         self._retired.discard(registry)
         await registry.aclose()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

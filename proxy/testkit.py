@@ -93,8 +93,9 @@ async def run_chain(
     request = call.client_request
     chain = pipeline.match(request.method, request.path)
     assert chain is not None
-    target = request.path + (f"?{request.query}" if request.query else "")
-    record = Record(time.time(), request.method, target, chain.endpoint, call.peer.describe())
+    record = Record(
+        time.time(), request.method, request.target, chain.endpoint, call.peer.describe()
+    )
     try:
         await pipeline.run(hook, chain, call, record)
     except Refuse as refusal:

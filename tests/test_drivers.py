@@ -192,3 +192,24 @@ async def test_vxlan_between_two_hosts_follows_the_remote_endpoints() -> None:
             assert await nl.fdb_entries(vxlan_name(net)) == set()
             assert await nl.neighbours(vxlan_name(net)) == set()
         assert not netns.ping(c_a, eps[c_b].address)
+
+
+async def test_two_ovsdb_connections_in_one_process_each_reach_their_own(tmp_path: Path) -> None:
+    """ovsdbapp keeps a backend's connection on its class: without a class per Ovsdb, the
+    second database opened here was answered by the first one's server (and, after the
+    first was closed, by its stopped connection)."""
+    with netns.namespaces(2) as (a, b):
+        with (
+            ovs_in(netns.path(a), tmp_path / "a") as url_a,
+            ovs_in(netns.path(b), tmp_path / "b") as url_b,
+        ):
+            first, second = Ovsdb(url_a), Ovsdb(url_b)
+            await first.ensure_bridge("pstwo", "netdev")
+            assert await first.has_bridge("pstwo")
+            assert not await second.has_bridge("pstwo")
+            await first.close()
+            await second.close()
+            again = Ovsdb(url_b)  # after both closed: a fresh connection, to its own server
+            await again.ensure_bridge("pstwo-b", "netdev")
+            assert await again.has_bridge("pstwo-b") and not await again.has_bridge("pstwo")
+            await again.close()

@@ -81,6 +81,19 @@ def test_install_deps_on_stock_debian_12(stock_root: Path) -> None:
     assert "--upstream" in helped.stdout and "--mtu" in helped.stdout
     where = _in_root(stock_root, 'readlink -f "$(command -v plugstrip)"').stdout.strip()
     assert where == "/opt/plugstrip/bin/plugstrip"
+    # One package, from the checkout through setuptools' strict editable mode (the link
+    # tree mypy can follow), even with Debian's pip: nothing top-level named proxy.
+    probe = _in_root(
+        stock_root,
+        "cd / && /opt/plugstrip/bin/python -c 'import importlib.util as u, plugstrip.proxy.server"
+        ' as s; print(u.find_spec("proxy"), u.find_spec("adapters"), s.__file__)\'',
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == [
+        "None",
+        "None",
+        "/root/plugstrip/build/__editable__.plugstrip-0.1.0-py3-none-any/plugstrip/proxy/server.py",
+    ], probe.stdout
     for tool in ("dockerd", "ovs-vswitchd", "etcd", "catatonit", "busybox"):
         assert _in_root(stock_root, f"command -v {tool}").returncode == 0, tool
     # A second run installs nothing new and still succeeds.

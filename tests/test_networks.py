@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +304,16 @@ def test_ports_outbound_and_hot_connect(net: DockerHost, networks: Any) -> None:
             ["ip", "netns", "exec", outside, "busybox", "nc", "-l", "-p", "7000"],
             stdout=subprocess.PIPE,
         )
-        time.sleep(0.3)
+
+        def listening() -> bool:
+            found = subprocess.run(
+                ["ip", "netns", "exec", outside, "ss", "-Hltn", "sport = :7000"],
+                capture_output=True,
+                text=True,
+            )
+            return bool(found.stdout.strip())
+
+        wait_for(listening, 10, "the outside listener is not up")  # a sleep lost this race
         in_container(net, web, "sh", "-c", "echo hello-out | nc -w 2 198.18.0.2 7000")
         out, _ = listener.communicate(timeout=10)
         assert out == b"hello-out\n"

@@ -159,7 +159,7 @@ class ContainerCalls:
                 name = info["Name"].lstrip("/")
             await self.service.update_meta(hid, {"container": cid, "name": name})
         finally:
-            self.holders.pending.discard(hid)
+            self.holders.created(hid)
 
     # ---- start, remove -----------------------------------------------------------------
 

@@ -86,6 +86,10 @@ class Holders:
                 return None
         return hid
 
+    def created(self, hid: str) -> None:
+        """The create that made ``hid`` is over (its container made or not)."""
+        self.pending.discard(hid)
+
     async def top_up_spares(self) -> None:
         """Spares only where they serve: plugstrip networks exist, and so does the bridge
         they sit on."""

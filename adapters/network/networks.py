@@ -137,13 +137,11 @@ class NetworkCalls:
         return [(r, r.id in in_use) for r in records if shapes.matches(r, wanted, r.id in in_use)]
 
     async def connect(self, call: Call, name: str) -> None:
-        record = await self._network(call, name)
-        if record is None:
+        found = await self._endpoint_call(call, name)
+        if found is None:
             return
-        body = call.request.json() or {}
-        info = await existing_container(self.api, str(body.get("Container") or ""))
-        hid = _holder_of(info, record)
-        config = body.get("EndpointConfig") or {}
+        record, info, hid = found
+        config = (call.request.json() or {}).get("EndpointConfig") or {}
         async with self.holders.lock(hid):
             if any(a.network.id == record.id for a in await self.service.attachments(hid)):
                 raise Refuse(
@@ -156,12 +154,10 @@ class NetworkCalls:
         call.respond(200, body=b"", content_type="text/plain")
 
     async def disconnect(self, call: Call, name: str) -> None:
-        record = await self._network(call, name)
-        if record is None:
+        found = await self._endpoint_call(call, name)
+        if found is None:
             return
-        body = call.request.json() or {}
-        info = await existing_container(self.api, str(body.get("Container") or ""))
-        hid = _holder_of(info, record)
+        record, info, hid = found
         async with self.holders.lock(hid):
             if not await self.service.detach(record, hid):
                 raise Refuse(
@@ -169,6 +165,18 @@ class NetworkCalls:
                     f"container {info['Id']} is not connected to network {record.name}",
                 )
         call.respond(200, body=b"", content_type="text/plain")
+
+    async def _endpoint_call(
+        self, call: Call, name: str
+    ) -> tuple[NetworkRecord, dict[str, Any], str] | None:
+        """For connect and disconnect: the plugstrip network, the container's inspect and
+        its holder; None when the network is not plugstrip's (the daemon answers)."""
+        record = await self._network(call, name)
+        if record is None:
+            return None
+        body = call.request.json() or {}
+        info = await existing_container(self.api, str(body.get("Container") or ""))
+        return record, info, _holder_of(info, record)
 
 
 async def existing_container(api: DockerApi, name_or_id: str) -> dict[str, Any]:
