@@ -1,15 +1,20 @@
-"""Container names on plugstrip networks, answered where Docker answers them: 127.0.0.11:53
-inside each holder's namespace (the address Docker's embedded DNS uses).
+"""Container names on plugstrip networks, answered at 127.0.0.12:53 inside each namespace
+plugstrip serves (a holder's, or a container's own).
 
-One UDP socket per holder, made inside its namespace, so every query says by the socket it
-came in on which container asks: a name resolves only to the addresses it has on networks
-the asker shares (weaveDNS answered every name to everyone). Names with a dot that are not
-ours go to the upstream resolvers (the container's own ``--dns``, else the host's; sent
-from netaddr import IPAddress
+Beside Docker's embedded DNS, not on it: Docker's resolver takes 127.0.0.11:53 in any
+namespace on a Docker network (a DNAT rule in there), so plugstrip listens next door and
+is reached either directly (a holder's ``--dns``, a rewritten resolv.conf) or as the
+external server Docker's resolver asks for the names it does not know.
 
-from plugstrip, in the host's namespace, so a loopback resolver works), unless the
-container is only on internal networks. Single-label names that are not containers get
-NXDOMAIN here, as they would from any public resolver.
+One UDP socket per namespace, made inside it, so every query says by the socket it came in
+on which container asks: a name resolves only to the addresses it has on networks the
+asker shares (weaveDNS answered every name to everyone). Names that are not ours go to the
+upstream resolvers: a holder's (the container's own ``--dns``, else the host's; sent from
+plugstrip, in the host's namespace, so a loopback resolver works) get names with a dot,
+unless the container is only on internal networks; a container's own resolvers (Docker's
+among them) get every name plugstrip does not answer, from inside its namespace, as they
+did before plugstrip came. Single-label names that are not containers get NXDOMAIN from
+a holder's server, as they would from any public resolver.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from plugstrip.netdrivers.netlink import socket_in
 
 log = logging.getLogger("plugstrip.dns")
 
-ADDRESS = "127.0.0.11"
+ADDRESS = "127.0.0.12"
 PORT = 53
 TTL = 600  # Docker's
 FORWARD_TIMEOUT = 3.0
@@ -48,6 +53,8 @@ Resolve = Callable[[str, str], Awaitable[list[IPAddress]]]  # (owner, name) -> a
 class Upstreams:
     servers: tuple[str, ...]
     forward: bool  # False for a container only on internal networks
+    # Asked from inside this namespace, with every name: the container's own resolvers.
+    netns: str | None = None
 
 
 def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -135,14 +142,15 @@ class Responder(asyncio.DatagramProtocol):
                     )
                 )
             return response.to_wire()  # other types of our names: no data, not an error
-        if "." in name and self.upstreams.forward and self.upstreams.servers:
+        up = self.upstreams
+        if ("." in name or up.netns is not None) and up.forward and up.servers:
             return await self._forward(data)
         return _error(query, dns.rcode.NXDOMAIN)
 
     async def _forward(self, data: bytes) -> bytes | None:
         for server in self.upstreams.servers:
             try:
-                return await _udp_exchange(data, server)
+                return await _udp_exchange(data, server, self.upstreams.netns)
             except (OSError, TimeoutError) as exc:
                 log.debug("upstream resolver %s failed: %s", server, exc)
         return None  # the client retries or gives up, as with a dead resolver
@@ -155,8 +163,12 @@ def _error(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
     return response.to_wire()
 
 
-async def _udp_exchange(data: bytes, server: str) -> bytes:
+async def _udp_exchange(data: bytes, server: str, netns: str | None) -> bytes:
     loop = asyncio.get_running_loop()
+    sock = None
+    if netns is not None:
+        sock = await asyncio.to_thread(socket_in, netns, socket.SOCK_DGRAM, ("0.0.0.0", 0))
+        sock.connect((server, PORT))
     answer: asyncio.Future[bytes] = loop.create_future()
 
     class Client(asyncio.DatagramProtocol):
@@ -168,7 +180,9 @@ async def _udp_exchange(data: bytes, server: str) -> bytes:
             if not answer.done():
                 answer.set_exception(exc)
 
-    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(server, PORT))
+    transport, _ = await loop.create_datagram_endpoint(
+        Client, **({"sock": sock} if sock is not None else {"remote_addr": (server, PORT)})
+    )
     try:
         transport.sendto(data)
         return await asyncio.wait_for(answer, FORWARD_TIMEOUT)

@@ -77,9 +77,12 @@ class OvsDriver:
         peer = host_end.replace("pso", "psq", 1)
         async with Netlink(self.netns) as nl:
             await ensure_endpoint_veth(nl, host_end, peer, endpoint, self.mtu)
-            if self.datapath_type == "netdev" and await nl.index(peer) is not None:
+            fresh = await nl.index(peer) is not None  # a new pair, its peer not moved yet
+            if fresh and self.datapath_type == "netdev":
                 await tx_checksum_off(self.netns, host_end, peer)
             await nl.set_up(host_end, mtu=self.mtu)
+            if fresh:  # a port left from the namespace before (a restart) is attached anew
+                await self.ovsdb.delete_port(host_end)
             await self.ovsdb.ensure_port(
                 INTEGRATION_BRIDGE,
                 host_end,

@@ -24,6 +24,10 @@ from plugstrip.netdrivers.store import Allocation, NetworkRecord, NetworkSpec, S
 log = logging.getLogger("plugstrip.netdrivers")
 T = TypeVar("T")
 AWAY_RETRY = 2.0  # seconds reads answer from the last state seen after the store failed one
+# Interfaces plugstrip puts into a namespace. Not Docker's ``ethN``: dockerd numbers its own
+# interfaces from a count it keeps and takes ``eth1`` even where one exists (the connect
+# then fails with "file exists"), so Docker's networks and plugstrip's share a namespace.
+IFNAME_PREFIX = "ethps"
 
 
 class UnknownDriver(IpamError):
@@ -142,32 +146,33 @@ class NetworkService:
         self,
         record: NetworkRecord,
         owner: str,
-        netns_path: str,
+        netns_path: str | None,
         requested: IPAddress | None = None,
         meta: dict[str, Any] | None = None,
-        first_ifindex: int = 0,
     ) -> Attachment:
-        """Give ``owner`` an address on ``record`` and plug it into ``netns_path``, as the
-        next free ``ethN`` (from ``first_ifindex``). Idempotent per (owner, network)."""
+        """Give ``owner`` an address on ``record`` and plug it into ``netns_path`` as the
+        next free ``ethpsN`` (None: the address only, plugged by :meth:`replug` once the
+        namespace exists). Idempotent per (owner, network)."""
         held = await self.store.endpoints(owner=owner)
         mine = next((a for a in held if a.network_id == record.id), None)
         if mine is None:
             used = {a.meta.get("ifname") for a in held}
-            ifname = next(f"eth{i}" for i in range(first_ifindex, 4096) if f"eth{i}" not in used)
+            ifname = next(n for i in range(4096) if (n := f"{IFNAME_PREFIX}{i}") not in used)
             meta = {**(meta or {}), "ifname": ifname, "host": self.host}
         else:
             meta = mine.meta
         await self._ensure_here(record)
         address = await self.store.allocate(record.id, owner, requested, meta)
         attachment = Attachment(record, owner, address, meta)
-        try:
-            await self.driver(record.driver).join(
-                to_network(record), self.endpoint(attachment, netns_path)
-            )
-        except BaseException:
-            await self._unplug(attachment)
-            await self.store.release(record.id, owner)
-            raise
+        if netns_path is not None:
+            try:
+                await self.driver(record.driver).join(
+                    to_network(record), self.endpoint(attachment, netns_path)
+                )
+            except BaseException:
+                await self._unplug(attachment)
+                await self.store.release(record.id, owner)
+                raise
         self.on_change()
         return attachment
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,27 @@ def net(nethost: dockerhost.DockerHost) -> Iterator[dockerhost.DockerHost]:
         yield nethost
     finally:
         nethost.stop_plugstrip()
+
+
+@pytest.fixture
+def networks(net: dockerhost.DockerHost) -> Iterator[Callable[..., str]]:
+    """Makes networks for one test (plugstrip's, or Docker's with driver ``bridge``);
+    removes them, and every container but the holders, after."""
+    made: list[str] = []
+
+    def make(driver: str = "plugstrip/weave", *args: str) -> str:
+        name = f"n{uuid.uuid4().hex[:6]}"
+        net.docker("network", "create", "-d", driver, *args, name)
+        made.append(name)
+        return name
+
+    yield make
+    every = harness.docker(net.daemon, "ps", "-aq", "--no-trunc").stdout.decode().split()
+    holders = harness.docker(
+        net.daemon, "ps", "-aq", "--no-trunc", "--filter", "label=io.plugstrip.role=holder"
+    ).stdout.decode()
+    users = [c for c in every if c not in holders.split()]
+    if users:
+        net.docker("rm", "-f", *users)
+    for name in made:
+        net.docker("network", "rm", name, check=False)

@@ -5,6 +5,7 @@ lists show the container's plugstrip endpoints in Docker's shapes."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from netaddr import IPNetwork
 
@@ -22,6 +23,7 @@ DEFAULT_WEAVE_NETWORK = "weave"  # where WEAVE_CIDR's net:default lands, as in W
 DOCKER_MODES = {"", "default", "bridge", "host", "none"}
 
 Wanted = list[tuple[NetworkRecord, dict[str, Any]]]  # networks, each with its endpoint config
+Dockers = list[tuple[str, dict[str, Any]]]  # Docker's networks, each with its endpoint config
 
 
 class ContainerCalls:
@@ -35,6 +37,8 @@ class ContainerCalls:
             On.pre("POST /containers/*/restart", self.start),
             On.pre("DELETE /containers/*", self.before_remove),
             On.post("POST /containers/create", self.created),
+            On.post("POST /containers/*/start", self.started),
+            On.post("POST /containers/*/restart", self.started),
             On.post("GET /containers/json", self.listed),
             On.post("GET /containers/*/json", self.inspected),
             On.post("DELETE /containers/*", self.removed),
@@ -46,64 +50,72 @@ class ContainerCalls:
         body = call.request.json()
         if not isinstance(body, dict):
             return
-        wanted = await self._wanted_networks(body)
+        wanted, dockers = await self._wanted_networks(body)
         if not wanted:
             return
         mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
         shown_mode = mode if mode not in DOCKER_MODES else wanted[0][0].name
         on_bridge = any(not r.internal for r, _ in wanted) and await self.holders.has_bridge()
         mac = body.pop("MacAddress", None)
-        hid = await self.holders.create(holder.split_request(body, shown_mode, on_bridge))
-        call.context["holder"] = hid
         name = query(call, "name") or ""
+        dockers = [(n, holder.docker_endpoint(config, name)) for n, config in dockers]
+        request = holder.split_request(body, shown_mode, on_bridge, dockers[:1])
+        hid = await self.holders.create(request)
+        call.context["holder"] = hid
         try:
+            for network, config in dockers[1:]:  # one network at create on older APIs
+                await self.api.call(
+                    "POST",
+                    f"/networks/{quote(network, safe='')}/connect",
+                    {"Container": hid, "EndpointConfig": config},
+                )
             async with self.holders.lock(hid):
                 ns = await self.holders.namespace(hid)  # starts it, unless a running spare
                 for index, (record, config) in enumerate(wanted):
                     extra = {"mac": mac} if mac and index == 0 else {}
-                    await self.holders.attach(hid, ns, record, config, None, name, extra)
+                    await self.holders.attach(hid, ns.netns, record, config, None, name, extra)
                 await self.holders.serve_names(hid, ns)
         except BaseException:
             await self.holders.discard(hid)
             raise
         holder.join(body, hid)
 
-    async def _wanted_networks(self, body: dict[str, Any]) -> Wanted:
-        """The plugstrip networks a create request asks for, each with its endpoint config:
-        from the network mode, the endpoints config, and Weave's WEAVE_CIDR."""
+    async def _wanted_networks(self, body: dict[str, Any]) -> tuple[Wanted, Dockers]:
+        """The plugstrip networks a create request asks for, each with its endpoint config
+        (from the network mode, the endpoints config, and Weave's WEAVE_CIDR), and the
+        user-defined Docker networks it asks for beside them."""
         mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
         configs = dict((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
         wanted: Wanted = []
-        mode_record = None
+        dockers: Dockers = []
         if mode not in DOCKER_MODES and not mode.startswith("container:"):
-            mode_record = await self.service.find(mode)
-            if mode_record is not None:
-                wanted.append((mode_record, configs.pop(mode, None) or {}))
+            record = await self.service.find(mode)
+            config = configs.pop(mode, None) or {}
+            if record is not None:
+                wanted.append((record, config))
+            else:
+                dockers.append((mode, config))
         for key, config in configs.items():
             if key in DOCKER_MODES:  # newer clients name the mode here too
                 continue
             record = await self.service.find(key)
-            if record is not None and mode_record is not None and record.id != mode_record.id:
+            if record is None:
+                dockers.append((key, config or {}))
+            elif all(record.id != r.id for r, _ in wanted):
                 wanted.append((record, config or {}))
-            elif record is not None and mode_record is None:
-                raise Refuse(
-                    400, f"plugstrip network {record.name} must be the container's --network"
-                )
-            elif record is None and mode_record is not None:
-                raise Refuse(
-                    400,
-                    f"a container on plugstrip network {mode_record.name} cannot also join "
-                    f"Docker network {key}",
-                )
+        if wanted and mode in ("host", "none"):
+            raise Refuse(
+                400,
+                f"container cannot be connected to network {wanted[0][0].name} "
+                f"with network mode {mode}",
+            )
         cidr = next(
             (e.split("=", 1)[1] for e in body.get("Env") or [] if e.startswith("WEAVE_CIDR=")),
             None,
         )
-        if cidr is not None:
-            if mode not in DOCKER_MODES and mode_record is None:
-                return wanted
+        if cidr is not None and (mode in DOCKER_MODES or wanted):
             wanted += await self._weave_cidr_networks(cidr, {r.id for r, _ in wanted})
-        return wanted
+        return wanted, dockers
 
     async def _weave_cidr_networks(self, text: str, taken: set[str]) -> Wanted:
         try:
@@ -165,7 +177,7 @@ class ContainerCalls:
 
     async def start(self, call: Call, name: str) -> None:
         info = await self.api.inspect_container(name)
-        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
+        hid = _holder(info) if info is not None else None
         if not hid:
             return
         async with self.holders.lock(hid):
@@ -179,16 +191,32 @@ class ContainerCalls:
             if not held["State"]["Running"]:
                 await self.holders.replug(hid)
 
+    async def started(self, call: Call, name: str) -> None:
+        """A container in its own namespace got a new one: plug it in before the client
+        hears that it started (the event would, a moment later)."""
+        if call.response is None or call.response.status not in (204, 304):
+            return
+        info = await self.api.inspect_container(name)
+        if info is None or not info["State"]["Running"] or _holder(info):
+            return
+        async with self.holders.lock(info["Id"]):
+            if await self.holders.owns(info["Id"]):
+                await self.holders.plug_own(info)
+
     async def before_remove(self, call: Call, name: str) -> None:
         info = await self.api.inspect_container(name)
-        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
-        if hid:
-            call.context["holder"] = hid
+        if info is not None:
+            call.context["owner"] = _holder(info) or info["Id"]
+            call.context["holder"] = _holder(info)
 
     async def removed(self, call: Call, _: str) -> None:
-        hid = call.context.get("holder")
-        if hid and call.response is not None and call.response.status < 300:
-            await self.holders.discard(hid)
+        owner = call.context.get("owner")
+        if not owner or call.response is None or call.response.status >= 300:
+            return
+        if call.context.get("holder"):
+            await self.holders.discard(owner)
+        elif await self.holders.owns(owner):
+            await self.holders.release(owner)
 
     # ---- inspect, list -----------------------------------------------------------------
 
@@ -196,18 +224,20 @@ class ContainerCalls:
         response = call.response
         if response is None or response.status != 200:
             return
-        if holder.HOLDER.encode() not in (response.body or b""):
-            return  # not joined to a holder: left as the daemon sent it, unparsed
         data = response.json()
         labels = (data.get("Config") or {}).get("Labels") or {}
         hid = labels.get(holder.HOLDER)
-        if not hid:
+        settings = data.setdefault("NetworkSettings", {})
+        if not hid:  # plugged in its own namespace, if at all: beside Docker's networks
+            own = await self.service.attachments(data["Id"])
+            if own:
+                settings["Networks"] = {**(settings.get("Networks") or {}), **_shown(own, data)}
             return
         held = await self.api.inspect_container(hid) or {}
-        settings = data.setdefault("NetworkSettings", {})
+        docker_networks = (held.get("NetworkSettings") or {}).get("Networks") or {}
         settings["Networks"] = {
-            a.network.name: shapes.container_endpoint(a, data["Id"])
-            for a in await self.service.attachments(hid)
+            **_dockers(docker_networks, labels),
+            **_shown(await self.service.attachments(hid), data),
         }
         settings["Ports"] = (held.get("NetworkSettings") or {}).get("Ports") or {}
         for key in ("IPAddress", "Gateway", "MacAddress"):
@@ -228,28 +258,50 @@ class ContainerCalls:
         response = call.response
         if response is None or response.status != 200:
             return
-        if holder.LABEL_PREFIX.encode() not in (response.body or b""):
-            return  # none of plugstrip's containers: left as the daemon sent it, unparsed
         listed = response.json()
-        held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holder.ROLE)}
-        if not held and not any((c.get("Labels") or {}).get(holder.HOLDER) for c in listed):
-            return
         by_owner: dict[str, list[Attachment]] = {}
         for a in await self.service.attachments():
             by_owner.setdefault(a.owner, []).append(a)
+        held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holder.ROLE)}
+        if not held and not any(
+            (c.get("Labels") or {}).get(holder.HOLDER) or c["Id"] in by_owner for c in listed
+        ):
+            return  # none of plugstrip's containers: left as the daemon sent it
         out = []
         for c in listed:
             labels = c.get("Labels") or {}
             if labels.get(holder.ROLE):
                 continue
             hid = labels.get(holder.HOLDER)
+            settings = c.setdefault("NetworkSettings", {})
             if hid:
                 c.setdefault("HostConfig", {})["NetworkMode"] = labels.get(holder.NETWORK_MODE)
-                c.setdefault("NetworkSettings", {})["Networks"] = {
-                    a.network.name: shapes.container_endpoint(a, c["Id"])
-                    for a in by_owner.get(hid, [])
+                docker_networks = (held.get(hid, {}).get("NetworkSettings") or {}).get("Networks")
+                settings["Networks"] = {
+                    **_dockers(docker_networks or {}, labels),
+                    **_shown(by_owner.get(hid, []), c),
                 }
                 if hid in held:
                     c["Ports"] = held[hid].get("Ports") or []
+            elif c["Id"] in by_owner:
+                networks = settings.get("Networks") or {}
+                settings["Networks"] = {**networks, **_shown(by_owner[c["Id"]], c)}
             out.append(c)
         response.set_json(out)
+
+
+def _shown(attachments: list[Attachment], container: dict[str, Any]) -> dict[str, Any]:
+    return {a.network.name: shapes.container_endpoint(a, container["Id"]) for a in attachments}
+
+
+def _dockers(networks: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The Docker networks a holder is on, as its container's: the default bridge only if
+    the user asked for it (plugstrip puts holders there for their outbound traffic)."""
+    asked = labels.get(holder.NETWORK_MODE) in ("bridge", "default")
+    return {name: n for name, n in networks.items() if name != "bridge" or asked}
+
+
+def _holder(info: dict[str, Any]) -> str | None:
+    """The container's holder, if it has one."""
+    hid = (info.get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
+    return str(hid) if hid else None

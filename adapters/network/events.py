@@ -61,6 +61,8 @@ class Events:
             elif action == "destroy" and attrs.get(holder.ROLE):
                 holders.pool.forget(cid)
                 await holders.release(cid)
+            elif action == "destroy" and await holders.owns(cid):  # in its own namespace
+                await holders.release(cid)
             elif (
                 action == "start"
                 and attrs.get(holder.ROLE)
@@ -70,8 +72,20 @@ class Events:
                 async with holders.lock(cid):  # the daemon restarted a holder: a new namespace
                     await holders.replug(cid)
                 await self._restart_dependents(cid)
+            elif action == "start" and not attrs.get(holder.HOLDER) and not attrs.get(holder.ROLE):
+                await self._plug_own(cid)
         except Exception:
             log.exception("handling %s of %s failed", action, cid[:12])
+
+    async def _plug_own(self, cid: str) -> None:
+        """A container in its own namespace started (a restart policy, a client beside
+        plugstrip): plug it into its new namespace."""
+        async with self.holders.lock(cid):
+            if not await self.holders.owns(cid):
+                return
+            info = await self.api.inspect_container(cid)
+            if info is not None and info["State"]["Running"]:
+                await self.holders.plug_own(info)
 
     async def _restart_dependents(self, hid: str) -> None:
         """Start the holder's container if the daemon should have and could not: when the
@@ -91,7 +105,8 @@ class Events:
                 await self.api.call("POST", f"/containers/{c['Id']}/start")
 
     async def reconcile(self) -> None:
-        """Free what belongs to no container; re-plug every running holder."""
+        """Free what belongs to no container; re-plug every running holder and container
+        in its own namespace."""
         holders = self.holders
         listed = await self.api.call("GET", "/containers/json", params={"all": "1"})
         held = {c["Id"]: c for c in listed if (c.get("Labels") or {}).get(holder.ROLE)}
@@ -100,9 +115,11 @@ class Events:
             for c in listed
             if (c.get("Labels") or {}).get(holder.HOLDER)
         }
-        if not held and not used and not holders.pending:
-            holders.holding = False  # until a create or a spare says otherwise
         owners = await self.service.owners()
+        alive = {c["Id"]: c for c in listed}
+        own = owners & (set(alive) - set(held))  # containers in their own namespace
+        if not held and not used and not own and not holders.pending:
+            holders.holding = False  # until a create, a connect or a spare says otherwise
         for hid in set(held) - used - holders.pending:
             idle = hid not in owners and held[hid]["State"] == "running"
             if hid in holders.pool or (idle and holders.pool.adopt(hid)):
@@ -110,9 +127,12 @@ class Events:
             log.info("removing orphan network holder %s", hid[:12])
             await holders.discard(hid)
         await holders.top_up_spares()
-        for owner in owners - set(held) - holders.pending:
-            log.info("releasing addresses of vanished holder %s", owner[:12])
+        for owner in owners - set(alive) - holders.pending:
+            log.info("releasing addresses of vanished %s", owner[:12])
             await holders.release(owner)
+        for cid in own:
+            if alive[cid]["State"] == "running":
+                await self._plug_own(cid)
         for hid in used & set(held):
             if held[hid]["State"] == "running":
                 async with holders.lock(hid):

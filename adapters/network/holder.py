@@ -17,6 +17,7 @@ import io
 import secrets
 import shutil
 import tarfile
+from collections.abc import Sequence
 from typing import Any
 
 from plugstrip.netdrivers import dns
@@ -92,13 +93,23 @@ def plain_request(on_bridge: bool) -> dict[str, Any]:
     }
 
 
-def split_request(body: dict[str, Any], network_mode: str, on_bridge: bool) -> dict[str, Any]:
+def split_request(
+    body: dict[str, Any],
+    network_mode: str,
+    on_bridge: bool,
+    dockers: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> dict[str, Any]:
     """Rewrite a create request to join a holder (``container:HOLDER`` is filled in by
-    :func:`join`) and return the holder's own create request, carrying what moved."""
+    :func:`join`) and return the holder's own create request, carrying what moved. On
+    ``dockers`` (a Docker network and its endpoint config) the holder joins that network
+    instead of the default bridge."""
     host_config = body.setdefault("HostConfig", {}) or {}
     body["HostConfig"] = host_config
     holder = plain_request(on_bridge)
     holder_host = holder["HostConfig"]
+    for network, config in dockers:
+        holder_host["NetworkMode"] = network
+        holder["NetworkingConfig"] = {"EndpointsConfig": {network: config}}
     for key in MOVED_CONFIG:
         if body.get(key):
             holder[key] = body.pop(key)
@@ -116,6 +127,15 @@ def split_request(body: dict[str, Any], network_mode: str, on_bridge: bool) -> d
     body["NetworkingConfig"] = None
     body["Labels"] = {**(body.get("Labels") or {}), NETWORK_MODE: network_mode}
     return holder
+
+
+def docker_endpoint(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A Docker network's endpoint config for a holder: the container's, with its name
+    among the aliases, so Docker's resolver answers it with the holder's address."""
+    aliases = [str(a) for a in config.get("Aliases") or []]
+    if name and name not in aliases:
+        aliases.append(name)
+    return {**config, "Aliases": aliases}
 
 
 def join(body: dict[str, Any], holder_id: str) -> None:

@@ -1,8 +1,11 @@
-"""The holders on this host: their locks, namespaces and life, behind one small class.
+"""The owners of endpoints on this host, behind one small class: holders, and containers
+plugged in their own namespace (``docker network connect`` of a container made without a
+holder). Their locks, namespaces and life.
 
-Every change to a holder (wiring it, re-plugging it, discarding it, releasing what it
-held) takes the holder's lock, so a create, an event and a reconciliation never interleave
-on one namespace. Releases the store refuses while it is away are retried until it is back.
+Every change to an owner (wiring it, re-plugging it, discarding it, releasing what it
+held) takes the owner's lock, so a create, a connect, an event and a reconciliation never
+interleave on one namespace. Releases the store refuses while it is away are retried until
+it is back.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
-from plugstrip.adapters.network import holder
+from plugstrip.adapters.network import holder, resolv_conf
 from plugstrip.adapters.network.holder_pool import HolderPool
 from plugstrip.netdrivers import dns
 from plugstrip.netdrivers.dns import NameServer, Upstreams
@@ -31,7 +34,6 @@ RELEASE_RETRY = 2.0  # seconds between tries to release while the store is away
 @dataclass(frozen=True)
 class HolderNs:
     netns: str  # /proc/PID/ns/net
-    on_bridge: bool  # on Docker's bridge too: plugstrip's interfaces start at eth1
     upstreams: Upstreams
 
 
@@ -112,27 +114,26 @@ class Holders:
         if not info["State"]["Running"]:
             await self.api.call("POST", f"/containers/{hid}/start")
             info = await self.api.inspect_container(hid) or info
-        on_bridge = info["HostConfig"]["NetworkMode"] != "none"
+        outbound = info["HostConfig"]["NetworkMode"] != "none"  # on a Docker network
         user_dns = (info["Config"].get("Labels") or {}).get(holder.DNS) or ""
         servers = tuple(s for s in user_dns.split(",") if s) or dns.host_resolvers()
-        return HolderNs(
-            f"/proc/{int(info['State']['Pid'])}/ns/net", on_bridge, Upstreams(servers, on_bridge)
-        )
+        return HolderNs(netns_of(info), Upstreams(servers, outbound))
 
     # ---- wiring ------------------------------------------------------------------------
 
     async def attach(
         self,
-        hid: str,
-        ns: HolderNs,
+        owner: str,
+        netns: str | None,
         record: NetworkRecord,
         config: dict[str, Any],
         container: dict[str, Any] | None = None,
         name: str = "",
         extra: dict[str, Any] | None = None,
     ) -> Attachment:
-        """Put the holder on ``record`` as Docker's endpoint ``config`` asks (its
-        ``IPAMConfig`` and ``Aliases``), for ``container`` (an inspect) or a new one."""
+        """Put ``owner`` (a holder, or a container itself) on ``record`` as Docker's
+        endpoint ``config`` asks (its ``IPAMConfig`` and ``Aliases``), for ``container``
+        (an inspect) or a new one; plugged into ``netns`` now, or (None) when it starts."""
         requested_text = (config.get("IPAMConfig") or {}).get("IPv4Address") or None
         requested = None
         if requested_text:
@@ -149,9 +150,8 @@ class Holders:
             meta |= {"container": container["Id"], "name": container["Name"].lstrip("/")}
         elif name:
             meta["name"] = name
-        return await self.service.attach(
-            record, hid, ns.netns, requested, meta, first_ifindex=1 if ns.on_bridge else 0
-        )
+        self.holding = True
+        return await self.service.attach(record, owner, netns, requested, meta)
 
     async def serve_names(self, hid: str, ns: HolderNs) -> None:
         await self.names.serve(hid, ns.netns, ns.upstreams)
@@ -162,6 +162,26 @@ class Holders:
         ns = await self.namespace(hid)
         await self.service.replug(hid, ns.netns)
         await self.serve_names(hid, ns)
+
+    # ---- containers in their own namespace -------------------------------------------
+
+    async def owns(self, cid: str) -> bool:
+        """Whether the container ``cid`` holds endpoints itself (no holder)."""
+        return bool(await self.service.attachments(owner=cid))
+
+    async def plug_own(self, info: dict[str, Any]) -> None:
+        """Plug a running container's endpoints into its (maybe new) namespace and answer
+        its names there. The caller holds the container's lock."""
+        netns = netns_of(info)
+        await self.service.replug(info["Id"], netns)
+        servers = await asyncio.to_thread(resolv_conf.rewrite, info["State"]["Pid"], dns.ADDRESS)
+        await self.names.serve(info["Id"], netns, Upstreams(servers, True, netns))
+
+    async def unplugged_own(self, info: dict[str, Any]) -> None:
+        """After a container's last endpoint left: its resolvers back as they were."""
+        self.names.stop(info["Id"])
+        if info["State"]["Running"]:
+            await asyncio.to_thread(resolv_conf.rewrite, info["State"]["Pid"], None)
 
     # ---- ending ------------------------------------------------------------------------
 
@@ -183,9 +203,11 @@ class Holders:
         self.pending.discard(hid)
 
     async def release(self, owner: str) -> None:
-        """Release what ``owner`` (a holder that is gone) held."""
+        """Release what ``owner`` (a holder or a container that is gone) held."""
         async with self.lock(owner):
+            self.names.stop(owner)
             await self.service.release_owner(owner)
+        self._locks.pop(owner, None)
 
     async def _release_later(self) -> None:
         """Release what holders removed while the store was away held, once it is back."""
@@ -198,3 +220,8 @@ class Holders:
                     break
                 self._unreleased.discard(hid)
                 log.info("released what %s held", hid[:12])
+
+
+def netns_of(info: dict[str, Any]) -> str:
+    """The network namespace of a running container (an inspect)."""
+    return f"/proc/{int(info['State']['Pid'])}/ns/net"

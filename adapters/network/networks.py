@@ -12,7 +12,7 @@ from urllib.parse import quote
 from netaddr import AddrFormatError, IPAddress
 
 from plugstrip.adapters.network import holder, shapes
-from plugstrip.adapters.network.holder_life import Holders
+from plugstrip.adapters.network.holder_life import Holders, netns_of
 from plugstrip.adapters.network.routing import On, filters
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.service import NetworkService
@@ -90,13 +90,17 @@ class NetworkCalls:
         call.respond(204, body=b"", content_type="text/plain")
 
     async def _in_use(self, record: NetworkRecord) -> bool:
-        """Whether containers are on the network. A holder whose container is gone but
-        whose destroy event is not handled yet (``run --rm`` returns as the daemon removes
-        the container) is discarded here, so ``network rm`` right after works as on
-        Docker's own networks."""
+        """Whether containers are on the network. A holder (or a container in its own
+        namespace) whose container is gone but whose destroy event is not handled yet
+        (``run --rm`` returns as the daemon removes the container) is let go here, so
+        ``network rm`` right after works as on Docker's own networks."""
         attachments = await self.service.attachments(network=record)
         for a in attachments:
             if not self.service.is_local(a) or a.owner in self.holders.pending:
+                continue
+            if a.owner == a.meta.get("container"):  # in its own namespace
+                if await self.api.inspect_container(a.owner) is None:
+                    await self.holders.release(a.owner)
                 continue
             users = json.dumps({"label": [f"{holder.HOLDER}={a.owner}"]})
             if not await self.api.call(
@@ -137,46 +141,96 @@ class NetworkCalls:
         return [(r, r.id in in_use) for r in records if shapes.matches(r, wanted, r.id in in_use)]
 
     async def connect(self, call: Call, name: str) -> None:
-        found = await self._endpoint_call(call, name)
+        found = await self._endpoint_call(call, name, connect=True)
         if found is None:
             return
         record, info, hid = found
         config = (call.request.json() or {}).get("EndpointConfig") or {}
-        async with self.holders.lock(hid):
-            if any(a.network.id == record.id for a in await self.service.attachments(hid)):
+        owner = hid or _own_namespace(info)
+        async with self.holders.lock(owner):
+            if any(a.network.id == record.id for a in await self.service.attachments(owner)):
                 raise Refuse(
                     403,
                     f"endpoint with name {info['Name'].lstrip('/')} already exists "
                     f"in network {record.name}",
                 )
-            ns = await self.holders.namespace(hid)
-            await self.holders.attach(hid, ns, record, config, info)
+            if hid:
+                ns = await self.holders.namespace(hid)
+                await self.holders.attach(hid, ns.netns, record, config, info)
+            else:  # plugged now if it runs, else when it starts
+                running = bool(info["State"]["Running"])
+                netns = netns_of(info) if running else None
+                await self.holders.attach(owner, netns, record, config, info)
+                if running:
+                    await self.holders.plug_own(info)
         call.respond(200, body=b"", content_type="text/plain")
 
     async def disconnect(self, call: Call, name: str) -> None:
-        found = await self._endpoint_call(call, name)
+        found = await self._endpoint_call(call, name, connect=False)
         if found is None:
             return
         record, info, hid = found
-        async with self.holders.lock(hid):
-            if not await self.service.detach(record, hid):
+        owner = hid or info["Id"]
+        async with self.holders.lock(owner):
+            if not await self.service.detach(record, owner):
                 raise Refuse(
                     403,
                     f"container {info['Id']} is not connected to network {record.name}",
                 )
+            if not hid and not await self.holders.owns(owner):
+                await self.holders.unplugged_own(info)
         call.respond(200, body=b"", content_type="text/plain")
 
     async def _endpoint_call(
-        self, call: Call, name: str
-    ) -> tuple[NetworkRecord, dict[str, Any], str] | None:
+        self, call: Call, name: str, connect: bool
+    ) -> tuple[NetworkRecord, dict[str, Any], str | None] | None:
         """For connect and disconnect: the plugstrip network, the container's inspect and
-        its holder; None when the network is not plugstrip's (the daemon answers)."""
+        its holder (None: the container has none). None when the network is not
+        plugstrip's: the daemon answers, for the holder if the container has one (the
+        holder's namespace is the container's)."""
         record = await self._network(call, name)
-        if record is None:
-            return None
         body = call.request.json() or {}
+        if record is None:
+            await self._to_holder(body, connect)
+            return None
         info = await existing_container(self.api, str(body.get("Container") or ""))
-        return record, info, _holder_of(info, record)
+        hid = (info["Config"].get("Labels") or {}).get(holder.HOLDER)
+        return record, info, str(hid) if hid else None
+
+    async def _to_holder(self, body: dict[str, Any], connect: bool) -> None:
+        """Send a connect or disconnect of Docker's network to the container's holder,
+        with the container's name among the endpoint's aliases (Docker's resolver then
+        answers it with the holder's address there)."""
+        if not self.holders.holding or not isinstance(body, dict):
+            return
+        info = await self.api.inspect_container(str(body.get("Container") or ""))
+        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
+        if info is None or not hid:
+            return
+        body["Container"] = hid
+        if connect:
+            config = body.get("EndpointConfig") or {}
+            aliases = [str(a) for a in config.get("Aliases") or []]
+            name = info["Name"].lstrip("/")
+            config["Aliases"] = aliases if name in aliases else [*aliases, name]
+            body["EndpointConfig"] = config
+
+
+def _own_namespace(info: dict[str, Any]) -> str:
+    """The container itself as the owner of its endpoints, if Docker would let it join
+    another network."""
+    mode = str(info["HostConfig"].get("NetworkMode") or "")
+    if mode == "host":
+        raise Refuse(
+            400, "container cannot be disconnected from host network or connected to host network"
+        )
+    if mode.startswith("container:"):
+        raise Refuse(
+            400,
+            "container sharing network namespace with another container or host cannot be "
+            "connected to any other network",
+        )
+    return str(info["Id"])
 
 
 async def existing_container(api: DockerApi, name_or_id: str) -> dict[str, Any]:
@@ -184,17 +238,6 @@ async def existing_container(api: DockerApi, name_or_id: str) -> dict[str, Any]:
     if info is None:
         raise Refuse(404, f"No such container: {name_or_id}")
     return info
-
-
-def _holder_of(info: dict[str, Any], record: NetworkRecord) -> str:
-    hid = (info["Config"].get("Labels") or {}).get(holder.HOLDER)
-    if not hid:
-        raise Refuse(
-            400,
-            f"container {info['Name'].lstrip('/')} was not created on a plugstrip network, "
-            f"so it cannot join {record.name}: create it with --network {record.name}",
-        )
-    return str(hid)
 
 
 def network_spec(body: dict[str, Any]) -> NetworkSpec:
