@@ -18,7 +18,7 @@ from plugstrip.cli import ops
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.cli.serve import DEFAULT_LISTEN, UsageError, serve_command
 from plugstrip.netdrivers.drivers import DEFAULT_OVSDB
-from plugstrip.netdrivers.ipam import DEFAULT_RANGE
+from plugstrip.netdrivers.ipam import DEFAULT_RANGE, DEFAULT_RANGE6
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.config import ConfigError
 
@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         default=str(DEFAULT_RANGE),
         help="where subnets for networks without --subnet come from (default %(default)s)",
+    )
+    serve.add_argument(
+        "--ipv6-range",
+        metavar="CIDR",
+        default=str(DEFAULT_RANGE6),
+        help="where a /64 for each --ipv6 network without an IPv6 --subnet comes from "
+        "(default %(default)s, a unique local /48)",
     )
     serve.add_argument(
         "--ovsdb",

@@ -180,6 +180,11 @@ def _network_adapter(
         pool = ipam.parse_subnet(args.ipalloc_range)
     except ipam.IpamError as exc:
         raise UsageError(f"--ipalloc-range: {exc}") from None
+    try:
+        pool6 = ipam.parse_subnet(args.ipv6_range, 6)
+        ipam.choose_subnet([], pool6, ipam.DEFAULT_PREFIX6)  # room for a /64 at all
+    except ipam.IpamError as exc:
+        raise UsageError(f"--ipv6-range: {exc}") from None
     advertise = None
     if args.advertise_addr is not None:
         try:
@@ -200,6 +205,7 @@ def _network_adapter(
         open_store(args.store, args.state_dir),
         drivers,
         pool,
+        pool6=pool6,
         host=host_id(args.state_dir),
         on_change=changes.set,
     )

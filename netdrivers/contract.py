@@ -33,6 +33,8 @@ class Endpoint:
     netns_path: str  # the namespace the endpoint's interface goes into
     ifname: str = "eth0"  # its name in there
     gateway: IPAddress | None = None  # default route through it, if set
+    address6: IPAddress | None = None  # on a dual-stack network
+    prefixlen6: int = 64
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class RemoteEndpoint:
     address: IPAddress
     mac: str
     host: IPAddress  # the underlay address of the host it is on (where VXLAN goes)
+    address6: IPAddress | None = None  # on a dual-stack network
 
 
 class Driver(Protocol):

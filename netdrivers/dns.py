@@ -131,16 +131,14 @@ class Responder(asyncio.DatagramProtocol):
         if found:
             response = dns.message.make_response(query)
             response.flags |= dns.flags.AA | dns.flags.RA
-            if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
-                response.answer.append(
-                    dns.rrset.from_text_list(
-                        question.name,
-                        TTL,
-                        dns.rdataclass.IN,
-                        dns.rdatatype.A,
-                        [str(a) for a in found],
+            for rdtype, version in ((dns.rdatatype.A, 4), (dns.rdatatype.AAAA, 6)):
+                addresses = [str(a) for a in found if a.version == version]
+                if addresses and question.rdtype in (rdtype, dns.rdatatype.ANY):
+                    response.answer.append(
+                        dns.rrset.from_text_list(
+                            question.name, TTL, dns.rdataclass.IN, rdtype, addresses
+                        )
                     )
-                )
             return response.to_wire()  # other types of our names: no data, not an error
         up = self.upstreams
         if ("." in name or up.netns is not None) and up.forward and up.servers:

@@ -36,7 +36,14 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.ipam import IpamError
-from plugstrip.netdrivers.store import Allocation, Host, NetworkRecord, NetworkSpec, lowest_free_vni
+from plugstrip.netdrivers.store import (
+    Allocation,
+    Host,
+    NetworkRecord,
+    NetworkSpec,
+    decide_subnets,
+    lowest_free_vni,
+)
 
 T = TypeVar("T")
 RETRIES = 200  # of one decision that lost (to another host, or to an address it had not read)
@@ -144,21 +151,14 @@ class EtcdStore:
         spec: NetworkSpec,
         pool: IPNetwork = ipam.DEFAULT_RANGE,
         prefix: int = ipam.DEFAULT_PREFIX,
+        pool6: IPNetwork = ipam.DEFAULT_RANGE6,
     ) -> NetworkRecord:
         async def attempt(etcd: aetcd.Client) -> NetworkRecord | None:
             guard = await etcd.get(self._key("nets"))
             records = await self._records(etcd)
             if any(r.name == spec.name for r in records):
                 raise IpamError("conflict", f"network with name {spec.name} already exists")
-            taken = [r.subnet for r in records]
-            if spec.subnet is None:
-                subnet = ipam.choose_subnet(taken, pool, prefix)
-            else:
-                subnet = spec.subnet
-                ipam.check_subnet(subnet, taken)
-            gateway = spec.gateway or ipam.gateway_of(subnet)
-            if not subnet.first < int(gateway) < subnet.last:
-                raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
+            subnet, gateway, subnet6 = decide_subnets(spec, records, pool, prefix, pool6)
             vni = lowest_free_vni({r.vni for r in records})
             record = NetworkRecord(
                 uuid.uuid4().hex + uuid.uuid4().hex,
@@ -171,6 +171,7 @@ class EtcdStore:
                 dict(spec.labels),
                 spec.internal,
                 time.time(),
+                subnet6,
             )
             tx = etcd.transactions
             won, _ = await etcd.transaction(
@@ -434,6 +435,7 @@ def _dump_record(r: NetworkRecord) -> str:
             "labels": r.labels,
             "internal": r.internal,
             "created": r.created,
+            "subnet6": str(r.subnet6) if r.subnet6 is not None else None,
         }
     )
 
@@ -451,6 +453,7 @@ def _load_record(raw: bytes) -> NetworkRecord:
         d["labels"],
         bool(d["internal"]),
         float(d["created"]),
+        IPNetwork(d["subnet6"]) if d.get("subnet6") else None,
     )
 
 

@@ -1,6 +1,11 @@
 """Address management on netaddr: subnets out of an allocation range, addresses out of a
 subnet.
 
+Dual-stack networks pair an IPv6 subnet with the IPv4 one, and an endpoint's IPv6 address
+with its IPv4 address: the same host number in each (``10.70.0.5`` and ``fd70::5``), so
+the one allocation the store makes per endpoint is unique in both families, and the
+datapath, names and peers on other hosts learn both from it.
+
 Pure decisions: what is taken comes in, a choice (or a categorised error) goes out. The
 store runs a decision and its write as one transaction, so nothing is handed out twice,
 on one host or (with etcd) on several.
@@ -16,8 +21,14 @@ from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet
 # Weave's default allocation range, and Docker's default size for a user network.
 DEFAULT_RANGE = IPNetwork("10.32.0.0/12")
 DEFAULT_PREFIX = 24
-# A /31 or /32 has no room for a gateway and a container.
-MAX_PREFIX = 30
+# IPv6 subnets for networks made with --ipv6 and no IPv6 subnet: a /64 each out of a
+# unique local /48 ("plugs" in ASCII: the same on every host, so hosts agree without
+# being told; --ipv6-range picks another, RFC 4193's random one, say).
+DEFAULT_RANGE6 = IPNetwork("fd70:6c75:6773::/48")
+DEFAULT_PREFIX6 = 64
+# A /31 or /32 has no room for a gateway and a container; an IPv6 subnet as small as a
+# /120 still pairs with a /24.
+MAX_PREFIX = {4: 30, 6: 120}
 
 Category = Literal["invalid", "conflict", "exhausted", "not_found"]
 
@@ -30,20 +41,21 @@ class IpamError(Exception):
         self.category = category
 
 
-def parse_subnet(text: str) -> IPNetwork:
-    """An IPv4 network in CIDR form with no host bits set (``10.40.1.0/24``)."""
+def parse_subnet(text: str, version: Literal[4, 6] = 4) -> IPNetwork:
+    """An IPv4 (or IPv6) network in CIDR form with no host bits set (``10.40.1.0/24``)."""
+    family = f"IPv{version}"
     try:
-        net = IPNetwork(text, version=4)
+        net = IPNetwork(text, version=version)
     except (AddrFormatError, ValueError, TypeError):
-        raise IpamError("invalid", f"invalid subnet {text!r}: expected an IPv4 CIDR") from None
+        raise IpamError("invalid", f"invalid subnet {text!r}: expected an {family} CIDR") from None
     if "/" not in text:
         raise IpamError("invalid", f"invalid subnet {text!r}: give a prefix length")
     if net.ip != net.network:
         raise IpamError(
             "invalid", f"invalid subnet {text}: host bits set (did you mean {net.cidr}?)"
         )
-    if net.prefixlen > MAX_PREFIX:
-        raise IpamError("invalid", f"invalid subnet {text}: /{MAX_PREFIX} is the smallest")
+    if net.prefixlen > MAX_PREFIX[version]:
+        raise IpamError("invalid", f"invalid subnet {text}: /{MAX_PREFIX[version]} is the smallest")
     return net
 
 
@@ -61,7 +73,7 @@ def choose_subnet(
 ) -> IPNetwork:
     """The lowest free /``prefix`` of ``pool`` (free blocks, not every candidate, are
     walked, so a nearly full range costs no more than an empty one)."""
-    if not pool.prefixlen <= prefix <= MAX_PREFIX:
+    if not pool.prefixlen <= prefix <= MAX_PREFIX[pool.version]:
         raise IpamError("invalid", f"cannot cut /{prefix} subnets out of {pool}")
     free = IPSet([pool]) - IPSet(list(taken))
     for block in free.iter_cidrs():  # sorted, each aligned to its own size
@@ -71,7 +83,63 @@ def choose_subnet(
 
 
 def gateway_of(subnet: IPNetwork) -> IPAddress:
-    return IPAddress(subnet.first + 1)
+    return IPAddress(subnet.first + 1, subnet.version)
+
+
+def paired(address: IPAddress, subnet: IPNetwork, other: IPNetwork) -> IPAddress:
+    """The address with ``address``'s host number in ``subnet``, in ``other``."""
+    return IPAddress(other.first + (int(address) - subnet.first), other.version)
+
+
+def check_pair(
+    subnet: IPNetwork, gateway: IPAddress, subnet6: IPNetwork, gateway6: IPAddress | None
+) -> None:
+    """Refuse an IPv6 subnet that cannot give every IPv4 host number its twin, or an IPv6
+    gateway that is not the IPv4 gateway's twin."""
+    if subnet6.size < subnet.size:
+        raise IpamError(
+            "invalid",
+            f"IPv6 subnet {subnet6} is smaller than IPv4 subnet {subnet}: plugstrip gives an "
+            "endpoint the same host number in both",
+        )
+    twin = paired(gateway, subnet, subnet6)
+    if gateway6 is not None and gateway6 != twin:
+        raise IpamError(
+            "invalid",
+            f"IPv6 gateway {gateway6}: on {subnet6} it is {twin}, the IPv4 gateway's host "
+            "number (plugstrip pairs the families' addresses)",
+        )
+
+
+def requested_pair(
+    subnet: IPNetwork,
+    subnet6: IPNetwork,
+    requested: IPAddress | None,
+    requested6: IPAddress | None,
+) -> IPAddress | None:
+    """The IPv4 address to ask the store for, given what an endpoint asked in each family
+    (``--ip``, ``--ip6``)."""
+    if requested6 is None:
+        return requested
+    if requested6 not in subnet6:
+        raise IpamError(
+            "invalid",
+            f"Invalid address {requested6}: It does not belong to any of this network's subnets",
+        )
+    if int(requested6) - subnet6.first >= subnet.size:
+        raise IpamError(
+            "invalid",
+            f"address {requested6}: its host number is beyond IPv4 subnet {subnet}, and "
+            "plugstrip gives an endpoint the same host number in both families",
+        )
+    twin = paired(requested6, subnet6, subnet)
+    if requested is not None and requested != twin:
+        raise IpamError(
+            "invalid",
+            f"--ip {requested} and --ip6 {requested6} differ in host number: plugstrip pairs "
+            f"them (--ip {twin} goes with that --ip6)",
+        )
+    return twin
 
 
 def choose_address(

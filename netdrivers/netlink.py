@@ -25,6 +25,7 @@ from plugstrip.netdrivers.contract import Endpoint
 
 T = TypeVar("T")
 NUD_PERMANENT = 0x80
+IFA_F_NODAD = 0x02  # an address no other endpoint can hold (IPAM says): usable at once
 ZERO_MAC = "00:00:00:00:00:00"  # an FDB entry for it: where unknown and broadcast frames go
 
 
@@ -131,9 +132,10 @@ class Netlink:
                 raise
 
     async def ensure_address(self, name: str, address: str, prefixlen: int) -> None:
+        v6 = {"family": socket.AF_INET6, "flags": IFA_F_NODAD} if ":" in address else {}
         try:
             await self.ipr.addr(
-                "add", index=await self.index(name), address=address, prefixlen=prefixlen
+                "add", index=await self.index(name), address=address, prefixlen=prefixlen, **v6
             )
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
@@ -192,11 +194,13 @@ class Netlink:
             dst=address,
             lladdr=mac,
             state=NUD_PERMANENT,
+            family=socket.AF_INET6 if ":" in address else socket.AF_INET,
         )
 
     async def delete_neighbour(self, name: str, address: str) -> None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
-            await self.ipr.neigh("del", ifindex=await self.index(name), dst=address)
+            await self.ipr.neigh("del", ifindex=await self.index(name), dst=address, family=family)
         except NetlinkError as exc:
             if exc.code != errno.ENOENT:
                 raise
@@ -257,9 +261,20 @@ async def plug_into_container(host: Netlink, peer: str, endpoint: Endpoint, mtu:
             await nl.rename(peer, name)
         await nl.ipr.link("set", ifname=name, address=endpoint.mac, mtu=mtu)
         await nl.ensure_address(name, str(endpoint.address), endpoint.prefixlen)
+        if endpoint.address6 is not None:
+            # dockerd turns IPv6 off in namespaces not on its IPv6 networks, new devices too
+            await asyncio.to_thread(run_in, endpoint.netns_path, lambda: _ipv6_on(name))
+            await nl.ensure_address(name, str(endpoint.address6), endpoint.prefixlen6)
         await nl.set_up(name)
         if endpoint.gateway is not None:
             await nl.ensure_default_route(str(endpoint.gateway))
+
+
+def _ipv6_on(name: str) -> None:
+    """IPv6 on for device ``name`` of the calling thread's namespace (its sysctl tree is
+    the namespace's)."""
+    with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as sysctl:
+        sysctl.write("0")
 
 
 _CLONE_NEWNET = 0x40000000

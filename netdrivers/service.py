@@ -47,6 +47,10 @@ class Attachment:
     meta: dict[str, Any]
 
     @property
+    def address6(self) -> IPAddress | None:
+        return self.network.address6(self.address)
+
+    @property
     def mac(self) -> str:
         # the one it was given (docker-py's ``mac_address``), else Docker's scheme
         return str(self.meta.get("mac") or mac_for(self.address))
@@ -68,6 +72,7 @@ class NetworkService:
         drivers: Mapping[str, Driver],
         pool: IPNetwork = ipam.DEFAULT_RANGE,
         prefix: int = ipam.DEFAULT_PREFIX,
+        pool6: IPNetwork = ipam.DEFAULT_RANGE6,
         host: str = "",
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -75,6 +80,7 @@ class NetworkService:
         self.drivers = dict(drivers)
         self.pool = pool
         self.prefix = prefix
+        self.pool6 = pool6
         self.host = host  # this host's id: endpoints carry it, in a store hosts share
         self._here: dict[str, NetworkRecord] = {}  # networks whose datapath is set up here
         self._seen_networks: list[NetworkRecord] | None = None
@@ -94,7 +100,7 @@ class NetworkService:
 
     async def create_network(self, spec: NetworkSpec) -> NetworkRecord:
         self.driver(spec.driver)  # an unknown driver is refused before the store is asked
-        record = await self.store.create_network(spec, self.pool, self.prefix)
+        record = await self.store.create_network(spec, self.pool, self.prefix, self.pool6)
         try:
             await self._ensure_here(record)
         except BaseException:
@@ -308,12 +314,13 @@ class NetworkService:
         for a in every:
             where = hosts.get(str(a.meta.get("host")))
             if a.network.id in mine and not self.is_local(a) and where is not None:
-                found[a.network.id].append(RemoteEndpoint(a.address, a.mac, where))
+                found[a.network.id].append(RemoteEndpoint(a.address, a.mac, where, a.address6))
         return found
 
     async def resolve(self, owner: str, name: str) -> list[IPAddress]:
         """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is
-        on: names are scoped to shared networks, as on Docker's user-defined networks."""
+        on, of both families: names are scoped to shared networks, as on Docker's
+        user-defined networks."""
         wanted = name.lower().rstrip(".")
         every = await self.attachments()
         mine = {a.network.id for a in every if a.owner == owner}
@@ -324,7 +331,7 @@ class NetworkService:
             container = str(a.meta.get("container", ""))
             names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]
             if wanted in (str(n).lower() for n in names):
-                found.append(a.address)
+                found += [a.address] if a.address6 is None else [a.address, a.address6]
         return found
 
     @staticmethod
@@ -338,6 +345,8 @@ class NetworkService:
             attachment.mac,
             netns_path,
             ifname=str(attachment.meta.get("ifname", "eth0")),
+            address6=attachment.address6,
+            prefixlen6=attachment.network.subnet6.prefixlen if attachment.network.subnet6 else 64,
         )
 
     async def _unplug(self, attachment: Attachment) -> None:

@@ -21,6 +21,7 @@ from plugstrip.netdrivers.store import (
     Host,
     NetworkRecord,
     NetworkSpec,
+    decide_subnets,
     lowest_free_vni,
 )
 
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
     subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
     options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL,
-    created REAL NOT NULL, last_address INTEGER
+    created REAL NOT NULL, last_address INTEGER, subnet6 TEXT
 );
 CREATE TABLE IF NOT EXISTS allocations (
     network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
@@ -56,6 +57,9 @@ class SqliteStore:
         db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(networks)")}
+        if "subnet6" not in columns:  # a store made before dual-stack networks
+            db.execute("ALTER TABLE networks ADD COLUMN subnet6 TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -96,34 +100,28 @@ class SqliteStore:
         spec: NetworkSpec,
         pool: IPNetwork = ipam.DEFAULT_RANGE,
         prefix: int = ipam.DEFAULT_PREFIX,
+        pool6: IPNetwork = ipam.DEFAULT_RANGE6,
     ) -> NetworkRecord:
         def create(db: sqlite3.Connection) -> NetworkRecord:
             if db.execute("SELECT 1 FROM networks WHERE name=?", (spec.name,)).fetchone():
                 raise IpamError("conflict", f"network with name {spec.name} already exists")
-            rows = db.execute("SELECT subnet, vni FROM networks").fetchall()
-            taken = [IPNetwork(r[0]) for r in rows]
-            if spec.subnet is None:
-                subnet = ipam.choose_subnet(taken, pool, prefix)
-            else:
-                subnet = spec.subnet
-                ipam.check_subnet(subnet, taken)
-            gateway = spec.gateway or ipam.gateway_of(subnet)
-            if not subnet.first < int(gateway) < subnet.last:
-                raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
+            records = [_record(r) for r in db.execute("SELECT * FROM networks")]
+            subnet, gateway, subnet6 = decide_subnets(spec, records, pool, prefix, pool6)
             record = NetworkRecord(
                 uuid.uuid4().hex + uuid.uuid4().hex,
                 spec.name,
                 spec.driver,
                 subnet,
                 gateway,
-                lowest_free_vni({r[1] for r in rows}),
+                lowest_free_vni({r.vni for r in records}),
                 dict(spec.options),
                 dict(spec.labels),
                 spec.internal,
                 time.time(),
+                subnet6,
             )
             db.execute(
-                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?)",
                 (
                     record.id,
                     record.name,
@@ -135,6 +133,7 @@ class SqliteStore:
                     json.dumps(record.labels),
                     int(record.internal),
                     record.created,
+                    str(subnet6) if subnet6 is not None else None,
                 ),
             )
             return record
@@ -307,4 +306,5 @@ def _record(row: tuple[str, ...]) -> NetworkRecord:
         json.loads(row[7]),
         bool(row[8]),
         float(row[9]),
+        IPNetwork(row[11]) if row[11] else None,
     )

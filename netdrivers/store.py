@@ -36,6 +36,9 @@ class NetworkSpec:
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     internal: bool = False
+    ipv6: bool = False  # dual-stack: ``subnet6``, or (None) the next free one of the pool
+    subnet6: IPNetwork | None = None
+    gateway6: IPAddress | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,19 @@ class NetworkRecord:
     labels: dict[str, str]
     internal: bool
     created: float  # seconds since the epoch
+    subnet6: IPNetwork | None = None  # dual-stack: addresses paired with IPv4's (ipam)
+
+    @property
+    def gateway6(self) -> IPAddress | None:
+        if self.subnet6 is None:
+            return None
+        return ipam.paired(self.gateway, self.subnet, self.subnet6)
+
+    def address6(self, address: IPAddress) -> IPAddress | None:
+        """The IPv6 twin of an endpoint's IPv4 ``address``, on a dual-stack network."""
+        if self.subnet6 is None:
+            return None
+        return ipam.paired(address, self.subnet, self.subnet6)
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,7 @@ class Store(Protocol):
         spec: NetworkSpec,
         pool: IPNetwork = ipam.DEFAULT_RANGE,
         prefix: int = ipam.DEFAULT_PREFIX,
+        pool6: IPNetwork = ipam.DEFAULT_RANGE6,
     ) -> NetworkRecord: ...
 
     async def get_network(self, name_or_id: str) -> NetworkRecord: ...
@@ -119,6 +136,36 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def decide_subnets(
+    spec: NetworkSpec,
+    records: list[NetworkRecord],
+    pool: IPNetwork,
+    prefix: int,
+    pool6: IPNetwork,
+) -> tuple[IPNetwork, IPAddress, IPNetwork | None]:
+    """A new network's subnet, gateway and (dual-stack) IPv6 subnet, given the networks
+    there are: the IPAM decision each backend makes inside its transaction."""
+    taken = [r.subnet for r in records]
+    if spec.subnet is None:
+        subnet = ipam.choose_subnet(taken, pool, prefix)
+    else:
+        subnet = spec.subnet
+        ipam.check_subnet(subnet, taken)
+    gateway = spec.gateway or ipam.gateway_of(subnet)
+    if not subnet.first < int(gateway) < subnet.last:
+        raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
+    if not spec.ipv6:
+        return subnet, gateway, None
+    taken6 = [r.subnet6 for r in records if r.subnet6 is not None]
+    if spec.subnet6 is None:
+        subnet6 = ipam.choose_subnet(taken6, pool6, ipam.DEFAULT_PREFIX6)
+    else:
+        subnet6 = spec.subnet6
+        ipam.check_subnet(subnet6, taken6)
+    ipam.check_pair(subnet, gateway, subnet6, spec.gateway6)
+    return subnet, gateway, subnet6
 
 
 def lowest_free_vni(taken: set[int]) -> int:

@@ -74,7 +74,9 @@ class WeaveDriver:
                     raise ConnectionError(f"no device here has the address {self.local}")
                 vxlan_attrs["vxlan_local"] = str(self.local)
                 vxlan_attrs["vxlan_link"] = await nl.index(underlay)
-            await nl.ensure_link(bridge_name(network), "bridge")
+            # no multicast snooping: neighbour solicitations reach remote endpoints, whose
+            # group memberships this bridge never hears
+            await nl.ensure_link(bridge_name(network), "bridge", br_mcast_snooping=0)
             await nl.ensure_link(
                 vxlan_name(network),
                 "vxlan",
@@ -111,10 +113,12 @@ class WeaveDriver:
         """Program the network's VXLAN device for exactly ``remotes``: a flood entry per
         host they are on (broadcast reaches every such host, learning is off), an FDB entry
         per endpoint's MAC (unicast goes straight to its host) and a neighbour entry per
-        endpoint's address (ARP for it is answered here). Stale entries go first."""
+        endpoint's address, of both families (ARP and neighbour solicitations for it are
+        answered here, by the device's proxy). Stale entries go first."""
         flood = {(ZERO_MAC, str(r.host)) for r in remotes}
         fdb = flood | {(r.mac, str(r.host)) for r in remotes}
         neighbours = {(str(r.address), r.mac) for r in remotes}
+        neighbours |= {(str(r.address6), r.mac) for r in remotes if r.address6 is not None}
         async with Netlink(self.netns) as nl:
             vxlan = vxlan_name(network)
             if await nl.index(vxlan) is None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from netaddr import AddrFormatError, IPAddress
 
 from plugstrip.adapters.network import holder, resolv_conf
 from plugstrip.adapters.network.holder_pool import HolderPool
-from plugstrip.netdrivers import dns
+from plugstrip.netdrivers import dns, ipam
 from plugstrip.netdrivers.dns import NameServer, Upstreams
 from plugstrip.netdrivers.service import Attachment, NetworkService
 from plugstrip.netdrivers.store import NetworkRecord
@@ -134,16 +134,19 @@ class Holders:
         """Put ``owner`` (a holder, or a container itself) on ``record`` as Docker's
         endpoint ``config`` asks (its ``IPAMConfig`` and ``Aliases``), for ``container``
         (an inspect) or a new one; plugged into ``netns`` now, or (None) when it starts."""
-        requested_text = (config.get("IPAMConfig") or {}).get("IPv4Address") or None
-        requested = None
-        if requested_text:
-            try:
-                requested = IPAddress(requested_text, 4)
-            except (AddrFormatError, ValueError):
-                raise Refuse(400, f"invalid IPv4 address {requested_text!r}") from None
+        ipam_config = config.get("IPAMConfig") or {}
+        requested_text = ipam_config.get("IPv4Address") or None
+        requested6_text = ipam_config.get("IPv6Address") or None
+        requested = _address(requested_text, 4)
+        requested6 = _address(requested6_text, 6)
+        if requested6 is not None:
+            if record.subnet6 is None:
+                raise Refuse(400, f"network {record.name} has no IPv6: no --ip6 on it")
+            requested = ipam.requested_pair(record.subnet, record.subnet6, requested, requested6)
         meta: dict[str, Any] = {
             "aliases": [str(a) for a in config.get("Aliases") or []],
             "requested": requested_text,
+            **({"requested6": requested6_text} if requested6_text else {}),
             **(extra or {}),
         }
         if container is not None:
@@ -225,3 +228,12 @@ class Holders:
 def netns_of(info: dict[str, Any]) -> str:
     """The network namespace of a running container (an inspect)."""
     return f"/proc/{int(info['State']['Pid'])}/ns/net"
+
+
+def _address(text: str | None, version: Literal[4, 6]) -> IPAddress | None:
+    if not text:
+        return None
+    try:
+        return IPAddress(text, version)
+    except (AddrFormatError, ValueError):
+        raise Refuse(400, f"invalid IPv{version} address: {text}") from None

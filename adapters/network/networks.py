@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
-from netaddr import AddrFormatError, IPAddress
+from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from plugstrip.adapters.network import holder, shapes
 from plugstrip.adapters.network.holder_life import Holders, netns_of
@@ -245,11 +245,7 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
     name, driver = str(body.get("Name") or ""), str(body["Driver"])
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
         raise Refuse(400, f"invalid network name {name!r}")
-    for flag, what in (
-        ("EnableIPv6", "IPv6"),
-        ("Ingress", "ingress networks"),
-        ("ConfigOnly", "config-only networks"),
-    ):
+    for flag, what in (("Ingress", "ingress networks"), ("ConfigOnly", "config-only networks")):
         if body.get(flag):
             raise Refuse(400, f"{driver} does not support {what}")
     if (body.get("ConfigFrom") or {}).get("Network"):
@@ -260,22 +256,24 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
     ipam_body = body.get("IPAM") or {}
     if (ipam_body.get("Driver") or "default") != "default" or ipam_body.get("Options"):
         raise Refuse(400, f"{driver} has its own IPAM: no --ipam-driver or --ipam-opt")
-    configs = ipam_body.get("Config") or []
-    if len(configs) > 1:
-        raise Refuse(400, f"{driver} takes one --subnet")
-    config = configs[0] if configs else {}
-    for key, flag in (("IPRange", "--ip-range"), ("AuxiliaryAddresses", "--aux-address")):
-        if config.get(key):
-            raise Refuse(400, f"{driver} does not support {flag}")
-    subnet = ipam.parse_subnet(config["Subnet"]) if config.get("Subnet") else None
-    gateway = None
-    if config.get("Gateway"):
-        if subnet is None:
-            raise Refuse(400, "--gateway needs --subnet")
-        try:
-            gateway = IPAddress(config["Gateway"], 4)
-        except (AddrFormatError, ValueError):
-            raise Refuse(400, f"invalid gateway {config['Gateway']!r}") from None
+    by_family: dict[int, dict[str, Any]] = {}
+    for config in ipam_body.get("Config") or []:
+        version = 6 if ":" in str(config.get("Subnet") or config.get("Gateway") or "") else 4
+        if version in by_family:  # Docker's words for its bridge driver
+            raise Refuse(400, f"{driver} driver doesn't support multiple subnets")
+        by_family[version] = config
+        for key, flag in (("IPRange", "--ip-range"), ("AuxiliaryAddresses", "--aux-address")):
+            if config.get(key):
+                raise Refuse(400, f"{driver} does not support {flag}")
+    ipv6 = bool(body.get("EnableIPv6"))
+    if 6 in by_family and not ipv6:  # dockerd 28 keeps such a subnet and uses it not
+        raise Refuse(
+            400,
+            f"IPv6 subnet {by_family[6].get('Subnet')} given without --ipv6: "
+            "add --ipv6 to make a dual-stack network",
+        )
+    subnet, gateway = _subnet(by_family.get(4, {}), 4)
+    subnet6, gateway6 = _subnet(by_family.get(6, {}), 6)
     return NetworkSpec(
         name,
         driver,
@@ -284,4 +282,22 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
         {},
         {str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
         bool(body.get("Internal")),
+        ipv6,
+        subnet6,
+        gateway6,
     )
+
+
+def _subnet(
+    config: dict[str, Any], version: Literal[4, 6]
+) -> tuple[IPNetwork | None, IPAddress | None]:
+    """The subnet (or None: the pool's next) and gateway of one family's IPAM config."""
+    subnet = ipam.parse_subnet(config["Subnet"], version) if config.get("Subnet") else None
+    if not config.get("Gateway"):
+        return subnet, None
+    if subnet is None:
+        raise Refuse(400, "--gateway needs --subnet")
+    try:
+        return subnet, IPAddress(config["Gateway"], version)
+    except (AddrFormatError, ValueError):
+        raise Refuse(400, f"invalid gateway {config['Gateway']!r}") from None

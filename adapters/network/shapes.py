@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from netaddr import IPAddress, IPNetwork
+
 from plugstrip.netdrivers.service import Attachment
 from plugstrip.netdrivers.store import NetworkRecord
 
@@ -25,11 +27,18 @@ def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, A
         "Created": created,
         "Scope": "local",
         "Driver": record.driver,
-        "EnableIPv6": False,
+        "EnableIPv6": record.subnet6 is not None,
         "IPAM": {
             "Driver": "default",
             "Options": None,
-            "Config": [{"Subnet": str(record.subnet), "Gateway": str(record.gateway)}],
+            "Config": [
+                {"Subnet": str(subnet), "Gateway": str(gateway)}
+                for subnet, gateway in (
+                    (record.subnet, record.gateway),
+                    (record.subnet6, record.gateway6),
+                )
+                if subnet is not None
+            ],
         },
         "Internal": record.internal,
         "Attachable": True,
@@ -42,7 +51,7 @@ def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, A
                 "EndpointID": endpoint_id(a),
                 "MacAddress": a.mac,
                 "IPv4Address": f"{a.address}/{record.subnet.prefixlen}",
-                "IPv6Address": "",
+                "IPv6Address": _with_prefix(a.address6, record.subnet6),
             }
             for a in attachments
             if a.meta.get("container")
@@ -55,9 +64,14 @@ def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, A
 def container_endpoint(attachment: Attachment, container_id: str) -> dict[str, Any]:
     """An entry of a container's ``NetworkSettings.Networks`` (Docker lists the short ID
     among the aliases on user-defined networks, after the user's own)."""
-    requested = attachment.meta.get("requested")
+    requested = {
+        key: attachment.meta[meta]
+        for key, meta in (("IPv4Address", "requested"), ("IPv6Address", "requested6"))
+        if attachment.meta.get(meta)
+    }
+    network = attachment.network
     return {
-        "IPAMConfig": {"IPv4Address": requested} if requested else None,
+        "IPAMConfig": requested or None,
         "Links": None,
         "Aliases": [*attachment.meta.get("aliases", []), container_id[:12]],
         "NetworkID": attachment.network.id,
@@ -65,12 +79,16 @@ def container_endpoint(attachment: Attachment, container_id: str) -> dict[str, A
         "Gateway": str(attachment.network.gateway),
         "IPAddress": str(attachment.address),
         "IPPrefixLen": attachment.network.subnet.prefixlen,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": str(network.gateway6 or ""),
+        "GlobalIPv6Address": str(attachment.address6 or ""),
+        "GlobalIPv6PrefixLen": network.subnet6.prefixlen if network.subnet6 else 0,
         "MacAddress": attachment.mac,
         "DriverOpts": None,
     }
+
+
+def _with_prefix(address: IPAddress | None, subnet: IPNetwork | None) -> str:
+    return f"{address}/{subnet.prefixlen}" if address is not None and subnet else ""
 
 
 class FilterError(ValueError):
