@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,6 +189,46 @@ def test_a_connected_bridge_container_reaches_across_hosts(setup: Setup) -> None
     a.docker("rm", "-f", web)
     wait_for(lambda: setup.tunnels(a, name) == set(), 10, "a tunnel outlived the endpoints")
     a.docker("network", "rm", name)
+
+
+def test_dual_stack_across_hosts(setup: Setup) -> None:
+    """ping6 and TCP over IPv6 by name between hosts, isolation in IPv6 across networks;
+    with weave, the remote endpoint's IPv6 address is a neighbour entry on the VXLAN device
+    (its proxy answers solicitations for it, as ARP)."""
+    a, b, c = setup.hosts
+    name, other = uname("six"), uname("apart")
+    a.docker("network", "create", "-d", setup.driver, "--ipv6", name)
+    a.docker("network", "create", "-d", setup.driver, "--ipv6", other)
+    web, box, stranger = uname("web"), uname("box"), uname("str")
+    a.docker("run", "-d", "--name", web, "--network", name, "busybox", "httpd", "-f", "-vv")
+    sleeper(b, box, name)
+    sleeper(c, stranger, other)
+    web6 = six(a, web, name)
+    assert web6 and web6 != six(b, box, name)
+    wait_for(lambda: ping6(b, box, web), 15, "no ping6 across hosts by name")
+    assert ping6(a, web, box)
+    fetched = b.docker(
+        "exec", box, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {web} 80"
+    )
+    assert fetched.stdout.startswith(b"HTTP/1.")
+    assert six(b, box, name) in a.docker("logs", web).stderr.decode()  # over IPv6
+    if setup.driver == "plugstrip/weave":
+        vni = inspect(setup.cluster, name)["VNI"]
+        neighbours = b.run_in_ns("ip", "-6", "neigh", "show", "dev", f"psvx{vni}").stdout
+        assert f"{web6} lladdr" in neighbours and "PERMANENT" in neighbours
+    assert not ping6(b, box, six(c, stranger, other))
+    for host, container in ((a, web), (b, box), (c, stranger)):
+        host.docker("rm", "-f", container)
+    a.docker("network", "rm", name, other)
+
+
+def six(host: DockerHost, container: str, network: str) -> str:
+    settings: Any = host.inspect(container)["NetworkSettings"]
+    return str(settings["Networks"][network]["GlobalIPv6Address"])
+
+
+def ping6(host: DockerHost, src: str, dst: str) -> bool:
+    return host.docker("exec", src, "ping6", "-c", "1", "-W", "2", dst, check=False).returncode == 0
 
 
 def test_three_hosts_allocate_at_once_without_duplicates(setup: Setup) -> None:
