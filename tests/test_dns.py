@@ -12,6 +12,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from netaddr import IPNetwork
 
 from plugstrip.netdrivers.dns import Responder, Upstreams
 from plugstrip.netdrivers.service import NetworkService
@@ -52,8 +53,33 @@ async def test_a_name_on_a_shared_network(service: NetworkService) -> None:
 
 
 async def test_other_types_of_a_known_name_have_no_data(service: NetworkService) -> None:
-    answer = await ask(service, "web", "AAAA")
-    assert answer.rcode() == dns.rcode.NOERROR and not answer.answer
+    for rdtype in ("AAAA", "MX"):
+        answer = await ask(service, "web", rdtype)
+        assert answer.rcode() == dns.rcode.NOERROR and not answer.answer
+
+
+async def test_dual_stack_names_answer_a_and_aaaa(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "six.db")
+    six = await store.create_network(
+        NetworkSpec(
+            "six",
+            "plugstrip/weave",
+            IPNetwork("10.70.0.0/24"),
+            ipv6=True,
+            subnet6=IPNetwork("fd70::/64"),
+        )
+    )
+    await store.allocate(six.id, "holder-a", meta={"name": "client"})
+    await store.allocate(six.id, "holder-w", meta={"name": "web"})
+    service = NetworkService(store, {})
+    try:
+        for rdtype, wanted in (("A", ["10.70.0.3"]), ("AAAA", ["fd70::3"])):
+            (rrset,) = (await ask(service, "web", rdtype)).answer
+            assert [r.address for r in rrset] == wanted
+        both = (await ask(service, "web", "ANY")).answer
+        assert {r.address for rrset in both for r in rrset} == {"10.70.0.3", "fd70::3"}
+    finally:
+        await store.close()
 
 
 async def test_unknown_names_and_names_on_other_networks(service: NetworkService) -> None:

@@ -8,12 +8,17 @@ from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers.ipam import (
+    DEFAULT_PREFIX6,
+    DEFAULT_RANGE6,
     IpamError,
+    check_pair,
     check_subnet,
     choose_address,
     choose_subnet,
     gateway_of,
+    paired,
     parse_subnet,
+    requested_pair,
 )
 
 POOL = IPNetwork("10.32.0.0/20")  # 16 /24s: small enough to check against brute force
@@ -157,3 +162,69 @@ def test_next_fit_takes_the_first_free_after_the_last_one_handed_out(
         return
     later = [h for h in free if h > after] if 1 <= after < 31 else free
     assert int(got) - subnet.first == (later or free)[0]
+
+
+# ---- dual-stack: IPv6 paired with IPv4 by host number --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fd70::", "give a prefix length"),
+        ("fd70::1/64", "host bits set (did you mean fd70::/64?)"),
+        ("fd70::/124", "/120 is the smallest"),
+        ("10.0.0.0/24", "expected an IPv6 CIDR"),
+        ("fd70::zz/64", "expected an IPv6 CIDR"),
+    ],
+)
+def test_parse_subnet6_errors(text: str, message: str) -> None:
+    with pytest.raises(IpamError) as info:
+        parse_subnet(text, 6)
+    assert info.value.category == "invalid" and message in str(info.value)
+
+
+def test_a_pool6_gives_64s_in_order() -> None:
+    first = choose_subnet([], DEFAULT_RANGE6, DEFAULT_PREFIX6)
+    assert first == IPNetwork("fd70:6c75:6773::/64")
+    assert choose_subnet([first], DEFAULT_RANGE6, DEFAULT_PREFIX6) == IPNetwork(
+        "fd70:6c75:6773:1::/64"
+    )
+
+
+def test_pairs_check_sizes_and_gateways() -> None:
+    v4, v6 = IPNetwork("10.70.0.0/24"), IPNetwork("fd70::/64")
+    check_pair(v4, IPAddress("10.70.0.1"), v6, None)
+    check_pair(v4, IPAddress("10.70.0.254"), v6, IPAddress("fd70::fe"))
+    for subnet6, gateway6, message in (
+        (IPNetwork("fd70::/121"), None, "smaller than IPv4 subnet"),
+        (v6, IPAddress("fd70::9"), "it is fd70::1"),
+    ):
+        with pytest.raises(IpamError) as info:
+            check_pair(v4, IPAddress("10.70.0.1"), subnet6, gateway6)
+        assert info.value.category == "invalid" and message in str(info.value)
+
+
+def test_requested_pairs() -> None:
+    v4, v6 = IPNetwork("10.70.0.0/24"), IPNetwork("fd70::/64")
+    assert requested_pair(v4, v6, None, IPAddress("fd70::99")) == IPAddress("10.70.0.153")
+    assert requested_pair(v4, v6, IPAddress("10.70.0.9"), None) == IPAddress("10.70.0.9")
+    assert requested_pair(v4, v6, IPAddress("10.70.0.9"), IPAddress("fd70::9")) == IPAddress(
+        "10.70.0.9"
+    )
+    for requested, requested6, message in (
+        (None, IPAddress("fd99::1"), "does not belong"),
+        (None, IPAddress("fd70::100"), "beyond IPv4 subnet"),
+        (IPAddress("10.70.0.7"), IPAddress("fd70::8"), "differ in host number"),
+    ):
+        with pytest.raises(IpamError) as info:
+            requested_pair(v4, v6, requested, requested6)
+        assert message in str(info.value)
+
+
+@given(st.integers(0, 65535), st.integers(8, 30))
+def test_pairing_is_one_to_one_both_ways(host: int, prefix: int) -> None:
+    v4 = IPNetwork(f"10.0.0.0/{prefix}")
+    v6 = IPNetwork("fd70::/64")
+    address = IPAddress(v4.first + host % v4.size)
+    twin = paired(address, v4, v6)
+    assert twin in v6 and paired(twin, v6, v4) == address

@@ -128,6 +128,65 @@ async def test_state_survives_a_restart_and_subnets_are_reclaimed(opener: Opener
         await s2.close()
 
 
+async def test_dual_stack_networks_pair_their_subnets(opener: Opener) -> None:
+    """An IPv6 subnet asked for or cut out of the pool, kept across a restart; overlaps
+    refused in IPv6 as in IPv4."""
+    s1 = opener()
+    given = await s1.create_network(
+        NetworkSpec(
+            "given", "d", IPNetwork("10.70.0.0/24"), ipv6=True, subnet6=IPNetwork("fd70::/64")
+        )
+    )
+    pooled = await s1.create_network(NetworkSpec("pooled", "d", ipv6=True))
+    plain = await s1.create_network(NetworkSpec("plain", "d"))
+    assert (given.subnet6, given.gateway6) == (IPNetwork("fd70::/64"), IPAddress("fd70::1"))
+    assert pooled.subnet6 == IPNetwork("fd70:6c75:6773::/64")  # the pool's first /64
+    assert plain.subnet6 is None and plain.gateway6 is None
+    second = await s1.create_network(NetworkSpec("second", "d", ipv6=True))
+    assert second.subnet6 == IPNetwork("fd70:6c75:6773:1::/64")
+    address = await s1.allocate(given.id, "c1")
+    assert given.address6(address) == IPAddress("fd70::2")
+    with pytest.raises(IpamError) as info:
+        await s1.create_network(
+            NetworkSpec("clash", "d", ipv6=True, subnet6=IPNetwork("fd70::/63"))
+        )
+    assert info.value.category == "conflict" and "overlaps fd70::/64" in str(info.value)
+    await s1.close()
+    s2 = opener()
+    try:
+        assert await s2.get_network("given") == given
+        assert {n.name: n.subnet6 for n in await s2.list_networks()}["pooled"] == pooled.subnet6
+    finally:
+        await s2.close()
+
+
+async def test_a_store_made_before_dual_stack_opens(tmp_path: Path) -> None:
+    """A SQLite store file of the schema before IPv6 gets its column, its networks kept."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE networks (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
+        subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
+        options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL,
+        created REAL NOT NULL, last_address INTEGER);
+        INSERT INTO networks VALUES
+        ('abc', 'old', 'plugstrip/weave', '10.32.0.0/24', '10.32.0.1', 1, '{}', '{}', 0, 1.0, NULL);
+        """
+    )
+    db.close()
+    store = SqliteStore(path)
+    try:
+        old = await store.get_network("old")
+        assert (old.subnet, old.subnet6) == (IPNetwork("10.32.0.0/24"), None)
+        new = await store.create_network(NetworkSpec("new", "d", ipv6=True))
+        assert new.subnet6 is not None and new.subnet == IPNetwork("10.32.1.0/24")
+    finally:
+        await store.close()
+
+
 async def test_unknown_network(store: Store) -> None:
     for call in (store.get_network("nope"), store.allocate("nope", "c1")):
         with pytest.raises(IpamError) as info:
