@@ -44,3 +44,13 @@ def tcp_reaches(net: DockerHost, src: str, dst: str, port: int = 80) -> bool:
 
 def ip_addrs(net: DockerHost, container: str) -> str:
     return in_container(net, container, "ip", "-4", "-o", "addr", "show").stdout.decode()
+
+
+def refused_in_dockers_format(net: DockerHost, cases: list[tuple[list[str], str]]) -> None:
+    """Each docker CLI command of ``cases`` fails with the daemon's error, whose message
+    holds the text given with it."""
+    for args, message in cases:
+        out = net.docker(*args, check=False)
+        assert out.returncode != 0, args
+        assert b"Error response from daemon: " in out.stderr, out.stderr
+        assert message.encode() in out.stderr, (args, out.stderr)

@@ -161,6 +161,9 @@ def test_plugstrip_and_docker_networks_together(
     sleeper(net, first, plug)
     net.docker("network", "connect", dnet, first)
     reaches_both(first)
+    members = json.loads(net.docker("network", "inspect", dnet).stdout)[0]["Containers"]
+    assert {m["Name"] for m in members.values()} == {dpeer, first}  # the holder as its user
+    assert net.inspect(first)["Id"] in members
     net.docker("network", "disconnect", dnet, first)
     assert set(shown_networks(net, first)) == {plug}
     assert not reaches(net, first, dpeer)

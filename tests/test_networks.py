@@ -24,6 +24,7 @@ from tests.netcheck import (
     in_container,
     ip_addrs,
     reaches,
+    refused_in_dockers_format,
     sleeper,
     tcp_reaches,
     uname,
@@ -136,11 +137,7 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(net: DockerHost, networ
         (["run", "--rm", "--network", tiny, "busybox", "true"], "no free address"),
         (["run", "--rm", "-e", "WEAVE_CIDR=net:10.1.2.3", "busybox", "true"], "WEAVE_CIDR"),
     ]
-    for args, message in cases:
-        out = net.docker(*args, check=False)
-        assert out.returncode != 0, args
-        assert b"Error response from daemon: " in out.stderr, out.stderr
-        assert message.encode() in out.stderr, (args, out.stderr)
+    refused_in_dockers_format(net, cases)
     assert (net.leftovers(), net.docker("network", "ls", "-q").stdout) == before
 
 

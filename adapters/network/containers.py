@@ -196,6 +196,8 @@ class ContainerCalls:
         hears that it started (the event would, a moment later)."""
         if call.response is None or call.response.status not in (204, 304):
             return
+        if not self.holders.own:
+            return
         info = await self.api.inspect_container(name)
         if info is None or not info["State"]["Running"] or _holder(info):
             return
@@ -224,6 +226,9 @@ class ContainerCalls:
         response = call.response
         if response is None or response.status != 200:
             return
+        body = response.body or b""
+        if holder.HOLDER.encode() not in body and not self.holders.may_show_own(body):
+            return  # none of plugstrip's: left as the daemon sent it, unparsed
         data = response.json()
         labels = (data.get("Config") or {}).get("Labels") or {}
         hid = labels.get(holder.HOLDER)
@@ -258,6 +263,11 @@ class ContainerCalls:
         response = call.response
         if response is None or response.status != 200:
             return
+        body = response.body
+        if holder.LABEL_PREFIX.encode() not in (body or b"") and not self.holders.may_show_own(
+            body
+        ):
+            return  # none of plugstrip's containers: left as the daemon sent it, unparsed
         listed = response.json()
         by_owner: dict[str, list[Attachment]] = {}
         for a in await self.service.attachments():

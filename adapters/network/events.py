@@ -118,6 +118,7 @@ class Events:
         owners = await self.service.owners()
         alive = {c["Id"]: c for c in listed}
         own = owners & (set(alive) - set(held))  # containers in their own namespace
+        holders.own = set(own)
         if not held and not used and not own and not holders.pending:
             holders.holding = False  # until a create, a connect or a spare says otherwise
         for hid in set(held) - used - holders.pending:

@@ -34,6 +34,7 @@ ROLE = "io.plugstrip.role"
 HOLDER = "io.plugstrip.holder"
 NETWORK_MODE = "io.plugstrip.network-mode"
 DNS = "io.plugstrip.dns"  # on a holder: the user's --dns, the upstreams of its name server
+NAME_PREFIX = "plugstrip-holder-"
 
 # What Docker refuses beside ``container:`` network mode, and so moves to the holder.
 MOVED_CONFIG = ("Hostname", "Domainname", "ExposedPorts")
@@ -144,4 +145,4 @@ def join(body: dict[str, Any], holder_id: str) -> None:
 
 
 def new_name() -> str:
-    return f"plugstrip-holder-{secrets.token_hex(6)}"
+    return f"{NAME_PREFIX}{secrets.token_hex(6)}"

@@ -48,6 +48,10 @@ class Holders:
         self._unreleased: set[str] = set()  # holders gone whose release the store refused
         self._releasing: asyncio.Task[None] | None = None
         self._bridge: bool | None = None  # does the daemon have its default bridge?
+        # Containers here holding endpoints in their own namespace, as far as this process
+        # knows (the store says for certain; reconciliation sets it): the hot paths'
+        # filter (inspects, lists, events), so calls about other containers cost nothing.
+        self.own: set[str] = set()
         # Whether this daemon may have containers of plugstrip's (holders, or containers
         # joined to one): until the first reconcile says otherwise, assume so.
         self.holding = True
@@ -154,6 +158,8 @@ class Holders:
         elif name:
             meta["name"] = name
         self.holding = True
+        if container is not None and owner == container["Id"]:
+            self.own.add(owner)
         return await self.service.attach(record, owner, netns, requested, meta)
 
     async def serve_names(self, hid: str, ns: HolderNs) -> None:
@@ -169,8 +175,13 @@ class Holders:
     # ---- containers in their own namespace -------------------------------------------
 
     async def owns(self, cid: str) -> bool:
-        """Whether the container ``cid`` holds endpoints itself (no holder)."""
-        return bool(await self.service.attachments(owner=cid))
+        """Whether the container ``cid`` holds endpoints itself (no holder): the store's
+        answer, for the calls that may be about one."""
+        return cid in self.own and bool(await self.service.attachments(owner=cid))
+
+    def may_show_own(self, body: bytes) -> bool:
+        """Whether a daemon's answer may be about a container in its own namespace."""
+        return any(cid.encode() in body for cid in self.own)
 
     async def plug_own(self, info: dict[str, Any]) -> None:
         """Plug a running container's endpoints into its (maybe new) namespace and answer
@@ -182,6 +193,7 @@ class Holders:
 
     async def unplugged_own(self, info: dict[str, Any]) -> None:
         """After a container's last endpoint left: its resolvers back as they were."""
+        self.own.discard(info["Id"])
         self.names.stop(info["Id"])
         if info["State"]["Running"]:
             await asyncio.to_thread(resolv_conf.rewrite, info["State"]["Pid"], None)
@@ -210,6 +222,7 @@ class Holders:
         async with self.lock(owner):
             self.names.stop(owner)
             await self.service.release_owner(owner)
+        self.own.discard(owner)
         self._locks.pop(owner, None)
 
     async def _release_later(self) -> None:

@@ -37,6 +37,7 @@ class NetworkCalls:
             On.pre("POST /networks/*/connect", self.connect),
             On.pre("POST /networks/*/disconnect", self.disconnect),
             On.post("GET /networks", self.listed),
+            On.post("GET /networks/*", self.docker_inspected),
             On.post("POST /networks/prune", self.pruned),
         )
 
@@ -74,6 +75,35 @@ class NetworkCalls:
         if record is not None:
             attachments = await self.service.attachments(network=record)
             call.respond(200, shapes.network(record, attachments))
+
+    async def docker_inspected(self, call: Call, _: str) -> None:
+        """A Docker network's members as their users see them: a holder on it is shown
+        as the container it holds for (name, id), as on Docker's own networks."""
+        response = call.response
+        if response is None or response.status != 200 or not self.holders.holding:
+            return
+        if holder.NAME_PREFIX.encode() not in (response.body or b""):
+            return
+        doc = response.json()
+        members = doc.get("Containers") if isinstance(doc, dict) else None
+        if not members:
+            return
+        held = json.dumps({"label": [holder.HOLDER]})
+        users = {
+            str(c["Labels"][holder.HOLDER]): c
+            for c in await self.api.call(
+                "GET", "/containers/json", params={"all": "1", "filters": held}
+            )
+        }
+        shown = {}
+        for cid, member in members.items():
+            user = users.get(cid)
+            if user is not None:
+                member = {**member, "Name": user["Names"][0].lstrip("/")}
+                cid = user["Id"]
+            shown[cid] = member
+        doc["Containers"] = shown
+        response.set_json(doc)
 
     async def remove(self, call: Call, name: str) -> None:
         record = await self._network(call, name)
