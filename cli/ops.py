@@ -128,11 +128,13 @@ def _net_inspect(args: argparse.Namespace) -> int:
         endpoint = NetworkService.endpoint(a, "")
         endpoints.append(
             {
-                "holder": a.owner,
+                # the container itself when it is plugged in its own namespace
+                "holder": None if a.owner == a.meta.get("container") else a.owner,
                 "container": a.meta.get("container"),
                 "name": a.meta.get("name"),
                 "aliases": a.meta.get("aliases", []),
                 "address": f"{a.address}/{record.subnet.prefixlen}",
+                "address6": f"{a.address6}/{record.subnet6.prefixlen}" if record.subnet6 else None,
                 "mac": a.mac,
                 "interface": a.meta.get("ifname"),
                 "host": a.meta.get("host"),
@@ -145,6 +147,7 @@ def _net_inspect(args: argparse.Namespace) -> int:
         "Driver": record.driver,
         "Subnet": str(record.subnet),
         "Gateway": str(record.gateway),
+        "Subnet6": str(record.subnet6) if record.subnet6 else None,
         "VNI": record.vni,
         "Internal": record.internal,
         "Labels": record.labels,

@@ -54,3 +54,22 @@ def refused_in_dockers_format(net: DockerHost, cases: list[tuple[list[str], str]
         assert out.returncode != 0, args
         assert b"Error response from daemon: " in out.stderr, out.stderr
         assert message.encode() in out.stderr, (args, out.stderr)
+
+
+def plugstrip_cmd(net: DockerHost, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `plugstrip` operator command run on the test host, against its state and OVS."""
+    return subprocess.run(
+        [
+            "nsenter",
+            f"--net={net.netns_path}",
+            "plugstrip",
+            *args,
+            "--state-dir",
+            str(net.workdir / "plugstrip" / "state"),
+            "--ovsdb",
+            net.ovsdb,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

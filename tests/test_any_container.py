@@ -23,7 +23,15 @@ import yaml
 from tests import harness
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
-from tests.netcheck import address, in_container, reaches, sleeper, tcp_reaches, uname
+from tests.netcheck import (
+    address,
+    in_container,
+    plugstrip_cmd,
+    reaches,
+    sleeper,
+    tcp_reaches,
+    uname,
+)
 
 DRIVERS = ["plugstrip/weave", "plugstrip/ovs"]
 Networks = Callable[..., str]
@@ -61,6 +69,11 @@ def test_connect_a_running_bridge_container_and_keep_it_over_restart(
     assert {m["Name"] for m in members.values()} == {peer, box}
     # no holder: the container's own namespace was plugged
     assert net.leftovers()[1] == before[1]
+    operator = json.loads(plugstrip_cmd(net, "net", "inspect", plug).stdout)["Endpoints"]
+    mine = next(e for e in operator if e["name"] == box)
+    assert (
+        mine["holder"] is None and mine["interface"] == "ethps0" and mine["address"] == f"{ip}/24"
+    )
     # by name both ways; the bridge still takes it out
     assert reaches(net, box, peer)
     assert reaches(net, peer, box) and reaches(net, peer, "boxy")

@@ -23,6 +23,7 @@ from tests.netcheck import (
     address,
     in_container,
     ip_addrs,
+    plugstrip_cmd,
     reaches,
     refused_in_dockers_format,
     sleeper,
@@ -433,25 +434,6 @@ def test_hundred_concurrent_runs_get_distinct_addresses(net: DockerHost, network
         for c in clients:
             c.close()
     assert net.leftovers() == start
-
-
-def plugstrip_cmd(net: DockerHost, *args: str) -> subprocess.CompletedProcess[str]:
-    """A `plugstrip` operator command run on the test host, against its state and OVS."""
-    return subprocess.run(
-        [
-            "nsenter",
-            f"--net={net.netns_path}",
-            "plugstrip",
-            *args,
-            "--state-dir",
-            str(net.workdir / "plugstrip" / "state"),
-            "--ovsdb",
-            net.ovsdb,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_operator_tools(net: DockerHost, networks: Any) -> None:

@@ -263,10 +263,8 @@ class ContainerCalls:
         response = call.response
         if response is None or response.status != 200:
             return
-        body = response.body
-        if holder.LABEL_PREFIX.encode() not in (body or b"") and not self.holders.may_show_own(
-            body
-        ):
+        body = response.body or b""
+        if holder.LABEL_PREFIX.encode() not in body and not self.holders.may_show_own(body):
             return  # none of plugstrip's containers: left as the daemon sent it, unparsed
         listed = response.json()
         by_owner: dict[str, list[Attachment]] = {}
