@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE as DEFAULT_SPARES
-from plugstrip.cli import ops
+from plugstrip.cli import ops, sg
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.cli.serve import DEFAULT_LISTEN, UsageError, serve_command
 from plugstrip.netdrivers.drivers import DEFAULT_OVSDB
-from plugstrip.netdrivers.ipam import DEFAULT_RANGE, DEFAULT_RANGE6
+from plugstrip.netdrivers.ipam import DEFAULT_RANGE, DEFAULT_RANGE6, IpamError
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.config import ConfigError
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except (UsageError, ConfigError, ValueError, OSError) as exc:
+    except (UsageError, ConfigError, ValueError, OSError, IpamError) as exc:
         print(f"plugstrip: {exc}", file=sys.stderr)
         return 2
 
@@ -155,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=serve_command)
 
     ops.add_commands(sub, DEFAULT_STATE_DIR, DEFAULT_OVSDB, store)
+    sg.add_commands(sub, DEFAULT_STATE_DIR, store)
 
     trace = sub.add_parser("trace", help="show the last intercepted calls and adapter changes")
     trace.add_argument("--admin", metavar="URL", help="admin URL (default: from --state-dir)")

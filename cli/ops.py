@@ -22,7 +22,7 @@ from plugstrip.netdrivers import firewall, ovs, weave
 from plugstrip.netdrivers.contract import Driver
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
 from plugstrip.netdrivers.netlink import Netlink, Underlay
-from plugstrip.netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath
+from plugstrip.netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath, rundir
 from plugstrip.netdrivers.service import Attachment, NetworkService, to_network
 from plugstrip.netdrivers.store import STORE_FILE, Host, NetworkRecord
 from plugstrip.netdrivers.stores import open_store
@@ -67,7 +67,7 @@ def _service(args: argparse.Namespace) -> NetworkService:
     return NetworkService(open_store(args.store, args.state_dir), {})
 
 
-async def _read(args: argparse.Namespace, read: Callable[[NetworkService], Awaitable[T]]) -> T:
+async def read_store(args: argparse.Namespace, read: Callable[[NetworkService], Awaitable[T]]) -> T:
     """One read of the store, closed after."""
     service = _service(args)
     try:
@@ -77,7 +77,7 @@ async def _read(args: argparse.Namespace, read: Callable[[NetworkService], Await
 
 
 async def _snapshot(args: argparse.Namespace) -> tuple[list[NetworkRecord], list[Attachment]]:
-    return await _read(args, NetworkService.snapshot)
+    return await read_store(args, NetworkService.snapshot)
 
 
 # ---- net ls / inspect ------------------------------------------------------------------
@@ -89,7 +89,7 @@ def _net_ls(args: argparse.Namespace) -> int:
     for r in records:
         count = sum(a.network.id == r.id for a in attachments)
         rows.append((r.name, r.driver, str(r.subnet), str(r.gateway), str(r.vni), str(count)))
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
@@ -97,16 +97,16 @@ def _net_hosts(args: argparse.Namespace) -> int:
     async def read(service: NetworkService) -> tuple[list[Host], list[Attachment]]:
         return await service.store.hosts(), await service.attachments()
 
-    hosts, attachments = asyncio.run(_read(args, read))
+    hosts, attachments = asyncio.run(read_store(args, read))
     rows = [("HOST", "ADDRESS", "ENDPOINTS")]
     for h in hosts:
         count = sum(a.meta.get("host") == h.id for a in attachments)
         rows.append((h.id, str(h.address), str(count)))
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
-def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -299,13 +299,13 @@ def _flows(args: argparse.Namespace) -> int:
         if a.network.id == record.id
     }
     tag = asyncio.run(_tag(args.ovsdb, record.id))
-    rundir = _rundir(args.ovsdb)
-    env = {**os.environ, "OVS_RUNDIR": rundir}
+    run_dir = rundir(args.ovsdb)
+    env = {**os.environ, "OVS_RUNDIR": run_dir}
     from ovs.flow.odp import ODPFlow
     from ovs.flow.ofp import OFPFlow
 
     of_text = subprocess.run(
-        ["ovs-ofctl", "--names", "dump-flows", f"unix:{rundir}/{ovs.INTEGRATION_BRIDGE}.mgmt"],
+        ["ovs-ofctl", "--names", "dump-flows", f"unix:{run_dir}/{ovs.INTEGRATION_BRIDGE}.mgmt"],
         capture_output=True,
         text=True,
         check=True,
@@ -324,7 +324,7 @@ def _flows(args: argparse.Namespace) -> int:
         [
             "ovs-appctl",
             "-t",
-            _vswitchd_control(rundir),
+            _vswitchd_control(run_dir),
             "dpctl/dump-flows",
             "--names",
         ],
@@ -351,15 +351,6 @@ def _flows(args: argparse.Namespace) -> int:
 async def _tag(url: str, network_id: str) -> int:
     ids = await Ovsdb(url, timeout=3).bridge_ids(ovs.INTEGRATION_BRIDGE)
     return int(ids[f"net-{network_id}"])
-
-
-def _rundir(url: str) -> str:
-    """OVS's run directory, where its control sockets are: beside the OVSDB socket."""
-    return (
-        str(Path(url.removeprefix("unix:")).parent)
-        if url.startswith("unix:")
-        else (os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"))
-    )
 
 
 def _vswitchd_control(rundir: str) -> str:

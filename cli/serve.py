@@ -24,6 +24,7 @@ from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
+from plugstrip.netdrivers.guard import Guard
 from plugstrip.netdrivers.mesh import Mesh
 from plugstrip.netdrivers.netlink import Netlink, Underlay
 from plugstrip.netdrivers.own_loop import LoopThread, OnOwnLoop
@@ -201,18 +202,30 @@ def _network_adapter(
     for driver in drivers.values():
         stack.push_async_callback(driver.close)
     changes = asyncio.Event()  # endpoints here came or went: the mesh syncs
+    enforce = asyncio.Event()  # ... and the security groups are enforced again
+
+    def changed() -> None:
+        changes.set()
+        enforce.set()
+
     service = NetworkService(
         open_store(args.store, args.state_dir),
         drivers,
         pool,
         pool6=pool6,
         host=host_id(args.state_dir),
-        on_change=changes.set,
+        on_change=changed,
     )
     stack.push_async_callback(service.close)
     mesh = None if advertise is None else Mesh(service, advertise, changes)
     api = DockerApi(upstream.address, upstream.tls)
-    return NetworkAdapter(service, api, spare_holders=max(0, args.spare_holders), mesh=mesh)
+    return NetworkAdapter(
+        service,
+        api,
+        spare_holders=max(0, args.spare_holders),
+        mesh=mesh,
+        guard=Guard(service, enforce),
+    )
 
 
 def _write_runtime(

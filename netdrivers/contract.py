@@ -13,6 +13,8 @@ from typing import Protocol
 
 from netaddr import IPAddress, IPNetwork
 
+from plugstrip.netdrivers.security import Policy
+
 
 @dataclass(frozen=True)
 class Network:
@@ -79,6 +81,11 @@ class Driver(Protocol):
         """Where ``network`` is on this host (or, given ``endpoint``, where the endpoint
         is), device names by role, as libnetwork's endpoint info: what an operator looks
         for (``plugstrip net inspect``)."""
+        ...
+
+    async def set_policy(self, policy: Policy) -> None:
+        """Enforce exactly ``policy`` (security groups) on this host's endpoints of the
+        driver's networks, replacing what was enforced before (none guarded: nothing)."""
         ...
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ Keys, under a prefix (default ``/plugstrip/``)::
     hint/<net>             the last address handed out (next-fit)
     ver/<net>              bumped by every allocation change: a delete compares it
     host/<id>              {"address": ...}: a live host, under its lease
+    sg/<name>              a security group's rules (JSON)
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.security import Group
 from plugstrip.netdrivers.store import (
     Allocation,
+    GroupChange,
     Host,
     NetworkRecord,
     NetworkSpec,
     decide_subnets,
+    dump_group,
+    load_group,
     lowest_free_vni,
 )
 
@@ -393,6 +398,36 @@ class EtcdStore:
                     pass  # the lease had run out already
 
         await self._call(revoke)
+
+    async def groups(self) -> list[Group]:
+        async def query(etcd: aetcd.Client) -> list[Group]:
+            start = self._key("sg", "")
+            rows = await etcd.get_prefix(start)
+            return sorted(
+                (load_group(kv.key[len(start) :].decode(), kv.value) for kv in rows),
+                key=lambda g: g.name,
+            )
+
+        return await self._call(query)
+
+    async def change_group(self, name: str, change: GroupChange) -> Group | None:
+        key = self._key("sg", name)
+        written: list[Group | None] = []
+
+        async def attempt(etcd: aetcd.Client) -> bool | None:
+            held = await etcd.get(key)
+            new = change(load_group(name, held.value) if held else None)
+            tx = etcd.transactions
+            won, _ = await etcd.transaction(
+                failure=[],
+                compare=[tx.mod(key) == held.mod_revision if held else tx.create(key) == 0],
+                success=[tx.put(key, _b(dump_group(new))) if new else tx.delete(key)],
+            )
+            written[:] = [new]
+            return True if won else None
+
+        await self._decide(attempt)
+        return written[0]
 
     async def changes(self) -> AsyncIterator[None]:
         client = await self._etcd()

@@ -14,6 +14,7 @@ from collections.abc import Collection
 
 from netaddr import IPAddress
 
+from plugstrip.netdrivers import ovs_flows
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     Netlink,
@@ -22,7 +23,8 @@ from plugstrip.netdrivers.netlink import (
     plug_into_container,
     tx_checksum_off,
 )
-from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath
+from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath, rundir
+from plugstrip.netdrivers.security import Policy
 
 INTEGRATION_BRIDGE = "psint"
 PREFIX = "pso"  # veth host ends (access ports)
@@ -63,6 +65,14 @@ class OvsDriver:
 
     async def close(self) -> None:
         await self.ovsdb.close()
+
+    async def set_policy(self, policy: Policy) -> None:
+        """Security groups as OpenFlow with conntrack (netdrivers.ovs_flows), the bridge's
+        flows reconciled to them (none guarded: switching as before)."""
+        if not policy.guarded and not await self.ovsdb.has_bridge(INTEGRATION_BRIDGE):
+            return
+        socket = f"unix:{rundir(self.ovsdb.url)}/{INTEGRATION_BRIDGE}.mgmt"
+        await ovs_flows.replace(socket, ovs_flows.flows(policy))
 
     async def create_network(self, network: Network) -> None:
         await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ovsdbapp.backend.ovs_idl import connection
@@ -29,6 +30,13 @@ def _backend_of_its_own() -> Any:
     object would talk to the first one's server, even one stopped by ``close``. A class
     per connection keeps each database its own."""
     return type("OvsdbIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+
+
+def rundir(url: str) -> str:
+    """OVS's run directory, where its control sockets are: beside the OVSDB socket."""
+    if url.startswith("unix:"):
+        return str(Path(url.removeprefix("unix:")).parent)
+    return os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
 
 
 class OvsdbUnavailable(ConnectionError):

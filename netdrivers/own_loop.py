@@ -13,6 +13,7 @@ from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
 from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.security import Policy
 
 T = TypeVar("T")
 
@@ -55,6 +56,9 @@ class OnOwnLoop:
 
     async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
         await self.thread.run(self.driver.set_remotes(network, remotes))
+
+    async def set_policy(self, policy: Policy) -> None:
+        await self.thread.run(self.driver.set_policy(policy))
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return self.driver.owned(networks, endpoints)

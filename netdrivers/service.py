@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import ipam
+from plugstrip.netdrivers import ipam, security
 from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
 from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.security import Group, Rule
 from plugstrip.netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
 
 log = logging.getLogger("plugstrip.netdrivers")
@@ -49,6 +50,11 @@ class Attachment:
     @property
     def address6(self) -> IPAddress | None:
         return self.network.address6(self.address)
+
+    @property
+    def groups(self) -> list[str]:
+        """The security groups the endpoint is in (none: open within its network)."""
+        return [str(g) for g in self.meta.get("groups") or []]
 
     @property
     def mac(self) -> str:
@@ -333,6 +339,95 @@ class NetworkService:
             if wanted in (str(n).lower() for n in names):
                 found += [a.address] if a.address6 is None else [a.address, a.address6]
         return found
+
+    # ---- security groups ------------------------------------------------------------------
+
+    async def groups(self) -> list[Group]:
+        return await self.store.groups()
+
+    async def create_group(self, name: str) -> Group:
+        security.check_name(name)
+
+        def create(current: Group | None) -> Group:
+            if current is not None:
+                raise IpamError("conflict", f"security group {name} already exists")
+            return Group(name)
+
+        made = await self.store.change_group(name, create)
+        assert made is not None
+        return made
+
+    async def allow(self, name: str, rule: Rule) -> Group:
+        source = rule.source_group()
+        if source is not None and source != name:
+            await self.check_groups([source])
+
+        def add(current: Group | None) -> Group:
+            if current is None:
+                raise IpamError("not_found", f"security group {name} not found")
+            if rule in current.rules:
+                return current
+            return Group(name, tuple(sorted((*current.rules, rule))))
+
+        changed = await self.store.change_group(name, add)
+        assert changed is not None
+        return changed
+
+    async def revoke(self, name: str, rule: Rule) -> Group:
+        def drop(current: Group | None) -> Group:
+            if current is None:
+                raise IpamError("not_found", f"security group {name} not found")
+            if rule not in current.rules:
+                raise IpamError("not_found", f"security group {name} has no rule {rule.describe()}")
+            return Group(name, tuple(r for r in current.rules if r != rule))
+
+        changed = await self.store.change_group(name, drop)
+        assert changed is not None
+        return changed
+
+    async def delete_group(self, name: str) -> None:
+        """Remove a group no endpoint is in and no other group's rule names."""
+        users = await self.group_members(name)
+        if users:
+            raise IpamError(
+                "conflict", f"security group {name} is in use by {len(users)} endpoint(s)"
+            )
+        for group in await self.groups():
+            if group.name != name and any(r.source_group() == name for r in group.rules):
+                raise IpamError(
+                    "conflict", f"security group {name} is named by a rule of group {group.name}"
+                )
+
+        def delete(current: Group | None) -> None:
+            if current is None:
+                raise IpamError("not_found", f"security group {name} not found")
+            return None
+
+        await self.store.change_group(name, delete)
+
+    async def group_members(self, name: str) -> list[Attachment]:
+        return [a for a in await self.attachments() if name in a.groups]
+
+    async def check_groups(self, names: list[str]) -> None:
+        """Refuse groups that do not exist (before anything is made for an endpoint)."""
+        known = {g.name for g in await self.groups()} if names else set()
+        for name in names:
+            if name not in known:
+                raise IpamError("invalid", f"security group {name} not found")
+
+    async def enforce(self) -> None:
+        """Program every driver with this host's security-group policy, from the groups
+        and every endpoint (sources may be on any host)."""
+        groups = {g.name: g for g in await self.groups()}
+        every = await self.attachments()
+        for name, driver in self.drivers.items():
+            endpoints = [
+                (address, a.groups, self.is_local(a) and a.network.driver == name)
+                for a in every
+                for address in (a.address, a.address6)
+                if address is not None
+            ]
+            await driver.set_policy(security.policy(groups, endpoints))
 
     @staticmethod
     def endpoint(attachment: Attachment, netns_path: str) -> Endpoint:

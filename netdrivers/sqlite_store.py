@@ -16,16 +16,21 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.security import Group
 from plugstrip.netdrivers.store import (
     Allocation,
+    GroupChange,
     Host,
     NetworkRecord,
     NetworkSpec,
     decide_subnets,
+    dump_group,
+    load_group,
     lowest_free_vni,
 )
 
 T = TypeVar("T")
+CHANGE_POLL = 0.25  # seconds between looks at whether another connection wrote
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS allocations (
     address INTEGER NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (network_id, owner), UNIQUE (network_id, address)
 );
+CREATE TABLE IF NOT EXISTS security_groups (name TEXT PRIMARY KEY, rules TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hosts (
     id TEXT PRIMARY KEY, address TEXT NOT NULL, expires REAL NOT NULL
 );
@@ -278,10 +284,44 @@ class SqliteStore:
     async def deregister_host(self, host_id: str) -> None:
         await self._tx(lambda db: db.execute("DELETE FROM hosts WHERE id=?", (host_id,)))
 
+    async def groups(self) -> list[Group]:
+        return await self._tx(
+            lambda db: [
+                load_group(n, r)
+                for n, r in db.execute("SELECT name, rules FROM security_groups ORDER BY name")
+            ]
+        )
+
+    async def change_group(self, name: str, change: GroupChange) -> Group | None:
+        def write(db: sqlite3.Connection) -> Group | None:
+            row = db.execute("SELECT rules FROM security_groups WHERE name=?", (name,)).fetchone()
+            new = change(load_group(name, row[0]) if row else None)
+            if new is None:
+                db.execute("DELETE FROM security_groups WHERE name=?", (name,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO security_groups VALUES (?,?)", (name, dump_group(new))
+                )
+            return new
+
+        return await self._tx(write)
+
     async def changes(self) -> AsyncIterator[None]:
-        # One host, this process the only writer: nothing ever comes from elsewhere.
-        await asyncio.get_running_loop().create_future()
-        yield
+        """Yields after another connection (the operator's ``plugstrip sg``, another
+        plugstrip process) committed: SQLite's data_version, polled."""
+        db = await asyncio.to_thread(self._watcher)
+        seen = None
+        while True:
+            version = await asyncio.to_thread(lambda: db.execute("PRAGMA data_version").fetchone())
+            if seen is not None and version != seen:
+                yield
+            seen = version
+            await asyncio.sleep(CHANGE_POLL)
+
+    def _watcher(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._all.append(db)
+        return db
 
     async def hosts(self) -> list[Host]:
         return await self._tx(

@@ -8,8 +8,9 @@ with compare-and-swap); ``stores.open_store`` picks one.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -18,8 +19,10 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.security import Group, Rule
 
 T = TypeVar("T")
+GroupChange = Callable[["Group | None"], "Group | None"]
 STORE_FILE = "networks.db"  # the embedded store, in the state directory
 HOST_ID_FILE = "host-id"
 MAX_VNI = (1 << 24) - 1
@@ -121,6 +124,14 @@ class Store(Protocol):
 
     async def update_meta(self, owner: str, changes: dict[str, Any]) -> None: ...
 
+    async def groups(self) -> list[Group]: ...
+
+    async def change_group(self, name: str, change: GroupChange) -> Group | None:
+        """Read group ``name`` (None if there is none), give it to ``change``, write what it
+        returns (None: remove the group) in one compare-and-swap; ``change`` may raise to
+        refuse, and runs again if another writer won meanwhile. Returns what was written."""
+        ...
+
     async def register_host(self, host: Host, ttl: int) -> None:
         """Say ``host`` is alive for the next ``ttl`` seconds: call again before they run
         out. A host not heard of in time is no longer listed by ``hosts``."""
@@ -188,3 +199,19 @@ def host_id(state_dir: str | Path) -> str:
         made = uuid.uuid4().hex
         path.write_text(made + "\n")
         return made
+
+
+def dump_group(group: Group) -> str:
+    return json.dumps(
+        [{"source": r.source, "proto": r.proto, "ports": r.ports} for r in group.rules]
+    )
+
+
+def load_group(name: str, text: str | bytes) -> Group:
+    return Group(
+        name,
+        tuple(
+            Rule(r["source"], r["proto"], tuple(r["ports"]) if r["ports"] else None)
+            for r in json.loads(text)
+        ),
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.security import Policy
 
 
 class RecordingDriver:
@@ -41,6 +42,9 @@ class RecordingDriver:
 
     async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
         self.calls.append(("remotes", network.name, sorted(remotes, key=str)))
+
+    async def set_policy(self, policy: Policy) -> None:
+        self.calls.append(("policy", "", policy))
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return set()

@@ -15,7 +15,7 @@ from collections.abc import Collection
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import firewall
+from plugstrip.netdrivers import firewall, nft
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     ZERO_MAC,
@@ -24,6 +24,7 @@ from plugstrip.netdrivers.netlink import (
     link_name,
     plug_into_container,
 )
+from plugstrip.netdrivers.security import Policy
 
 VXLAN_PORT = 4789
 PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends
@@ -55,6 +56,7 @@ class WeaveDriver:
         self.netns = netns  # where the bridges live: the host's namespace unless given
         self.local = local  # the underlay address VXLAN leaves from (--advertise-addr)
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
+        self._policy: Policy | None = None  # as enforced (None: not yet, by this process)
 
     def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
         if endpoint is not None:
@@ -63,6 +65,23 @@ class WeaveDriver:
 
     async def close(self) -> None:
         pass  # a netlink socket per operation: nothing held open
+
+    async def set_policy(self, policy: Policy) -> None:
+        """Security groups in nftables (netdrivers.nft): the whole table when the guarded
+        endpoints or their rules changed (or at start, replacing any left), else only
+        the member sets that changed."""
+        before = self._policy
+        if not policy.guarded:
+            if before is None or before.guarded:
+                await nft.remove(self.netns)
+        elif before is not None and before.guarded == policy.guarded:
+            changed = [g for g, m in policy.members.items() if before.members.get(g) != m]
+            if changed:
+                await nft.apply(nft.members_script(policy, changed), self.netns)
+        else:
+            await nft.bridges_filtered(self.netns)
+            await nft.apply(nft.script(policy), self.netns)
+        self._policy = policy
 
     async def create_network(self, network: Network) -> None:
         async with Netlink(self.netns) as nl:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -56,8 +57,11 @@ def refused_in_dockers_format(net: DockerHost, cases: list[tuple[list[str], str]
         assert message.encode() in out.stderr, (args, out.stderr)
 
 
-def plugstrip_cmd(net: DockerHost, *args: str) -> subprocess.CompletedProcess[str]:
-    """A `plugstrip` operator command run on the test host, against its state and OVS."""
+def plugstrip_cmd(
+    net: DockerHost, *args: str, ovs: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A `plugstrip` operator command run on the test host, against its state (and OVS,
+    for the commands that look at it)."""
     return subprocess.run(
         [
             "nsenter",
@@ -66,10 +70,51 @@ def plugstrip_cmd(net: DockerHost, *args: str) -> subprocess.CompletedProcess[st
             *args,
             "--state-dir",
             str(net.workdir / "plugstrip" / "state"),
-            "--ovsdb",
-            net.ovsdb,
+            *(("--ovsdb", net.ovsdb) if ovs else ()),
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+_UDP_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9000))
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    print(s.recv(100).decode(), flush=True)
+except TimeoutError:
+    pass
+"""
+_UDP_CLIENT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(5):
+    s.sendto(sys.argv[1].encode(), (sys.argv[2], 9000))
+    time.sleep(0.05)
+"""
+
+
+def udp_reaches(net: DockerHost, src: str, dst: str) -> bool:
+    """A UDP datagram from container ``src`` reaches container ``dst`` on port 9000 of its
+    address on ``network``: the image's busybox has no UDP nc, so both ends are Python,
+    each in its container's network namespace."""
+    pids = [int(net.inspect(c)["State"]["Pid"]) for c in (src, dst)]  # type: ignore[call-overload]
+    target = str(next(iter(net.inspect(dst)["NetworkSettings"]["Networks"].values()))["IPAddress"])  # type: ignore[attr-defined]
+    word = uuid.uuid4().hex
+    server = subprocess.Popen(
+        ["nsenter", "-t", str(pids[1]), "-n", sys.executable, "-c", _UDP_SERVER, "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    subprocess.run(
+        ["nsenter", "-t", str(pids[0]), "-n", sys.executable, "-c", _UDP_CLIENT, word, target],
+        check=True,
+        timeout=10,
+    )
+    out, _ = server.communicate(timeout=10)
+    return word in out

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,44 @@ def test_dual_stack_across_hosts(setup: Setup) -> None:
     for host, container in ((a, web), (b, box), (c, stranger)):
         host.docker("rm", "-f", container)
     a.docker("network", "rm", name, other)
+
+
+def test_security_groups_across_hosts(setup: Setup) -> None:
+    """A group's rule from a group whose members are on another host; a rule revoked and
+    allowed again from a third host (the operator's command against etcd) takes effect on
+    the host enforcing it."""
+    a, b, c = setup.hosts
+    name, db_g, web_g = uname("sgnet"), uname("db"), uname("web")
+    setup.network(a, name)
+    plugstrip(setup.cluster, "sg", "create", db_g)
+    plugstrip(setup.cluster, "sg", "create", web_g)
+    plugstrip(setup.cluster, "sg", "allow", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    label = "io.plugstrip.security-groups"
+    db, web, other = uname("db"), uname("web"), uname("oth")
+    a.docker(
+        "run", "-d", "--name", db, "--network", name, "--label", f"{label}={db_g}",
+        "busybox", "httpd", "-f", "-p", "80",
+    )  # fmt: skip
+    b.docker("run", "-d", "--name", web, "--network", name, "--label", f"{label}={web_g}",
+             "busybox", "httpd", "-f", "-p", "80")  # fmt: skip
+    sleeper(c, other, name)  # in no group
+    wait_for(lambda: tcp_reaches(b, web, db), 15, "web on b does not reach db on a")
+    assert not tcp_reaches(c, other, db)  # not in web: refused on a
+    assert not reaches(b, web, db)  # no ICMP rule
+    assert not tcp_reaches(a, db, web)  # web guarded on b, nothing allowed in
+    assert tcp_reaches(a, db, other) or reaches(a, db, other)  # no group: open
+    revoke = ("--from", web_g, "--proto", "tcp", "--port", "80")
+    plugstrip(setup.cluster, "sg", "revoke", db_g, *revoke)
+    started = time.monotonic()
+    wait_for(lambda: not tcp_reaches(b, web, db), 5, "a revoke from another host not enforced")
+    plugstrip(setup.cluster, "sg", "allow", db_g, *revoke)
+    wait_for(lambda: tcp_reaches(b, web, db), 5, "an allow from another host not enforced")
+    print(f"revoke and allow enforced across hosts within {time.monotonic() - started:.2f} s")
+    for host, container in ((a, db), (b, web), (c, other)):
+        host.docker("rm", "-f", container)
+    plugstrip(setup.cluster, "sg", "rm", db_g)
+    plugstrip(setup.cluster, "sg", "rm", web_g)
+    a.docker("network", "rm", name)
 
 
 def six(host: DockerHost, container: str, network: str) -> str:

@@ -122,7 +122,7 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(net: DockerHost, networ
         (["network", "create", "-d", "plugstrip/nope", "x1"], "no network driver"),
         (
             ["network", "create", "-d", "plugstrip/weave", "-o", "foo=bar", "x1"],
-            "takes no driver options (got: foo)",
+            "takes one driver option, security-groups (got: foo)",
         ),
         (
             ["network", "create", "-d", "plugstrip/weave", "--subnet", "fd79::/64", "x1"],

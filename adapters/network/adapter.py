@@ -11,6 +11,7 @@ from plugstrip.adapters.network.holder_life import Holders
 from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE
 from plugstrip.adapters.network.networks import NetworkCalls
 from plugstrip.adapters.network.routing import dispatch, routes
+from plugstrip.netdrivers.guard import Guard
 from plugstrip.netdrivers.mesh import Mesh
 from plugstrip.netdrivers.service import NetworkService
 from plugstrip.proxy.contract import Call, split_version
@@ -31,10 +32,12 @@ class NetworkAdapter:
         api: DockerApi,
         spare_holders: int = DEFAULT_SIZE,
         mesh: Mesh | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.service = service
         self.api = api
         self.mesh = mesh  # with other hosts: tunnels to them
+        self.guard = guard  # security groups enforced
         self.holders = Holders(service, api, spare_holders)
         self.events = Events(service, api, self.holders)
         table = (
@@ -58,9 +61,13 @@ class NetworkAdapter:
         self.events.start()
         if self.mesh is not None:
             self.mesh.start()
+        if self.guard is not None:
+            self.guard.start()
 
     async def close(self) -> None:
         await self.events.close()
+        if self.guard is not None:
+            await self.guard.close()
         if self.mesh is not None:
             await self.mesh.close()
         await self.holders.close()

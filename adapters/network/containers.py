@@ -73,7 +73,9 @@ class ContainerCalls:
                 ns = await self.holders.namespace(hid)  # starts it, unless a running spare
                 for index, (record, config) in enumerate(wanted):
                     extra = {"mac": mac} if mac and index == 0 else {}
-                    await self.holders.attach(hid, ns.netns, record, config, None, name, extra)
+                    await self.holders.attach(
+                        hid, ns.netns, record, config, None, name, extra, body.get("Labels")
+                    )
                 await self.holders.serve_names(hid, ns)
         except BaseException:
             await self.holders.discard(hid)

@@ -35,6 +35,9 @@ HOLDER = "io.plugstrip.holder"
 NETWORK_MODE = "io.plugstrip.network-mode"
 DNS = "io.plugstrip.dns"  # on a holder: the user's --dns, the upstreams of its name server
 NAME_PREFIX = "plugstrip-holder-"
+# On a user's container: the security groups its endpoints are in (comma-separated); a
+# network's ``--opt security-groups=...`` are its endpoints' otherwise.
+SECURITY_GROUPS = "io.plugstrip.security-groups"
 
 # What Docker refuses beside ``container:`` network mode, and so moves to the holder.
 MOVED_CONFIG = ("Hostname", "Domainname", "ExposedPorts")

@@ -134,10 +134,13 @@ class Holders:
         container: dict[str, Any] | None = None,
         name: str = "",
         extra: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Attachment:
         """Put ``owner`` (a holder, or a container itself) on ``record`` as Docker's
         endpoint ``config`` asks (its ``IPAMConfig`` and ``Aliases``), for ``container``
-        (an inspect) or a new one; plugged into ``netns`` now, or (None) when it starts."""
+        (an inspect) or a new one (whose ``labels`` are given); plugged into ``netns``
+        now, or (None) when it starts. Its security groups are the container's label's,
+        else the network's."""
         ipam_config = config.get("IPAMConfig") or {}
         requested_text = ipam_config.get("IPv4Address") or None
         requested6_text = ipam_config.get("IPv6Address") or None
@@ -147,7 +150,14 @@ class Holders:
             if record.subnet6 is None:
                 raise Refuse(400, f"network {record.name} has no IPv6: no --ip6 on it")
             requested = ipam.requested_pair(record.subnet, record.subnet6, requested, requested6)
+        if container is not None:
+            labels = container["Config"].get("Labels") or {}
+        groups = _groups((labels or {}).get(holder.SECURITY_GROUPS)) or _groups(
+            record.options.get("security-groups")
+        )
+        await self.service.check_groups(groups)
         meta: dict[str, Any] = {
+            **({"groups": groups} if groups else {}),
             "aliases": [str(a) for a in config.get("Aliases") or []],
             "requested": requested_text,
             **({"requested6": requested6_text} if requested6_text else {}),
@@ -250,3 +260,7 @@ def _address(text: str | None, version: Literal[4, 6]) -> IPAddress | None:
         return IPAddress(text, version)
     except (AddrFormatError, ValueError):
         raise Refuse(400, f"invalid IPv{version} address: {text}") from None
+
+
+def _groups(text: str | None) -> list[str]:
+    return [g.strip() for g in (text or "").split(",") if g.strip()]

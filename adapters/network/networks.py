@@ -51,6 +51,8 @@ class NetworkCalls:
             return
         spec = network_spec(body)
         self.service.driver(spec.driver)  # an unknown driver is refused before any lookup
+        groups = spec.options.get("security-groups", "").split(",")
+        await self.service.check_groups([g.strip() for g in groups if g.strip()])
         docker_own = await self.api.call(
             "GET", f"/networks/{quote(name, safe='')}", ok_missing=True
         )
@@ -280,9 +282,10 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
             raise Refuse(400, f"{driver} does not support {what}")
     if (body.get("ConfigFrom") or {}).get("Network"):
         raise Refuse(400, f"{driver} does not support --config-from")
-    if body.get("Options"):
-        unknown = ", ".join(sorted(body["Options"]))
-        raise Refuse(400, f"{driver} takes no driver options (got: {unknown})")
+    options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
+    if set(options) - {"security-groups"}:
+        unknown = ", ".join(sorted(set(options) - {"security-groups"}))
+        raise Refuse(400, f"{driver} takes one driver option, security-groups (got: {unknown})")
     ipam_body = body.get("IPAM") or {}
     if (ipam_body.get("Driver") or "default") != "default" or ipam_body.get("Options"):
         raise Refuse(400, f"{driver} has its own IPAM: no --ipam-driver or --ipam-opt")
@@ -309,7 +312,7 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
         driver,
         subnet,
         gateway,
-        {},
+        options,
         {str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
         bool(body.get("Internal")),
         ipv6,

@@ -11,6 +11,7 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
+from plugstrip.adapters.network import holder
 from plugstrip.netdrivers.service import Attachment
 from plugstrip.netdrivers.store import NetworkRecord
 
@@ -83,7 +84,10 @@ def container_endpoint(attachment: Attachment, container_id: str) -> dict[str, A
         "GlobalIPv6Address": str(attachment.address6 or ""),
         "GlobalIPv6PrefixLen": network.subnet6.prefixlen if network.subnet6 else 0,
         "MacAddress": attachment.mac,
-        "DriverOpts": None,
+        # the endpoint's security groups, where Docker shows an endpoint's driver settings
+        "DriverOpts": {holder.SECURITY_GROUPS: ",".join(attachment.groups)}
+        if attachment.groups
+        else None,
     }
 
 

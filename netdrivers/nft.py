@@ -1,0 +1,162 @@
+"""Security groups on the kernel datapath: one nftables table plugstrip owns.
+
+``inet plugstrip``, a forward-hook chain that sees the frames crossing plugstrip's bridges
+as IP packets (bridge-nf-call-iptables, which dockerd turns on anyway and this module
+makes sure of). Connection tracking passes replies and established flows; a verdict map
+sends new traffic to a guarded endpoint (one lookup, however many there are) to that
+endpoint's chain, whose rules accept it or it is dropped. Group membership is a named set
+per group and family, so a rule ``from web`` is one set lookup, and a member coming or
+going rewrites a set, not a rule.
+
+Through the ``nft`` command with a whole script per change (``nft -f``, one kernel
+transaction): the Python bindings (python3-nftables) belong to Debian's interpreter and
+are not on PyPI, and the script is the same text an operator reads with ``nft list``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable
+
+from netaddr import IPAddress
+
+from plugstrip.netdrivers.netlink import run_in
+from plugstrip.netdrivers.security import Guarded, Policy, Rule
+
+TABLE = "plugstrip"
+_ND = "nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert"  # IPv6's ARP: always on
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def set_name(group: str, version: int) -> str:
+    """A group's set of one family: its name as nft allows it, and a hash of the name (so
+    ``a-b`` and ``a_b`` stay two sets)."""
+    safe = group.replace("-", "_").replace(".", "_")
+    return f"g{version}_{safe}_{hashlib.sha256(group.encode()).hexdigest()[:6]}"
+
+
+def chain_name(index: int) -> str:
+    return f"ep{index}"
+
+
+def script(policy: Policy) -> str:
+    """The whole table for ``policy``, replacing what was there (in one transaction)."""
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    for group, members in sorted(policy.members.items()):
+        for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            lines.append(
+                f"  set {set_name(group, version)} {{ type {kind};{_elements(members, version)} }}"
+            )
+    lines += [
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy accept;",
+        "    ct state established,related accept",
+        f"    icmpv6 type {{ {_ND} }} accept",
+    ]
+    for version, match in ((4, "ip daddr"), (6, "ip6 daddr")):
+        entries = [
+            f"{e.address} : jump {chain_name(i)}"
+            for i, e in enumerate(policy.guarded)
+            if e.address.version == version
+        ]
+        if entries:
+            lines.append(f"    {match} vmap {{ {', '.join(entries)} }}")
+    lines.append("  }")
+    for i, guarded in enumerate(policy.guarded):
+        lines.append(f"  chain {chain_name(i)} {{")
+        lines += [f"    {rule} accept" for rule in _rules(guarded)]
+        lines += ["    drop", "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def members_script(policy: Policy, groups: Iterable[str]) -> str:
+    """Only the member sets of ``groups`` rewritten (the rules are as they were)."""
+    lines = []
+    for group in sorted(groups):
+        for version in (4, 6):
+            name = set_name(group, version)
+            lines.append(f"flush set inet {TABLE} {name}")
+            addresses = [str(a) for a in policy.members[group] if a.version == version]
+            if addresses:
+                lines.append(f"add element inet {TABLE} {name} {{ {', '.join(addresses)} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _elements(members: Iterable[IPAddress], version: int) -> str:
+    found = sorted(str(a) for a in members if a.version == version)
+    return f" elements = {{ {', '.join(found)} }}" if found else ""
+
+
+def _rules(guarded: Guarded) -> list[str]:
+    version = guarded.address.version
+    family = "ip" if version == 4 else "ip6"
+    out = []
+    for rule in guarded.rules:
+        source = _source(rule, version, family)
+        if source is None:
+            continue  # a CIDR of the other family
+        l4 = _l4(rule, version)
+        if l4 is None:
+            continue  # icmp for IPv6 or icmpv6 for IPv4: nothing of this family
+        out.append(" ".join(p for p in (source, l4) if p))
+    return out
+
+
+def _source(rule: Rule, version: int, family: str) -> str | None:
+    cidr = rule.source_cidr()
+    if cidr is not None:
+        return f"{family} saddr {cidr}" if cidr.version == version else None
+    group = rule.source_group()
+    return f"{family} saddr @{set_name(group, version)}" if group else ""
+
+
+def _l4(rule: Rule, version: int) -> str | None:
+    if rule.proto == "any":
+        return ""
+    if rule.proto in ("icmp", "icmpv6"):
+        wanted = "icmp" if version == 4 else "icmpv6"
+        return (
+            f"meta l4proto {'icmp' if version == 4 else 'ipv6-icmp'}"
+            if rule.proto == wanted
+            else None
+        )
+    if rule.ports is None:
+        return f"meta l4proto {rule.proto}"
+    first, last = rule.ports
+    return f"{rule.proto} dport {first if first == last else f'{first}-{last}'}"
+
+
+async def apply(text: str, netns: str | None = None) -> None:
+    """Run an nft script in ``netns`` (None: here), all of it or none."""
+    cmd = ["nft", "-f", "-"]
+    if netns is not None:
+        cmd = ["nsenter", f"--net={netns}", *cmd]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate(text.encode())
+    if proc.returncode != 0:
+        raise NftError(f"nft: {err.decode().strip()}")
+
+
+async def remove(netns: str | None = None) -> None:
+    await apply(f"table inet {TABLE}\ndelete table inet {TABLE}\n", netns)
+
+
+async def bridges_filtered(netns: str | None = None) -> None:
+    """Frames crossing Linux bridges through the IP hooks (dockerd does this too)."""
+
+    def turn_on() -> None:
+        for family in ("iptables", "ip6tables"):
+            with open(f"/proc/sys/net/bridge/bridge-nf-call-{family}", "w") as sysctl:
+                sysctl.write("1")
+
+    await asyncio.to_thread(run_in, netns, turn_on)

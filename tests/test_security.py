@@ -1,0 +1,112 @@
+"""Security groups as pure decisions: rules from the operator's words, a host's policy
+from groups and endpoints, and the two datapaths' programs for it (nftables text, OpenFlow
+flows), checked for what they must say."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from netaddr import IPAddress
+
+from plugstrip.netdrivers import nft, ovs_flows
+from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.security import Group, Rule, parse_rule, policy, port_masks
+
+
+def test_rules_from_the_operators_words() -> None:
+    assert parse_rule("web", "tcp", "5432") == Rule("web", "tcp", (5432, 5432))
+    assert parse_rule("10.40.0.0/16", "icmp") == Rule("10.40.0.0/16", "icmp", None)
+    assert parse_rule("any", "udp", "5000-5100") == Rule("any", "udp", (5000, 5100))
+    assert parse_rule("fd70::/64", "icmpv6").source_cidr() is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("web", "sctp"), "invalid protocol"),
+        (("web", "tcp", "0"), "invalid port"),
+        (("web", "tcp", "70000"), "invalid port"),
+        (("web", "tcp", "9-3"), "invalid port"),
+        (("web", "tcp", "http"), "invalid port"),
+        (("web", "icmp", "80"), "--port is for tcp and udp"),
+        (("10.40.0.0/33", "tcp"), "invalid CIDR"),
+        (("10.40.0.1/16", "tcp"), "host bits set"),
+        (("bad name!", "tcp"), "invalid security group name"),
+    ],
+)
+def test_bad_rules_are_refused(args: tuple[str, ...], message: str) -> None:
+    with pytest.raises(IpamError) as info:
+        parse_rule(*args)
+    assert info.value.category == "invalid" and message in str(info.value)
+
+
+@given(st.integers(1, 65535), st.integers(0, 3000))
+def test_port_masks_cover_the_range_exactly(first: int, span: int) -> None:
+    last = min(65535, first + span)
+    covered = set()
+    for value, mask in port_masks(first, last):
+        block = {p for p in range(value, value + (~mask & 0xFFFF) + 1)}
+        assert not covered & block and all(p & mask == value for p in block)
+        covered |= block
+    assert covered == set(range(first, last + 1))
+
+
+DB = IPAddress("10.40.0.5")
+WEB = [IPAddress("10.40.0.2"), IPAddress("10.41.0.7")]  # on two networks, any host
+GROUPS = {
+    "db": Group("db", (Rule("web", "tcp", (5432, 5432)), Rule("10.40.0.0/16", "icmp"))),
+    "web": Group("web", (Rule("any", "tcp", (80, 80)),)),
+}
+
+
+def endpoints() -> list[tuple[IPAddress, list[str], bool]]:
+    return [
+        (DB, ["db"], True),
+        (WEB[0], ["web"], True),
+        (WEB[1], ["web"], False),  # another host's: a source, not guarded here
+        (IPAddress("10.40.0.9"), [], True),  # in no group: open, not guarded
+    ]
+
+
+def test_a_hosts_policy() -> None:
+    found = policy(GROUPS, endpoints())
+    assert [g.address for g in found.guarded] == [WEB[0], DB]
+    assert dict(found.members) == {"web": frozenset(WEB)}
+    (db,) = (g for g in found.guarded if g.address == DB)
+    assert db.rules == tuple(sorted(GROUPS["db"].rules))
+
+
+def test_a_group_gone_leaves_its_members_guarded_with_nothing_allowed() -> None:
+    found = policy({}, [(DB, ["db"], True)])
+    assert [(g.address, g.rules) for g in found.guarded] == [(DB, ())]
+
+
+def test_nftables_table() -> None:
+    text = nft.script(policy(GROUPS, endpoints()))
+    web4 = nft.set_name("web", 4)
+    assert f"set {web4} {{ type ipv4_addr; elements = {{ 10.40.0.2, 10.41.0.7 }} }}" in text
+    assert "ct state established,related accept" in text
+    assert "ip daddr vmap { 10.40.0.2 : jump ep0, 10.40.0.5 : jump ep1 }" in text
+    assert f"ip saddr @{web4} tcp dport 5432 accept" in text
+    assert "ip saddr 10.40.0.0/16 meta l4proto icmp accept" in text
+    assert "tcp dport 80 accept" in text
+    assert text.count("    drop") == 2  # each guarded endpoint: what no rule allows
+    assert text.startswith(f"table inet {nft.TABLE}\ndelete table inet {nft.TABLE}\n")
+    members = nft.members_script(policy(GROUPS, endpoints()), ["web"])
+    assert f"flush set inet plugstrip {web4}" in members
+    assert "add element inet plugstrip" in members and "10.41.0.7" in members
+
+
+def test_openflow_tables() -> None:
+    found = ovs_flows.flows(policy(GROUPS, endpoints()))
+    assert "table=1,priority=100,ct_state=+trk+est,actions=NORMAL" in found
+    assert any("ct_state=+trk+new,ip,nw_dst=10.40.0.5,actions=resubmit(,2)" in f for f in found)
+    # from web: one flow per member, each a dimension of the rule's conjunction
+    members = [f for f in found if "nw_src=10.4" in f and "conjunction" in f]
+    assert len(members) == 2 and all("conjunction(1,1/2)" in f for f in members)
+    assert any("tcp,tp_dst=0x1538/0xffff,nw_dst=10.40.0.5" in f and "2/2" in f for f in found)
+    assert any(f.startswith("table=2,priority=10,conj_id=1,ip") for f in found)
+    assert any("icmp,nw_src=10.40.0.0/16,nw_dst=10.40.0.5" in f for f in found)
+    assert "table=2,priority=0,actions=drop" in found
+    assert ovs_flows.flows(policy({}, [])) == ["table=0,priority=0,actions=NORMAL"]

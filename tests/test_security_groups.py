@@ -1,0 +1,164 @@
+"""Security groups through the unchanged docker CLI and `plugstrip sg`, on both drivers on
+one host (across hosts: test_multihost): TCP, UDP and ICMP allowed by a rule and refused
+without one, replies to allowed traffic passing while the reverse direction is refused, a
+rule revoked and allowed again while traffic runs, a rule from a CIDR, a container in no
+group unchanged, a network's default groups, `sg rm` refused while in use, bad input
+refused leaving nothing, and the datapath's rules gone with the last guarded endpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.dockerhost import DockerHost
+from tests.harness import wait_for
+from tests.netcheck import (
+    address,
+    plugstrip_cmd,
+    reaches,
+    refused_in_dockers_format,
+    sleeper,
+    tcp_reaches,
+    udp_reaches,
+    uname,
+)
+
+DRIVERS = ["plugstrip/weave", "plugstrip/ovs"]
+Networks = Callable[..., str]
+
+
+def sg(net: DockerHost, *args: str) -> subprocess.CompletedProcess[str]:
+    out = plugstrip_cmd(net, "sg", *args, ovs=False)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def datapath_rules(net: DockerHost, driver: str) -> str:
+    """plugstrip's nftables table (weave), or the integration bridge's flows (ovs)."""
+    if driver == "plugstrip/weave":
+        return net.run_in_ns("nft", "list", "table", "inet", "plugstrip").stdout
+    return bridge_flows(net)
+
+
+def bridge_flows(net: DockerHost) -> str:
+    rundir = net.ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
+    return subprocess.run(
+        ["ovs-ofctl", "dump-flows", f"unix:{rundir}/psint.mgmt"], capture_output=True, text=True
+    ).stdout
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_groups_allow_what_their_rules_say_and_nothing_else(
+    net: DockerHost, networks: Networks, driver: str
+) -> None:
+    plug = networks(driver)
+    db_g, web_g = uname("db"), uname("web")
+    db, web, client, udp = uname("db"), uname("web"), uname("cli"), uname("udp")
+    sg(net, "create", db_g)
+    sg(net, "create", web_g)
+    sg(net, "allow", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    sg(net, "allow", db_g, "--from", web_g, "--proto", "udp", "--port", "9000")
+    label = "io.plugstrip.security-groups"
+    net.docker(
+        "run", "-d", "--name", db, "--network", plug, "--label", f"{label}={db_g}",
+        "busybox", "httpd", "-f", "-p", "80",
+    )  # fmt: skip
+    sleeper(net, udp, plug, "--label", f"{label}={db_g}")
+    sleeper(net, web, plug, "--label", f"{label}={web_g}")
+    net.docker("run", "-d", "--name", client, "--network", plug, "busybox", "httpd", "-f")
+    shown = net.inspect(db)["NetworkSettings"]["Networks"][plug]  # type: ignore[index]
+    assert shown["DriverOpts"] == {label: db_g}
+    sg(net, "allow", db_g, "--from", f"{address(net, client, plug)}/32", "--proto", "icmp")
+
+    # allowed by a rule: TCP and UDP from web, ICMP from the client's address (a CIDR)
+    wait_for(lambda: tcp_reaches(net, web, db), 5, "web -> db tcp/80 not allowed")
+    assert udp_reaches(net, web, udp)
+    assert reaches(net, client, db)
+    # refused without one
+    assert not reaches(net, web, db)  # no ICMP rule for web
+    assert not tcp_reaches(net, client, db)  # the client is in no group
+    assert not udp_reaches(net, client, udp)
+    # replies pass, the reverse direction does not: web is guarded and allows nothing
+    assert not reaches(net, db, web)
+    # a container in no group is open, as before groups
+    assert tcp_reaches(net, db, client) and reaches(net, web, client)
+
+    members = json.loads(sg(net, "inspect", db_g).stdout)
+    assert {e["Name"] for e in members["Endpoints"]} == {db, udp}
+    assert len(members["Rules"]) == 3
+    listed = {row.split()[0]: row.split() for row in sg(net, "ls").stdout.splitlines()[1:]}
+    assert listed[db_g][1:] == ["3", "2"] and listed[web_g][1:] == ["0", "1"]
+    rules = datapath_rules(net, driver)
+    assert ("ct state established" in rules) if driver == "plugstrip/weave" else ("ct(" in rules)
+
+    # revoked while traffic runs, and allowed again: each takes effect at once
+    sg(net, "revoke", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    started = time.monotonic()
+    wait_for(lambda: not tcp_reaches(net, web, db), 3, "revoke did not take effect")
+    revoked = time.monotonic() - started
+    sg(net, "allow", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    started = time.monotonic()
+    wait_for(lambda: tcp_reaches(net, web, db), 3, "allow did not take effect")
+    print(f"revoke seen after {revoked:.2f} s, allow after {time.monotonic() - started:.2f} s")
+
+    refused = plugstrip_cmd(net, "sg", "rm", db_g, ovs=False)
+    assert refused.returncode != 0 and "in use" in refused.stderr
+    for name in (db, udp, web, client):
+        net.docker("rm", "-f", name)
+    for group in (db_g, web_g):
+        sg(net, "rm", group)
+    assert sg(net, "ls").stdout.splitlines()[1:] == []
+    # the last guarded endpoint gone: no rules of plugstrip's left in the datapath
+    if driver == "plugstrip/weave":
+        wait_for(lambda: not datapath_rules(net, driver), 3, "nft table left behind")
+    else:
+        wait_for(lambda: "ct(" not in bridge_flows(net), 3, "conntrack flows left behind")
+
+
+def test_network_default_groups_and_bad_input(net: DockerHost, networks: Networks) -> None:
+    group = uname("g")
+    sg(net, "create", group)
+    plug = networks("plugstrip/weave", "--opt", f"security-groups={group}")
+    box = uname("box")
+    sleeper(net, box, plug)
+    shown = net.inspect(box)["NetworkSettings"]["Networks"][plug]  # type: ignore[index]
+    assert shown["DriverOpts"] == {"io.plugstrip.security-groups": group}
+    before = (net.leftovers(), sg(net, "inspect", group).stdout)
+    label = "io.plugstrip.security-groups=nosuch"
+    refused_in_dockers_format(
+        net,
+        [
+            (["run", "--rm", "--network", plug, "--label", label, "busybox", "true"], "nosuch"),
+            (
+                [
+                    "network",
+                    "create",
+                    "-d",
+                    "plugstrip/ovs",
+                    "--opt",
+                    "security-groups=nosuch",
+                    "x",
+                ],
+                "security group nosuch not found",
+            ),
+        ],
+    )
+    for args, message in (
+        (["allow", group, "--from", "any", "--proto", "tcp", "--port", "99999"], "invalid port"),
+        (["allow", group, "--from", "10.1.2.3/8"], "host bits set"),
+        (["allow", group, "--from", "10.1.2.0/40"], "invalid CIDR"),
+        (["allow", group, "--from", "nosuch", "--proto", "tcp"], "nosuch not found"),
+        (["allow", "nosuch", "--from", "any"], "security group nosuch not found"),
+        (["revoke", group, "--from", "any"], "has no rule"),
+        (["create", group], "already exists"),
+        (["rm", "nosuch"], "not found"),
+    ):
+        out = plugstrip_cmd(net, "sg", *args, ovs=False)
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+    assert (net.leftovers(), sg(net, "inspect", group).stdout) == before
+    net.docker("rm", "-f", box)
+    sg(net, "rm", group)
