@@ -12,19 +12,20 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from plugstrip.netdrivers import firewall, ovs, weave
+from plugstrip.netdrivers import firewall, nft, ovs, security, weave
 from plugstrip.netdrivers.contract import Driver
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
 from plugstrip.netdrivers.netlink import Netlink, Underlay
 from plugstrip.netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath, rundir
 from plugstrip.netdrivers.service import Attachment, NetworkService, to_network
-from plugstrip.netdrivers.store import STORE_FILE, Host, NetworkRecord
+from plugstrip.netdrivers.store import HOST_ID_FILE, STORE_FILE, Host, NetworkRecord
 from plugstrip.netdrivers.stores import open_store
 from plugstrip.netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
 
@@ -186,6 +187,8 @@ async def _run_checks(args: argparse.Namespace) -> list[Check]:
     checks = [await _check_vxlan(), await _check_ovs(args.ovsdb), _check_forward(records)]
     checks.append(await _check_mtu(args, records))
     checks.append(await _check_leftovers(args, records, attachments))
+    if has_state:
+        checks += await _check_security_groups(args, attachments)
     return checks
 
 
@@ -218,6 +221,70 @@ async def _check_ovs(url: str) -> Check:
         f"reachable at {url}; datapaths {', '.join(types)}; plugstrip/ovs uses {chosen}"
         + (" (no openvswitch kernel module)" if chosen == "netdev" else ""),
     )
+
+
+async def _check_security_groups(
+    args: argparse.Namespace, attachments: list[Attachment]
+) -> list[Check]:
+    """Each driver's datapath against the security groups the store says this host must
+    enforce: the guarded endpoints and the groups' members, none missing, none extra."""
+    groups = {g.name: g for g in await read_store(args, NetworkService.groups)}
+    here = _this_host(args)
+    checks = []
+    for driver, read in ((WeaveDriver.name, _nft_listing), (ovs.OvsDriver.name, _flow_listing)):
+        endpoints = [
+            (address, a.groups, a.meta.get("host", here) == here and a.network.driver == driver)
+            for a in attachments
+            for address in (a.address, a.address6)
+            if address is not None
+        ]
+        wanted = security.policy(groups, endpoints)
+        try:
+            text = read(args)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            checks.append(Check(f"security groups ({driver})", "warn", f"cannot read: {exc}"))
+            continue
+        guarded = {str(g.address) for g in wanted.guarded}
+        found = set(re.findall(r"([0-9a-f.:]+) : jump ep\d+", text)) | set(
+            re.findall(r"(?:nw_dst|ipv6_dst)=([0-9a-f.:]+) actions=resubmit\(,2\)", text)
+        )
+        members = {str(m) for ms in wanted.members.values() for m in ms}
+        missing = sorted(guarded - found) + sorted(m for m in members if m not in text)
+        extra = sorted(found - guarded)
+        if missing or extra:
+            detail = f"missing {missing or 'nothing'}, extra {extra or 'nothing'}"
+            checks.append(Check(f"security groups ({driver})", "fail", detail))
+        else:
+            checks.append(
+                Check(
+                    f"security groups ({driver})",
+                    "ok",
+                    f"{len(guarded)} guarded endpoint(s), {len(members)} member address(es)",
+                )
+            )
+    return checks
+
+
+def _this_host(args: argparse.Namespace) -> str:
+    try:
+        return (Path(args.state_dir) / HOST_ID_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _nft_listing(args: argparse.Namespace) -> str:
+    out = subprocess.run(
+        ["nft", "list", "table", "inet", nft.TABLE], capture_output=True, text=True
+    )
+    return out.stdout  # no table: nothing guarded here
+
+
+def _flow_listing(args: argparse.Namespace) -> str:
+    socket = f"unix:{rundir(args.ovsdb)}/{ovs.INTEGRATION_BRIDGE}.mgmt"
+    out = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", socket], capture_output=True, text=True
+    )
+    return out.stdout  # no bridge: nothing guarded here
 
 
 def _check_forward(records: list[NetworkRecord]) -> Check:

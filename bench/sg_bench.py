@@ -1,0 +1,231 @@
+"""Security groups: what enforcing them costs the datapath, and how fast a rule reaches
+every host, measured in the same run.
+
+    python3 -m bench.sg_bench [--quick]
+
+Prints, for plugstrip/weave and plugstrip/ovs on a test host (tests/dockerhost.py):
+- TCP throughput (iperf3 in the containers' namespaces) and the rate of new TCP
+  connections (each one through conntrack and the rules) between two containers in
+  groups whose rules allow the traffic, against the same pair made with no groups, the
+  two pairs taking turns (target >= 0.95x);
+and, on three hosts sharing etcd (tests/cluster.py) with 1,000 endpoints in the source
+group: the time from a rule written to the store to it being in every host's datapath
+(nftables table, OpenFlow flows), p50 and worst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import in_pid_ns, iperf
+from plugstrip.netdrivers.etcd_store import EtcdStore
+from plugstrip.netdrivers.security import parse_rule
+from plugstrip.netdrivers.service import NetworkService
+from tests import netns
+from tests.cluster import cluster
+from tests.dockerhost import DockerHost, docker_host
+from tests.netcheck import address, plugstrip_cmd, sleeper
+
+LABEL = "io.plugstrip.security-groups"
+MEMBERS = 1000
+CONNECTOR = """
+import socket, sys, time
+address, seconds = sys.argv[1], float(sys.argv[2])
+done, deadline = 0, time.monotonic() + seconds
+while time.monotonic() < deadline:
+    with socket.create_connection((address, 9100), timeout=2) as s:
+        s.recv(1)
+    done += 1
+print(done / seconds)
+"""
+ACCEPTOR = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9100))
+s.listen(512)
+while True:
+    c, _ = s.accept()
+    c.send(b"x")
+    c.close()
+"""
+
+
+def pair(h: DockerHost, network: str, tag: str, grouped: bool) -> tuple[list[str], list[str], str]:
+    """Two containers on ``network`` (in groups srv and cli, or in none): the prefixes
+    that run a command in the server's and the client's namespace, and the server's
+    address."""
+    names = [f"{tag}-srv", f"{tag}-cli"]
+    for name, group in zip(names, ("srv", "cli"), strict=True):
+        sleeper(h, name, network, *(("--label", f"{LABEL}={group}") if grouped else ()))
+    pids = [str(h.inspect(n)["State"]["Pid"]) for n in names]
+    return in_pid_ns(pids[0]), in_pid_ns(pids[1]), address(h, names[0], network)
+
+
+def connection_rate(server: list[str], client: list[str], ip: str, seconds: float) -> float:
+    acceptor = subprocess.Popen([*server, sys.executable, "-c", ACCEPTOR])
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(
+            [*client, sys.executable, "-c", CONNECTOR, ip, str(seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 30,
+        ).stdout
+        return float(out)
+    finally:
+        acceptor.kill()
+        acceptor.wait()
+
+
+def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> None:
+    """A pair in groups srv (which allows TCP from cli) and cli, and a pair in none, on a
+    network of ``driver``: throughput and connection rate of each, taking turns."""
+    network = f"sg-{driver.split('/')[1]}"
+    h.docker("network", "create", "-d", driver, network)
+    grouped = pair(h, network, f"g{driver[-1]}", True)
+    plain = pair(h, network, f"p{driver[-1]}", False)
+    time.sleep(1.5)  # the guard has enforced the new endpoints' groups
+    bandwidth: dict[str, list[float]] = {"grouped": [], "plain": []}
+    rates: dict[str, list[float]] = {"grouped": [], "plain": []}
+    for _ in range(runs):
+        for name, (server, client, ip) in (("grouped", grouped), ("plain", plain)):
+            bandwidth[name].append(iperf(server, client, ip, seconds))
+            rates[name].append(connection_rate(server, client, ip, seconds))
+    bw = {k: statistics.median(v) for k, v in bandwidth.items()}
+    cps = {k: statistics.median(v) for k, v in rates.items()}
+    print(
+        f"{driver}: TCP {bw['grouped']:.2f} Gbit/s in allowing groups, {bw['plain']:.2f} "
+        f"Gbit/s in none, ratio {bw['grouped'] / bw['plain']:.2f}x (target >= 0.95x)"
+    )
+    print(
+        f"{driver}: new TCP connections {cps['grouped']:.0f}/s in allowing groups, "
+        f"{cps['plain']:.0f}/s in none, ratio {cps['grouped'] / cps['plain']:.2f}x "
+        "(target >= 0.95x)"
+    )
+
+
+def in_datapath(ns: str, ovsdb: str, driver: str, port: int) -> bool:
+    """Whether a host's datapath has a rule for TCP port ``port``."""
+    if driver == "plugstrip/weave":
+        text = netns.run(ns, "nft", "list", "table", "inet", "plugstrip").stdout
+        return f"dport {port} accept" in text
+    rundir = ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
+    flows = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", f"unix:{rundir}/psint.mgmt"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return f"tp_dst={port}" in flows or f"tp_dst={port:#06x}" in flows
+
+
+async def fill_and_change(
+    url: str, network: str, hosts: list[tuple[str, str]], driver: str, changes: int
+) -> list[float]:
+    """``MEMBERS`` endpoints in group cli, as another host's (no such host runs: they are
+    sources only, in every host's member set); then seconds from each rule written to the
+    store to its being in every host's datapath (``hosts``: namespace and OVSDB)."""
+    store = EtcdStore.from_url(url)
+    service = NetworkService(store, {})
+    times = []
+    try:
+        record = await store.get_network(network)
+        for i in range(MEMBERS):
+            await store.allocate(
+                record.id, f"member-{i}", meta={"host": "elsewhere", "groups": ["cli"]}
+            )
+        await asyncio.sleep(2)  # every host has enforced the members
+        for i in range(changes):
+            port = 7000 + i
+            rule = parse_rule("cli", "tcp", str(port))
+            started = time.monotonic()
+            await service.allow("srv", rule)
+            waiting = set(hosts)
+            while waiting:
+                waiting = {h for h in waiting if not in_datapath(*h, driver, port)}
+                if time.monotonic() - started > 30:
+                    raise SystemExit(f"rule tcp/{port} not on every host after 30 s")
+                await asyncio.sleep(0.005)
+            times.append(time.monotonic() - started)
+            await service.revoke("srv", rule)
+    finally:
+        await service.close()
+    return times
+
+
+def measure_propagation(workdir: Path, driver: str, changes: int) -> None:
+    through_ovs = driver.endswith("ovs")
+    with cluster(workdir / driver.split("/")[1], 3, underlay_through_ovs=through_ovs) as c:
+        url = c.etcd.url
+        first = c.hosts[0]
+        for args in (("create", "srv"), ("create", "cli")):
+            cmd = ["nsenter", f"--net={first.netns_path}", "plugstrip", "sg", *args]
+            subprocess.run([*cmd, "--store", url], check=True, capture_output=True)
+        network = "wide"
+        first.docker("network", "create", "-d", driver, "--subnet", "10.120.0.0/16", network)
+        for i, h in enumerate(c.hosts):
+            sleeper(h, f"srv{i}", network, "--label", f"{LABEL}=srv")
+        hosts = json.dumps([(h.ns, h.ovsdb) for h in c.hosts])
+        # etcd is on the underlay: the measuring client runs in a host's namespace
+        out = subprocess.run(
+            [
+                *("nsenter", f"--net={first.netns_path}", sys.executable, "-m", "bench.sg_bench"),
+                *("--changes-worker", url, network, driver, str(changes), hosts),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        times = json.loads(out.splitlines()[-1])
+        print(
+            f"{driver}: a rule reaches all 3 hosts' datapaths, {MEMBERS:,} endpoints in its "
+            f"source group: p50 {statistics.median(times) * 1000:.0f} ms, worst "
+            f"{max(times) * 1000:.0f} ms over {len(times)} changes (target < 1000 ms)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--changes-worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.changes_worker:
+        url, network, driver, changes, hosts = args.changes_worker
+        pairs = [tuple(h) for h in json.loads(hosts)]
+        print(json.dumps(asyncio.run(fill_and_change(url, network, pairs, driver, int(changes)))))
+        return
+    runs, seconds, changes = (3, 2, 5) if args.quick else (7, 5, 20)
+    for tool in ("iperf3", "nft"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed: scripts/install-deps installs it")
+    workdir = Path(tempfile.mkdtemp(prefix="ps-sgbench-"))
+    with docker_host(workdir / "host") as h:
+        h.start_plugstrip()
+        for args_ in (
+            ("create", "srv"),
+            ("create", "cli"),
+            ("allow", "srv", "--from", "cli", "--proto", "tcp"),
+        ):
+            out = plugstrip_cmd(h, "sg", *args_, ovs=False)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+        for driver in ("plugstrip/weave", "plugstrip/ovs"):
+            measure_datapath(h, driver, runs, seconds)
+        h.stop_plugstrip()
+    for driver in ("plugstrip/weave", "plugstrip/ovs"):
+        measure_propagation(workdir, driver, changes)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
