@@ -57,6 +57,7 @@ class OvsDriver:
         self.netns = netns  # where the veth host ends live: the host's namespace unless given
         self.datapath_type = datapath_type or detect_datapath()
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
+        self._programmer = ovs_flows.Programmer()
 
     def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
         if endpoint is not None:
@@ -72,7 +73,7 @@ class OvsDriver:
         if not policy.guarded and not await self.ovsdb.has_bridge(INTEGRATION_BRIDGE):
             return
         socket = f"unix:{rundir(self.ovsdb.url)}/{INTEGRATION_BRIDGE}.mgmt"
-        await ovs_flows.replace(socket, ovs_flows.flows(policy))
+        await self._programmer.program(socket, ovs_flows.flows(policy))
 
     async def create_network(self, network: Network) -> None:
         await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)

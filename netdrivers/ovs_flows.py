@@ -10,8 +10,9 @@ own firewall drivers, on the integration bridge plugstrip owns.
               x destination, protocol and ports), so a member coming or going is one flow
               and a rule costs one classifier lookup however large the group; else drop
 
-Programmed with ``ovs-ofctl replace-flows``, which sends only the difference from what the
-bridge has: the table is reconciled to the policy on every change.
+Programmed with ``ovs-ofctl``: the flows that changed since the last time, and now and then
+(and at start) ``replace-flows``, which reconciles the bridge to the policy whatever it
+had.
 """
 
 from __future__ import annotations
@@ -106,13 +107,49 @@ def _l4(rule: Rule, version: int) -> list[str] | None:
     return [f"{proto},tp_dst={value:#06x}/{mask:#06x}" for value, mask in port_masks(*rule.ports)]
 
 
-async def replace(bridge_socket: str, wanted: list[str]) -> None:
-    """Make the bridge's flows exactly ``wanted`` (``unix:.../BRIDGE.mgmt``)."""
+class Programmer:
+    """Keeps a bridge's flows as wanted: ``replace-flows`` the first time (and every
+    ``FULL_EVERY`` times, and after a failure: it reads the bridge's flows and mends any
+    drift), else only the flows that changed (``add-flows`` overwrites a flow whose match
+    is kept, ``del-flows --strict`` the ones gone): a member coming or going is one flow
+    mod, not a dump and diff of thousands."""
+
+    FULL_EVERY = 30
+
+    def __init__(self) -> None:
+        self._sent: dict[str, str] | None = None  # match -> flow, as the bridge has them
+        self._count = 0
+
+    async def program(self, bridge_socket: str, wanted: list[str]) -> None:
+        flows = {_match(f): f for f in wanted}
+        self._count += 1
+        try:
+            if self._sent is None or self._count % self.FULL_EVERY == 0:
+                await _ofctl("replace-flows", bridge_socket, wanted)
+            else:
+                changed = [f for m, f in flows.items() if self._sent.get(m) != f]
+                gone = [m for m in self._sent if m not in flows]
+                if changed:
+                    await _ofctl("add-flows", bridge_socket, changed)
+                if gone:
+                    await _ofctl("del-flows", bridge_socket, gone, "--strict")
+        except BaseException:
+            self._sent = None  # unknown: the next time replaces them all
+            raise
+        self._sent = flows
+
+
+def _match(flow: str) -> str:
+    return flow.split(",actions=", 1)[0]
+
+
+async def _ofctl(command: str, bridge_socket: str, lines: list[str], *options: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         "ovs-ofctl",
         "-O",
         "OpenFlow13",  # table ids in flow mods: OpenFlow 1.0 has none
-        "replace-flows",
+        *options,
+        command,
         bridge_socket,
         "-",
         stdin=asyncio.subprocess.PIPE,
@@ -120,6 +157,6 @@ async def replace(bridge_socket: str, wanted: list[str]) -> None:
         stderr=asyncio.subprocess.PIPE,
         env=os.environ.copy(),
     )
-    _, err = await proc.communicate(("\n".join(wanted) + "\n").encode())
+    _, err = await proc.communicate(("\n".join(lines) + "\n").encode())
     if proc.returncode != 0:
-        raise RuntimeError(f"ovs-ofctl replace-flows: {err.decode().strip()}")
+        raise RuntimeError(f"ovs-ofctl {command}: {err.decode().strip()}")
