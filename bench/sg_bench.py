@@ -99,11 +99,11 @@ def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> Non
     bandwidth: dict[str, list[float]] = {"grouped": [], "plain": []}
     rates: dict[str, list[float]] = {"grouped": [], "plain": []}
     order = [("grouped", grouped), ("plain", plain)]
-    for _ in range(runs):
-        order.reverse()  # each goes first as often: no order effect
-        for name, (server, client, ip) in order:
-            bandwidth[name].append(iperf(server, client, ip, seconds))
-            rates[name].append(connection_rate(server, client, ip, seconds))
+    for measure, results in ((iperf, bandwidth), (connection_rate, rates)):
+        for _ in range(runs):  # one measure at a time, the pairs taking turns
+            order.reverse()  # each goes first as often: no order effect
+            for name, (server, client, ip) in order:
+                results[name].append(measure(server, client, ip, seconds))
     bw = {k: statistics.median(v) for k, v in bandwidth.items()}
     cps = {k: statistics.median(v) for k, v in rates.items()}
     print(

@@ -6,8 +6,9 @@ own firewall drivers, on the integration bridge plugstrip owns.
     table 1   established and related pass, invalid drops; new traffic to a guarded
               endpoint goes to table 2, new traffic to any other is committed and passes
     table 2   a guarded endpoint's rules: from anyone or a CIDR, one flow; from a group,
-              a conjunctive match (source in the group's addresses, one flow per member,
-              x destination, protocol and ports), so a member coming or going is one flow
+              a conjunctive match per (source group, destination group): the source's
+              members x the destination's endpoints here x the rules' protocols and
+              ports, so a member, an endpoint or a rule coming or going is a flow or two,
               and a rule costs one classifier lookup however large the group; else drop
 
 Programmed with ``ovs-ofctl``: the flows that changed since the last time, and now and then
@@ -18,6 +19,7 @@ had.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 
 from netaddr import IPAddress
@@ -46,46 +48,64 @@ def flows(policy: Policy) -> list[str]:
         "table=2,priority=0,actions=drop",
     ]
     conjunctions: dict[str, list[str]] = {}  # a match -> its conjunction actions
-    conj_id = 0
     for guarded in policy.guarded:
         ip, dst = _family(guarded.address)
         out.append(
-            f"table=1,priority=50,ct_state=+trk+new,{ip},{dst}={guarded.address},actions=resubmit(,2)"
+            f"table=1,priority=50,ct_state=+trk+new,{ip},{dst}={guarded.address},"
+            "actions=resubmit(,2)"
         )
-        for rule in guarded.rules:
-            l4s = _l4(rule, guarded.address.version)
-            if l4s is None:
-                continue
-            group = rule.source_group()
+        for rule in guarded.rules:  # from anyone or a CIDR: one flow per endpoint
             cidr = rule.source_cidr()
-            if group is None:
-                if cidr is not None and cidr.version != guarded.address.version:
-                    continue
-                src = f",{'nw_src' if ip == 'ip' else 'ipv6_src'}={cidr}" if cidr else ""
-                for l4 in l4s:
-                    out.append(
-                        f"table=2,priority=20,{l4}{src},{dst}={guarded.address},actions={PASS}"
-                    )
+            l4s = _l4(rule, guarded.address.version)
+            if rule.source_group() is not None or l4s is None:
                 continue
-            members = [
-                a for a in policy.members.get(group, ()) if a.version == guarded.address.version
-            ]
-            if not members:
+            if cidr is not None and cidr.version != guarded.address.version:
                 continue
-            conj_id += 1
-            src_field = "nw_src" if ip == "ip" else "ipv6_src"
-            for member in sorted(members, key=int):
-                conjunctions.setdefault(f"{ip},{src_field}={member}", []).append(
-                    f"conjunction({conj_id},1/2)"
-                )
+            src = f",{_src(ip)}={cidr}" if cidr else ""
             for l4 in l4s:
-                conjunctions.setdefault(f"{l4},{dst}={guarded.address}", []).append(
-                    f"conjunction({conj_id},2/2)"
-                )
-            out.append(f"table=2,priority=10,conj_id={conj_id},{ip},actions={PASS}")
+                out.append(f"table=2,priority=20,{l4}{src},{dst}={guarded.address},actions={PASS}")
+    # From a group: one conjunction per (source group, destination group, family), whose
+    # dimensions are the source's members, the destination's endpoints here, and the
+    # rules' protocols and ports; a rule, a member or an endpoint is then a flow or two.
+    for target, rules in policy.rules.items():
+        for version in (4, 6):
+            here = [g.address for g in policy.guarded if target in g.groups]
+            here = [a for a in here if a.version == version]
+            for source in sorted({g for r in rules if (g := r.source_group())}):
+                members = [a for a in policy.members.get(source, ()) if a.version == version]
+                l4s = [
+                    m for r in rules if r.source_group() == source for m in _l4(r, version) or ()
+                ]
+                if not (here and members and l4s):
+                    continue
+                ip = "ip" if version == 4 else "ipv6"
+                dst = "nw_dst" if version == 4 else "ipv6_dst"
+                conj = conj_id(source, target, version)
+                for member in sorted(members, key=int):
+                    conjunctions.setdefault(f"{ip},{_src(ip)}={member}", []).append(
+                        f"conjunction({conj},1/3)"
+                    )
+                for address in sorted(here, key=int):
+                    conjunctions.setdefault(f"{ip},{dst}={address}", []).append(
+                        f"conjunction({conj},2/3)"
+                    )
+                for l4 in sorted(set(l4s)):
+                    conjunctions.setdefault(l4, []).append(f"conjunction({conj},3/3)")
+                out.append(f"table=2,priority=10,conj_id={conj},{ip},actions={PASS}")
     for match, actions in conjunctions.items():
-        out.append(f"table=2,priority=10,{match},actions={','.join(actions)}")
+        out.append(f"table=2,priority=10,{match},actions={','.join(sorted(actions))}")
     return out
+
+
+def conj_id(source: str, target: str, version: int) -> int:
+    """A conjunction's id, the same whatever else the policy holds (so a new rule or group
+    elsewhere leaves this one's flows as they are)."""
+    digest = hashlib.sha256(f"{source}\0{target}\0{version}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF or 1
+
+
+def _src(ip: str) -> str:
+    return "nw_src" if ip == "ip" else "ipv6_src"
 
 
 def _family(address: IPAddress) -> tuple[str, str]:

@@ -115,22 +115,23 @@ def port_masks(first: int, last: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Guarded:
-    """A local endpoint in groups: traffic to ``address`` needs one of ``rules``."""
+    """A local endpoint in ``groups``: traffic to ``address`` needs one of ``rules`` (all
+    its groups' rules)."""
 
     address: IPAddress
     rules: tuple[Rule, ...]
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Policy:
-    """What one host enforces: its guarded endpoints, and the members of the groups their
-    rules name (on every host: sources may be anywhere)."""
+    """What one host enforces: its guarded endpoints, the rules of the groups they are in,
+    and the members of the groups those rules name (on every host: sources may be
+    anywhere)."""
 
     guarded: tuple[Guarded, ...] = ()
     members: Mapping[str, frozenset[IPAddress]] = field(default_factory=dict)
-
-    def groups(self) -> set[str]:
-        return {g for e in self.guarded for r in e.rules if (g := r.source_group())}
+    rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
 
 
 def policy(
@@ -148,9 +149,11 @@ def policy(
             members.setdefault(name, set()).add(address)
         if local and names:
             rules = sorted({r for n in names for r in groups.get(n, Group(n)).rules})
-            guarded.append(Guarded(address, tuple(rules)))
+            guarded.append(Guarded(address, tuple(rules), tuple(sorted(set(names)))))
     wanted = {g for e in guarded for r in e.rules if (g := r.source_group())}
+    mine = sorted({n for e in guarded for n in e.groups})
     return Policy(
         tuple(sorted(guarded, key=lambda g: (g.address.version, int(g.address)))),
         {name: frozenset(members.get(name, ())) for name in sorted(wanted)},
+        {name: tuple(sorted(groups.get(name, Group(name)).rules)) for name in mine},
     )

@@ -102,11 +102,27 @@ def test_openflow_tables() -> None:
     found = ovs_flows.flows(policy(GROUPS, endpoints()))
     assert "table=1,priority=100,ct_state=+trk+est,actions=NORMAL" in found
     assert any("ct_state=+trk+new,ip,nw_dst=10.40.0.5,actions=resubmit(,2)" in f for f in found)
-    # from web: one flow per member, each a dimension of the rule's conjunction
+    # from web to db: one conjunction, its dimensions web's members, db's endpoints here,
+    # and the rules' protocols and ports
+    conj = ovs_flows.conj_id("web", "db", 4)
     members = [f for f in found if "nw_src=10.4" in f and "conjunction" in f]
-    assert len(members) == 2 and all("conjunction(1,1/2)" in f for f in members)
-    assert any("tcp,tp_dst=0x1538/0xffff,nw_dst=10.40.0.5" in f and "2/2" in f for f in found)
-    assert any(f.startswith("table=2,priority=10,conj_id=1,ip") for f in found)
-    assert any("icmp,nw_src=10.40.0.0/16,nw_dst=10.40.0.5" in f for f in found)
+    assert len(members) == 2 and all(f"conjunction({conj},1/3)" in f for f in members)
+    assert f"table=2,priority=10,ip,nw_dst=10.40.0.5,actions=conjunction({conj},2/3)" in found
+    assert f"table=2,priority=10,tcp,tp_dst=0x1538/0xffff,actions=conjunction({conj},3/3)" in found
+    assert f"table=2,priority=10,conj_id={conj},ip,actions=ct(commit,zone=1),NORMAL" in found
+    assert any("icmp,nw_src=10.40.0.0/16,nw_dst=10.40.0.5" in f for f in found)  # a CIDR
+    assert any("tcp,tp_dst=0x0050/0xffff,nw_dst=10.40.0.2" in f for f in found)  # any
     assert "table=2,priority=0,actions=drop" in found
     assert ovs_flows.flows(policy({}, [])) == ["table=0,priority=0,actions=NORMAL"]
+
+
+def test_a_new_rule_from_a_group_leaves_the_members_flows_as_they_were() -> None:
+    """What makes a rule change cheap with 1,000 members: their flows do not change."""
+    before = set(ovs_flows.flows(policy(GROUPS, endpoints())))
+    more = Group("db", (*GROUPS["db"].rules, Rule("web", "udp", (53, 53))))
+    after = set(ovs_flows.flows(policy({**GROUPS, "db": more}, endpoints())))
+    assert [f for f in after - before] == [
+        "table=2,priority=10,udp,tp_dst=0x0035/0xffff,"
+        f"actions=conjunction({ovs_flows.conj_id('web', 'db', 4)},3/3)"
+    ]
+    assert before - after == set()
