@@ -30,7 +30,6 @@ from bench.common import in_pid_ns, iperf
 from plugstrip.netdrivers.etcd_store import EtcdStore
 from plugstrip.netdrivers.security import parse_rule
 from plugstrip.netdrivers.service import NetworkService
-from tests import netns
 from tests.cluster import cluster
 from tests.dockerhost import DockerHost, docker_host
 from tests.netcheck import address, plugstrip_cmd, sleeper
@@ -117,21 +116,23 @@ def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> Non
     )
 
 
-def in_datapath(ns: str, ovsdb: str, driver: str, port: int) -> bool:
+async def in_datapath(ns: str, ovsdb: str, driver: str, port: int) -> bool:
     """Whether a host's datapath has a rule for TCP port ``port``."""
     if driver == "plugstrip/weave":
-        text = netns.run(ns, "nft", "list", "table", "inet", "plugstrip").stdout
-        return f"dport {port} accept" in text
-    rundir = ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
-    flows = subprocess.run(  # only table 2's TCP flows: a dump of thousands would load OVS
-        [
+        cmd = ["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "plugstrip"]
+        wanted = [f"dport {port} accept"]
+    else:
+        rundir = ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
+        cmd = [  # only the flows of that port: a dump of thousands would load OVS
             *("ovs-ofctl", "-O", "OpenFlow13", "dump-flows"),
-            *(f"unix:{rundir}/psint.mgmt", "table=2,tcp"),
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout
-    return f"tp_dst={port}" in flows or f"tp_dst={port:#06x}" in flows
+            *(f"unix:{rundir}/psint.mgmt", f"table=2,tcp,tp_dst={port}"),
+        ]
+        wanted = [f"tp_dst={port}", f"tp_dst={port:#06x}"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out = (await proc.communicate())[0].decode()
+    return any(w in out for w in wanted)
 
 
 async def fill_and_change(
@@ -156,8 +157,10 @@ async def fill_and_change(
             started = time.monotonic()
             await service.allow("srv", rule)
             waiting = set(hosts)
-            while waiting:
-                waiting = {h for h in waiting if not in_datapath(*h, driver, port)}
+            while waiting:  # every host probed at once: a round costs one probe, not three
+                probed = list(waiting)
+                found = await asyncio.gather(*(in_datapath(*h, driver, port) for h in probed))
+                waiting = {h for h, done in zip(probed, found, strict=True) if not done}
                 if time.monotonic() - started > 30:
                     raise SystemExit(f"rule tcp/{port} not on every host after 30 s")
                 await asyncio.sleep(0.02)
@@ -202,6 +205,7 @@ def measure_propagation(workdir: Path, driver: str, changes: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("datapath", "propagation"), help="one part only")
     parser.add_argument("--changes-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.changes_worker:
@@ -225,10 +229,12 @@ def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(out.stderr)
         for driver in ("plugstrip/weave", "plugstrip/ovs"):
-            measure_datapath(h, driver, runs, seconds)
+            if args.only != "propagation":
+                measure_datapath(h, driver, runs, seconds)
         h.stop_plugstrip()
     for driver in ("plugstrip/weave", "plugstrip/ovs"):
-        measure_propagation(workdir, driver, changes)
+        if args.only != "datapath":
+            measure_propagation(workdir, driver, changes)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

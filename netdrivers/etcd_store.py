@@ -429,12 +429,14 @@ class EtcdStore:
         await self._decide(attempt)
         return written[0]
 
-    async def changes(self) -> AsyncIterator[None]:
+    async def changes(self, *kinds: str) -> AsyncIterator[None]:
         client = await self._etcd()
+        wanted = tuple(self._key(kind, "") for kind in kinds)
         try:
             watch = await client.watch_prefix(self._key(""))
-            async for _ in watch:
-                yield
+            async for event in watch:
+                if not wanted or event.kv.key.startswith(wanted):
+                    yield
         except _UNREACHABLE as exc:
             await self._drop(client)
             raise StoreUnavailable(

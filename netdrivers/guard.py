@@ -47,7 +47,8 @@ class Guard:
     async def _watch(self) -> None:
         while True:
             try:
-                async for _ in self.service.store.changes():
+                # groups, endpoints, networks: not the hosts' heartbeats, a write a second each
+                async for _ in self.service.store.changes("sg", "alloc", "net"):
                     self._wake.set()
             except asyncio.CancelledError:
                 raise

@@ -306,9 +306,10 @@ class SqliteStore:
 
         return await self._tx(write)
 
-    async def changes(self) -> AsyncIterator[None]:
+    async def changes(self, *kinds: str) -> AsyncIterator[None]:
         """Yields after another connection (the operator's ``plugstrip sg``, another
-        plugstrip process) committed: SQLite's data_version, polled."""
+        plugstrip process) committed: SQLite's data_version, polled (it does not say
+        what changed, so ``kinds`` cannot narrow it)."""
         db = await asyncio.to_thread(self._watcher)
         seen = None
         while True:

@@ -141,9 +141,10 @@ class Store(Protocol):
 
     async def hosts(self) -> list[Host]: ...
 
-    def changes(self) -> AsyncIterator[None]:
-        """Yields after each change to the shared state (by any host); ends or raises
-        when the store connection drops."""
+    def changes(self, *kinds: str) -> AsyncIterator[None]:
+        """Yields after each change to the shared state (by any host), or only to its
+        records of ``kinds`` (``sg``, ``alloc``, ``net``: etcd's key prefixes) where the
+        backend can tell; ends or raises when the store connection drops."""
         ...
 
     async def close(self) -> None: ...
