@@ -51,14 +51,19 @@ def add_commands(sub: Any, state_dir: str, ovsdb: str, store: str | None) -> Non
     flows.add_argument("network")
     flows.set_defaults(func=_flows)
     for parser in (ls, inspect, hosts, doctor, flows):
-        parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
+        store_options(parser, state_dir, store)
         parser.add_argument("--ovsdb", metavar="URL", default=ovsdb)
-        parser.add_argument(
-            "--store",
-            metavar="URL",
-            default=store,
-            help="etcd://... (default $PLUGSTRIP_STORE, else the embedded store)",
-        )
+
+
+def store_options(parser: Any, state_dir: str, store: str | None) -> None:
+    """Where an operator command finds the state: ``--state-dir`` and ``--store``."""
+    parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=store,
+        help="etcd://... (default $PLUGSTRIP_STORE, else the embedded store)",
+    )
 
 
 def _service(args: argparse.Namespace) -> NetworkService:

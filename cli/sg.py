@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from plugstrip.cli.ops import print_table, read_store
+from plugstrip.cli.ops import print_table, read_store, store_options
 from plugstrip.netdrivers import security
 from plugstrip.netdrivers.service import NetworkService
 
@@ -37,8 +37,7 @@ def add_commands(sub: Any, state_dir: str, store: str | None) -> None:
     rm.add_argument("group")
     rm.set_defaults(func=_rm)
     for parser in (create, *rules, ls, inspect, rm):
-        parser.add_argument("--state-dir", metavar="DIR", default=state_dir)
-        parser.add_argument("--store", metavar="URL", default=store)
+        store_options(parser, state_dir, store)
 
 
 def _create(args: argparse.Namespace) -> int:

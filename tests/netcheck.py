@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from tests.dockerhost import DockerHost
+
+DRIVERS = ["plugstrip/weave", "plugstrip/ovs"]  # each network test runs on both
+Networks = Callable[..., str]  # the conftest ``networks`` fixture: makes one, returns its name
 
 
 def uname(prefix: str) -> str:

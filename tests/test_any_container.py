@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from tests import harness
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
 from tests.netcheck import (
+    DRIVERS,
+    Networks,
     address,
     in_container,
     plugstrip_cmd,
@@ -32,9 +33,6 @@ from tests.netcheck import (
     tcp_reaches,
     uname,
 )
-
-DRIVERS = ["plugstrip/weave", "plugstrip/ovs"]
-Networks = Callable[..., str]
 
 
 def run(net: DockerHost, name: str, *options: str, cmd: tuple[str, ...] = ()) -> None:

@@ -7,17 +7,20 @@ Across hosts: test_multihost."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from netaddr import IPAddress, IPNetwork
 
 from tests.dockerhost import DockerHost
-from tests.netcheck import in_container, refused_in_dockers_format, sleeper, uname
-
-DRIVERS = ["plugstrip/weave", "plugstrip/ovs"]
-Networks = Callable[..., str]
+from tests.netcheck import (
+    DRIVERS,
+    Networks,
+    in_container,
+    refused_in_dockers_format,
+    sleeper,
+    uname,
+)
 
 
 def endpoint(net: DockerHost, container: str, network: str) -> dict[str, Any]:

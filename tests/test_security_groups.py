@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
 from tests.netcheck import (
+    DRIVERS,
+    Networks,
     address,
     plugstrip_cmd,
     reaches,
@@ -26,9 +27,6 @@ from tests.netcheck import (
     udp_reaches,
     uname,
 )
-
-DRIVERS = ["plugstrip/weave", "plugstrip/ovs"]
-Networks = Callable[..., str]
 
 
 def sg(net: DockerHost, *args: str) -> subprocess.CompletedProcess[str]:

@@ -179,7 +179,7 @@ class ContainerCalls:
 
     async def start(self, call: Call, name: str) -> None:
         info = await self.api.inspect_container(name)
-        hid = _holder(info) if info is not None else None
+        hid = holder.holder_of(info) if info is not None else None
         if not hid:
             return
         async with self.holders.lock(hid):
@@ -201,7 +201,7 @@ class ContainerCalls:
         if not self.holders.own:
             return
         info = await self.api.inspect_container(name)
-        if info is None or not info["State"]["Running"] or _holder(info):
+        if info is None or not info["State"]["Running"] or holder.holder_of(info):
             return
         async with self.holders.lock(info["Id"]):
             if await self.holders.owns(info["Id"]):
@@ -210,8 +210,8 @@ class ContainerCalls:
     async def before_remove(self, call: Call, name: str) -> None:
         info = await self.api.inspect_container(name)
         if info is not None:
-            call.context["owner"] = _holder(info) or info["Id"]
-            call.context["holder"] = _holder(info)
+            call.context["owner"] = holder.holder_of(info) or info["Id"]
+            call.context["holder"] = holder.holder_of(info)
 
     async def removed(self, call: Call, _: str) -> None:
         owner = call.context.get("owner")
@@ -309,9 +309,3 @@ def _dockers(networks: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]
     the user asked for it (plugstrip puts holders there for their outbound traffic)."""
     asked = labels.get(holder.NETWORK_MODE) in ("bridge", "default")
     return {name: n for name, n in networks.items() if name != "bridge" or asked}
-
-
-def _holder(info: dict[str, Any]) -> str | None:
-    """The container's holder, if it has one."""
-    hid = (info.get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
-    return str(hid) if hid else None

@@ -35,6 +35,7 @@ HOLDER = "io.plugstrip.holder"
 NETWORK_MODE = "io.plugstrip.network-mode"
 DNS = "io.plugstrip.dns"  # on a holder: the user's --dns, the upstreams of its name server
 NAME_PREFIX = "plugstrip-holder-"
+NETWORK_GROUPS = "security-groups"  # a plugstrip network's one driver option
 # On a user's container: the security groups its endpoints are in (comma-separated); a
 # network's ``--opt security-groups=...`` are its endpoints' otherwise.
 SECURITY_GROUPS = "io.plugstrip.security-groups"
@@ -131,6 +132,17 @@ def split_request(
     body["NetworkingConfig"] = None
     body["Labels"] = {**(body.get("Labels") or {}), NETWORK_MODE: network_mode}
     return holder
+
+
+def holder_of(info: dict[str, Any]) -> str | None:
+    """The holder of a container (an inspect), if it has one."""
+    hid = ((info.get("Config") or {}).get("Labels") or {}).get(HOLDER)
+    return str(hid) if hid else None
+
+
+def groups_of(text: str | None) -> list[str]:
+    """Security groups as a label or a network option names them (comma-separated)."""
+    return [g.strip() for g in (text or "").split(",") if g.strip()]
 
 
 def docker_endpoint(config: dict[str, Any], name: str) -> dict[str, Any]:

@@ -152,8 +152,8 @@ class Holders:
             requested = ipam.requested_pair(record.subnet, record.subnet6, requested, requested6)
         if container is not None:
             labels = container["Config"].get("Labels") or {}
-        groups = _groups((labels or {}).get(holder.SECURITY_GROUPS)) or _groups(
-            record.options.get("security-groups")
+        groups = holder.groups_of((labels or {}).get(holder.SECURITY_GROUPS)) or holder.groups_of(
+            record.options.get(holder.NETWORK_GROUPS)
         )
         await self.service.check_groups(groups)
         meta: dict[str, Any] = {
@@ -260,7 +260,3 @@ def _address(text: str | None, version: Literal[4, 6]) -> IPAddress | None:
         return IPAddress(text, version)
     except (AddrFormatError, ValueError):
         raise Refuse(400, f"invalid IPv{version} address: {text}") from None
-
-
-def _groups(text: str | None) -> list[str]:
-    return [g.strip() for g in (text or "").split(",") if g.strip()]

@@ -51,8 +51,7 @@ class NetworkCalls:
             return
         spec = network_spec(body)
         self.service.driver(spec.driver)  # an unknown driver is refused before any lookup
-        groups = spec.options.get("security-groups", "").split(",")
-        await self.service.check_groups([g.strip() for g in groups if g.strip()])
+        await self.service.check_groups(holder.groups_of(spec.options.get(holder.NETWORK_GROUPS)))
         docker_own = await self.api.call(
             "GET", f"/networks/{quote(name, safe='')}", ok_missing=True
         )
@@ -226,8 +225,7 @@ class NetworkCalls:
             await self._to_holder(body, connect)
             return None
         info = await existing_container(self.api, str(body.get("Container") or ""))
-        hid = (info["Config"].get("Labels") or {}).get(holder.HOLDER)
-        return record, info, str(hid) if hid else None
+        return record, info, holder.holder_of(info)
 
     async def _to_holder(self, body: dict[str, Any], connect: bool) -> None:
         """Send a connect or disconnect of Docker's network to the container's holder,
@@ -236,8 +234,8 @@ class NetworkCalls:
         if not self.holders.holding or not isinstance(body, dict):
             return
         info = await self.api.inspect_container(str(body.get("Container") or ""))
-        hid = ((info or {}).get("Config", {}).get("Labels") or {}).get(holder.HOLDER)
-        if info is None or not hid:
+        hid = holder.holder_of(info) if info is not None else None
+        if info is None or hid is None:
             return
         body["Container"] = hid
         if connect:
@@ -283,8 +281,8 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
     if (body.get("ConfigFrom") or {}).get("Network"):
         raise Refuse(400, f"{driver} does not support --config-from")
     options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
-    if set(options) - {"security-groups"}:
-        unknown = ", ".join(sorted(set(options) - {"security-groups"}))
+    if set(options) - {holder.NETWORK_GROUPS}:
+        unknown = ", ".join(sorted(set(options) - {holder.NETWORK_GROUPS}))
         raise Refuse(400, f"{driver} takes one driver option, security-groups (got: {unknown})")
     ipam_body = body.get("IPAM") or {}
     if (ipam_body.get("Driver") or "default") != "default" or ipam_body.get("Options"):
