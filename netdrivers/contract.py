@@ -49,6 +49,21 @@ class RemoteEndpoint:
     address6: IPAddress | None = None  # on a dual-stack network
 
 
+@dataclass(frozen=True)
+class RemoteChange:
+    """What changed of a network's remotes since it was last programmed: endpoints that
+    came (``added``) or went (``removed``; a moved one is both), and the hosts that had
+    none on it before (``hosts_added``) or have none any more (``hosts_removed``)."""
+
+    added: tuple[RemoteEndpoint, ...] = ()
+    removed: tuple[RemoteEndpoint, ...] = ()
+    hosts_added: tuple[IPAddress, ...] = ()
+    hosts_removed: tuple[IPAddress, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.hosts_added or self.hosts_removed)
+
+
 class Driver(Protocol):
     name: str
     prefixes: tuple[str, ...]  # how the host links it makes are named (doctor finds strays)
@@ -65,6 +80,11 @@ class Driver(Protocol):
         """Make the network reach exactly ``remotes`` (the endpoints other hosts have on
         it) and their hosts: tunnels to hosts no longer listed, and entries for endpoints
         gone, are removed."""
+        ...
+
+    async def change_remotes(self, network: Network, change: RemoteChange) -> None:
+        """Program only what ``change`` says: an entry per endpoint that came or went, a
+        tunnel per host that came or went (removals first)."""
         ...
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:

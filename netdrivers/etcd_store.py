@@ -33,6 +33,10 @@ from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rtypes
+import aetcd.utils
+import grpc
+from aetcd import rpc
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
@@ -42,8 +46,11 @@ from plugstrip.netdrivers.store import (
     Allocation,
     GroupChange,
     Host,
+    Kind,
     NetworkRecord,
     NetworkSpec,
+    StoreChange,
+    StoreState,
     decide_subnets,
     dump_group,
     load_group,
@@ -54,6 +61,17 @@ T = TypeVar("T")
 RETRIES = 200  # of one decision that lost (to another host, or to an address it had not read)
 WINDOW = 256  # addresses read around where next-fit looks, per allocation
 _UNREACHABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
+PAGE = 2000  # keys per read of the whole state (gRPC refuses answers over 4 MB)
+_CHANNEL = {
+    # A connection whose peer went silent (a host cut off) fails its calls and ends its
+    # watch within about 20 s, instead of a watch waiting for ever; etcd refuses pings more
+    # often than every 5 s.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+}
+_KINDS: dict[str, Kind] = {"net": "net", "alloc": "alloc", "host": "host", "sg": "sg"}
 
 
 class StoreUnavailable(ConnectionError):
@@ -72,6 +90,7 @@ class EtcdStore:
         # compare-and-swap is then only ever contended by other hosts.
         self._allocating: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, int] = {}  # host id -> its lease
+        self.last_written = 0
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "/plugstrip/") -> EtcdStore:
@@ -91,12 +110,18 @@ class EtcdStore:
     def _where(self) -> str:
         return ",".join(f"{h}:{p}" for h, p in self.servers)
 
+    def _lost(self, exc: BaseException | None = None) -> StoreUnavailable:
+        detail = f": {exc}" if exc is not None else ""
+        return StoreUnavailable(f"plugstrip cannot reach etcd at {self._where()}{detail}")
+
     async def _etcd(self) -> aetcd.Client:
         if self._client is not None:
             return self._client
         errors = []
         for host, port in self.servers:  # the first that answers
-            client = aetcd.Client(host=host, port=port, timeout=5, connect_wait_timeout=3)
+            client = aetcd.Client(
+                host=host, port=port, timeout=5, connect_wait_timeout=3, options=_CHANNEL
+            )
             try:
                 await client.connect()
                 await client.status()
@@ -114,15 +139,13 @@ class EtcdStore:
             return await fn(client)
         except _UNREACHABLE as exc:
             await self._drop(client)  # connect again (maybe to another endpoint) next time
-            where = self._where()
-            raise StoreUnavailable(f"plugstrip cannot reach etcd at {where}: {exc}") from exc
+            raise self._lost(exc) from exc
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
             # not us being cancelled: another caller dropped the connection under this call
-            where = self._where()
-            raise StoreUnavailable(f"plugstrip cannot reach etcd at {where}") from None
+            raise self._lost() from None
 
     async def _drop(self, client: aetcd.Client) -> None:
         if self._client is client:  # not one made since by another caller
@@ -132,6 +155,18 @@ class EtcdStore:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+    async def _commit(
+        self, etcd: aetcd.Client, compare: list[Any], success: list[Any], failure: list[Any]
+    ) -> bool:
+        """One transaction; True if it won. Its revision is remembered (``last_written``)."""
+        won, responses = await etcd.transaction(compare=compare, success=success, failure=failure)
+        if won:
+            self._written(_revision_of(responses[0]))
+        return bool(won)
+
+    def _written(self, revision: int) -> None:
+        self.last_written = max(self.last_written, revision)
 
     def _key(self, *parts: object) -> bytes:
         return (self.prefix + "/".join(str(p) for p in parts)).encode()
@@ -179,7 +214,8 @@ class EtcdStore:
                 subnet6,
             )
             tx = etcd.transactions
-            won, _ = await etcd.transaction(
+            won = await self._commit(
+                etcd,
                 failure=[],
                 compare=[
                     tx.mod(self._key("nets")) == (guard.mod_revision if guard else 0),
@@ -230,7 +266,8 @@ class EtcdStore:
                     "conflict", f"network {network_id} has {users.count} active endpoints"
                 )
             tx = etcd.transactions
-            won, _ = await etcd.transaction(
+            won = await self._commit(
+                etcd,
                 failure=[],
                 compare=[
                     tx.mod(self._key("ver", network_id)) == (version.mod_revision if version else 0)
@@ -292,7 +329,8 @@ class EtcdStore:
             ]
             if requested is None:
                 writes.append(tx.put(self._key("hint", network_id), _b(str(int(address)))))
-            won, _ = await etcd.transaction(
+            won = await self._commit(
+                etcd,
                 failure=[],
                 compare=[
                     tx.version(self._key("net", network_id)) > 0,
@@ -316,7 +354,8 @@ class EtcdStore:
                 return True
             address = json.loads(held.value)["address"]
             tx = etcd.transactions
-            won, _ = await etcd.transaction(
+            won = await self._commit(
+                etcd,
                 failure=[],
                 compare=[tx.mod(self._key("alloc", network_id, owner)) == held.mod_revision],
                 success=[
@@ -337,13 +376,8 @@ class EtcdStore:
     ) -> list[Allocation]:
         async def query(etcd: aetcd.Client) -> list[Allocation]:
             where = self._key("alloc", network_id, "") if network_id else self._key("alloc", "")
-            out = []
-            for kv in await etcd.get_prefix(where):
-                net, who = kv.key.decode()[len(self.prefix) :].split("/")[1:3]
-                if owner is not None and who != owner:
-                    continue
-                doc = json.loads(kv.value)
-                out.append(Allocation(net, who, IPAddress(doc["address"], 4), doc["meta"]))
+            found = [self._record_of(kv) for kv in await etcd.get_prefix(where)]
+            out = [a for a in found if owner in (None, a.owner)]
             return sorted(out, key=lambda a: (a.network_id, int(a.address)))
 
         return await self._call(query)
@@ -359,7 +393,8 @@ class EtcdStore:
                 doc = json.loads(held.value)
                 doc["meta"] = {**doc["meta"], **changes}
                 tx = etcd.transactions
-                won, _ = await etcd.transaction(
+                won = await self._commit(
+                    etcd,
                     failure=[],
                     compare=[tx.mod(key) == held.mod_revision],
                     success=[tx.put(key, _b(json.dumps(doc)))],
@@ -381,13 +416,16 @@ class EtcdStore:
             granted = await etcd.lease(ttl)
             self._leases[host.id] = granted.id
             value = json.dumps({"address": str(host.address)})
-            await etcd.put(self._key("host", host.id), _b(value), lease=granted)
+            put = await etcd.put(self._key("host", host.id), _b(value), lease=granted)
+            self._written(put.header.revision)
 
         await self._call(heartbeat)
 
     async def deregister_host(self, host_id: str) -> None:
         async def revoke(etcd: aetcd.Client) -> None:
-            await etcd.delete(self._key("host", host_id))
+            deleted = await etcd.delete(self._key("host", host_id))
+            if deleted is not None:
+                self._written(deleted.header.revision)
             lease = self._leases.pop(host_id, None)
             if lease is not None:
                 try:
@@ -401,12 +439,8 @@ class EtcdStore:
 
     async def groups(self) -> list[Group]:
         async def query(etcd: aetcd.Client) -> list[Group]:
-            start = self._key("sg", "")
-            rows = await etcd.get_prefix(start)
-            return sorted(
-                (load_group(kv.key[len(start) :].decode(), kv.value) for kv in rows),
-                key=lambda g: g.name,
-            )
+            rows = await etcd.get_prefix(self._key("sg", ""))
+            return sorted((self._record_of(kv) for kv in rows), key=lambda g: g.name)
 
         return await self._call(query)
 
@@ -418,7 +452,8 @@ class EtcdStore:
             held = await etcd.get(key)
             new = change(load_group(name, held.value) if held else None)
             tx = etcd.transactions
-            won, _ = await etcd.transaction(
+            won = await self._commit(
+                etcd,
                 failure=[],
                 compare=[tx.mod(key) == held.mod_revision if held else tx.create(key) == 0],
                 success=[tx.put(key, _b(dump_group(new))) if new else tx.delete(key)],
@@ -429,28 +464,130 @@ class EtcdStore:
         await self._decide(attempt)
         return written[0]
 
-    async def changes(self, *kinds: str) -> AsyncIterator[None]:
+    async def keep_alive(self, host: Host, ttl: int) -> None:
+        """A lease with ``host``'s key on it, kept alive on one stream (a message every
+        third of the lease, etcd's keep-alive), made anew if it ran out (etcd did not hear
+        from this host in time). Raises when etcd is lost."""
         client = await self._etcd()
-        wanted = tuple(self._key(kind, "") for kind in kinds)
         try:
-            watch = await client.watch_prefix(self._key(""))
-            async for event in watch:
-                if not wanted or event.kv.key.startswith(wanted):
-                    yield
+            while True:
+                await self.register_host(host, ttl)  # a lease, the key on it
+                lease = self._leases[host.id]
+                if not await self._keep(client, lease, ttl):
+                    continue
+        except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError) as exc:
+            await self._drop(client)
+            raise self._lost(exc) from exc
+
+    @staticmethod
+    async def _keep(client: aetcd.Client, lease: int, ttl: int) -> bool:
+        """Keep ``lease`` alive until it runs out (False) or the stream fails (raises)."""
+
+        async def asks() -> AsyncIterator[rpc.LeaseKeepAliveRequest]:
+            while True:
+                yield rpc.LeaseKeepAliveRequest(ID=lease)
+                await asyncio.sleep(ttl / 3)
+
+        stream = client.leasestub.LeaseKeepAlive(asks(), metadata=client.metadata)
+        try:
+            while True:
+                async with asyncio.timeout(ttl / 3 + 5):
+                    reply = await stream.read()
+                if reply is grpc.aio.EOF:
+                    raise ConnectionError("etcd ended the lease keep-alive stream")
+                if reply.TTL <= 0:
+                    return False
+        finally:
+            stream.cancel()
+
+    async def follow(self, since: int | None = None) -> AsyncIterator[StoreState | StoreChange]:
+        """The whole state read in pages at one revision, then one watch of the prefix
+        from the revision after it, each event a change; after a lost connection, from
+        where it was (``since``), unless etcd compacted that away: then the whole again."""
+        client = await self._etcd()
+        try:
+            while True:
+                if since is None:
+                    state = await self._read_state(client)
+                    since = state.revision
+                    yield state
+                try:
+                    watch = await client.watch_prefix(self._key(""), start_revision=since + 1)
+                    async for event in watch:
+                        since = event.kv.mod_revision
+                        change = self._change(event)
+                        if change is not None:
+                            yield change
+                except aetcd.exceptions.RevisionCompactedError:
+                    since = None  # what was missed is gone: read it all again
+                    continue
+                raise ConnectionError("etcd ended the watch")
         except _UNREACHABLE as exc:
             await self._drop(client)
-            raise StoreUnavailable(
-                f"plugstrip cannot reach etcd at {self._where()}: {exc}"
-            ) from exc
+            raise self._lost(exc) from exc
+
+    async def _read_state(self, client: aetcd.Client) -> StoreState:
+        """Every key under the prefix, ``PAGE`` at a time, all at the first page's revision
+        (a consistent whole however many pages)."""
+        kinds: dict[Kind, list[Any]] = {"net": [], "alloc": [], "host": [], "sg": []}
+        start, end = self._key(""), aetcd.utils.prefix_range_end(self._key(""))
+        revision = 0
+        while True:
+            request = rpc.RangeRequest(key=start, range_end=end, limit=PAGE, revision=revision)
+            page = await client.kvstub.Range(request, timeout=30, metadata=client.metadata)
+            revision = revision or page.header.revision
+            for kv in page.kvs:
+                parsed = self._parse(kv.key, kv.value)
+                if parsed is not None:
+                    kinds[parsed[0]].append(parsed[2])
+            if not page.more:
+                break
+            start = page.kvs[-1].key + b"\0"
+        return StoreState(revision, kinds["net"], kinds["alloc"], kinds["host"], kinds["sg"])
+
+    def _change(self, event: aetcd.rtypes.Event) -> StoreChange | None:
+        deleted = event.kind == aetcd.rtypes.EventKind.DELETE
+        parsed = self._parse(event.kv.key, None if deleted else event.kv.value)
+        if parsed is None:
+            return None
+        kind, key, value = parsed
+        return StoreChange(event.kv.mod_revision, kind, key, value)
+
+    def _record_of(self, kv: Any) -> Any:
+        """The record a key of a followed kind holds."""
+        parsed = self._parse(kv.key, kv.value)
+        assert parsed is not None
+        return parsed[2]
+
+    def _parse(
+        self, raw_key: bytes, value: bytes | None
+    ) -> tuple[Kind, str | tuple[str, str], Any] | None:
+        """A key (and its value; None: removed) as a record of a kind hosts follow; None
+        for the keys only decisions read (names, VNIs, addresses, hints, versions)."""
+        parts = raw_key[len(self.prefix) :].decode().split("/")
+        kind = _KINDS.get(parts[0])
+        if kind is None:
+            return None
+        if kind == "alloc":
+            key: str | tuple[str, str] = (parts[1], parts[2])
+            if value is None:
+                return kind, key, None
+            doc = json.loads(value)
+            address = IPAddress(doc["address"], 4)
+            return kind, key, Allocation(parts[1], parts[2], address, doc["meta"])
+        name = parts[1]
+        if value is None:
+            return kind, name, None
+        if kind == "net":
+            return kind, name, _load_record(value)
+        if kind == "host":
+            return kind, name, Host(name, IPAddress(json.loads(value)["address"]))
+        return kind, name, load_group(name, value)
 
     async def hosts(self) -> list[Host]:
         async def query(etcd: aetcd.Client) -> list[Host]:
             found = await etcd.get_prefix(self._key("host", ""))
-            listed = [
-                Host(kv.key.decode().rsplit("/", 1)[1], IPAddress(json.loads(kv.value)["address"]))
-                for kv in found
-            ]
-            return sorted(listed, key=lambda h: h.id)
+            return sorted((self._record_of(kv) for kv in found), key=lambda h: h.id)
 
         return await self._call(query)
 
@@ -496,3 +633,9 @@ def _load_record(raw: bytes) -> NetworkRecord:
 
 def _addr_of(key: bytes) -> int:
     return int(key.rsplit(b"/", 1)[1])
+
+
+def _revision_of(response: Any) -> int:
+    """The revision a transaction's first write made (each write's answer says it)."""
+    kind = response.WhichOneof("response")
+    return int(getattr(response, kind).header.revision)

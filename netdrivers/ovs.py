@@ -15,7 +15,7 @@ from collections.abc import Collection
 from netaddr import IPAddress
 
 from plugstrip.netdrivers import ovs_flows
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     Netlink,
     ensure_endpoint_veth,
@@ -116,17 +116,23 @@ class OvsDriver:
             return  # nothing of this network here yet
         tag = await self._tag(network)
         wanted = {tunnel_name(network, r.host): r.host for r in remotes}
-        for name, host in sorted(wanted.items()):
-            await self.ovsdb.ensure_tunnel(
-                INTEGRATION_BRIDGE,
-                name,
-                tag,
-                {"remote_ip": str(host), "key": str(network.vni), "dst_port": str(VXLAN_PORT)},
-                {"network": network.id, "peer": str(host)},
-            )
+        for host in sorted(set(wanted.values())):
+            await self._tunnel(network, tag, host)
         for name in await self.ovsdb.ports_with("network", network.id):
             if name.startswith(TUNNEL_PREFIX) and name not in wanted:
                 await self.ovsdb.delete_port(name)
+
+    async def change_remotes(self, network: Network, change: RemoteChange) -> None:
+        """Endpoints are the bridge's to learn: only hosts that came or went change a port."""
+        if not (change.hosts_added or change.hosts_removed):
+            return
+        if not await self.ovsdb.has_bridge(INTEGRATION_BRIDGE):
+            return
+        for host in change.hosts_removed:
+            await self.ovsdb.delete_port(tunnel_name(network, host))
+        tag = await self._tag(network)
+        for host in change.hosts_added:
+            await self._tunnel(network, tag, host)
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         by_id = {n.id: n for n in networks}
@@ -157,6 +163,15 @@ class OvsDriver:
     async def _network_of(self, port: str) -> str:
         ids = await self.ovsdb.interface_ids(port)
         return f"net-{ids.get('network', '')}"
+
+    async def _tunnel(self, network: Network, tag: int, host: IPAddress) -> None:
+        await self.ovsdb.ensure_tunnel(
+            INTEGRATION_BRIDGE,
+            tunnel_name(network, host),
+            tag,
+            {"remote_ip": str(host), "key": str(network.vni), "dst_port": str(VXLAN_PORT)},
+            {"network": network.id, "peer": str(host)},
+        )
 
     async def _tag(self, network: Network) -> int:
         """The network's local VLAN tag: the one recorded, else the lowest free one."""

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.security import Policy
 
 T = TypeVar("T")
@@ -56,6 +56,9 @@ class OnOwnLoop:
 
     async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
         await self.thread.run(self.driver.set_remotes(network, remotes))
+
+    async def change_remotes(self, network: Network, change: RemoteChange) -> None:
+        await self.thread.run(self.driver.change_remotes(network, change))
 
     async def set_policy(self, policy: Policy) -> None:
         await self.thread.run(self.driver.set_policy(policy))

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam, security
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import Driver, Endpoint, Network
 from plugstrip.netdrivers.ipam import IpamError
 from plugstrip.netdrivers.security import Group, Rule
 from plugstrip.netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
+from plugstrip.netdrivers.view import StoreView
+
+READY_WAIT = 5.0  # seconds start waits for the store's state (then reads ask the store)
 
 log = logging.getLogger("plugstrip.netdrivers")
-T = TypeVar("T")
-AWAY_RETRY = 2.0  # seconds reads answer from the last state seen after the store failed one
 # Interfaces plugstrip puts into a namespace. Not Docker's ``ethN``: dockerd numbers its own
 # interfaces from a count it keeps and takes ``eth1`` even where one exists (the connect
 # then fails with "file exists"), so Docker's networks and plugstrip's share a namespace.
@@ -89,12 +89,28 @@ class NetworkService:
         self.pool6 = pool6
         self.host = host  # this host's id: endpoints carry it, in a store hosts share
         self._here: dict[str, NetworkRecord] = {}  # networks whose datapath is set up here
-        self._seen_networks: list[NetworkRecord] | None = None
-        self._seen_endpoints: list[Allocation] | None = None
-        self._away_until = 0.0  # reads fail fast until then: the store just failed one
-        self._away_reason = ""
+        # The store's state, followed (once started): reads answer from it, also while the
+        # store is away; until it is ready (and in the operator's commands) they ask the store.
+        self.view = StoreView(store)
         self._datapath = asyncio.Lock()  # setting up and taking down networks here
         self.on_change = on_change  # endpoints here came or went (the mesh syncs)
+
+    async def start(self) -> None:
+        self.view.start()
+        try:
+            async with asyncio.timeout(READY_WAIT):
+                await self.view.ready.wait()
+        except TimeoutError:
+            log.warning("the store's state is not read yet: reads ask the store until it is")
+
+    async def _viewed(self) -> bool:
+        """Whether reads can come from the view: it is ready, and has every write this
+        process made (waited for: they come back through the store's changes in
+        milliseconds), so what this process wrote it reads."""
+        if not self.view.ready.is_set():
+            return False
+        await self.view.reached(self.store.last_written)
+        return True
 
     def driver(self, name: str) -> Driver:
         try:
@@ -165,8 +181,8 @@ class NetworkService:
         """Give ``owner`` an address on ``record`` and plug it into ``netns_path`` as the
         next free ``ethpsN`` (None: the address only, plugged by :meth:`replug` once the
         namespace exists). Idempotent per (owner, network)."""
-        held = await self.store.endpoints(owner=owner)
-        mine = next((a for a in held if a.network_id == record.id), None)
+        held = await self.attachments(owner)
+        mine = next((a for a in held if a.network.id == record.id), None)
         if mine is None:
             used = {a.meta.get("ifname") for a in held}
             ifname = next(n for i in range(4096) if (n := f"{IFNAME_PREFIX}{i}") not in used)
@@ -190,7 +206,7 @@ class NetworkService:
 
     async def detach(self, record: NetworkRecord, owner: str) -> bool:
         """Unplug and release ``owner`` from ``record``; False if it was not attached."""
-        for attachment in await self._held(owner):
+        for attachment in await self.attachments(owner):
             if attachment.network.id == record.id:
                 await self._unplug(attachment)
                 await self.store.release(record.id, owner)
@@ -200,7 +216,7 @@ class NetworkService:
 
     async def release_owner(self, owner: str) -> None:
         """Everything ``owner`` holds, gone (its namespace may be gone already)."""
-        for attachment in await self._held(owner):
+        for attachment in await self.attachments(owner):
             await self._unplug(attachment)
             await self.store.release(attachment.network.id, owner)
             self.on_change()
@@ -218,75 +234,40 @@ class NetworkService:
         await self.store.update_meta(owner, changes)
 
     async def close(self) -> None:
+        await self.view.close()
         await self.store.close()
 
-    async def _held(self, owner: str) -> list[Attachment]:
-        """What ``owner`` holds, read from the store itself: for changing it."""
-        records = {r.id: r for r in await self.store.list_networks()}
-        return [
-            self._attachment(records[a.network_id], a)
-            for a in await self.store.endpoints(owner=owner)
-        ]
-
-    # ---- reads: they keep working from the last state seen while the store is away ----
-
-    async def _ask(self, read: Callable[[], Awaitable[T]]) -> T:
-        """A read from the store. Just after one failed, fail at once instead (callers
-        answer from what they saw last) rather than wait out another timeout each call."""
-        if time.monotonic() < self._away_until:
-            raise ConnectionError(self._away_reason)
-        try:
-            return await read()
-        except ConnectionError as exc:
-            log.warning("store unreachable, answering reads from the state last seen: %s", exc)
-            self._away_until = time.monotonic() + AWAY_RETRY
-            self._away_reason = str(exc)
-            raise
+    # ---- reads: from the view (also while the store is away), else from the store ----
 
     async def networks(self) -> list[NetworkRecord]:
-        try:
-            self._seen_networks = await self._ask(self.store.list_networks)
-        except ConnectionError:
-            if self._seen_networks is None:
-                raise
-        return list(self._seen_networks)
+        if await self._viewed():
+            return sorted(self.view.networks.values(), key=lambda r: r.name)
+        return await self.store.list_networks()
 
     async def attachments(
         self, owner: str | None = None, network: NetworkRecord | None = None
     ) -> list[Attachment]:
-        """Endpoints, all or of one owner and/or network. While the store is unreachable,
-        as last read in full (``docker inspect``, ``ps``, ``exec`` and names keep working
-        through an etcd outage; only changes fail)."""
-        return await self._attachments(await self.networks(), owner, network)
+        """Endpoints, all or of one owner and/or one network."""
+        if not await self._viewed():
+            records = {r.id: r for r in await self.store.list_networks()}
+            found = await self.store.endpoints(network.id if network else None, owner)
+            return [self._attachment(records[a.network_id], a) for a in found]
+        view = self.view
+        if owner is not None:
+            allocations = view.attachments_of(owner)
+        elif network is not None:
+            allocations = list(view.endpoints.get(network.id, {}).values())
+        else:
+            allocations = view.every_endpoint()
+        return [
+            self._attachment(view.networks[a.network_id], a)
+            for a in sorted(allocations, key=lambda a: (a.network_id, int(a.address)))
+            if network is None or a.network_id == network.id
+        ]
 
     async def snapshot(self) -> tuple[list[NetworkRecord], list[Attachment]]:
-        """Every network and every endpoint, one read of each (while the store is
-        unreachable, as last seen)."""
-        records = await self.networks()
-        return records, await self._attachments(records)
-
-    async def _attachments(
-        self,
-        records: list[NetworkRecord],
-        owner: str | None = None,
-        network: NetworkRecord | None = None,
-    ) -> list[Attachment]:
-        network_id = network.id if network else None
-        by_id = {r.id: r for r in records}
-        try:
-            allocations = await self._ask(lambda: self.store.endpoints(network_id, owner))
-        except ConnectionError:
-            if self._seen_endpoints is None:
-                raise
-            allocations = [
-                a
-                for a in self._seen_endpoints
-                if owner in (None, a.owner) and network_id in (None, a.network_id)
-            ]
-        else:
-            if owner is None and network is None:
-                self._seen_endpoints = allocations
-        return [self._attachment(by_id[a.network_id], a) for a in allocations]
+        """Every network and every endpoint."""
+        return await self.networks(), await self.attachments()
 
     async def prune(self) -> list[str]:
         """Have each driver remove what it finds of its own that no network or endpoint in
@@ -304,24 +285,11 @@ class NetworkService:
 
     async def owners(self) -> set[str]:
         """The owners of this host's endpoints (others' are theirs to reconcile)."""
-        return {a.owner for a in await self.store.endpoints() if self.is_local(a)}
+        return {a.owner for a in await self.attachments() if self.is_local(a)}
 
     def is_local(self, endpoint: Allocation | Attachment) -> bool:
         # endpoints made before hosts were recorded are a single host's: this one's
         return bool(endpoint.meta.get("host", self.host) == self.host)
-
-    def remotes(
-        self, every: list[Attachment], hosts: Mapping[str, IPAddress]
-    ) -> dict[str, list[RemoteEndpoint]]:
-        """Per network with endpoints on this host: the endpoints (of ``every``) that other
-        live ``hosts`` (id -> underlay address) have on it."""
-        mine = {a.network.id for a in every if self.is_local(a)}
-        found: dict[str, list[RemoteEndpoint]] = {n: [] for n in mine}
-        for a in every:
-            where = hosts.get(str(a.meta.get("host")))
-            if a.network.id in mine and not self.is_local(a) and where is not None:
-                found[a.network.id].append(RemoteEndpoint(a.address, a.mac, where, a.address6))
-        return found
 
     async def resolve(self, owner: str, name: str) -> list[IPAddress]:
         """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is
@@ -343,6 +311,8 @@ class NetworkService:
     # ---- security groups ------------------------------------------------------------------
 
     async def groups(self) -> list[Group]:
+        if await self._viewed():
+            return sorted(self.view.groups.values(), key=lambda g: g.name)
         return await self.store.groups()
 
     async def create_group(self, name: str) -> Group:

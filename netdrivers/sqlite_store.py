@@ -23,6 +23,8 @@ from plugstrip.netdrivers.store import (
     Host,
     NetworkRecord,
     NetworkSpec,
+    StoreChange,
+    StoreState,
     decide_subnets,
     dump_group,
     load_group,
@@ -48,6 +50,8 @@ CREATE TABLE IF NOT EXISTS security_groups (name TEXT PRIMARY KEY, rules TEXT NO
 CREATE TABLE IF NOT EXISTS hosts (
     id TEXT PRIMARY KEY, address TEXT NOT NULL, expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revision (n INTEGER NOT NULL);
+INSERT INTO revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM revision);
 """
 
 
@@ -60,6 +64,8 @@ class SqliteStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []  # one per worker thread, closed by close()
+        self.last_written = 0
+        self._wrote = asyncio.Event()  # wakes this object's followers at once
         db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
@@ -88,18 +94,27 @@ class SqliteStore:
         self._local = threading.local()
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
+        def run() -> tuple[T, int | None]:
             db = self._connect()
             db.execute("BEGIN IMMEDIATE")
             try:
+                before = db.total_changes
                 result = fn(db)
+                revision = None
+                if db.total_changes != before:  # a write: the store's revision moves on
+                    db.execute("UPDATE revision SET n = n + 1")
+                    revision = db.execute("SELECT n FROM revision").fetchone()[0]
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            return result
+            return result, revision
 
-        return await asyncio.to_thread(run)
+        result, revision = await asyncio.to_thread(run)
+        if revision is not None:
+            self.last_written = max(self.last_written, revision)
+            self._wrote.set()
+        return result
 
     async def create_network(
         self,
@@ -163,9 +178,7 @@ class SqliteStore:
         return await self._tx(get)
 
     async def list_networks(self) -> list[NetworkRecord]:
-        return await self._tx(
-            lambda db: [_record(r) for r in db.execute("SELECT * FROM networks ORDER BY name")]
-        )
+        return await self._tx(_networks)
 
     async def delete_network(self, network_id: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
@@ -246,17 +259,7 @@ class SqliteStore:
         self, network_id: str | None = None, owner: str | None = None
     ) -> list[Allocation]:
         """Allocations, all or of one network and/or one owner."""
-
-        def query(db: sqlite3.Connection) -> list[Allocation]:
-            rows = db.execute(
-                "SELECT network_id, owner, address, meta FROM allocations"
-                " WHERE (?1 IS NULL OR network_id=?1) AND (?2 IS NULL OR owner=?2)"
-                " ORDER BY network_id, address",
-                (network_id, owner),
-            )
-            return [Allocation(n, o, IPAddress(a, 4), json.loads(m)) for n, o, a, m in rows]
-
-        return await self._tx(query)
+        return await self._tx(lambda db: _endpoints(db, network_id, owner))
 
     async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
         """Merge ``changes`` into the meta of every allocation ``owner`` holds."""
@@ -285,12 +288,7 @@ class SqliteStore:
         await self._tx(lambda db: db.execute("DELETE FROM hosts WHERE id=?", (host_id,)))
 
     async def groups(self) -> list[Group]:
-        return await self._tx(
-            lambda db: [
-                load_group(n, r)
-                for n, r in db.execute("SELECT name, rules FROM security_groups ORDER BY name")
-            ]
-        )
+        return await self._tx(_groups)
 
     async def change_group(self, name: str, change: GroupChange) -> Group | None:
         def write(db: sqlite3.Connection) -> Group | None:
@@ -306,18 +304,39 @@ class SqliteStore:
 
         return await self._tx(write)
 
-    async def changes(self, *kinds: str) -> AsyncIterator[None]:
-        """Yields after another connection (the operator's ``plugstrip sg``, another
-        plugstrip process) committed: SQLite's data_version, polled (it does not say
-        what changed, so ``kinds`` cannot narrow it)."""
+    async def follow(self, since: int | None = None) -> AsyncIterator[StoreState | StoreChange]:
+        """The state whole, and again whenever it changed: at once after this object's
+        writes, within ``CHANGE_POLL`` after another connection's (the operator's
+        ``plugstrip sg``, another plugstrip process; SQLite's data_version says that
+        something changed, not what, so there are no single changes to give). Reading
+        all of it is cheap here: one host's endpoints, on a local file."""
         db = await asyncio.to_thread(self._watcher)
-        seen = None
+
+        def version() -> int:
+            return int(db.execute("PRAGMA data_version").fetchone()[0])
+
         while True:
-            version = await asyncio.to_thread(lambda: db.execute("PRAGMA data_version").fetchone())
-            if seen is not None and version != seen:
-                yield
-            seen = version
-            await asyncio.sleep(CHANGE_POLL)
+            self._wrote.clear()
+            seen = await asyncio.to_thread(version)  # before the read: no write falls between
+            state = await self._tx(_read_state)
+            if state.revision != since:  # what the caller has seen already is not news
+                since = state.revision
+                yield state
+            while True:
+                try:
+                    # not wait_for: on 3.11 it can swallow a cancel that comes as the
+                    # event is set, and the follower would poll for ever
+                    async with asyncio.timeout(CHANGE_POLL):
+                        await self._wrote.wait()
+                    break
+                except TimeoutError:
+                    if await asyncio.to_thread(version) != seen:
+                        break
+
+    async def keep_alive(self, host: Host, ttl: int) -> None:
+        while True:
+            await self.register_host(host, ttl)
+            await asyncio.sleep(ttl / 3)
 
     def _watcher(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -325,14 +344,38 @@ class SqliteStore:
         return db
 
     async def hosts(self) -> list[Host]:
-        return await self._tx(
-            lambda db: [
-                Host(i, IPAddress(a))
-                for i, a in db.execute(
-                    "SELECT id, address FROM hosts WHERE expires > ? ORDER BY id", (time.time(),)
-                )
-            ]
-        )
+        return await self._tx(_hosts)
+
+
+def _read_state(db: sqlite3.Connection) -> StoreState:
+    revision = db.execute("SELECT n FROM revision").fetchone()[0]
+    return StoreState(revision, _networks(db), _endpoints(db), _hosts(db), _groups(db))
+
+
+def _networks(db: sqlite3.Connection) -> list[NetworkRecord]:
+    return [_record(r) for r in db.execute("SELECT * FROM networks ORDER BY name")]
+
+
+def _endpoints(
+    db: sqlite3.Connection, network_id: str | None = None, owner: str | None = None
+) -> list[Allocation]:
+    rows = db.execute(
+        "SELECT network_id, owner, address, meta FROM allocations"
+        " WHERE (?1 IS NULL OR network_id=?1) AND (?2 IS NULL OR owner=?2)"
+        " ORDER BY network_id, address",
+        (network_id, owner),
+    )
+    return [Allocation(n, o, IPAddress(a, 4), json.loads(m)) for n, o, a, m in rows]
+
+
+def _hosts(db: sqlite3.Connection) -> list[Host]:
+    rows = db.execute("SELECT id, address FROM hosts WHERE expires > ? ORDER BY id", (time.time(),))
+    return [Host(i, IPAddress(a)) for i, a in rows]
+
+
+def _groups(db: sqlite3.Connection) -> list[Group]:
+    rows = db.execute("SELECT name, rules FROM security_groups ORDER BY name")
+    return [load_group(n, r) for n, r in rows]
 
 
 def _record(row: tuple[str, ...]) -> NetworkRecord:

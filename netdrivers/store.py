@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
@@ -91,7 +91,38 @@ class Host:
     address: IPAddress
 
 
+@dataclass(frozen=True)
+class StoreState:
+    """What hosts follow of the store (networks, endpoints, live hosts, security groups),
+    whole, as of one revision."""
+
+    revision: int
+    networks: list[NetworkRecord]
+    endpoints: list[Allocation]
+    hosts: list[Host]
+    groups: list[Group]
+
+
+Kind = Literal["net", "alloc", "host", "sg"]
+
+
+@dataclass(frozen=True)
+class StoreChange:
+    """One record written (``value``) or removed (None) at ``revision``. ``key`` names the
+    record: a network's or host's id, a group's name, ``(network id, owner)`` for an
+    endpoint."""
+
+    revision: int
+    kind: Kind
+    key: str | tuple[str, str]
+    value: NetworkRecord | Allocation | Host | Group | None
+
+
 class Store(Protocol):
+    # The revision of this object's latest write (0: none yet); a follower that has
+    # reached it has seen every write this object made.
+    last_written: int
+
     async def create_network(
         self,
         spec: NetworkSpec,
@@ -137,14 +168,20 @@ class Store(Protocol):
         out. A host not heard of in time is no longer listed by ``hosts``."""
         ...
 
+    async def keep_alive(self, host: Host, ttl: int) -> None:
+        """Keep ``host`` listed while this runs (raises when the store is lost; run it
+        again): etcd keeps one lease alive on one stream, not a write a heartbeat."""
+        ...
+
     async def deregister_host(self, host_id: str) -> None: ...
 
     async def hosts(self) -> list[Host]: ...
 
-    def changes(self, *kinds: str) -> AsyncIterator[None]:
-        """Yields after each change to the shared state (by any host), or only to its
-        records of ``kinds`` (``sg``, ``alloc``, ``net``: etcd's key prefixes) where the
-        backend can tell; ends or raises when the store connection drops."""
+    def follow(self, since: int | None = None) -> AsyncIterator[StoreState | StoreChange]:
+        """The state whole, then every change after it, in revision order. Given
+        ``since`` (a revision already seen), the changes after it without the whole first,
+        unless the store no longer has them (etcd compacted past it): then the whole
+        again, and changes after that. Raises when the store connection is lost."""
         ...
 
     async def close(self) -> None: ...

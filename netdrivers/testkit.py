@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.security import Policy
 
 
@@ -43,6 +43,9 @@ class RecordingDriver:
     async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
         self.calls.append(("remotes", network.name, sorted(remotes, key=str)))
 
+    async def change_remotes(self, network: Network, change: RemoteChange) -> None:
+        self.calls.append(("change", network.name, change))
+
     async def set_policy(self, policy: Policy) -> None:
         self.calls.append(("policy", "", policy))
 
@@ -61,3 +64,23 @@ class RecordingDriver:
     def remotes_of(self, network: str) -> list[object]:
         """Each set of remotes ``network`` was programmed with, in order."""
         return [arg for call, name, arg in self.calls if call == "remotes" and name == network]
+
+    def changes_of(self, network: str) -> list[RemoteChange]:
+        """Each change of ``network``'s remotes, in order."""
+        return [
+            arg
+            for call, name, arg in self.calls
+            if call == "change" and name == network and isinstance(arg, RemoteChange)
+        ]
+
+    def reached(self, network: str) -> set[RemoteEndpoint]:
+        """The remotes ``network`` reaches now: the last full set and the changes since."""
+        found: set[RemoteEndpoint] = set()
+        for call, name, arg in self.calls:
+            if name != network:
+                continue
+            if call == "remotes":
+                found = set(arg)  # type: ignore[call-overload]
+            elif call == "change" and isinstance(arg, RemoteChange):
+                found = (found - set(arg.removed)) | set(arg.added)
+        return found

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from netaddr import IPAddress
 
 from plugstrip.netdrivers import firewall, nft
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteEndpoint
+from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     ZERO_MAC,
     Netlink,
@@ -136,8 +136,7 @@ class WeaveDriver:
         answered here, by the device's proxy). Stale entries go first."""
         flood = {(ZERO_MAC, str(r.host)) for r in remotes}
         fdb = flood | {(r.mac, str(r.host)) for r in remotes}
-        neighbours = {(str(r.address), r.mac) for r in remotes}
-        neighbours |= {(str(r.address6), r.mac) for r in remotes if r.address6 is not None}
+        neighbours = {(address, r.mac) for r in remotes for address in _addresses(r)}
         async with Netlink(self.netns) as nl:
             vxlan = vxlan_name(network)
             if await nl.index(vxlan) is None:
@@ -152,6 +151,24 @@ class WeaveDriver:
                 await nl.delete_neighbour(vxlan, address)
             for address, mac in sorted(neighbours - known):
                 await nl.set_neighbour(vxlan, address, mac)
+
+    async def change_remotes(self, network: Network, change: RemoteChange) -> None:
+        async with Netlink(self.netns) as nl:
+            vxlan = vxlan_name(network)
+            if await nl.index(vxlan) is None:
+                return  # not on this host (yet): create_network programs it from scratch
+            for r in change.removed:
+                await nl.delete_fdb(vxlan, r.mac, str(r.host))
+                for address in _addresses(r):
+                    await nl.delete_neighbour(vxlan, address)
+            for host in change.hosts_removed:
+                await nl.delete_fdb(vxlan, ZERO_MAC, str(host))
+            for host in change.hosts_added:
+                await nl.ensure_fdb(vxlan, ZERO_MAC, str(host))
+            for r in change.added:
+                await nl.ensure_fdb(vxlan, r.mac, str(r.host))
+                for address in _addresses(r):
+                    await nl.set_neighbour(vxlan, address, r.mac)
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         by_id = {n.id: n for n in networks}
@@ -170,3 +187,8 @@ class WeaveDriver:
             if name.startswith("psbr"):
                 await firewall.forget_bridge(name, self.netns)
         return stray
+
+
+def _addresses(remote: RemoteEndpoint) -> list[str]:
+    """What a remote endpoint is answered for: its address, and its IPv6 one if any."""
+    return [str(a) for a in (remote.address, remote.address6) if a is not None]

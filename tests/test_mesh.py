@@ -26,8 +26,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[NetworkService, Recording
     driver = RecordingDriver(DRIVER)
     changes = asyncio.Event()
     service = NetworkService(store, {DRIVER: driver}, host="me", on_change=changes.set)
-    yield service, driver, Mesh(service, IPAddress("192.168.5.1"), changes)
-    await store.close()
+    mesh = Mesh(service, IPAddress("192.168.5.1"), changes)
+    await service.start()  # its view of the store, which the mesh reads
+    yield service, driver, mesh
+    await service.close()
 
 
 async def test_each_network_gets_exactly_the_live_hosts_endpoints(
@@ -61,7 +63,22 @@ async def test_each_network_gets_exactly_the_live_hosts_endpoints(
 
     await store.release(wide.id, "holder-live")  # the remote endpoint goes
     await mesh.sync()
-    assert driver.remotes_of("wide")[-1] == []
+    assert driver.reached("wide") == set()
+    # programmed as what changed (its entry and its host's tunnel), not the whole set again
+    (change,) = driver.changes_of("wide")
+    assert [r.address for r in change.removed] == [remote]
+    assert change.hosts_removed == (IPAddress("192.168.5.2"),)
+    assert not change.added and not change.hosts_added
+    assert len(driver.remotes_of("wide")) == 2
+
+    await store.allocate(wide.id, "holder-new", meta={"host": "live"})  # and one comes
+    await mesh.sync()
+    added = driver.changes_of("wide")[-1]
+    assert len(added.added) == 1 and added.hosts_added == (IPAddress("192.168.5.2"),)
+    await store.deregister_host("live")  # its host leaves: its endpoints go with it
+    await mesh.sync()
+    assert driver.reached("wide") == set()
+    assert driver.changes_of("wide")[-1].hosts_removed == (IPAddress("192.168.5.2"),)
 
 
 async def test_a_network_deleted_on_another_host_is_taken_down_here(

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from plugstrip.netdrivers import etcd_store
 from plugstrip.netdrivers.etcd_store import EtcdStore
 from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.security import Group
 from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import Host, NetworkSpec, Store
+from plugstrip.netdrivers.store import Allocation, Host, NetworkSpec, Store, StoreChange, StoreState
+from plugstrip.netdrivers.view import Delta, StoreView
 from tests.etcd import etcd_server
 
 Opener = Callable[[], Store]
@@ -227,18 +230,111 @@ async def test_hosts_live_under_a_lease(opener: Opener) -> None:
         await b.close()
 
 
-async def test_etcd_changes_are_seen_as_they_happen(etcd_url: str) -> None:
-    """Another host's change reaches a watcher at once (the mesh syncs on it)."""
-    prefix = f"/test-{uuid.uuid4().hex}/"
-    watcher, writer = EtcdStore.from_url(etcd_url, prefix), EtcdStore.from_url(etcd_url, prefix)
+async def _until(view: StoreView, check: Callable[[], bool]) -> None:
+    changed = asyncio.Event()
+    view.listen(lambda _: changed.set())
+    async with asyncio.timeout(5):
+        while not check():
+            await changed.wait()
+            changed.clear()
+
+
+async def test_a_view_follows_another_writers_changes(opener: Opener) -> None:
+    """What another host (another store object) writes reaches a follower's view, with no
+    read of the whole after the first: networks, endpoints, hosts and groups, both ways."""
+    follower, writer = opener(), opener()
+    view = StoreView(follower)
+    seen: list[Delta] = []
+    view.listen(seen.append)
+    view.start()
     try:
-        changes = watcher.changes()
-        first = asyncio.ensure_future(anext(changes))
-        await asyncio.sleep(0.5)  # the watch is set up
-        assert not first.done()  # nothing changed yet: nothing seen
-        await writer.create_network(NetworkSpec("w", "plugstrip/weave"))
-        await asyncio.wait_for(first, 5)
-        await changes.aclose()
+        await asyncio.wait_for(view.ready.wait(), 5)
+        net = await writer.create_network(NetworkSpec("f", "plugstrip/weave"))
+        address = await writer.allocate(net.id, "c1", meta={"host": "h2"})
+        await writer.register_host(Host("h2", IPAddress("192.168.90.2")), ttl=30)
+        await writer.change_group("web", lambda _: Group("web"))
+        await _until(view, lambda: "web" in view.groups)
+        assert view.networks == {net.id: net}
+        assert view.attachments_of("c1") == [Allocation(net.id, "c1", address, {"host": "h2"})]
+        assert view.on_host == {"h2": {(net.id, "c1")}}
+        assert view.hosts == {"h2": Host("h2", IPAddress("192.168.90.2"))}
+
+        await writer.release(net.id, "c1")
+        await writer.deregister_host("h2")
+        await writer.delete_network(net.id)
+        await _until(view, lambda: not view.networks)
+        assert (view.endpoints, view.owners, view.on_host, view.hosts) == ({}, {}, {}, {})
+        if isinstance(follower, EtcdStore):  # one change at a time, each said as such
+            assert [d.whole for d in seen] == [True] + [False] * (len(seen) - 1)
+            assert any(d.endpoints == {(net.id, "c1")} for d in seen)
     finally:
-        await watcher.close()
+        await view.close()
+        await follower.close()
         await writer.close()
+
+
+async def test_a_view_has_what_its_own_store_wrote(opener: Opener) -> None:
+    """Read-your-writes: once ``reached(last_written)`` returns, the write is in the view."""
+    store = opener()
+    view = StoreView(store)
+    view.start()
+    try:
+        await asyncio.wait_for(view.ready.wait(), 5)
+        net = await store.create_network(NetworkSpec("mine", "plugstrip/weave"))
+        for i in range(20):
+            await store.allocate(net.id, f"o{i}")
+            await view.reached(store.last_written)
+            assert f"o{i}" in view.endpoints[net.id]
+    finally:
+        await view.close()
+        await store.close()
+
+
+async def test_etcd_follow_resumes_where_it_was_and_rereads_after_a_compaction(
+    etcd_url: str,
+) -> None:
+    """After a lost watch, the changes since the revision reached, without the whole; if
+    etcd compacted past it, the whole again (then changes)."""
+    prefix = f"/test-{uuid.uuid4().hex}/"
+    store = EtcdStore.from_url(etcd_url, prefix)
+    try:
+        net = await store.create_network(NetworkSpec("r", "plugstrip/weave"))
+        since = store.last_written
+        await store.allocate(net.id, "after")
+        steps = store.follow(since)
+        step = await asyncio.wait_for(anext(steps), 5)
+        assert isinstance(step, StoreChange) and step.key == (net.id, "after")
+        await steps.aclose()
+
+        await store.allocate(net.id, "missed")
+        client = await store._etcd()
+        await client.compact(store.last_written)
+        steps = store.follow(since)
+        step = await asyncio.wait_for(anext(steps), 5)
+        assert isinstance(step, StoreState)
+        assert {a.owner for a in step.endpoints} == {"after", "missed"}
+        await store.allocate(net.id, "later")
+        step = await asyncio.wait_for(anext(steps), 5)
+        assert isinstance(step, StoreChange) and step.key == (net.id, "later")
+        await steps.aclose()
+    finally:
+        await store.close()
+
+
+async def test_etcd_whole_state_is_read_in_pages(
+    etcd_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC refuses answers over 4 MB: the whole is read a page at a time, at one revision."""
+    monkeypatch.setattr(etcd_store, "PAGE", 7)
+    prefix = f"/test-{uuid.uuid4().hex}/"
+    store = EtcdStore.from_url(etcd_url, prefix)
+    try:
+        net = await store.create_network(NetworkSpec("p", "plugstrip/weave"))
+        for i in range(30):
+            await store.allocate(net.id, f"o{i}")
+        step = await asyncio.wait_for(anext(store.follow()), 5)
+        assert isinstance(step, StoreState)
+        assert len(step.endpoints) == 30 and step.networks == [net]
+        assert step.revision == store.last_written
+    finally:
+        await store.close()

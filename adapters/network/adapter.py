@@ -51,6 +51,7 @@ class NetworkAdapter:
     async def start(self) -> None:
         """Before plugstrip serves: remove datapath leftovers of a crash (nothing can be
         half-way through a create yet), then follow the daemon."""
+        await self.service.start()  # the store's state, followed
         try:
             removed = await self.service.prune()
         except Exception as exc:
