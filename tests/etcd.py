@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,18 @@ class EtcdServer:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+    def served(self) -> tuple[float, float]:
+        """Read (range) requests served and bytes sent to clients so far: etcd's metrics."""
+        url = f"http://{self.address}:{self.client}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        ranges = sent = 0.0
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total") and 'grpc_method="Range"' in line:
+                ranges += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("etcd_network_client_grpc_sent_bytes_total"):
+                sent += float(line.rsplit(" ", 1)[1])
+        return ranges, sent
 
     def healthy(self) -> bool:
         """etcd's /health, asked from the namespace it listens in."""
