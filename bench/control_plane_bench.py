@@ -24,11 +24,12 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.contract import Network, RemoteChange
+from plugstrip.netdrivers.contract import Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.etcd_store import EtcdStore
 from plugstrip.netdrivers.mesh import Mesh
 from plugstrip.netdrivers.service import NetworkService
@@ -42,21 +43,26 @@ PROGRESS = asyncio.Event()  # set whenever a driver programmed an entry
 
 
 class TimedDriver(RecordingDriver):
-    """Records when each remote endpoint's entry was programmed, by address."""
+    """Records when each remote endpoint's entry was first programmed, by address, whether
+    in a change or in a whole set (the mesh's periodic heal)."""
 
     def __init__(self, seen: dict[IPAddress, list[float]]) -> None:
         super().__init__(DRIVER)
         self.seen = seen
-        self.entries = 0  # entries programmed, whole sets and changes
+        self.known: set[IPAddress] = set()
 
-    async def set_remotes(self, network: Network, remotes: object) -> None:
-        self.entries += len(remotes)  # type: ignore[arg-type]
+    async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
+        self._programmed(remotes)
 
     async def change_remotes(self, network: Network, change: RemoteChange) -> None:
+        self._programmed(change.added)
+
+    def _programmed(self, remotes: Collection[RemoteEndpoint]) -> None:
         now = time.monotonic()
-        self.entries += len(change.added) + len(change.removed)
-        for remote in change.added:
-            self.seen.setdefault(remote.address, []).append(now)
+        for remote in remotes:
+            if remote.address not in self.known:
+                self.known.add(remote.address)
+                self.seen.setdefault(remote.address, []).append(now)
         PROGRESS.set()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import Counter
 
 from netaddr import IPAddress
@@ -87,7 +88,7 @@ class Mesh:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        healed = loop.time()
+        healed = loop.time() - random.uniform(0, FULL_SYNC)  # hosts do not heal in step
         while True:
             try:
                 async with asyncio.timeout(FULL_SYNC):
@@ -111,8 +112,8 @@ class Mesh:
 
     async def sync(self, full: bool = False) -> None:
         """Program every network set up here with what changed of its remote endpoints
-        (all of them: ``full``, which heals drift), and take down the datapath of networks
-        deleted elsewhere."""
+        (and, ``full``, the whole set programmed: heals the datapath's drift), and take
+        down the datapath of networks deleted elsewhere."""
         view = self.service.view
         if not view.ready.is_set():
             return
@@ -135,13 +136,16 @@ class Mesh:
                     await self.service.driver(record.driver).set_remotes(to_network(record), [])
                 continue
             applied = self._applied.get(record.id)
-            if applied is None or full or dirty.whole:  # new here, or anything may differ
+            if applied is None or dirty.whole:  # new here, or anything may differ
                 owners = set(view.endpoints.get(record.id, {})) | set(applied or {})
-                await self._program(record, owners, full or applied is None)
+                await self._program(record, owners, applied is None)
             else:
                 owners = {owner for network_id, owner in keys if network_id == record.id}
                 if owners:
                     await self._program(record, owners, False)
+            if full and applied is not None:  # the datapath may have drifted, not the view
+                remotes = list(self._applied[record.id].values())
+                await self.service.driver(record.driver).set_remotes(to_network(record), remotes)
         for gone in set(self._applied) - set(here):
             del self._applied[gone]
 
