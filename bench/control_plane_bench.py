@@ -83,6 +83,7 @@ class SimHost:
 
     async def start(self, networks: list[NetworkRecord]) -> None:
         await self.service.start()
+        await self.service.view.ready.wait()  # 20 hosts reading at once may take a while
         self.mesh.start()
         for record in networks:  # one endpoint here per network: it is set up here
             await self.service.attach(record, f"{self.id}-ep0-{record.name}", None)

@@ -71,6 +71,7 @@ _CHANNEL = {
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.max_pings_without_data": 0,
 }
+_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # as aetcd maps them
 _KINDS: dict[str, Kind] = {"net": "net", "alloc": "alloc", "host": "host", "sg": "sg"}
 
 
@@ -234,7 +235,7 @@ class EtcdStore:
         return await self._decide(attempt)
 
     async def _records(self, etcd: aetcd.Client) -> list[NetworkRecord]:
-        found = await etcd.get_prefix(self._key("net", ""))
+        found = await self._prefix(etcd, "net", "")
         return sorted((_load_record(kv.value) for kv in found), key=lambda r: r.name)
 
     async def get_network(self, name_or_id: str) -> NetworkRecord:
@@ -375,8 +376,8 @@ class EtcdStore:
         self, network_id: str | None = None, owner: str | None = None
     ) -> list[Allocation]:
         async def query(etcd: aetcd.Client) -> list[Allocation]:
-            where = self._key("alloc", network_id, "") if network_id else self._key("alloc", "")
-            found = [self._record_of(kv) for kv in await etcd.get_prefix(where)]
+            where = ("alloc", network_id, "") if network_id else ("alloc", "")
+            found = [self._record_of(kv) for kv in await self._prefix(etcd, *where)]
             out = [a for a in found if owner in (None, a.owner)]
             return sorted(out, key=lambda a: (a.network_id, int(a.address)))
 
@@ -439,7 +440,7 @@ class EtcdStore:
 
     async def groups(self) -> list[Group]:
         async def query(etcd: aetcd.Client) -> list[Group]:
-            rows = await etcd.get_prefix(self._key("sg", ""))
+            rows = await self._prefix(etcd, "sg", "")
             return sorted((self._record_of(kv) for kv in rows), key=lambda g: g.name)
 
         return await self._call(query)
@@ -527,23 +528,41 @@ class EtcdStore:
             raise self._lost(exc) from exc
 
     async def _read_state(self, client: aetcd.Client) -> StoreState:
-        """Every key under the prefix, ``PAGE`` at a time, all at the first page's revision
-        (a consistent whole however many pages)."""
         kinds: dict[Kind, list[Any]] = {"net": [], "alloc": [], "host": [], "sg": []}
-        start, end = self._key(""), aetcd.utils.prefix_range_end(self._key(""))
-        revision = 0
+        revision, kvs = await self._range(client, self._key(""))
+        for kv in kvs:
+            parsed = self._parse(kv.key, kv.value)
+            if parsed is not None:
+                kinds[parsed[0]].append(parsed[2])
+        return StoreState(revision, kinds["net"], kinds["alloc"], kinds["host"], kinds["sg"])
+
+    async def _range(self, client: aetcd.Client, prefix: bytes) -> tuple[int, list[Any]]:
+        """The keys under ``prefix``, read ``PAGE`` at a time, all at the first page's
+        revision (a consistent whole however many pages), and that revision."""
+        start, end = prefix, aetcd.utils.prefix_range_end(prefix)
+        revision, found = 0, []
         while True:
             request = rpc.RangeRequest(key=start, range_end=end, limit=PAGE, revision=revision)
-            page = await client.kvstub.Range(request, timeout=30, metadata=client.metadata)
+            try:  # aetcd's get_prefix has no limit: its stub, and its errors, by hand
+                page = await client.kvstub.Range(request, timeout=30, metadata=client.metadata)
+            except grpc.aio.AioRpcError as exc:
+                lost = exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                error = (
+                    aetcd.exceptions.ConnectionFailedError if lost else aetcd.exceptions.ClientError
+                )
+                raise error(exc.details()) from exc
             revision = revision or page.header.revision
-            for kv in page.kvs:
-                parsed = self._parse(kv.key, kv.value)
-                if parsed is not None:
-                    kinds[parsed[0]].append(parsed[2])
+            found += page.kvs
             if not page.more:
-                break
+                return revision, found
             start = page.kvs[-1].key + b"\0"
-        return StoreState(revision, kinds["net"], kinds["alloc"], kinds["host"], kinds["sg"])
+
+    async def _prefix(self, client: aetcd.Client, *parts: object) -> list[Any]:
+        """Every key-value under a prefix, read in pages."""
+        return (await self._range(client, self._key(*parts)))[1]
 
     def _change(self, event: aetcd.rtypes.Event) -> StoreChange | None:
         deleted = event.kind == aetcd.rtypes.EventKind.DELETE
@@ -586,7 +605,7 @@ class EtcdStore:
 
     async def hosts(self) -> list[Host]:
         async def query(etcd: aetcd.Client) -> list[Host]:
-            found = await etcd.get_prefix(self._key("host", ""))
+            found = await self._prefix(etcd, "host", "")
             return sorted((self._record_of(kv) for kv in found), key=lambda h: h.id)
 
         return await self._call(query)
