@@ -83,14 +83,18 @@ class SimHost:
 
     async def start(self, networks: list[NetworkRecord]) -> None:
         await self.service.start()
-        await self.service.view.ready.wait()  # 20 hosts reading at once may take a while
+        await self.service.view.ready.wait()  # 10 hosts reading at once may take a while
         self.mesh.start()
-        for record in networks:  # one endpoint here per network: it is set up here
-            await self.service.attach(record, f"{self.id}-ep0-{record.name}", None)
+        for k, record in enumerate(networks):  # set up here (its endpoint k is on it)
+            await self.service.attach(record, owner(self.id, k), None)  # no write: it has it
 
     async def close(self) -> None:
         await self.mesh.close()
         await self.service.close()
+
+
+def owner(host: str, k: int) -> str:
+    return f"{host}-ep{k}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,16 +108,19 @@ async def populate(url: str, prefix: str, hosts: int, per_host: int) -> list[Net
     store = EtcdStore.from_url(url, prefix)
     try:
         count = max(1, (hosts * per_host + PER_NETWORK - 1) // PER_NETWORK)
+        if count > per_host:
+            raise SystemExit(f"{per_host} endpoints a host cannot be on all {count} networks")
         networks = [
             await store.create_network(NetworkSpec(f"net{i}", DRIVER), IPNetwork("10.0.0.0/8"), 22)
             for i in range(count)
         ]
 
         async def fill(n: int, record: NetworkRecord) -> None:
-            for k in range(n, hosts * per_host, count):
-                host = f"host{k % hosts:04d}"
-                meta = {"host": host, "ifname": "ethps1", "name": f"c{k}", "container": f"{k:064x}"}
-                await store.allocate(record.id, f"{host}-ep{k}", meta=meta)
+            for h in range(hosts):  # host h's endpoint k is on network k % count
+                host = f"host{h:04d}"
+                for k in range(n, per_host, len(networks)):
+                    meta = {"host": host, "ifname": "ethps1", "name": f"{host}-c{k}"}
+                    await store.allocate(record.id, owner(host, k), meta=meta)
 
         await asyncio.gather(*(fill(n, r) for n, r in enumerate(networks)))
         return networks
@@ -139,10 +146,9 @@ async def run(args: argparse.Namespace) -> str:
         seen: dict[IPAddress, list[float]] = {}
         started = time.monotonic()
         hosts = [SimHost(i, url, prefix, seen) for i in range(args.hosts)]
-        for i in range(0, len(hosts), 20):  # not all at once: as a cluster's hosts boot
-            await asyncio.gather(*(h.start(networks) for h in hosts[i : i + 20]))
+        for i in range(0, len(hosts), 10):  # not all at once: as a cluster's hosts boot
+            await asyncio.gather(*(h.start(networks) for h in hosts[i : i + 10]))
         await asyncio.sleep(2)  # the last hosts' own endpoints reach the others
-        endpoints += args.hosts * len(networks)  # each host's first one on each network
         print(f"{args.hosts} hosts up and converged in {time.monotonic() - started:.1f} s")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"simulation RSS {rss:.0f} MB ({rss / args.hosts:.1f} MB a host)", flush=True)
