@@ -150,7 +150,8 @@ async def run(args: argparse.Namespace) -> str:
             await host.start(networks)  # would starve the rest (real hosts have a CPU each)
         await asyncio.sleep(2)  # the last hosts' own endpoints reach the others
         took = time.monotonic() - started
-        print(f"{args.hosts} hosts up and converged in {took:.1f} s ({took / args.hosts:.2f} s each)")
+        each = took / args.hosts
+        print(f"{args.hosts} hosts up and converged in {took:.1f} s ({each:.2f} s each)")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"simulation RSS {rss:.0f} MB ({rss / args.hosts:.1f} MB a host)", flush=True)
 
