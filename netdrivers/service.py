@@ -296,16 +296,13 @@ class NetworkService:
         on, of both families: names are scoped to shared networks, as on Docker's
         user-defined networks."""
         wanted = name.lower().rstrip(".")
-        every = await self.attachments()
-        mine = {a.network.id for a in every if a.owner == owner}
         found = []
-        for a in every:
-            if a.network.id not in mine:
-                continue
-            container = str(a.meta.get("container", ""))
-            names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]
-            if wanted in (str(n).lower() for n in names):
-                found += [a.address] if a.address6 is None else [a.address, a.address6]
+        for own in await self.attachments(owner):  # only the networks it is on are read
+            for a in await self.attachments(network=own.network):
+                container = str(a.meta.get("container", ""))
+                names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]
+                if wanted in (str(n).lower() for n in names):
+                    found += [a.address] if a.address6 is None else [a.address, a.address6]
         return found
 
     # ---- security groups ------------------------------------------------------------------
