@@ -2,9 +2,15 @@
 service, view and etcd store, with its own etcd connection) on one real etcd, each with K
 endpoints on shared networks, and a driver that records instead of programming a kernel.
 
+The hosts run in ``--workers`` processes (one a core by default), not one: a real host has
+a CPU of its own, and one process running all would make every host wait for every other
+host's work (and one collector scan all their objects), which is the simulation's cost,
+not the control plane's. Host 0 runs in this process and is where endpoints are created.
+
 Measured, in one run:
-- convergence: from an endpoint attached on one host to its entry programmed on every
-  other host (p50 and p99 over ``--new`` endpoints, one at a time);
+- convergence: from an endpoint attached on host 0 to its entry programmed on every
+  other host (p50 and p99 over ``--new`` endpoints, one at a time; the workers stamp when
+  their last host programmed it, on the machine's one monotonic clock);
 - etcd at rest (every host up, nothing changing): its read requests (Range) and the bytes
   it sends per second, and its CPU.
 
@@ -19,13 +25,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from netaddr import IPAddress, IPNetwork
@@ -39,17 +47,17 @@ from plugstrip.netdrivers.testkit import RecordingDriver
 from tests.etcd import EtcdServer
 
 DRIVER = "plugstrip/weave"
+PREFIX = "/plugstrip/"
 PER_NETWORK = 500  # endpoints per shared network (a /22 each: half full, as next-fit likes)
-PROGRESS = asyncio.Event()  # set whenever a driver programmed an entry
 
 
 class TimedDriver(RecordingDriver):
-    """Records when each remote endpoint's entry was first programmed, by address, whether
-    in a change or in a whole set (the mesh's periodic heal)."""
+    """Tells ``programmed`` each remote endpoint's address the first time its entry is
+    programmed, whether in a change or in a whole set (the mesh's periodic heal)."""
 
-    def __init__(self, seen: dict[IPAddress, list[float]]) -> None:
+    def __init__(self, programmed: Callable[[IPAddress], None]) -> None:
         super().__init__(DRIVER)
-        self.seen = seen
+        self.programmed = programmed
         self.known: set[IPAddress] = set()
 
     async def set_remotes(self, network: Network, remotes: Collection[RemoteEndpoint]) -> None:
@@ -59,21 +67,19 @@ class TimedDriver(RecordingDriver):
         self._programmed(change.added)
 
     def _programmed(self, remotes: Collection[RemoteEndpoint]) -> None:
-        now = time.monotonic()
         for remote in remotes:
             if remote.address not in self.known:
                 self.known.add(remote.address)
-                self.seen.setdefault(remote.address, []).append(now)
-        PROGRESS.set()
+                self.programmed(remote.address)
 
 
 class SimHost:
-    def __init__(self, index: int, url: str, prefix: str, seen: dict[IPAddress, list[float]]):
+    def __init__(self, index: int, url: str, programmed: Callable[[IPAddress], None]):
         self.id = f"host{index:04d}"
-        self.driver = TimedDriver(seen)
+        self.driver = TimedDriver(programmed)
         changes = asyncio.Event()
         self.service = NetworkService(
-            EtcdStore.from_url(url, prefix),
+            EtcdStore.from_url(url, PREFIX),
             {DRIVER: self.driver},
             pool=IPNetwork("10.0.0.0/8"),
             host=self.id,
@@ -103,10 +109,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def populate(url: str, prefix: str, hosts: int, per_host: int) -> list[NetworkRecord]:
+async def populate(url: str, hosts: int, per_host: int) -> list[NetworkRecord]:
     """The endpoints every simulated host has, written before the hosts start (as a
     cluster that grew to this size), spread over shared networks."""
-    store = EtcdStore.from_url(url, prefix)
+    store = EtcdStore.from_url(url, PREFIX)
     try:
         count = max(1, (hosts * per_host + PER_NETWORK - 1) // PER_NETWORK)
         if count > per_host:
@@ -129,35 +135,131 @@ async def populate(url: str, prefix: str, hosts: int, per_host: int) -> list[Net
         await store.close()
 
 
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def start_hosts(hosts: list[SimHost], networks: list[NetworkRecord]) -> None:
+    for host in hosts:  # one after another: a process's hosts all reading at once would
+        await host.start(networks)  # starve each other (real hosts have a CPU each)
+        gc.freeze()  # and its collector would scan every started host's objects again
+
+
+async def worker(args: argparse.Namespace) -> None:
+    """Hosts ``--first`` to ``--first + --count - 1``. Prints ``up RSS_MB`` when they all
+    run, then ``seen ADDRESS TIME`` for each address once every host here programmed it,
+    and stops when its stdin closes."""
+    first, count = args.first, args.count
+    progress: dict[IPAddress, int] = {}
+
+    def programmed(address: IPAddress) -> None:
+        progress[address] = progress.get(address, 0) + 1
+        if progress[address] == count:
+            print(f"seen {address} {time.monotonic()}", flush=True)
+
+    store = EtcdStore.from_url(args.worker_of, PREFIX)
+    networks = sorted(await store.list_networks(), key=lambda r: int(r.name.removeprefix("net")))
+    await store.close()
+    hosts = [SimHost(i, args.worker_of, programmed) for i in range(first, first + count)]
+    try:
+        await start_hosts(hosts, networks)
+        print(f"up {rss_mb():.0f}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts), return_exceptions=True)
+
+
+class Workers:
+    """The worker processes and what they report: when each address reached all of a
+    worker's hosts."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.seen: dict[IPAddress, list[float]] = {}
+        self.rss: list[float] = []
+        self.changed = asyncio.Event()
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def spawn(self, url: str, ranges: list[tuple[int, int]]) -> None:
+        for first, count in ranges:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.control_plane_bench", "--worker-of", url,
+                "--first", str(first), "--count", str(count),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            self.procs.append(proc)
+            self._readers.append(asyncio.create_task(self._read(proc)))
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            word, *rest = line.decode().split()
+            if word == "up":
+                self.rss.append(float(rest[0]))
+            elif word == "seen":
+                self.seen.setdefault(IPAddress(rest[0]), []).append(float(rest[1]))
+            self.changed.set()
+        self.changed.set()  # it ended
+
+    async def until(self, done: Callable[[], bool], seconds: float, what: str) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not done():
+                    if any(p.returncode is not None for p in self.procs):
+                        raise SystemExit(f"a worker ended while waiting for {what}")
+                    await self.changed.wait()
+                    self.changed.clear()
+        if not done():
+            raise SystemExit(f"{what}: not within {seconds:.0f} s")
+
+    def everywhere(self, address: IPAddress) -> bool:
+        return len(self.seen.get(address, ())) == len(self.procs)
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None and proc.returncode is None:
+                proc.stdin.close()
+        await asyncio.gather(*(p.wait() for p in self.procs), return_exceptions=True)
+        for reader in self._readers:
+            reader.cancel()
+
+
+def split(hosts: int, workers: int) -> list[tuple[int, int]]:
+    """Hosts 1..hosts-1 as (first, count) per worker, as even as can be."""
+    others = hosts - 1
+    workers = min(workers, others)
+    return [
+        (1 + w * others // workers, (w + 1) * others // workers - w * others // workers)
+        for w in range(workers)
+    ]
+
+
 async def run(args: argparse.Namespace) -> str:
     work = Path(tempfile.mkdtemp(prefix="cpbench-", dir="/dev/shm"))
     etcd = EtcdServer(work)
     etcd.start()
     assert etcd.proc is not None
-    prefix = "/plugstrip/"
     url = etcd.url
-    hosts: list[SimHost] = []
+    workers = Workers()
+    origin: SimHost | None = None
     try:
         started = time.monotonic()
-        networks = await populate(url, prefix, args.hosts, args.endpoints_per_host)
+        networks = await populate(url, args.hosts, args.endpoints_per_host)
         endpoints = args.hosts * args.endpoints_per_host
         print(f"populated {endpoints} endpoints on {len(networks)} networks", end="")
         print(f" in {time.monotonic() - started:.1f} s", flush=True)
 
-        seen: dict[IPAddress, list[float]] = {}
         started = time.monotonic()
-        hosts = [SimHost(i, url, prefix, seen) for i in range(args.hosts)]
-        for host in hosts:  # one after another: one process runs them all, reading at once
-            await host.start(networks)  # would starve the rest (real hosts have a CPU each)
-            # and its collector would scan every host's objects (E of them each) again and
-            # again, pausing all hosts for seconds: a host's own process holds 1/N of them
-            gc.freeze()
+        origin = SimHost(0, url, lambda address: None)
+        await start_hosts([origin], networks)
+        ranges = split(args.hosts, args.workers)
+        await workers.spawn(url, ranges)
+        await workers.until(lambda: len(workers.rss) == len(ranges), 3600, "hosts up")
         await asyncio.sleep(2)  # the last hosts' own endpoints reach the others
         took = time.monotonic() - started
-        each = took / args.hosts
-        print(f"{args.hosts} hosts up and converged in {took:.1f} s ({each:.2f} s each)")
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"simulation RSS {rss:.0f} MB ({rss / args.hosts:.1f} MB a host)", flush=True)
+        print(f"{args.hosts} hosts up in {len(ranges)} workers in {took:.1f} s", end="")
+        rss = sum(workers.rss) + rss_mb()
+        print(f"; RSS {rss:.0f} MB ({rss / args.hosts:.1f} MB a host)", flush=True)
 
         # at rest: nothing changes; what does etcd serve?
         (ranges0, sent0), cpu0, t0 = etcd.served(), cpu_seconds(etcd.proc.pid), time.monotonic()
@@ -167,34 +269,33 @@ async def run(args: argparse.Namespace) -> str:
         sent = (sent1 - sent0) / (t1 - t0) / 1024
         cpu = 100 * (cpu1 - cpu0) / (t1 - t0)
 
-        converge = []
+        converge, writes = [], []
         for i in range(args.new):
-            host = hosts[(i * 7919) % len(hosts)]
             record = networks[i % len(networks)]
             t = time.monotonic()
-            attached = await host.service.attach(record, f"{host.id}-new{i}", None)
-            others = args.hosts - 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(30):
-                    while len(seen.get(attached.address, ())) < others:
-                        await PROGRESS.wait()
-                        PROGRESS.clear()
-            times = seen.get(attached.address, [])
-            if len(times) < others:
-                raise SystemExit(f"endpoint {i} reached {len(times)} of {others} hosts in 30 s")
-            converge.append((max(times) - t) * 1000)
+            address = (await origin.service.attach(record, f"{origin.id}-new{i}", None)).address
+            writes.append((time.monotonic() - t) * 1000)
+            await workers.until(
+                functools.partial(workers.everywhere, address),
+                30,
+                f"endpoint {i} on every host",
+            )
+            converge.append((max(workers.seen[address]) - t) * 1000)
             await asyncio.sleep(args.gap)
+        print(f"converge each, in order: {' '.join(f'{c:.0f}' for c in converge)} ms")
+        print(f"of which the write on host 0: {' '.join(f'{w:.0f}' for w in writes)} ms")
         converge.sort()
         p50 = statistics.median(converge)
         p99 = converge[min(len(converge) - 1, round(0.99 * (len(converge) - 1)))]
-        print(f"converge each: {' '.join(f'{c:.0f}' for c in converge)} ms")
         return (
             f"hosts {args.hosts} endpoints {endpoints}: converge p50 {p50:.0f} ms "
             f"p99 {p99:.0f} ms; etcd reads at rest {reads:.1f}/s, {sent:.1f} KB/s; "
             f"etcd CPU {cpu:.1f}%"
         )
     finally:
-        await asyncio.gather(*(h.close() for h in hosts), return_exceptions=True)
+        await workers.close()
+        if origin is not None:
+            await origin.close()
         etcd.stop()
 
 
@@ -205,9 +306,18 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=20, help="endpoints timed (at least 20)")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds measured at rest")
     parser.add_argument("--gap", type=float, default=0.1, help="seconds between new endpoints")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes running the hosts"
+    )
+    parser.add_argument("--worker-of", help=argparse.SUPPRESS)  # etcd's URL: be a worker
+    parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.hosts < 2 or args.new < 1:
-        parser.error("at least 2 hosts and 1 new endpoint")
+    if args.worker_of:
+        asyncio.run(worker(args))
+        return
+    if args.hosts < 2 or args.new < 1 or args.workers < 1:
+        parser.error("at least 2 hosts, 1 new endpoint and 1 worker")
     print(asyncio.run(run(args)))
 
 
