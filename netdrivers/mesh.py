@@ -90,8 +90,10 @@ class Mesh:
         loop = asyncio.get_running_loop()
         healed = loop.time() - random.uniform(0, FULL_SYNC)  # hosts do not heal in step
         while True:
+            # Until a change, or the heal is due: on its own clock, as a heal left to the
+            # next change would add its cost to that change's convergence.
             try:
-                async with asyncio.timeout(FULL_SYNC):
+                async with asyncio.timeout_at(healed + FULL_SYNC):
                     await self._wake.wait()
             except TimeoutError:
                 pass
