@@ -249,13 +249,23 @@ async def _check_security_groups(
         except (OSError, subprocess.CalledProcessError) as exc:
             checks.append(Check(f"security groups ({driver})", "warn", f"cannot read: {exc}"))
             continue
-        guarded = {str(g.address) for g in wanted.guarded}
-        found = set(re.findall(r"([0-9a-f.:]+) : jump ep\d+", text)) | set(
-            re.findall(r"(?:nw_dst|ipv6_dst)=([0-9a-f.:]+) actions=resubmit\(,2\)", text)
-        )
+        # (direction, address): the nft chains' or the OpenFlow dispatch flows' targets
+        guarded = {("in", str(g.address)) for g in wanted.guarded} | {
+            ("out", str(g.address)) for g in wanted.egress_guarded()
+        }
+        found = {
+            (way, address)
+            for way, chain, field, table in (("in", "ep", "dst", 2), ("out", "out", "src", 3))
+            for pattern in (
+                rf"([0-9a-f.:]+) : jump {chain}\d+",
+                rf"(?:nw_{field}|ipv6_{field})=([0-9a-f.:]+) actions=resubmit\(,{table}\)",
+            )
+            for address in re.findall(pattern, text)
+        }
         members = {str(m) for ms in wanted.members.values() for m in ms}
-        missing = sorted(guarded - found) + sorted(m for m in members if m not in text)
-        extra = sorted(found - guarded)
+        missing = [f"{w} {a}" for w, a in sorted(guarded - found)]
+        missing += sorted(m for m in members if m not in text)
+        extra = [f"{w} {a}" for w, a in sorted(found - guarded)]
         if missing or extra:
             detail = f"missing {missing or 'nothing'}, extra {extra or 'nothing'}"
             checks.append(Check(f"security groups ({driver})", "fail", detail))
@@ -264,7 +274,9 @@ async def _check_security_groups(
                 Check(
                     f"security groups ({driver})",
                     "ok",
-                    f"{len(guarded)} guarded endpoint(s), {len(members)} member address(es)",
+                    f"{len(wanted.guarded)} guarded endpoint(s)"
+                    f" ({len(wanted.egress_guarded())} with egress rules),"
+                    f" {len(members)} member address(es)",
                 )
             )
     return checks

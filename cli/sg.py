@@ -14,7 +14,7 @@ from plugstrip.netdrivers.service import NetworkService
 
 
 def add_commands(sub: Any, state_dir: str, store: str | None) -> None:
-    sg = sub.add_parser("sg", help="security groups: stateful ingress rules between containers")
+    sg = sub.add_parser("sg", help="security groups: stateful rules between containers")
     actions = sg.add_subparsers(required=True, metavar="ACTION")
     create = actions.add_parser("create", help="a group with no rules (its members take nothing)")
     create.add_argument("group")
@@ -23,7 +23,9 @@ def add_commands(sub: Any, state_dir: str, store: str | None) -> None:
     for verb, func, text in (("allow", _allow, "add a rule"), ("revoke", _revoke, "remove one")):
         rule = actions.add_parser(verb, help=text)
         rule.add_argument("group")
-        rule.add_argument("--from", dest="source", required=True, help="a group, a CIDR or any")
+        peer = rule.add_mutually_exclusive_group(required=True)
+        peer.add_argument("--from", dest="source", help="ingress: from a group, a CIDR or any")
+        peer.add_argument("--to", dest="dest", help="egress: to a group, a CIDR or any")
         rule.add_argument("--proto", default="any", choices=security.PROTOS)
         rule.add_argument("--port", help="a port or a range N-M (tcp and udp)")
         rule.set_defaults(func=func)
@@ -47,6 +49,8 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _rule(args: argparse.Namespace) -> security.Rule:
+    if args.dest is not None:
+        return security.parse_rule(args.dest, args.proto, args.port, egress=True)
     return security.parse_rule(args.source, args.proto, args.port)
 
 
@@ -87,7 +91,12 @@ def _inspect(args: argparse.Namespace) -> int:
         return {
             "Name": group.name,
             "Rules": [
-                {"From": r.source, "Proto": r.proto, "Ports": list(r.ports) if r.ports else None}
+                {
+                    "Direction": "egress" if r.egress else "ingress",
+                    "To" if r.egress else "From": r.peer,
+                    "Proto": r.proto,
+                    "Ports": list(r.ports) if r.ports else None,
+                }
                 for r in group.rules
             ],
             "Endpoints": [

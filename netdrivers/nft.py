@@ -3,8 +3,10 @@
 ``inet plugstrip``, a forward-hook chain that sees the frames crossing plugstrip's bridges
 as IP packets (bridge-nf-call-iptables, which dockerd turns on anyway and this module
 makes sure of). Connection tracking passes replies and established flows; a verdict map
-sends new traffic to a guarded endpoint (one lookup, however many there are) to that
-endpoint's chain, whose rules accept it or it is dropped. Group membership is a named set
+sends new traffic from an endpoint whose groups have egress rules to its ``out`` chain
+(an allowing rule returns, else drop), then one sends new traffic to a guarded endpoint
+(one lookup, however many there are) to its ``ep`` chain, whose rules accept it or it is
+dropped. Group membership is a named set
 per group and family, so a rule ``from web`` is one set lookup, and a member coming or
 going rewrites a set, not a rule.
 
@@ -40,8 +42,8 @@ def set_name(group: str, version: int) -> str:
     return f"g{version}_{safe}_{hashlib.sha256(group.encode()).hexdigest()[:6]}"
 
 
-def chain_name(index: int) -> str:
-    return f"ep{index}"
+def chain_name(index: int, egress: bool = False) -> str:
+    return f"{'out' if egress else 'ep'}{index}"
 
 
 def script(policy: Policy) -> str:
@@ -58,19 +60,23 @@ def script(policy: Policy) -> str:
         "    ct state established,related accept",
         f"    icmpv6 type {{ {_ND} }} accept",
     ]
-    for version, match in ((4, "ip daddr"), (6, "ip6 daddr")):
-        entries = [
-            f"{e.address} : jump {chain_name(i)}"
-            for i, e in enumerate(policy.guarded)
-            if e.address.version == version
-        ]
-        if entries:
-            lines.append(f"    {match} vmap {{ {', '.join(entries)} }}")
+    for egress, chains in ((True, policy.egress_guarded()), (False, policy.guarded)):
+        for version, family in ((4, "ip"), (6, "ip6")):
+            entries = [
+                f"{e.address} : jump {chain_name(i, egress)}"
+                for i, e in enumerate(chains)
+                if e.address.version == version
+            ]
+            if entries:
+                match = f"{family} {'saddr' if egress else 'daddr'}"
+                lines.append(f"    {match} vmap {{ {', '.join(entries)} }}")
     lines.append("  }")
-    for i, guarded in enumerate(policy.guarded):
-        lines.append(f"  chain {chain_name(i)} {{")
-        lines += [f"    {rule} accept" for rule in _rules(guarded)]
-        lines += ["    drop", "  }"]
+    for egress, chains in ((True, policy.egress_guarded()), (False, policy.guarded)):
+        verdict = "return" if egress else "accept"  # egress allowed: on to the receiver's
+        for i, guarded in enumerate(chains):
+            lines.append(f"  chain {chain_name(i, egress)} {{")
+            lines += [f"    {rule} {verdict}" for rule in _rules(guarded, egress)]
+            lines += ["    drop", "  }"]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -93,27 +99,27 @@ def _elements(members: Iterable[IPAddress], version: int) -> str:
     return f" elements = {{ {', '.join(found)} }}" if found else ""
 
 
-def _rules(guarded: Guarded) -> list[str]:
+def _rules(guarded: Guarded, egress: bool) -> list[str]:
     version = guarded.address.version
     family = "ip" if version == 4 else "ip6"
     out = []
-    for rule in guarded.rules:
-        source = _source(rule, version, family)
-        if source is None:
+    for rule in guarded.egress if egress else guarded.rules:
+        peer = _peer(rule, version, f"{family} {'daddr' if egress else 'saddr'}")
+        if peer is None:
             continue  # a CIDR of the other family
         l4 = _l4(rule, version)
         if l4 is None:
             continue  # icmp for IPv6 or icmpv6 for IPv4: nothing of this family
-        out.append(" ".join(p for p in (source, l4) if p))
+        out.append(" ".join(p for p in (peer, l4) if p))
     return out
 
 
-def _source(rule: Rule, version: int, family: str) -> str | None:
-    cidr = rule.source_cidr()
+def _peer(rule: Rule, version: int, match: str) -> str | None:
+    cidr = rule.peer_cidr()
     if cidr is not None:
-        return f"{family} saddr {cidr}" if cidr.version == version else None
-    group = rule.source_group()
-    return f"{family} saddr @{set_name(group, version)}" if group else ""
+        return f"{match} {cidr}" if cidr.version == version else None
+    group = rule.peer_group()
+    return f"{match} @{set_name(group, version)}" if group else ""
 
 
 def _l4(rule: Rule, version: int) -> str | None:

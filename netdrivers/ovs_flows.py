@@ -3,17 +3,21 @@ own firewall drivers, on the integration bridge plugstrip owns.
 
     table 0   IPv6 neighbour discovery passes; IP goes through conntrack, to table 1;
               the rest (ARP) is switched as before (NORMAL)
-    table 1   established and related pass, invalid drops; new traffic to a guarded
-              endpoint goes to table 2, new traffic to any other is committed and passes
-    table 2   a guarded endpoint's rules: from anyone or a CIDR, one flow; from a group,
-              a conjunctive match per (source group, destination group): the source's
-              members x the destination's endpoints here x the rules' protocols and
-              ports, so a member, an endpoint or a rule coming or going is a flow or two,
-              and a rule costs one classifier lookup however large the group; else drop
+    table 1   established and related pass, invalid drops; new traffic from an endpoint
+              whose groups have egress rules goes to table 3, other new traffic to 4
+    table 3   an endpoint's egress rules: what one allows goes on to table 4, else drop
+    table 4   new traffic to a guarded endpoint goes to table 2, to any other is
+              committed and passes
+    table 2   a guarded endpoint's ingress rules: from anyone or a CIDR, one flow; from a
+              group, a conjunctive match per (peer group, endpoint's group): the peer's
+              members x the group's endpoints here x the rules' protocols and ports, so a
+              member, an endpoint or a rule coming or going is a flow or two, and a rule
+              costs one classifier lookup however large the group; else drop
 
-Programmed with ``ovs-ofctl``: the flows that changed since the last time, and now and then
-(and at start) ``replace-flows``, which reconciles the bridge to the policy whatever it
-had.
+Tables 3 and 2 are the two directions of one shape (table 3 with source and destination
+swapped). Programmed with ``ovs-ofctl``: the flows that changed since the last time, and
+now and then (and at start) ``replace-flows``, which reconciles the bridge to the policy
+whatever it had.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import os
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.security import Policy, Rule, port_masks
+from plugstrip.netdrivers.security import Guarded, Policy, Rule, port_masks
 
 ZONE = 1  # subnets never overlap across plugstrip networks: one conntrack zone serves
 PASS = f"ct(commit,zone={ZONE}),NORMAL"
+INGRESS, EGRESS, AFTER_EGRESS = 2, 3, 4  # tables
 
 
 def flows(policy: Policy) -> list[str]:
@@ -43,69 +48,102 @@ def flows(policy: Policy) -> list[str]:
         "table=1,priority=100,ct_state=+trk+est,actions=NORMAL",
         "table=1,priority=100,ct_state=+trk+rel,actions=NORMAL",
         "table=1,priority=90,ct_state=+trk+inv,actions=drop",
-        f"table=1,priority=0,ip,actions={PASS}",  # ct() wants its L3 protocol matched
-        f"table=1,priority=0,ipv6,actions={PASS}",
-        "table=2,priority=0,actions=drop",
+        f"table=1,priority=0,actions=resubmit(,{AFTER_EGRESS})",
+        f"table={AFTER_EGRESS},priority=0,ip,actions={PASS}",  # ct() wants its L3 matched
+        f"table={AFTER_EGRESS},priority=0,ipv6,actions={PASS}",
+        f"table={INGRESS},priority=0,actions=drop",
+        f"table={EGRESS},priority=0,actions=drop",
     ]
-    conjunctions: dict[str, list[str]] = {}  # a match -> its conjunction actions
     for guarded in policy.guarded:
         ip, dst = _family(guarded.address)
         out.append(
-            f"table=1,priority=50,ct_state=+trk+new,{ip},{dst}={guarded.address},"
-            "actions=resubmit(,2)"
+            f"table={AFTER_EGRESS},priority=50,{ip},{dst}={guarded.address},"
+            f"actions=resubmit(,{INGRESS})"
         )
-        for rule in guarded.rules:  # from anyone or a CIDR: one flow per endpoint
-            cidr = rule.source_cidr()
+    for guarded in policy.egress_guarded():
+        ip, _ = _family(guarded.address)
+        out.append(
+            f"table=1,priority=50,ct_state=+trk+new,{ip},{_src(ip)}={guarded.address},"
+            f"actions=resubmit(,{EGRESS})"
+        )
+    for egress in (False, True):
+        out += _direction(policy, egress)
+    return out
+
+
+def _direction(policy: Policy, egress: bool) -> list[str]:
+    """The flows of one direction's rules table: for ingress, traffic from a peer to a
+    guarded endpoint; for egress, from a guarded endpoint to a peer."""
+    table = EGRESS if egress else INGRESS
+    allowed = f"resubmit(,{AFTER_EGRESS})" if egress else PASS
+
+    def ends(ip: str, peer: object, mine: object) -> str:  # the (source, destination) match
+        ends = zip((_src(ip), _dst(ip)), (mine, peer) if egress else (peer, mine), strict=True)
+        return ",".join(f"{field}={value}" for field, value in ends if value is not None)
+
+    out = []
+    for guarded in policy.guarded:  # from (to) anyone or a CIDR: one flow per endpoint
+        ip, _ = _family(guarded.address)
+        for rule in _rules(guarded, egress):
+            cidr = rule.peer_cidr()
             l4s = _l4(rule, guarded.address.version)
-            if rule.source_group() is not None or l4s is None:
+            if rule.peer_group() is not None or l4s is None:
                 continue
             if cidr is not None and cidr.version != guarded.address.version:
                 continue
-            src = f",{_src(ip)}={cidr}" if cidr else ""
             for l4 in l4s:
-                out.append(f"table=2,priority=20,{l4}{src},{dst}={guarded.address},actions={PASS}")
-    # From a group: one conjunction per (source group, destination group, family), whose
-    # dimensions are the source's members, the destination's endpoints here, and the
-    # rules' protocols and ports; a rule, a member or an endpoint is then a flow or two.
-    for target, rules in policy.rules.items():
+                match = ends(ip, cidr, guarded.address)
+                out.append(f"table={table},priority=20,{l4},{match},actions={allowed}")
+    # From (to) a group: one conjunction per (peer group, endpoint's group, family), whose
+    # dimensions are the peer's members, the group's endpoints here, and the rules'
+    # protocols and ports; a rule, a member or an endpoint is then a flow or two.
+    conjunctions: dict[str, list[str]] = {}  # a match -> its conjunction actions
+    for target, every in policy.rules.items():
+        rules = [r for r in every if r.egress == egress]
         for version in (4, 6):
             here = [g.address for g in policy.guarded if target in g.groups]
             here = [a for a in here if a.version == version]
-            for source in sorted({g for r in rules if (g := r.source_group())}):
-                members = [a for a in policy.members.get(source, ()) if a.version == version]
-                l4s = [
-                    m for r in rules if r.source_group() == source for m in _l4(r, version) or ()
-                ]
+            ip = "ip" if version == 4 else "ipv6"
+            for peer in sorted({g for r in rules if (g := r.peer_group())}):
+                members = [a for a in policy.members.get(peer, ()) if a.version == version]
+                l4s = [m for r in rules if r.peer_group() == peer for m in _l4(r, version) or ()]
                 if not (here and members and l4s):
                     continue
-                ip = "ip" if version == 4 else "ipv6"
-                dst = "nw_dst" if version == 4 else "ipv6_dst"
-                conj = conj_id(source, target, version)
+                conj = conj_id(peer, target, version, egress)
                 for member in sorted(members, key=int):
-                    conjunctions.setdefault(f"{ip},{_src(ip)}={member}", []).append(
+                    conjunctions.setdefault(f"{ip},{ends(ip, member, None)}", []).append(
                         f"conjunction({conj},1/3)"
                     )
                 for address in sorted(here, key=int):
-                    conjunctions.setdefault(f"{ip},{dst}={address}", []).append(
+                    conjunctions.setdefault(f"{ip},{ends(ip, None, address)}", []).append(
                         f"conjunction({conj},2/3)"
                     )
                 for l4 in sorted(set(l4s)):
                     conjunctions.setdefault(l4, []).append(f"conjunction({conj},3/3)")
-                out.append(f"table=2,priority=10,conj_id={conj},{ip},actions={PASS}")
+                out.append(f"table={table},priority=10,conj_id={conj},{ip},actions={allowed}")
     for match, actions in conjunctions.items():
-        out.append(f"table=2,priority=10,{match},actions={','.join(sorted(actions))}")
+        out.append(f"table={table},priority=10,{match},actions={','.join(sorted(actions))}")
     return out
 
 
-def conj_id(source: str, target: str, version: int) -> int:
+def _rules(guarded: Guarded, egress: bool) -> tuple[Rule, ...]:
+    return guarded.egress if egress else guarded.rules
+
+
+def conj_id(peer: str, target: str, version: int, egress: bool = False) -> int:
     """A conjunction's id, the same whatever else the policy holds (so a new rule or group
     elsewhere leaves this one's flows as they are)."""
-    digest = hashlib.sha256(f"{source}\0{target}\0{version}".encode()).digest()
+    key = f"{peer}\0{target}\0{version}" + ("\0egress" if egress else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF or 1
 
 
 def _src(ip: str) -> str:
     return "nw_src" if ip == "ip" else "ipv6_src"
+
+
+def _dst(ip: str) -> str:
+    return "nw_dst" if ip == "ip" else "ipv6_dst"
 
 
 def _family(address: IPAddress) -> tuple[str, str]:

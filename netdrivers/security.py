@@ -1,10 +1,13 @@
 """Security groups: the model operators know from OpenStack and AWS, and what one host's
 datapath must enforce of it.
 
-A group is a named set of ingress rules; each allows traffic ``from`` a group, a CIDR or
-anyone, of a protocol, to a port range. Rules only allow and are stateful (replies to
-allowed traffic pass). An endpoint in no group is open, as before groups existed; an
-endpoint in groups takes only what one of its groups' rules allows (and replies).
+A group is a named set of rules; an ingress rule allows traffic ``from`` a group, a CIDR
+or anyone, an egress rule traffic ``to`` one, of a protocol, to a port range. Rules only
+allow and are stateful (replies to allowed traffic pass). An endpoint in no group is open,
+as before groups existed; an endpoint in groups takes in only what one of its groups'
+ingress rules allows, and sends out anything unless one of its groups has egress rules:
+then only what one of them allows. Between two guarded endpoints both ends must agree (the
+sender's egress and the receiver's ingress), as in AWS and OpenStack.
 
 Pure decisions on plain values: the store keeps groups, the control plane computes a
 host's :class:`Policy` from them and the endpoints, a driver programs it (membership as
@@ -30,25 +33,27 @@ NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 
 @dataclass(frozen=True, order=True)
 class Rule:
-    """Allow ``proto`` traffic from ``source`` (a group's name, a CIDR, or ``any``) to
-    ports ``ports`` (first, last; None: every port, and for ICMP always None)."""
+    """Allow ``proto`` traffic from ``peer`` (a group's name, a CIDR, or ``any``), or to
+    it if ``egress``, to ports ``ports`` (first, last; None: every port, and for ICMP
+    always None)."""
 
-    source: str
+    peer: str
     proto: Proto = "any"
     ports: tuple[int, int] | None = None
+    egress: bool = False
 
-    def source_cidr(self) -> IPNetwork | None:
-        return IPNetwork(self.source) if "/" in self.source else None
+    def peer_cidr(self) -> IPNetwork | None:
+        return IPNetwork(self.peer) if "/" in self.peer else None
 
-    def source_group(self) -> str | None:
-        return None if self.source == ANY or "/" in self.source else self.source
+    def peer_group(self) -> str | None:
+        return None if self.peer == ANY or "/" in self.peer else self.peer
 
     def describe(self) -> str:
         ports = ""
         if self.ports is not None:
             first, last = self.ports
             ports = f" port {first}" if first == last else f" ports {first}-{last}"
-        return f"from {self.source} {self.proto}{ports}"
+        return f"{'to' if self.egress else 'from'} {self.peer} {self.proto}{ports}"
 
 
 @dataclass(frozen=True)
@@ -63,27 +68,29 @@ def check_name(name: str) -> str:
     return name
 
 
-def parse_rule(source: str, proto: str = "any", port: str | None = None) -> Rule:
-    """A rule from the operator's words (``--from web --proto tcp --port 5432``), or a
-    clear error (category ``invalid``)."""
+def parse_rule(
+    peer: str, proto: str = "any", port: str | None = None, egress: bool = False
+) -> Rule:
+    """A rule from the operator's words (``--from web --proto tcp --port 5432``, or
+    ``--to`` for egress), or a clear error (category ``invalid``)."""
     if proto not in PROTOS:
         raise IpamError("invalid", f"invalid protocol {proto!r}: one of {', '.join(PROTOS)}")
-    if "/" in source:
+    if "/" in peer:
         try:
-            cidr = IPNetwork(source)
+            cidr = IPNetwork(peer)
         except (AddrFormatError, ValueError):
-            raise IpamError("invalid", f"invalid CIDR {source!r}") from None
+            raise IpamError("invalid", f"invalid CIDR {peer!r}") from None
         if cidr.ip != cidr.network:
-            raise IpamError("invalid", f"invalid CIDR {source}: host bits set ({cidr.cidr}?)")
-        source = str(cidr.cidr)
-    elif source != ANY:
-        check_name(source)
+            raise IpamError("invalid", f"invalid CIDR {peer}: host bits set ({cidr.cidr}?)")
+        peer = str(cidr.cidr)
+    elif peer != ANY:
+        check_name(peer)
     ports = None
     if port is not None:
         if proto not in ("tcp", "udp"):
             raise IpamError("invalid", f"--port is for tcp and udp, not {proto}")
         ports = parse_ports(port)
-    return Rule(source, proto, ports)
+    return Rule(peer, proto, ports, egress)
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -115,23 +122,28 @@ def port_masks(first: int, last: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Guarded:
-    """A local endpoint in ``groups``: traffic to ``address`` needs one of ``rules`` (all
-    its groups' rules)."""
+    """A local endpoint in ``groups``: traffic to ``address`` needs one of ``rules`` (its
+    groups' ingress rules); new traffic from it, if ``egress`` has any (its groups' egress
+    rules), needs one of those too."""
 
     address: IPAddress
     rules: tuple[Rule, ...]
     groups: tuple[str, ...] = ()
+    egress: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
 class Policy:
     """What one host enforces: its guarded endpoints, the rules of the groups they are in,
-    and the members of the groups those rules name (on every host: sources may be
+    and the members of the groups those rules name (on every host: peers may be
     anywhere)."""
 
     guarded: tuple[Guarded, ...] = ()
     members: Mapping[str, frozenset[IPAddress]] = field(default_factory=dict)
     rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+
+    def egress_guarded(self) -> tuple[Guarded, ...]:
+        return tuple(g for g in self.guarded if g.egress)
 
 
 def policy(
@@ -148,9 +160,16 @@ def policy(
         for name in names:
             members.setdefault(name, set()).add(address)
         if local and names:
-            rules = sorted({r for n in names for r in groups.get(n, Group(n)).rules})
-            guarded.append(Guarded(address, tuple(rules), tuple(sorted(set(names)))))
-    wanted = {g for e in guarded for r in e.rules if (g := r.source_group())}
+            every = sorted({r for n in names for r in groups.get(n, Group(n)).rules})
+            guarded.append(
+                Guarded(
+                    address,
+                    tuple(r for r in every if not r.egress),
+                    tuple(sorted(set(names))),
+                    tuple(r for r in every if r.egress),
+                )
+            )
+    wanted = {g for e in guarded for r in (*e.rules, *e.egress) if (g := r.peer_group())}
     mine = sorted({n for e in guarded for n in e.groups})
     return Policy(
         tuple(sorted(guarded, key=lambda g: (g.address.version, int(g.address)))),

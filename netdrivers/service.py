@@ -325,9 +325,9 @@ class NetworkService:
         return made
 
     async def allow(self, name: str, rule: Rule) -> Group:
-        source = rule.source_group()
-        if source is not None and source != name:
-            await self.check_groups([source])
+        peer = rule.peer_group()
+        if peer is not None and peer != name:
+            await self.check_groups([peer])
 
         def add(current: Group | None) -> Group:
             if current is None:
@@ -360,7 +360,7 @@ class NetworkService:
                 "conflict", f"security group {name} is in use by {len(users)} endpoint(s)"
             )
         for group in await self.groups():
-            if group.name != name and any(r.source_group() == name for r in group.rules):
+            if group.name != name and any(r.peer_group() == name for r in group.rules):
                 raise IpamError(
                     "conflict", f"security group {name} is named by a rule of group {group.name}"
                 )
@@ -378,6 +378,8 @@ class NetworkService:
     async def check_groups(self, names: list[str]) -> None:
         """Refuse groups that do not exist (before anything is made for an endpoint)."""
         known = {g.name for g in await self.groups()} if names else set()
+        if not known.issuperset(names):  # the view may not have a group just made: ask
+            known = {g.name for g in await self.store.groups()}  # the store before refusing
         for name in names:
             if name not in known:
                 raise IpamError("invalid", f"security group {name} not found")

@@ -241,7 +241,10 @@ def host_id(state_dir: str | Path) -> str:
 
 def dump_group(group: Group) -> str:
     return json.dumps(
-        [{"source": r.source, "proto": r.proto, "ports": r.ports} for r in group.rules]
+        [
+            {"peer": r.peer, "proto": r.proto, "ports": r.ports, "egress": r.egress}
+            for r in group.rules
+        ]
     )
 
 
@@ -249,7 +252,12 @@ def load_group(name: str, text: str | bytes) -> Group:
     return Group(
         name,
         tuple(
-            Rule(r["source"], r["proto"], tuple(r["ports"]) if r["ports"] else None)
+            Rule(
+                r.get("peer", r.get("source")),  # "source": as plugstrip wrote it before egress
+                r["proto"],
+                tuple(r["ports"]) if r["ports"] else None,
+                r.get("egress", False),
+            )
             for r in json.loads(text)
         ),
     )

@@ -226,7 +226,7 @@ def test_dual_stack_across_hosts(setup: Setup) -> None:
 def test_security_groups_across_hosts(setup: Setup) -> None:
     """A group's rule from a group whose members are on another host; a rule revoked and
     allowed again from a third host (the operator's command against etcd) takes effect on
-    the host enforcing it."""
+    the host enforcing it; an egress rule is enforced on the sender's host."""
     a, b, c = setup.hosts
     name, db_g, web_g = uname("sgnet"), uname("db"), uname("web")
     setup.network(a, name)
@@ -254,6 +254,13 @@ def test_security_groups_across_hosts(setup: Setup) -> None:
     plugstrip(setup.cluster, "sg", "allow", db_g, *revoke)
     wait_for(lambda: tcp_reaches(b, web, db), 5, "an allow from another host not enforced")
     print(f"revoke and allow enforced across hosts within {time.monotonic() - started:.2f} s")
+    # egress, enforced on the sender's host: web sends only what its rules allow
+    assert reaches(b, web, other)  # no egress rules yet: open
+    to_db = ("--to", db_g, "--proto", "tcp", "--port", "80")
+    plugstrip(setup.cluster, "sg", "allow", web_g, *to_db)
+    wait_for(lambda: not reaches(b, web, other), 5, "egress rule not enforced on b")
+    assert tcp_reaches(b, web, db)  # allowed by both ends, across hosts
+    plugstrip(setup.cluster, "sg", "revoke", web_g, *to_db)
     for host, container in ((a, db), (b, web), (c, other)):
         host.docker("rm", "-f", container)
     plugstrip(setup.cluster, "sg", "rm", db_g)

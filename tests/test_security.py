@@ -12,13 +12,14 @@ from netaddr import IPAddress
 from plugstrip.netdrivers import nft, ovs_flows
 from plugstrip.netdrivers.ipam import IpamError
 from plugstrip.netdrivers.security import Group, Rule, parse_rule, policy, port_masks
+from plugstrip.netdrivers.store import dump_group, load_group
 
 
 def test_rules_from_the_operators_words() -> None:
     assert parse_rule("web", "tcp", "5432") == Rule("web", "tcp", (5432, 5432))
     assert parse_rule("10.40.0.0/16", "icmp") == Rule("10.40.0.0/16", "icmp", None)
     assert parse_rule("any", "udp", "5000-5100") == Rule("any", "udp", (5000, 5100))
-    assert parse_rule("fd70::/64", "icmpv6").source_cidr() is not None
+    assert parse_rule("fd70::/64", "icmpv6").peer_cidr() is not None
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ def test_nftables_table() -> None:
 def test_openflow_tables() -> None:
     found = ovs_flows.flows(policy(GROUPS, endpoints()))
     assert "table=1,priority=100,ct_state=+trk+est,actions=NORMAL" in found
-    assert any("ct_state=+trk+new,ip,nw_dst=10.40.0.5,actions=resubmit(,2)" in f for f in found)
+    assert "table=4,priority=50,ip,nw_dst=10.40.0.5,actions=resubmit(,2)" in found
     # from web to db: one conjunction, its dimensions web's members, db's endpoints here,
     # and the rules' protocols and ports
     conj = ovs_flows.conj_id("web", "db", 4)
@@ -126,3 +127,63 @@ def test_a_new_rule_from_a_group_leaves_the_members_flows_as_they_were() -> None
         f"actions=conjunction({ovs_flows.conj_id('web', 'db', 4)},3/3)"
     ]
     assert before - after == set()
+
+
+EGRESS = {
+    **GROUPS,
+    "web": Group(
+        "web",
+        (
+            *GROUPS["web"].rules,
+            Rule("db", "tcp", (5432, 5432), egress=True),
+            Rule("10.99.0.0/16", "udp", (53, 53), egress=True),
+        ),
+    ),
+}
+
+
+def test_egress_rules_guard_what_their_endpoints_send() -> None:
+    assert parse_rule("db", "tcp", "5432", egress=True).describe() == "to db tcp port 5432"
+    found = policy(EGRESS, endpoints())
+    (web,) = (g for g in found.guarded if g.address == WEB[0])
+    assert [r.peer for r in web.egress] == ["10.99.0.0/16", "db"] and len(web.rules) == 1
+    assert [g.address for g in found.egress_guarded()] == [WEB[0]]  # db: egress open
+    assert set(found.members) == {"web", "db"}  # db: named by web's egress rule
+
+
+def test_nftables_egress_chains_return_to_the_receivers_check() -> None:
+    text = nft.script(policy(EGRESS, endpoints()))
+    forward = text.split("chain forward {", 1)[1].split("\n  }", 1)[0]
+    # the sender's check comes first, then the receiver's
+    assert forward.index("ip saddr vmap { 10.40.0.2 : jump out0 }") < forward.index("daddr vmap")
+    out0 = text.split("chain out0 {", 1)[1].split("\n  }", 1)[0]
+    assert f"ip daddr @{nft.set_name('db', 4)} tcp dport 5432 return" in out0
+    assert "ip daddr 10.99.0.0/16 udp dport 53 return" in out0
+    assert out0.strip().endswith("drop")
+    assert text.count("    drop") == 3
+
+
+def test_openflow_egress_table() -> None:
+    found = ovs_flows.flows(policy(EGRESS, endpoints()))
+    assert "table=1,priority=50,ct_state=+trk+new,ip,nw_src=10.40.0.2,actions=resubmit(,3)" in found
+    assert not any("nw_src=10.40.0.5,actions=resubmit(,3)" in f for f in found)  # db: open
+    assert "table=1,priority=0,actions=resubmit(,4)" in found
+    assert "table=4,priority=50,ip,nw_dst=10.40.0.5,actions=resubmit(,2)" in found
+    assert "table=3,priority=0,actions=drop" in found
+    assert (
+        "table=3,priority=20,udp,tp_dst=0x0035/0xffff,nw_src=10.40.0.2,nw_dst=10.99.0.0/16,"
+        "actions=resubmit(,4)"
+    ) in found
+    # to db: a conjunction whose dimensions are web's endpoints here, db's members and the
+    # port, in the egress table, with its own id
+    conj = ovs_flows.conj_id("db", "web", 4, egress=True)
+    assert conj != ovs_flows.conj_id("db", "web", 4)
+    assert f"table=3,priority=10,ip,nw_dst=10.40.0.5,actions=conjunction({conj},1/3)" in found
+    assert f"table=3,priority=10,ip,nw_src=10.40.0.2,actions=conjunction({conj},2/3)" in found
+    assert f"table=3,priority=10,conj_id={conj},ip,actions=resubmit(,4)" in found
+
+
+def test_groups_round_trip_the_store_with_their_directions() -> None:
+    assert load_group("web", dump_group(EGRESS["web"])) == EGRESS["web"]
+    old = '[{"source": "web", "proto": "tcp", "ports": [80, 80]}]'  # before egress
+    assert load_group("db", old) == Group("db", (Rule("web", "tcp", (80, 80)),))

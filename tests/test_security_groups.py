@@ -1,8 +1,8 @@
 """Security groups through the unchanged docker CLI and `plugstrip sg`, on both drivers on
 one host (across hosts: test_multihost): TCP, UDP and ICMP allowed by a rule and refused
 without one, replies to allowed traffic passing while the reverse direction is refused, a
-rule revoked and allowed again while traffic runs, a rule from a CIDR, a container in no
-group unchanged, a network's default groups, `sg rm` refused while in use, bad input
+rule revoked and allowed again while traffic runs, a rule from a CIDR, egress rules, a
+container in no group unchanged, a network's default groups, `sg rm` refused while in use, bad input
 refused leaving nothing, and the datapath's rules gone with the last guarded endpoint."""
 
 from __future__ import annotations
@@ -117,6 +117,60 @@ def test_groups_allow_what_their_rules_say_and_nothing_else(
         wait_for(lambda: not datapath_rules(net, driver), 3, "nft table left behind")
     else:
         wait_for(lambda: "ct(" not in bridge_flows(net), 3, "conntrack flows left behind")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_egress_rules_limit_what_a_group_sends(
+    net: DockerHost, networks: Networks, driver: str
+) -> None:
+    """A group with egress rules sends only what they allow (to a group, to a CIDR), and
+    replies come back; between two guarded endpoints both ends must allow; with its last
+    egress rule revoked it sends anything again."""
+    plug = networks(driver)
+    app_g, db_g = uname("app"), uname("db")
+    app, db, open_ = uname("app"), uname("db"), uname("open")
+    sg(net, "create", app_g)
+    sg(net, "create", db_g)
+    sg(net, "allow", app_g, "--to", db_g, "--proto", "tcp", "--port", "80")
+    label = "io.plugstrip.security-groups"
+    httpd = ("busybox", "httpd", "-f", "-p", "80")
+    net.docker("run", "-d", "--name", app, "--network", plug, "--label", f"{label}={app_g}", *httpd)
+    net.docker("run", "-d", "--name", db, "--network", plug, "--label", f"{label}={db_g}", *httpd)
+    net.docker("run", "-d", "--name", open_, "--network", plug, *httpd)  # in no group
+    # the sender allows, the receiver does not (db takes nothing in yet)
+    assert not tcp_reaches(net, app, db)
+    sg(net, "allow", db_g, "--from", app_g, "--proto", "tcp", "--port", "80")
+    wait_for(lambda: tcp_reaches(net, app, db), 5, "app -> db tcp/80 allowed by both ends")
+    # egress rules: nothing else goes out, not even to an open container
+    assert not tcp_reaches(net, app, open_) and not reaches(net, app, open_)
+    # and what comes in is the ingress rules' business: app takes nothing
+    assert not tcp_reaches(net, open_, app)
+    assert tcp_reaches(net, db, open_)  # db has no egress rules: it sends anything
+    sg(net, "allow", app_g, "--to", f"{address(net, open_, plug)}/32", "--proto", "icmp")
+    wait_for(lambda: reaches(net, app, open_), 5, "egress to a CIDR not allowed")
+    assert not tcp_reaches(net, app, open_)  # icmp only
+
+    shown = json.loads(sg(net, "inspect", app_g).stdout)["Rules"]
+    assert {"Direction": "egress", "To": db_g, "Proto": "tcp", "Ports": [80, 80]} in shown
+    doctor = plugstrip_cmd(net, "doctor").stdout
+    assert f"OK    security groups ({driver}): 2 guarded endpoint(s) (1 with egress" in doctor
+
+    # its egress rules revoked, the group sends anything again
+    sg(net, "revoke", app_g, "--to", db_g, "--proto", "tcp", "--port", "80")
+    sg(net, "revoke", app_g, "--to", f"{address(net, open_, plug)}/32", "--proto", "icmp")
+    wait_for(lambda: tcp_reaches(net, app, open_), 5, "egress not open again")
+    for args, message in (
+        (["allow", app_g, "--to", "nosuch"], "security group nosuch not found"),
+        (["allow", app_g, "--from", "any", "--to", "any"], "not allowed with argument"),
+        (["revoke", app_g, "--to", "any"], "has no rule to any"),
+    ):
+        out = plugstrip_cmd(net, "sg", *args, ovs=False)
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+    for name in (app, db, open_):
+        net.docker("rm", "-f", name)
+    sg(net, "revoke", db_g, "--from", app_g, "--proto", "tcp", "--port", "80")
+    for group in (app_g, db_g):
+        sg(net, "rm", group)
 
 
 def test_network_default_groups_and_bad_input(net: DockerHost, networks: Networks) -> None:
