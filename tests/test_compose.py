@@ -110,6 +110,27 @@ def test_compose_builds_and_runs_plugstrip(bare_host: DockerHost, tmp_path: Path
             through, "run", "--rm", "--network", net, "busybox", "ip", "-4", "addr"
         )
         assert b"inet 10.32." in addrs.stdout  # wired by plugstrip, in its container
+        # security groups from the container (its image carries nft): a container in a
+        # group with no rules takes nothing in, one in no group is open
+        (served,) = compose(env, *file, "ps", "-q", "plugstrip").stdout.split()
+        group = f"g{uuid.uuid4().hex[:6]}"
+        harness.docker(daemon, "exec", served, "plugstrip", "sg", "create", group)
+        label = f"io.plugstrip.security-groups={group}"
+        for name, options in (("closed", ["--label", label]), ("open", [])):
+            harness.docker(
+                through, "run", "-d", "--name", f"{net}-{name}", "--network", net,
+                *options, "busybox", "sleep", "1d",
+            )  # fmt: skip
+        pings = {
+            name: harness.docker(
+                through, "run", "--rm", "--network", net, "busybox",
+                "ping", "-c", "1", "-W", "1", f"{net}-{name}", check=False,
+            ).returncode  # fmt: skip
+            for name in ("closed", "open")
+        }
+        assert pings == {"closed": 1, "open": 0}, pings
+        harness.docker(through, "rm", "-f", f"{net}-closed", f"{net}-open")
+        harness.docker(daemon, "exec", served, "plugstrip", "sg", "rm", group)
         harness.docker(through, "network", "rm", net)
     finally:
         logs = compose(env, *file, "logs", "--no-color")
