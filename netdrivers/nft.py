@@ -163,11 +163,24 @@ async def remove(netns: str | None = None) -> None:
 
 
 async def bridges_filtered(netns: str | None = None) -> None:
-    """Frames crossing Linux bridges through the IP hooks (dockerd does this too)."""
+    """Frames crossing Linux bridges through the IP hooks (dockerd does this too). Only
+    written when off: in a container /proc/sys is read-only, and dockerd has turned them
+    on already."""
 
     def turn_on() -> None:
         for family in ("iptables", "ip6tables"):
-            with open(f"/proc/sys/net/bridge/bridge-nf-call-{family}", "w") as sysctl:
-                sysctl.write("1")
+            path = f"/proc/sys/net/bridge/bridge-nf-call-{family}"
+            try:
+                with open(path) as sysctl:
+                    if sysctl.read().strip() == "1":
+                        continue
+                with open(path, "w") as sysctl:
+                    sysctl.write("1")
+            except OSError as exc:
+                raise NftError(
+                    f"security groups on plugstrip/weave need {path} set to 1"
+                    f" (modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-{family}=1):"
+                    f" {exc.strerror}"
+                ) from None
 
     await asyncio.to_thread(run_in, netns, turn_on)

@@ -389,14 +389,20 @@ class NetworkService:
         and every endpoint (sources may be on any host)."""
         groups = {g.name: g for g in await self.groups()}
         every = await self.attachments()
-        for name, driver in self.drivers.items():
+        failed = []
+        for name, driver in self.drivers.items():  # one datapath failing stops no other
             endpoints = [
                 (address, a.groups, self.is_local(a) and a.network.driver == name)
                 for a in every
                 for address in (a.address, a.address6)
                 if address is not None
             ]
-            await driver.set_policy(security.policy(groups, endpoints))
+            try:
+                await driver.set_policy(security.policy(groups, endpoints))
+            except Exception as exc:
+                failed.append(f"{name}: {exc}")
+        if failed:
+            raise RuntimeError("; ".join(failed))
 
     @staticmethod
     def endpoint(attachment: Attachment, netns_path: str) -> Endpoint:

@@ -121,11 +121,9 @@ def test_compose_builds_and_runs_plugstrip(bare_host: DockerHost, tmp_path: Path
                 through, "run", "-d", "--name", f"{net}-{name}", "--network", net,
                 *options, "busybox", "sleep", "1d",
             )  # fmt: skip
+        ping = ["run", "--rm", "--network", net, "busybox", "ping", "-c", "1", "-W", "1"]
         pings = {
-            name: harness.docker(
-                through, "run", "--rm", "--network", net, "busybox",
-                "ping", "-c", "1", "-W", "1", f"{net}-{name}", check=False,
-            ).returncode  # fmt: skip
+            name: harness.docker(through, *ping, f"{net}-{name}", check=False).returncode
             for name in ("closed", "open")
         }
         assert pings == {"closed": 1, "open": 0}, pings
