@@ -301,7 +301,13 @@ adapters:
     docker(ps.host, "run", "--name", name, "busybox", "true")
     docker(ps.host, "rm", name)
     docker(ps.host, "run", "--rm", "--privileged", "busybox", "true", check=False)
-    lines = [json.loads(x) for x in log.read_text().splitlines()]
+
+    def logged() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in log.read_text().splitlines()]
+
+    # a call is audited when it has finished, after its answer went to the client
+    wait_for(lambda: any(x["outcome"] == "refused" for x in logged()), 5, "no refusal audited")
+    lines = logged()
     assert all(x["method"] != "GET" for x in lines)
     create = next(x for x in lines if x["request"].endswith(f"create?name={name}"))
     assert create["status"] == 201 and create["outcome"] == "ok"

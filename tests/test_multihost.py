@@ -242,9 +242,11 @@ def test_security_groups_across_hosts(setup: Setup) -> None:
     b.docker("run", "-d", "--name", web, "--network", name, "--label", f"{label}={web_g}",
              "busybox", "httpd", "-f", "-p", "80")  # fmt: skip
     sleeper(c, other, name)  # in no group
+    # db's group enforced on a (until then db is open: the guard follows the store)
+    wait_for(lambda: not reaches(b, web, db), 5, "db not guarded on a: no ICMP rule")
     wait_for(lambda: tcp_reaches(b, web, db), 15, "web on b does not reach db on a")
+    wait_for(lambda: reaches(a, db, other), 15, "db on a does not reach other on c")
     assert not tcp_reaches(c, other, db)  # not in web: refused on a
-    assert not reaches(b, web, db)  # no ICMP rule
     assert not tcp_reaches(a, db, web)  # web guarded on b, nothing allowed in
     assert reaches(a, db, other)  # no group: open
     revoke = ("--from", web_g, "--proto", "tcp", "--port", "80")
