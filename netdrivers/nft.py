@@ -60,7 +60,8 @@ def script(policy: Policy) -> str:
         "    ct state established,related accept",
         f"    icmpv6 type {{ {_ND} }} accept",
     ]
-    for egress, chains in ((True, policy.egress_guarded()), (False, policy.guarded)):
+    directions = ((True, policy.egress_guarded()), (False, policy.guarded))
+    for egress, chains in directions:
         for version, family in ((4, "ip"), (6, "ip6")):
             entries = [
                 f"{e.address} : jump {chain_name(i, egress)}"
@@ -71,7 +72,7 @@ def script(policy: Policy) -> str:
                 match = f"{family} {'saddr' if egress else 'daddr'}"
                 lines.append(f"    {match} vmap {{ {', '.join(entries)} }}")
     lines.append("  }")
-    for egress, chains in ((True, policy.egress_guarded()), (False, policy.guarded)):
+    for egress, chains in directions:
         verdict = "return" if egress else "accept"  # egress allowed: on to the receiver's
         for i, guarded in enumerate(chains):
             lines.append(f"  chain {chain_name(i, egress)} {{")
@@ -103,7 +104,7 @@ def _rules(guarded: Guarded, egress: bool) -> list[str]:
     version = guarded.address.version
     family = "ip" if version == 4 else "ip6"
     out = []
-    for rule in guarded.egress if egress else guarded.rules:
+    for rule in guarded.rules_of(egress):
         peer = _peer(rule, version, f"{family} {'daddr' if egress else 'saddr'}")
         if peer is None:
             continue  # a CIDR of the other family

@@ -28,7 +28,7 @@ import os
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.security import Guarded, Policy, Rule, port_masks
+from plugstrip.netdrivers.security import Policy, Rule, port_masks
 
 ZONE = 1  # subnets never overlap across plugstrip networks: one conntrack zone serves
 PASS = f"ct(commit,zone={ZONE}),NORMAL"
@@ -55,13 +55,13 @@ def flows(policy: Policy) -> list[str]:
         f"table={EGRESS},priority=0,actions=drop",
     ]
     for guarded in policy.guarded:
-        ip, dst = _family(guarded.address)
+        ip = _ip(guarded.address)
         out.append(
-            f"table={AFTER_EGRESS},priority=50,{ip},{dst}={guarded.address},"
+            f"table={AFTER_EGRESS},priority=50,{ip},{_dst(ip)}={guarded.address},"
             f"actions=resubmit(,{INGRESS})"
         )
     for guarded in policy.egress_guarded():
-        ip, _ = _family(guarded.address)
+        ip = _ip(guarded.address)
         out.append(
             f"table=1,priority=50,ct_state=+trk+new,{ip},{_src(ip)}={guarded.address},"
             f"actions=resubmit(,{EGRESS})"
@@ -83,8 +83,8 @@ def _direction(policy: Policy, egress: bool) -> list[str]:
 
     out = []
     for guarded in policy.guarded:  # from (to) anyone or a CIDR: one flow per endpoint
-        ip, _ = _family(guarded.address)
-        for rule in _rules(guarded, egress):
+        ip = _ip(guarded.address)
+        for rule in guarded.rules_of(egress):
             cidr = rule.peer_cidr()
             l4s = _l4(rule, guarded.address.version)
             if rule.peer_group() is not None or l4s is None:
@@ -126,10 +126,6 @@ def _direction(policy: Policy, egress: bool) -> list[str]:
     return out
 
 
-def _rules(guarded: Guarded, egress: bool) -> tuple[Rule, ...]:
-    return guarded.egress if egress else guarded.rules
-
-
 def conj_id(peer: str, target: str, version: int, egress: bool = False) -> int:
     """A conjunction's id, the same whatever else the policy holds (so a new rule or group
     elsewhere leaves this one's flows as they are)."""
@@ -146,8 +142,8 @@ def _dst(ip: str) -> str:
     return "nw_dst" if ip == "ip" else "ipv6_dst"
 
 
-def _family(address: IPAddress) -> tuple[str, str]:
-    return ("ip", "nw_dst") if address.version == 4 else ("ipv6", "ipv6_dst")
+def _ip(address: IPAddress) -> str:
+    return "ip" if address.version == 4 else "ipv6"
 
 
 def _l4(rule: Rule, version: int) -> list[str] | None:

@@ -131,6 +131,10 @@ class Guarded:
     groups: tuple[str, ...] = ()
     egress: tuple[Rule, ...] = ()
 
+    def rules_of(self, egress: bool) -> tuple[Rule, ...]:
+        """Its rules of one direction."""
+        return self.egress if egress else self.rules
+
 
 @dataclass(frozen=True)
 class Policy:
