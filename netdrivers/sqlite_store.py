@@ -64,6 +64,7 @@ class SqliteStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []  # one per worker thread, closed by close()
+        self._running: set[asyncio.Future[Any]] = set()  # work in threads, awaited by close()
         self.last_written = 0
         self._wrote = asyncio.Event()  # wakes this object's followers at once
         db = self._connect()
@@ -87,7 +88,17 @@ class SqliteStore:
             self._all.append(db)
         return db
 
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """``fn`` in a worker thread, which close() waits for: a caller cancelled (a
+        follower closed) leaves its thread running, and closing a connection under a
+        running statement crashes sqlite."""
+        running = asyncio.ensure_future(asyncio.to_thread(fn))
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+        return await asyncio.shield(running)
+
     async def close(self) -> None:
+        await asyncio.gather(*self._running, return_exceptions=True)
         for db in self._all:
             db.close()
         self._all.clear()
@@ -110,7 +121,7 @@ class SqliteStore:
             db.execute("COMMIT")
             return result, revision
 
-        result, revision = await asyncio.to_thread(run)
+        result, revision = await self._in_thread(run)
         if revision is not None:
             self.last_written = max(self.last_written, revision)
             self._wrote.set()
@@ -310,14 +321,14 @@ class SqliteStore:
         ``plugstrip sg``, another plugstrip process; SQLite's data_version says that
         something changed, not what, so there are no single changes to give). Reading
         all of it is cheap here: one host's endpoints, on a local file."""
-        db = await asyncio.to_thread(self._watcher)
+        db = await self._in_thread(self._watcher)
 
         def version() -> int:
             return int(db.execute("PRAGMA data_version").fetchone()[0])
 
         while True:
             self._wrote.clear()
-            seen = await asyncio.to_thread(version)  # before the read: no write falls between
+            seen = await self._in_thread(version)  # before the read: no write falls between
             state = await self._tx(_read_state)
             if state.revision != since:  # what the caller has seen already is not news
                 since = state.revision
@@ -330,7 +341,7 @@ class SqliteStore:
                         await self._wrote.wait()
                     break
                 except TimeoutError:
-                    if await asyncio.to_thread(version) != seen:
+                    if await self._in_thread(version) != seen:
                         break
 
     async def keep_alive(self, host: Host, ttl: int) -> None:
