@@ -31,6 +31,11 @@ log = logging.getLogger("plugstrip.netdrivers")
 IFNAME_PREFIX = "ethps"
 
 
+class PolicyUnavailable(ConnectionError):
+    """An endpoint's security groups could not be put into its datapath, so it was not
+    plugged in: a guarded endpoint is never reachable unguarded (it fails closed)."""
+
+
 class UnknownDriver(IpamError):
     def __init__(self, driver: str, known: Iterable[str]) -> None:
         super().__init__(
@@ -93,6 +98,7 @@ class NetworkService:
         # store is away; until it is ready (and in the operator's commands) they ask the store.
         self.view = StoreView(store)
         self._datapath = asyncio.Lock()  # setting up and taking down networks here
+        self._enforcing = asyncio.Lock()  # one policy at a time into the drivers
         self.on_change = on_change  # endpoints here came or went (the mesh syncs)
 
     async def start(self) -> None:
@@ -194,12 +200,14 @@ class NetworkService:
         attachment = Attachment(record, owner, address, meta)
         if netns_path is not None:
             try:
+                await self._guard(attachment)
                 await self.driver(record.driver).join(
                     to_network(record), self.endpoint(attachment, netns_path)
                 )
             except BaseException:
                 await self._unplug(attachment)
                 await self.store.release(record.id, owner)
+                self.on_change()  # its rules, if they were put in, go again
                 raise
         self.on_change()
         return attachment
@@ -225,6 +233,7 @@ class NetworkService:
         """Plug ``owner``'s endpoints into a (new) namespace: after a holder restarted."""
         for attachment in await self.attachments(owner):
             await self._ensure_here(attachment.network)
+            await self._guard(attachment)
             await self.driver(attachment.network.driver).join(
                 to_network(attachment.network), self.endpoint(attachment, netns_path)
             )
@@ -384,25 +393,42 @@ class NetworkService:
             if name not in known:
                 raise IpamError("invalid", f"security group {name} not found")
 
-    async def enforce(self) -> None:
-        """Program every driver with this host's security-group policy, from the groups
-        and every endpoint (sources may be on any host)."""
-        groups = {g.name: g for g in await self.groups()}
-        every = await self.attachments()
-        failed = []
-        for name, driver in self.drivers.items():  # one datapath failing stops no other
-            endpoints = [
-                (address, a.groups, self.is_local(a) and a.network.driver == name)
-                for a in every
-                for address in (a.address, a.address6)
-                if address is not None
-            ]
-            try:
-                await driver.set_policy(security.policy(groups, endpoints))
-            except Exception as exc:
-                failed.append(f"{name}: {exc}")
-        if failed:
-            raise RuntimeError("; ".join(failed))
+    async def enforce(self, only: str | None = None) -> None:
+        """Program every driver (or the one named ``only``) with this host's security-group
+        policy, from the groups and every endpoint (sources may be on any host)."""
+        async with self._enforcing:
+            groups = {g.name: g for g in await self.groups()}
+            every = await self.attachments()
+            failed = []
+            for name, driver in self.drivers.items():  # one datapath failing stops no other
+                if only is not None and name != only:
+                    continue
+                endpoints = [
+                    (address, a.groups, self.is_local(a) and a.network.driver == name)
+                    for a in every
+                    for address in (a.address, a.address6)
+                    if address is not None
+                ]
+                try:
+                    await driver.set_policy(security.policy(groups, endpoints))
+                except Exception as exc:
+                    failed.append(f"{name}: {exc}")
+            if failed:
+                raise RuntimeError("; ".join(failed))
+
+    async def _guard(self, attachment: Attachment) -> None:
+        """Before an endpoint in groups is plugged in, its rules are in its datapath (the
+        guard's loop would program them only after it is reachable); if they cannot be,
+        it is not plugged in."""
+        if not attachment.groups:
+            return
+        try:
+            await self.enforce(only=attachment.network.driver)
+        except Exception as exc:
+            raise PolicyUnavailable(
+                f"security groups {', '.join(attachment.groups)} cannot be enforced here,"
+                f" so the endpoint is not plugged in: {exc}"
+            ) from None
 
     @staticmethod
     def endpoint(attachment: Attachment, netns_path: str) -> Endpoint:

@@ -119,13 +119,19 @@ class DockerHost:
         assert self.ps is not None, "plugstrip is not running"
         return self.ps.host
 
-    def start_plugstrip(self, config: str | None = None, extra: Sequence[str] = ()) -> Plugstrip:
+    def start_plugstrip(
+        self,
+        config: str | None = None,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> Plugstrip:
         self.ps = harness.start_plugstrip(
             self.daemon,
             self.workdir / "plugstrip",
             config,
             extra=["--ovsdb", self.ovsdb, *self.extra, *extra],
             netns=self.netns_path,
+            env=env,
         )
         return self.ps
 

@@ -8,11 +8,14 @@ refused leaving nothing, and the datapath's rules gone with the last guarded end
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
 from tests.netcheck import (
@@ -181,7 +184,13 @@ def test_network_default_groups_and_bad_input(net: DockerHost, networks: Network
     sleeper(net, box, plug)
     shown = net.inspect(box)["NetworkSettings"]["Networks"][plug]  # type: ignore[index]
     assert shown["DriverOpts"] == {"io.plugstrip.security-groups": group}
-    before = (net.leftovers(), sg(net, "inspect", group).stdout)
+    wait_for(lambda: bool(datapath_rules(net, "plugstrip/weave")), 3, "box is not guarded")
+    state = lambda: (  # noqa: E731
+        net.leftovers(),
+        sg(net, "inspect", group).stdout,
+        datapath_rules(net, "plugstrip/weave"),
+    )
+    before = state()
     label = "io.plugstrip.security-groups=nosuch"
     refused_in_dockers_format(
         net,
@@ -213,6 +222,61 @@ def test_network_default_groups_and_bad_input(net: DockerHost, networks: Network
     ):
         out = plugstrip_cmd(net, "sg", *args, ovs=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
-    assert (net.leftovers(), sg(net, "inspect", group).stdout) == before
+    assert state() == before
     net.docker("rm", "-f", box)
+    sg(net, "rm", group)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_container_whose_groups_cannot_be_enforced_is_refused(
+    net: DockerHost, networks: Networks, driver: str, tmp_path: Path
+) -> None:
+    """Fails closed: where the datapath's tool fails (a kernel without nf_tables, a switch
+    refusing flows), a container in a group is refused with the reason and nothing is
+    made; a container in no group is unaffected. The tool is the only part replaced."""
+    tool = "nft" if driver == "plugstrip/weave" else "ovs-ofctl"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / tool).write_text("#!/bin/sh\necho 'Error: Operation not supported' >&2\nexit 1\n")
+    (fake / tool).chmod(0o755)
+    group = uname("g")
+    sg(net, "create", group)
+    plug = networks(driver)
+    guarding = networks(driver, "--opt", f"security-groups={group}")
+    guarded, open_box, other = uname("guarded"), uname("open"), uname("other")
+    sleeper(net, open_box, plug)
+    before = net.leftovers()
+    net.stop_plugstrip()
+    net.start_plugstrip(env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    try:
+        label = f"io.plugstrip.security-groups={group}"
+        run = ["run", "-d", "--name", guarded, "--network", plug, "--label", label]
+        reason = f"security groups {group} cannot be enforced here"
+        refused_in_dockers_format(
+            net,
+            [
+                ([*run, "busybox", "sleep", "1d"], reason),
+                (["network", "connect", guarding, open_box], reason),
+            ],
+        )
+        assert (
+            "Operation not supported"
+            in net.docker(*run, "busybox", "true", check=False).stderr.decode()
+        )
+        # nothing made: no container, no address, no holder, no interface
+        names = harness.docker(net.daemon, "ps", "-a", "--format", "{{.Names}}").stdout.decode()
+        assert guarded not in names.split()
+        assert list(net.inspect(open_box)["NetworkSettings"]["Networks"]) == [plug]  # type: ignore[index]
+        assert net.leftovers() == before
+        # a container in no group is made and reaches the others as before
+        sleeper(net, other, plug)
+        assert reaches(net, other, open_box)
+    finally:
+        net.stop_plugstrip()
+        net.start_plugstrip()
+    # the tool back: the same container is made, and guarded (a group with no rules)
+    sleeper(net, guarded, plug, "--label", f"io.plugstrip.security-groups={group}")
+    assert not reaches(net, other, guarded) and reaches(net, other, open_box)
+    for name in (guarded, open_box, other):
+        net.docker("rm", "-f", name)
     sg(net, "rm", group)

@@ -55,7 +55,7 @@ async def dispatch(table: Sequence[On], call: Call) -> None:
             await on.handler(call, *segments)
         except IpamError as exc:
             raise refusal(exc) from None
-        except ConnectionError as exc:  # a datapath backend (OVSDB) is unreachable
+        except ConnectionError as exc:  # a backend (OVSDB, the store) away, or a guard unset
             raise Refuse(503, str(exc)) from None
         return
 
