@@ -8,11 +8,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from plugstrip.adapters.network import holder
 from plugstrip.adapters.network.holder_life import Holders
-from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.service import NetworkService, PolicyUnavailable
 from plugstrip.proxy.docker_api import DockerApi
 
 log = logging.getLogger("plugstrip.network")
@@ -133,8 +135,20 @@ class Events:
             await holders.release(owner)
         for cid in own:
             if alive[cid]["State"] == "running":
-                await self._plug_own(cid)
+                with _unguardable(cid):
+                    await self._plug_own(cid)
         for hid in used & set(held):
             if held[hid]["State"] == "running":
                 async with holders.lock(hid):
-                    await holders.replug(hid)
+                    with _unguardable(hid):
+                        await holders.replug(hid)
+
+
+@contextmanager
+def _unguardable(owner: str) -> Iterator[None]:
+    """An owner whose security groups cannot be enforced stays unplugged (fails closed);
+    the others are plugged, and the events followed, all the same."""
+    try:
+        yield
+    except PolicyUnavailable as exc:
+        log.warning("%s not plugged in: %s", owner[:12], exc)
