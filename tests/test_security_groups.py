@@ -2,8 +2,9 @@
 one host (across hosts: test_multihost): TCP, UDP and ICMP allowed by a rule and refused
 without one, replies to allowed traffic passing while the reverse direction is refused, a
 rule revoked and allowed again while traffic runs, a rule from a CIDR, egress rules, a
-container in no group unchanged, a network's default groups, `sg rm` refused while in use, bad input
-refused leaving nothing, and the datapath's rules gone with the last guarded endpoint."""
+container in no group unchanged, a network's default groups, `sg rm` refused while in use,
+bad input refused leaving nothing, the datapath's rules gone with the last guarded
+endpoint, IPv6, and a container refused where its groups cannot be enforced."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from tests.netcheck import (
     DRIVERS,
     Networks,
     address,
+    in_container,
     plugstrip_cmd,
     reaches,
     refused_in_dockers_format,
@@ -173,6 +176,58 @@ def test_egress_rules_limit_what_a_group_sends(
         net.docker("rm", "-f", name)
     sg(net, "revoke", db_g, "--from", app_g, "--proto", "tcp", "--port", "80")
     for group in (app_g, db_g):
+        sg(net, "rm", group)
+
+
+def address6(net: DockerHost, container: str, network: str) -> str:
+    settings: Any = net.inspect(container)["NetworkSettings"]
+    return str(settings["Networks"][network]["GlobalIPv6Address"])
+
+
+def ping6(net: DockerHost, src: str, dst: str) -> bool:
+    return in_container(net, src, "ping6", "-c", "1", "-W", "1", dst).returncode == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_groups_on_ipv6(net: DockerHost, networks: Networks, driver: str) -> None:
+    """On a dual-stack network, rules hold for IPv6 as for IPv4, and each family only its
+    own: icmpv6 is not icmp, an IPv6 CIDR admits nothing over IPv4; egress rules too."""
+    plug = networks(driver, "--ipv6", "--subnet", "10.74.0.0/24", "--subnet", "fd74::/64")
+    db_g, web_g = uname("db"), uname("web")
+    db, web, client = uname("db"), uname("web"), uname("cli")
+    sg(net, "create", db_g)
+    sg(net, "create", web_g)
+    sg(net, "allow", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    sg(net, "allow", db_g, "--from", web_g, "--proto", "icmpv6")
+    label = "io.plugstrip.security-groups"
+    httpd = ("busybox", "httpd", "-f", "-p", "80")
+    net.docker("run", "-d", "--name", db, "--network", plug, "--label", f"{label}={db_g}", *httpd)
+    sleeper(net, web, plug, "--label", f"{label}={web_g}")
+    net.docker("run", "-d", "--name", client, "--network", plug, *httpd)  # in no group
+    db6, web6, client6 = (address6(net, c, plug) for c in (db, web, client))
+    db4 = address(net, db, plug)  # a name may resolve to either family: addresses here
+
+    wait_for(lambda: tcp_reaches(net, web, db6), 5, "web -> db tcp/80 over IPv6")
+    assert ping6(net, web, db6)
+    assert tcp_reaches(net, web, db4)  # the same rule in IPv4
+    assert not reaches(net, web, db4)  # icmpv6 is not icmp
+    assert not tcp_reaches(net, client, db6) and not ping6(net, client, db6)  # no rule
+    assert not ping6(net, db, web6)  # web takes nothing in
+    assert ping6(net, db, client6) and tcp_reaches(net, web, client6)  # no group: open
+
+    sg(net, "allow", db_g, "--from", f"{client6}/128", "--proto", "tcp", "--port", "80")
+    wait_for(lambda: tcp_reaches(net, client, db6), 5, "an IPv6 CIDR not allowed")
+    assert not tcp_reaches(net, client, db4)  # nor over IPv4
+
+    sg(net, "allow", web_g, "--to", db_g, "--proto", "tcp", "--port", "80")  # web: egress
+    wait_for(lambda: not tcp_reaches(net, web, client6), 5, "IPv6 egress not limited")
+    assert tcp_reaches(net, web, db6) and not ping6(net, web, client6)
+    for name in (db, web, client):
+        net.docker("rm", "-f", name)
+    sg(net, "revoke", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    sg(net, "revoke", db_g, "--from", web_g, "--proto", "icmpv6")
+    sg(net, "revoke", web_g, "--to", db_g, "--proto", "tcp", "--port", "80")
+    for group in (db_g, web_g):
         sg(net, "rm", group)
 
 
