@@ -129,6 +129,10 @@ class Mesh:
         mine = {network_id for network_id, _ in local}  # networks with endpoints here
         for record in here.values():
             if record.id not in view.networks:
+                # The view may not have it yet: made on another host, attached to here
+                # from the store. Only the store can say it is gone.
+                if await self.service.find(record.id) is not None:
+                    continue  # its own change wakes the mesh when the view has it
                 log.info("network %s was deleted: removing it here", record.name)
                 self._applied.pop(record.id, None)
                 await self.service.remove_datapath(record)

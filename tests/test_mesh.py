@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netaddr import IPAddress
@@ -90,6 +91,36 @@ async def test_a_network_deleted_on_another_host_is_taken_down_here(
     await mesh.sync()
     assert ("delete", "gone", None) in driver.calls
     assert service.set_up_here() == []
+
+
+async def test_a_network_made_elsewhere_is_kept_while_the_view_catches_up(
+    setup: tuple[NetworkService, RecordingDriver, Mesh],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another host makes a network and a container here joins it before this host's view
+    has it (the join reads the network from the store): a sync meanwhile must not take
+    the network down as deleted. It did, under load, and the container's network had no
+    datapath here."""
+    service, driver, mesh = setup
+    elsewhere = SqliteStore(tmp_path / "state.db")  # another host's writes
+    record = await elsewhere.create_network(
+        NetworkSpec("made-elsewhere", DRIVER), service.pool, service.prefix, service.pool6
+    )
+    await service.view.close()  # the view lags for as long as the test needs
+    assert record.id not in service.view.networks
+    allocate = service.store.allocate
+
+    async def sync_then_allocate(*args: Any, **kwargs: Any) -> IPAddress:
+        await mesh.sync()  # the mesh's turn comes between set-up and allocation
+        return await allocate(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "allocate", sync_then_allocate)
+    await service.attach(record, "holder-here", None)
+    assert ("create", "made-elsewhere", None) in driver.calls
+    assert ("delete", "made-elsewhere", None) not in driver.calls
+    assert service.set_up_here() == [record]
+    await elsewhere.close()
 
 
 async def test_a_reused_vni_replaces_the_stale_network_first(
