@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netaddr import IPAddress
 
+from plugstrip.netdrivers import nft, ovs_flows
+from plugstrip.netdrivers.security import Guarded, Policy
 from tests import harness
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
@@ -339,5 +342,55 @@ def test_a_container_whose_groups_cannot_be_enforced_is_refused(
     sleeper(net, guarded, plug, "--label", f"io.plugstrip.security-groups={group}")
     assert not reaches(net, open_box, guarded) and reaches(net, guarded, open_box)
     for name in (guarded, open_box, kept):
+        net.docker("rm", "-f", name)
+    sg(net, "rm", group)
+
+
+def stale_datapath(net: DockerHost, driver: str, stale: str) -> None:
+    """What a crash or a hand leaves: the datapath guards ``stale`` (no endpoint of the
+    store's) and not the host's real guarded endpoint, programmed with plugstrip's own
+    rendering so it is a datapath plugstrip could have written."""
+    drifted = Policy((Guarded(IPAddress(stale), ()),))
+    if driver == "plugstrip/weave":
+        cmd = ["nsenter", f"--net={net.netns_path}", "nft", "-f", "-"]
+        text = nft.script(drifted)
+    else:
+        rundir = net.ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
+        cmd = ["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", f"unix:{rundir}/psint.mgmt", "-"]
+        text = "\n".join(ovs_flows.flows(drifted)) + "\n"
+    subprocess.run(cmd, input=text, text=True, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_doctor_finds_a_drifted_datapath_and_a_restart_mends_it(
+    net: DockerHost, networks: Networks, driver: str
+) -> None:
+    """`plugstrip doctor` reads the datapath against the store: a guarded endpoint's
+    rules missing and a stale one's there fail it; the start-up reconciliation rebuilds
+    the datapath from the store, so after a restart the stale rules are gone and the
+    endpoint is guarded again."""
+    group = uname("g")
+    sg(net, "create", group)
+    plug = networks(driver)
+    box, other = uname("box"), uname("oth")
+    sleeper(net, box, plug, "--label", f"io.plugstrip.security-groups={group}")
+    sleeper(net, other, plug)
+    ip, stale = address(net, box, plug), "10.254.254.9"
+    check = f"security groups ({driver})"
+    assert f"OK    {check}: 1 guarded endpoint(s)" in plugstrip_cmd(net, "doctor").stdout
+    assert not reaches(net, other, box)
+
+    stale_datapath(net, driver, stale)
+    assert reaches(net, other, box)  # what doctor must see: box open
+    doctor = plugstrip_cmd(net, "doctor")
+    assert doctor.returncode != 0
+    assert f"FAIL  {check}: missing ['in {ip}'], extra ['in {stale}']" in doctor.stdout, doctor
+
+    net.stop_plugstrip()
+    net.start_plugstrip()
+    wait_for(lambda: not reaches(net, other, box), 5, "box not guarded after a restart")
+    assert stale not in datapath_rules(net, driver)
+    assert f"OK    {check}: 1 guarded endpoint(s)" in plugstrip_cmd(net, "doctor").stdout
+    for name in (box, other):
         net.docker("rm", "-f", name)
     sg(net, "rm", group)
