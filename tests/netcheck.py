@@ -102,12 +102,14 @@ for _ in range(5):
 """
 
 
-def udp_reaches(net: DockerHost, src: str, dst: str) -> bool:
-    """A UDP datagram from container ``src`` reaches container ``dst`` on port 9000 of its
-    address on ``network``: the image's busybox has no UDP nc, so both ends are Python,
-    each in its container's network namespace."""
-    pids = [int(net.inspect(c)["State"]["Pid"]) for c in (src, dst)]  # type: ignore[call-overload]
-    target = str(next(iter(net.inspect(dst)["NetworkSettings"]["Networks"].values()))["IPAddress"])  # type: ignore[attr-defined]
+def udp_reaches(net: DockerHost, src: str, dst: str, dst_host: DockerHost | None = None) -> bool:
+    """A UDP datagram from container ``src`` reaches container ``dst`` (on ``dst_host``,
+    if not on ``net``) on port 9000 of its address: the image's busybox has no UDP nc, so
+    both ends are Python, each in its container's network namespace."""
+    there = dst_host or net
+    pids = [int(h.inspect(c)["State"]["Pid"]) for h, c in ((net, src), (there, dst))]  # type: ignore[call-overload]
+    networks: Any = there.inspect(dst)["NetworkSettings"]["Networks"]  # type: ignore[index]
+    target = str(next(iter(networks.values()))["IPAddress"])
     word = uuid.uuid4().hex
     server = subprocess.Popen(
         ["nsenter", "-t", str(pids[1]), "-n", sys.executable, "-c", _UDP_SERVER, "2"],

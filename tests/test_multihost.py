@@ -24,7 +24,7 @@ from tests import harness
 from tests.cluster import Cluster, cluster
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
-from tests.netcheck import address, reaches, sleeper, tcp_reaches, uname
+from tests.netcheck import address, reaches, sleeper, tcp_reaches, udp_reaches, uname
 
 pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
@@ -232,7 +232,9 @@ def test_security_groups_across_hosts(setup: Setup) -> None:
     setup.network(a, name)
     plugstrip(setup.cluster, "sg", "create", db_g)
     plugstrip(setup.cluster, "sg", "create", web_g)
+    udp = ("--from", web_g, "--proto", "udp", "--port", "9000")
     plugstrip(setup.cluster, "sg", "allow", db_g, "--from", web_g, "--proto", "tcp", "--port", "80")
+    plugstrip(setup.cluster, "sg", "allow", db_g, *udp)
     label = "io.plugstrip.security-groups"
     db, web, other = uname("db"), uname("web"), uname("oth")
     a.docker(
@@ -248,6 +250,8 @@ def test_security_groups_across_hosts(setup: Setup) -> None:
     wait_for(lambda: reaches(a, db, other), 15, "db on a does not reach other on c")
     assert not tcp_reaches(c, other, db)  # not in web: refused on a
     assert not tcp_reaches(a, db, web)  # web guarded on b, nothing allowed in
+    assert udp_reaches(b, web, db, a) and not udp_reaches(c, other, db, a)
+    assert not udp_reaches(a, db, web, b)
     assert reaches(a, db, other)  # no group: open
     revoke = ("--from", web_g, "--proto", "tcp", "--port", "80")
     plugstrip(setup.cluster, "sg", "revoke", db_g, *revoke)
@@ -263,6 +267,7 @@ def test_security_groups_across_hosts(setup: Setup) -> None:
     wait_for(lambda: not reaches(b, web, other), 5, "egress rule not enforced on b")
     assert tcp_reaches(b, web, db)  # allowed by both ends, across hosts
     plugstrip(setup.cluster, "sg", "revoke", web_g, *to_db)
+    plugstrip(setup.cluster, "sg", "revoke", db_g, *udp)
     for host, container in ((a, db), (b, web), (c, other)):
         host.docker("rm", "-f", container)
     plugstrip(setup.cluster, "sg", "rm", db_g)
