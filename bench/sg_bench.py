@@ -5,9 +5,9 @@ every host, measured in the same run.
 
 Prints, for plugstrip/weave and plugstrip/ovs on a test host (tests/dockerhost.py):
 - TCP throughput (iperf3 in the containers' namespaces) and the rate of new TCP
-  connections (each one through conntrack and the rules) between two containers in
-  groups whose rules allow the traffic, against a pair made with no groups (target
-  >= 0.95x), and a second open pair against the first (the noise floor), the pairs
+  connections (each one through conntrack and the rules) of two pairs of containers in
+  groups whose rules allow the traffic, against two pairs made with no groups (target
+  >= 0.95x), and each kind's two pairs against each other (the noise floor), the pairs
   taking turns, each run's figures printed;
 and, on three hosts sharing etcd (tests/cluster.py) with 1,000 endpoints in the source
 group: the time from a rule written to the store to it being in every host's datapath
@@ -97,15 +97,17 @@ def connection_rate(server: list[str], client: list[str], ip: str, seconds: floa
 
 
 def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> None:
-    """A pair in groups srv (which allows TCP from cli) and cli, and two pairs in none, on
-    a network of ``driver``: throughput and connection rate of each, taking turns. The two
-    open pairs' ratio is the noise floor: what the same datapath differs from itself."""
+    """Two pairs in groups srv (which allows TCP from cli) and cli, and two pairs in none,
+    on a network of ``driver``: throughput and connection rate of each, taking turns. Two
+    pairs of each kind, so that no one pair's luck (pairs on one bridge differ by some
+    percent) is read as the rules' cost; each kind's two pairs against each other are the
+    noise floor."""
     network = f"sg-{driver.split('/')[1]}"
     h.docker("network", "create", "-d", driver, network)
     pairs = {
-        "grouped": pair(h, network, f"g{driver[-1]}", True),
-        "plain": pair(h, network, f"p{driver[-1]}", False),
-        "plain2": pair(h, network, f"q{driver[-1]}", False),
+        f"{kind}{n}": pair(h, network, f"{kind[0]}{n}{driver[-1]}", kind == "grouped")
+        for n in (1, 2)
+        for kind in ("grouped", "plain")
     }
     time.sleep(1.5)  # the guard has enforced the new endpoints' groups
     order = list(pairs)
@@ -117,25 +119,32 @@ def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> Non
                 results[name].append(measure(*pairs[name], seconds))
         for name, values in results.items():  # the spread, to read the ratio against
             print(f"{driver}: {what} {name}: {' '.join(f'{v:.4g}' for v in values)}")
-        median = {name: statistics.median(v) for name, v in results.items()}
-        paired = {  # a round's pairs ran seconds apart: the machine's drift cancels
-            name: statistics.median(x / y for x, y in zip(v, results["plain"], strict=True))
-            for name, v in results.items()
-        }
+        grouped_pairs = results["grouped1"], results["grouped2"]
+        plain_pairs = results["plain1"], results["plain2"]
+        grouped, plain = [*grouped_pairs[0], *grouped_pairs[1]], [*plain_pairs[0], *plain_pairs[1]]
+        # a round's pairs ran seconds apart: their ratio cancels the machine's drift
+        both_grouped = [a + b for a, b in zip(*grouped_pairs, strict=True)]
+        both_plain = [a + b for a, b in zip(*plain_pairs, strict=True)]
         print(
-            f"{driver}: {what} {median['grouped']:.4g} in allowing groups, "
-            f"{median['plain']:.4g} in none: ratio {median['grouped'] / median['plain']:.2f}x, "
-            f"median of the rounds' ratios {paired['grouped']:.2f}x (target >= 0.95x); "
-            f"floor, open pair vs open pair {median['plain2'] / median['plain']:.2f}x, "
-            f"{paired['plain2']:.2f}x"
+            f"{driver}: {what} {statistics.median(grouped):.4g} in allowing groups, "
+            f"{statistics.median(plain):.4g} in none: ratio "
+            f"{statistics.median(grouped) / statistics.median(plain):.2f}x, median of the "
+            f"rounds' ratios {paired(both_grouped, both_plain):.2f}x (target >= 0.95x); "
+            "floor, a kind's two pairs against each other: open "
+            f"{paired(results['plain2'], results['plain1']):.2f}x, grouped "
+            f"{paired(results['grouped2'], results['grouped1']):.2f}x"
         )
+
+
+def paired(these: list[float], those: list[float]) -> float:
+    """The median of each round's ratio of ``these`` to ``those``."""
+    return statistics.median(a / b for a, b in zip(these, those, strict=True))
 
 
 class FlowWatch:
     """The flows a host's integration bridge gains, as OVS reports them (a flow monitor,
     ``ovs-ofctl monitor ... watch:``), written to a file: waiting for a rule reads a file
-    instead of asking OVS for its flows a hundred times a second, which loaded the very
-    switch being measured (``ovs-ofctl add-flows`` then took 300 ms instead of 19)."""
+    instead of asking the switch being measured for its flows 150 times a second."""
 
     def __init__(self, ovsdb: str, path: Path) -> None:
         rundir = ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
