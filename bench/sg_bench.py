@@ -31,6 +31,8 @@ from pathlib import Path
 
 from bench.common import in_pid_ns, iperf
 from plugstrip.netdrivers.etcd_store import EtcdStore
+from plugstrip.netdrivers.ovs import bridge_socket
+from plugstrip.netdrivers.ovsdb import rundir
 from plugstrip.netdrivers.security import parse_rule
 from plugstrip.netdrivers.service import NetworkService
 from tests.cluster import cluster
@@ -119,17 +121,18 @@ def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> Non
                 results[name].append(measure(*pairs[name], seconds))
         for name, values in results.items():  # the spread, to read the ratio against
             print(f"{driver}: {what} {name}: {' '.join(f'{v:.4g}' for v in values)}")
-        grouped_pairs = results["grouped1"], results["grouped2"]
-        plain_pairs = results["plain1"], results["plain2"]
-        grouped, plain = [*grouped_pairs[0], *grouped_pairs[1]], [*plain_pairs[0], *plain_pairs[1]]
+        grouped = results["grouped1"] + results["grouped2"]
+        plain = results["plain1"] + results["plain2"]
         # a round's pairs ran seconds apart: their ratio cancels the machine's drift
-        both_grouped = [a + b for a, b in zip(*grouped_pairs, strict=True)]
-        both_plain = [a + b for a, b in zip(*plain_pairs, strict=True)]
+        rounds = {  # each round's two pairs of a kind, added
+            kind: [x + y for x, y in zip(results[f"{kind}1"], results[f"{kind}2"], strict=True)]
+            for kind in ("grouped", "plain")
+        }
         print(
             f"{driver}: {what} {statistics.median(grouped):.4g} in allowing groups, "
             f"{statistics.median(plain):.4g} in none: ratio "
             f"{statistics.median(grouped) / statistics.median(plain):.2f}x, median of the "
-            f"rounds' ratios {paired(both_grouped, both_plain):.2f}x (target >= 0.95x); "
+            f"rounds' ratios {paired(rounds['grouped'], rounds['plain']):.2f}x (target >= 0.95x); "
             "floor, a kind's two pairs against each other: open "
             f"{paired(results['plain2'], results['plain1']):.2f}x, grouped "
             f"{paired(results['grouped2'], results['grouped1']):.2f}x"
@@ -147,16 +150,15 @@ class FlowWatch:
     instead of asking the switch being measured for its flows 150 times a second."""
 
     def __init__(self, ovsdb: str, path: Path) -> None:
-        rundir = ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
         self.path = path
         # ovs-ofctl buffers what it prints to a pipe until it exits; a file set through
         # its control socket is written as the events come
         self.proc = subprocess.Popen(
-            ["ovs-ofctl", "monitor", f"unix:{rundir}/psint.mgmt", "watch:!initial,table=2"],
+            ["ovs-ofctl", "monitor", bridge_socket(ovsdb), "watch:!initial,table=2"],
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "OVS_RUNDIR": rundir},
+            env={**os.environ, "OVS_RUNDIR": rundir(ovsdb)},
         )
-        control = f"{rundir}/ovs-ofctl.{self.proc.pid}.ctl"
+        control = f"{rundir(ovsdb)}/ovs-ofctl.{self.proc.pid}.ctl"
         for _ in range(100):
             if Path(control).exists():
                 break

@@ -297,9 +297,10 @@ def _nft_listing(args: argparse.Namespace) -> str:
 
 
 def _flow_listing(args: argparse.Namespace) -> str:
-    socket = f"unix:{rundir(args.ovsdb)}/{ovs.INTEGRATION_BRIDGE}.mgmt"
     out = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", socket], capture_output=True, text=True
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", ovs.bridge_socket(args.ovsdb)],
+        capture_output=True,
+        text=True,
     )
     return out.stdout  # no bridge: nothing guarded here
 
@@ -389,7 +390,7 @@ def _flows(args: argparse.Namespace) -> int:
     from ovs.flow.ofp import OFPFlow
 
     of_text = subprocess.run(
-        ["ovs-ofctl", "--names", "dump-flows", f"unix:{run_dir}/{ovs.INTEGRATION_BRIDGE}.mgmt"],
+        ["ovs-ofctl", "--names", "dump-flows", ovs.bridge_socket(args.ovsdb)],
         capture_output=True,
         text=True,
         check=True,

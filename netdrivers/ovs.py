@@ -42,6 +42,11 @@ def tunnel_name(network: Network, host: IPAddress) -> str:
     return link_name(TUNNEL_PREFIX, network.id, str(host))
 
 
+def bridge_socket(ovsdb_url: str) -> str:
+    """The integration bridge's OpenFlow socket, beside the OVSDB socket ``ovsdb_url``."""
+    return f"unix:{rundir(ovsdb_url)}/{INTEGRATION_BRIDGE}.mgmt"
+
+
 class OvsDriver:
     name = "plugstrip/ovs"
     prefixes: tuple[str, ...] = (PREFIX,)  # its tunnels are OVS ports, not host links
@@ -76,8 +81,7 @@ class OvsDriver:
                     return
             except ConnectionError:
                 return  # no Open vSwitch here: nothing of plugstrip's in it to clear
-        socket = f"unix:{rundir(self.ovsdb.url)}/{INTEGRATION_BRIDGE}.mgmt"
-        await self._programmer.program(socket, ovs_flows.flows(policy))
+        await self._programmer.program(bridge_socket(self.ovsdb.url), ovs_flows.flows(policy))
 
     async def create_network(self, network: Network) -> None:
         await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)

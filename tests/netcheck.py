@@ -39,6 +39,17 @@ def reaches(net: DockerHost, src: str, dst: str) -> bool:
     return in_container(net, src, "ping", "-c", "1", "-W", "1", dst).returncode == 0
 
 
+def ping6(net: DockerHost, src: str, dst: str) -> bool:
+    """ICMPv6 from container ``src`` to ``dst`` (a name or an address)."""
+    return in_container(net, src, "ping6", "-c", "1", "-W", "2", dst).returncode == 0
+
+
+def address6(net: DockerHost, container: str, network: str) -> str:
+    """The container's IPv6 address on ``network``, as `docker inspect` shows it."""
+    networks: Any = net.inspect(container)["NetworkSettings"]["Networks"]  # type: ignore[index]
+    return str(networks[network]["GlobalIPv6Address"])
+
+
 def tcp_reaches(net: DockerHost, src: str, dst: str, port: int = 80) -> bool:
     """A TCP exchange from ``src`` to an httpd at ``dst``: an HTTP status line comes back."""
     out = in_container(

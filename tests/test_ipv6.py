@@ -17,6 +17,7 @@ from tests.netcheck import (
     DRIVERS,
     Networks,
     in_container,
+    ping6,
     refused_in_dockers_format,
     sleeper,
     uname,
@@ -25,10 +26,6 @@ from tests.netcheck import (
 
 def endpoint(net: DockerHost, container: str, network: str) -> dict[str, Any]:
     return net.inspect(container)["NetworkSettings"]["Networks"][network]  # type: ignore[index,no-any-return]
-
-
-def ping6(net: DockerHost, src: str, dst: str) -> bool:
-    return in_container(net, src, "ping6", "-c", "1", "-W", "2", dst).returncode == 0
 
 
 def aaaa(net: DockerHost, src: str, name: str) -> str:

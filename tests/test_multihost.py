@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +23,16 @@ from tests import harness
 from tests.cluster import Cluster, cluster
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
-from tests.netcheck import address, reaches, sleeper, tcp_reaches, udp_reaches, uname
+from tests.netcheck import (
+    address,
+    address6,
+    ping6,
+    reaches,
+    sleeper,
+    tcp_reaches,
+    udp_reaches,
+    uname,
+)
 
 pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
@@ -204,20 +212,20 @@ def test_dual_stack_across_hosts(setup: Setup) -> None:
     a.docker("run", "-d", "--name", web, "--network", name, "busybox", "httpd", "-f", "-vv")
     sleeper(b, box, name)
     sleeper(c, stranger, other)
-    web6 = six(a, web, name)
-    assert web6 and web6 != six(b, box, name)
+    web6 = address6(a, web, name)
+    assert web6 and web6 != address6(b, box, name)
     wait_for(lambda: ping6(b, box, web), 15, "no ping6 across hosts by name")
     assert ping6(a, web, box)
     fetched = b.docker(
         "exec", box, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {web} 80"
     )
     assert fetched.stdout.startswith(b"HTTP/1.")
-    assert six(b, box, name) in a.docker("logs", web).stderr.decode()  # over IPv6
+    assert address6(b, box, name) in a.docker("logs", web).stderr.decode()  # over IPv6
     if setup.driver == "plugstrip/weave":
         vni = inspect(setup.cluster, name)["VNI"]
         neighbours = b.run_in_ns("ip", "-6", "neigh", "show", "dev", f"psvx{vni}").stdout
         assert f"{web6} lladdr" in neighbours and "PERMANENT" in neighbours
-    assert not ping6(b, box, six(c, stranger, other))
+    assert not ping6(b, box, address6(c, stranger, other))
     for host, container in ((a, web), (b, box), (c, stranger)):
         host.docker("rm", "-f", container)
     a.docker("network", "rm", name, other)
@@ -273,15 +281,6 @@ def test_security_groups_across_hosts(setup: Setup) -> None:
     plugstrip(setup.cluster, "sg", "rm", db_g)
     plugstrip(setup.cluster, "sg", "rm", web_g)
     a.docker("network", "rm", name)
-
-
-def six(host: DockerHost, container: str, network: str) -> str:
-    settings: Any = host.inspect(container)["NetworkSettings"]
-    return str(settings["Networks"][network]["GlobalIPv6Address"])
-
-
-def ping6(host: DockerHost, src: str, dst: str) -> bool:
-    return host.docker("exec", src, "ping6", "-c", "1", "-W", "2", dst, check=False).returncode == 0
 
 
 def test_three_hosts_allocate_at_once_without_duplicates(setup: Setup) -> None:

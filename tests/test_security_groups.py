@@ -13,12 +13,12 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from netaddr import IPAddress
 
 from plugstrip.netdrivers import nft, ovs_flows
+from plugstrip.netdrivers.ovs import bridge_socket
 from plugstrip.netdrivers.security import Guarded, Policy
 from tests import harness
 from tests.dockerhost import DockerHost
@@ -27,7 +27,8 @@ from tests.netcheck import (
     DRIVERS,
     Networks,
     address,
-    in_container,
+    address6,
+    ping6,
     plugstrip_cmd,
     reaches,
     refused_in_dockers_format,
@@ -52,9 +53,8 @@ def datapath_rules(net: DockerHost, driver: str) -> str:
 
 
 def bridge_flows(net: DockerHost) -> str:
-    rundir = net.ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
     return subprocess.run(
-        ["ovs-ofctl", "dump-flows", f"unix:{rundir}/psint.mgmt"], capture_output=True, text=True
+        ["ovs-ofctl", "dump-flows", bridge_socket(net.ovsdb)], capture_output=True, text=True
     ).stdout
 
 
@@ -180,15 +180,6 @@ def test_egress_rules_limit_what_a_group_sends(
     sg(net, "revoke", db_g, "--from", app_g, "--proto", "tcp", "--port", "80")
     for group in (app_g, db_g):
         sg(net, "rm", group)
-
-
-def address6(net: DockerHost, container: str, network: str) -> str:
-    settings: Any = net.inspect(container)["NetworkSettings"]
-    return str(settings["Networks"][network]["GlobalIPv6Address"])
-
-
-def ping6(net: DockerHost, src: str, dst: str) -> bool:
-    return in_container(net, src, "ping6", "-c", "1", "-W", "1", dst).returncode == 0
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -355,8 +346,7 @@ def stale_datapath(net: DockerHost, driver: str, stale: str) -> None:
         cmd = ["nsenter", f"--net={net.netns_path}", "nft", "-f", "-"]
         text = nft.script(drifted)
     else:
-        rundir = net.ovsdb.removeprefix("unix:").rsplit("/", 1)[0]
-        cmd = ["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", f"unix:{rundir}/psint.mgmt", "-"]
+        cmd = ["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", bridge_socket(net.ovsdb), "-"]
         text = "\n".join(ovs_flows.flows(drifted)) + "\n"
     subprocess.run(cmd, input=text, text=True, check=True, capture_output=True)
 
