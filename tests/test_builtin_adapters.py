@@ -184,8 +184,8 @@ async def test_policy_routes_to_the_same_powers() -> None:
         (
             "POST",
             "/containers/create",
-            {"HostConfig": {"Capabilities": ["CAP_SYS_ADMIN"]}},
-            "Capabilities CAP_SYS_ADMIN",
+            {"HostConfig": {"CgroupParent": "/"}},
+            "CgroupParent / is not allowed",
         ),
         ("POST", "/containers/create", {"HostConfig": {"MaskedPaths": []}}, "MaskedPaths"),
         (

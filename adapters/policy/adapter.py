@@ -34,10 +34,12 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from plugstrip.adapters.policy.fields import Hit, walk
 from plugstrip.adapters.policy.ownership import Ownership
+from plugstrip.adapters.policy.powers import Context, Lookup
 from plugstrip.adapters.policy.rules import INSPECT, Daemon, Rules, refuse
 from plugstrip.proxy.contract import Call, Peer, Refuse
-from plugstrip.proxy.docker_types import body_schema
+from plugstrip.proxy.docker_types import body_type
 
 _MATCH_KEYS = {"uid", "gid", "cert_cn", "cert_san", "transport"}
 _PEERS_REMEMBERED = 4096
@@ -74,6 +76,9 @@ class PolicyAdapter:
         if ownership and all(c.rules.unrestricted for c in self.clients):
             # an empty rule set sees everything: ownership would hide nothing from anyone
             raise ValueError("ownership needs a rule set that is not empty (or clients)")
+        for client in self.clients:
+            if client.rules.unknown_fields is None:  # cautious where clients are told apart
+                client.rules.unknown_fields = "refuse" if ownership else "allow"
         self.ownership = Ownership() if ownership else None
         self.daemon: Daemon | None = None
         self._rules_by_peer: dict[Peer, Rules] = {}  # a connection's calls share a peer
@@ -107,19 +112,25 @@ class PolicyAdapter:
             raise Refuse(400, "plugstrip policy: this request's body must be JSON it can read")
         owned = self.ownership is not None and not rules.see_all
         inside = rules.acts_inside(req.method, req.path)
-        if not req.body and not owned and not inside:
+        asked = rules.query_hits(req.method, req.path, req.query)
+        if not req.body and not owned and not inside and not asked:
             return None
-        return self._pre_async(call, rules, owned, inside)
+        return self._pre_async(call, rules, owned, inside, asked)
 
-    async def _pre_async(self, call: Call, rules: Rules, owned: bool, inside: bool) -> None:
+    async def _pre_async(
+        self, call: Call, rules: Rules, owned: bool, inside: bool, asked: list[Hit]
+    ) -> None:
         req = call.request
+        body = req.json() if req.body else None
+        kind = body_type(req.method, req.path) if body is not None else None
+        if kind is not None:
+            asked = [*asked, *walk(kind, body)]
         if owned:  # first: what the client may not see, it must not learn about either
             assert self.ownership is not None
-            await self.ownership.pre_hook(call, self._need_daemon())
+            await self.ownership.pre_hook(call, self._need_daemon(), asked)
         if inside:
             await rules.check_inside(req.path, self.daemon)
-        if req.body:
-            await rules.check_body(req.method, req.path, req.json(), self.daemon)
+        await rules.check_powers(asked, Context(Lookup(self.daemon), req.path, body))
 
     def post_hook(self, call: Call) -> None:
         rules: Rules | None = call.context.get("policy.rules")
@@ -139,7 +150,7 @@ class PolicyAdapter:
 
 
 def _body_checked(method: str, path: str) -> bool:
-    return body_schema(method, path) is not None
+    return body_type(method, path) is not None
 
 
 def _client(entry: Any, index: int) -> ClientRules:
