@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from plugstrip.proxy.config import DEFAULT_TIMEOUT, Config, FailurePolicy
+from plugstrip.proxy.config import DEFAULT_TIMEOUT, Config, ConfigError, FailurePolicy
 from plugstrip.proxy.contract import AdapterError, Call, HttpRequest, HttpResponse, Refuse
 from plugstrip.proxy.metrics import Metrics
 from plugstrip.proxy.routes import Route
@@ -105,6 +105,20 @@ class Pipeline:
             )
             for ep in config.endpoints
         ]
+        for loaded in registry:
+            self._check_post_calls(loaded)
+
+    def _check_post_calls(self, loaded: LoadedAdapter) -> None:
+        """An adapter that changes some answers (``post_calls``: the policy hiding other
+        clients' objects) must be a post-hook wherever it is a pre-hook on those calls:
+        configured otherwise, it would pass on what it means to hide. Refused at load."""
+        for method, path in getattr(loaded.instance, "post_calls", ()):
+            chain = self._chain(method, path, [])
+            if chain is not None and loaded in chain.pre and loaded not in chain.post:
+                raise ConfigError(
+                    f"adapters.{loaded.name}: is a pre-hook on {method} {path} and must be"
+                    " its post-hook too: it changes that answer"
+                )
 
     def match(self, method: str, path: str) -> Chain | None:
         inner = [

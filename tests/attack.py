@@ -125,4 +125,29 @@ def powers(
     for key in ("PidMode", "NetworkMode", "IpcMode"):
         if str(host.get(key) or "").startswith("container:"):
             found.add(f"{key} join")
+    if host.get("Links"):
+        found.add("Links")  # the linked container's environment is the new one's
+    if host.get("CgroupParent"):
+        found.add(f"CgroupParent {host['CgroupParent']}")
+    if (host.get("OomScoreAdj") or 0) < 0:
+        found.add("OomScoreAdj below 0")
+    if host.get("OomKillDisable"):
+        found.add("OomKillDisable")
+    if host.get("Ulimits"):
+        found.add("Ulimits")
+    for key in host.get("Sysctls") or {}:
+        if key.startswith("kernel.") and key not in _IPC_SYSCTLS | _UTS_SYSCTLS:
+            found.add(f"Sysctl {key}")
+    for key in ("Runtime", "LogConfig", "Isolation"):
+        if key in usual and host.get(key) != usual.get(key):
+            found.add(f"{key} {host.get(key)}")
     return found
+
+
+# The kernel.* sysctls a container's IPC and UTS namespaces hold (namespaces(7),
+# ipc_namespaces(7)); any other kernel.* is the host's
+_IPC_SYSCTLS = set(
+    "kernel.msgmax kernel.msgmnb kernel.msgmni kernel.sem kernel.shmall kernel.shmmax"
+    " kernel.shmmni kernel.shm_rmid_forced".split()
+)
+_UTS_SYSCTLS = {"kernel.hostname", "kernel.domainname"}

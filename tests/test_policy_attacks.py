@@ -241,6 +241,82 @@ CREATE_CASES = [
 PRIVILEGED = '{"Image":"busybox","HostConfig":{"Privileged":true}}'
 # The daemon routes an encoded '/' as a '/' (the oracle below shows it); the other forms it
 # redirects or refuses, so only plugstrip's answer is checked for them.
+# Powers the first corpus had no rule for, and fields the Engine API does not define
+CREATE_CASES += [
+    *(
+        Case(
+            f"cgroup parent {parent}",
+            '{"Image":"busybox","CgroupParent":"' + parent + '"}',
+            "CgroupParent",
+        )
+        for parent in ("/", "/system.slice", "../..")
+    ),
+    Case(
+        "negative OOM score",
+        '{"Image":"busybox","HostConfig":{"OomScoreAdj":-1000}}',
+        "a negative OOM score",
+    ),
+    Case(
+        "no OOM killer",
+        '{"Image":"busybox","HostConfig":{"OomKillDisable":true}}',
+        "disabling the OOM killer",
+    ),
+    Case(
+        "ulimits",
+        '{"Image":"busybox","HostConfig":{"Ulimits":[{"Name":"nofile",'
+        '"Soft":1048576,"Hard":1048576}]}}',
+        "setting ulimits",
+    ),
+    Case(
+        "a host sysctl",
+        '{"Image":"busybox","HostConfig":{"Sysctls":{"kernel.core_pattern":"|/tmp/x"}}}',
+        "the sysctl kernel.core_pattern is the host's",
+    ),
+    Case(
+        "a host sysctl with slashes",
+        '{"Image":"busybox","HostConfig":{"Sysctls":{"kernel/core_pattern":"|/tmp/x"}}}',
+        "is the host's",
+        real=False,
+    ),
+    Case(
+        "net sysctl on the host's network",
+        '{"Image":"busybox","HostConfig":{'
+        '"NetworkMode":"host","Sysctls":{"net.ipv4.ip_forward":"1"}}}',
+        "NetworkMode=host",
+    ),
+    Case(
+        "a log driver that writes on the host",
+        '{"Image":"busybox","HostConfig":{"LogConfig":{"Type":"syslog","Config":{}}}}',
+        "the log driver syslog",
+    ),
+    Case(
+        "a field API 1.41 does not have",
+        '{"Image":"busybox","HostConfig":{"Capabilities":["CAP_SYS_ADMIN"]}}',
+        "HostConfig.Capabilities is not a field",
+        real=False,
+    ),  # 20.10 ignores it; a newer daemon would not
+    Case(
+        "a runtime",
+        '{"Image":"busybox","HostConfig":{"Runtime":"other"}}',
+        "the runtime other",
+        real=False,
+    ),  # no such runtime here: the daemon refuses it
+    Case(
+        "macvlan on a host interface",
+        '{"Name":"bad-net","Driver":"macvlan","Options":{"parent":"lo"}}',
+        "the network driver macvlan",
+        target="/v1.41/networks/create",
+        real=False,
+    ),
+    Case(
+        "a bridge on the host's own",
+        '{"Name":"bad-net","Options":{"com.docker.network.bridge.name":"docker0"}}',
+        "com.docker.network.bridge.name",
+        target="/v1.41/networks/create",
+        real=False,
+    ),
+]
+
 PATH_CASES = [
     Case("encoded slash", PRIVILEGED, "encoded '/'", 400, target="/v1.41/containers%2Fcreate"),
     *(
@@ -288,6 +364,16 @@ OTHER_CASES = [
             target=f"/v1.41/containers/{TARGET}/exec",
         )
         for user in ("0", "00", "root", "0:0", "root:root")
+    ),
+    *(
+        Case(
+            f"exec as {user!r}, uid 0 as runc reads it",
+            '{"Cmd":["true"],"User":"' + user + '"}',
+            "uid 0 in the container",
+            target=f"/v1.41/containers/{TARGET}/exec",
+        )
+        # a sign or zeros (Go's Atoi), an empty user before a group (the default: root)
+        for user in ("+0", "-0", "+000", ":0", ":1000", "0:1000", "-0:-0")
     ),
     Case(
         "exec as a name that is uid 0",  # toor:x:0:0 in the container's /etc/passwd
@@ -366,7 +452,7 @@ def setup(dockerd: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
 endpoints:
   "* /**": {{pre: [policy], post: [policy]}}
 adapters:
-  policy: {{use: policy, options: {{bind_mounts: ["{allowed}"]}}}}
+  policy: {{use: policy, options: {{bind_mounts: ["{allowed}"], unknown_fields: refuse}}}}
 """
     ps = harness.start_plugstrip(dockerd, work / "ps", config)
     try:  # made inside: a failure here still stops plugstrip and removes them
@@ -465,6 +551,24 @@ def test_refused_and_nothing_made(case: Case, setup: tuple[str, str], dockerd: s
     finally:
         docker(dockerd, "rm", "-f", name, check=False)
         docker(dockerd, "volume", "rm", "-f", f"bad-{RUN}", f"fresh-{RUN}", check=False)
+
+
+ROOT_USERS = ("0", "+0", "-0", "000", ":0", ":1000", "0:1000", "root", "toor")
+OTHER_USERS = ("1000", "+1000", "01000", "1000:0")
+
+
+def test_users_read_as_runc_reads_them(setup: tuple[str, str], dockerd: str) -> None:
+    """The daemon is the oracle: each user the policy refuses runs as uid 0 when asked of
+    the daemon directly, and each it lets through runs as someone else."""
+    sock, _ = setup
+    for user in ROOT_USERS:
+        direct = docker(dockerd, "exec", "-u", user, TARGET, "id", "-u").stdout.strip()
+        assert direct == b"0", (user, direct)
+        out = docker(f"unix://{sock}", "exec", "-u", user, TARGET, "id", "-u", check=False)
+        assert out.returncode != 0 and b"uid 0 in the container" in out.stderr, (user, out)
+    for user in OTHER_USERS:
+        out = docker(f"unix://{sock}", "exec", "-u", user, TARGET, "id", "-u")
+        assert out.stdout.strip() not in (b"", b"0"), (user, out.stdout)
 
 
 def test_what_no_rule_is_about_passes_as_sent(setup: tuple[str, str], dockerd: str) -> None:

@@ -14,7 +14,7 @@ from tests.test_policy_clients import as_uid
 
 CONFIG = """
 endpoints:
-  "* /**": {pre: [policy]}
+  "* /**": {pre: [policy], post: [policy]}
 adapters:
   policy:
     use: policy

@@ -132,15 +132,34 @@ class PolicyAdapter:
             await rules.check_inside(req.path, self.daemon)
         await rules.check_powers(asked, Context(Lookup(self.daemon), req.path, body))
 
-    def post_hook(self, call: Call) -> None:
+    @property
+    def post_calls(self) -> list[tuple[str, str]]:
+        """Calls whose answers this policy changes: where it is a pre-hook it must be a
+        post-hook too, or it would show what it means to hide (checked at load)."""
+        calls = []
+        if self.ownership is not None:
+            calls += [("GET", "/networks/x"), ("GET", "/networks"), ("GET", "/system/df")]
+            calls += [("GET", "/images/json"), ("GET", "/tasks")]
+        if any(not c.rules.env and not c.rules.unrestricted for c in self.clients):
+            calls.append(("GET", "/containers/x/json"))
+        return calls
+
+    def post_hook(self, call: Call) -> Awaitable[None] | None:
         rules: Rules | None = call.context.get("policy.rules")
         response = call.response
-        if rules is None or rules.env or response is None or response.status >= 400:
-            return
+        if rules is None or rules.unrestricted or response is None or response.status >= 400:
+            return None
         req = call.request
-        if INSPECT.matches(req.method, req.path) and response.body:
+        if not rules.env and INSPECT.matches(req.method, req.path) and response.body:
             config = (response.json() or {}).get("Config") or {}
             config["Env"] = [e.split("=", 1)[0] + "=" + REDACTED for e in config.get("Env") or []]
+        if (
+            self.ownership is not None
+            and not rules.see_all
+            and self.ownership.shows_others(req.method, req.path)
+        ):
+            return self.ownership.post_hook(call, self._need_daemon())
+        return None
 
     def _need_daemon(self) -> Daemon:
         if self.daemon is None:

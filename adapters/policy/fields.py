@@ -23,12 +23,14 @@ import yaml
 from plugstrip.proxy.docker_types import Type, definition
 
 HARMLESS, HOLDS, POWER, REF, UNKNOWN = "harmless", "holds", "power", "ref", "unknown"
+NAMES, COUNTS, BELONGS = "names", "counts", "belongs"  # in answers
+_NAMED = (POWER, REF, NAMES, COUNTS, BELONGS)  # the tags that take a name
 
 
 @dataclass(frozen=True)
 class Class:
-    tag: str  # harmless, holds, power or ref
-    name: str = ""  # the power's check, the reference's kind
+    tag: str  # harmless, holds, power, ref; in answers names, counts, belongs
+    name: str = ""  # the power's check, the object's kind
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Hit:
 
 def _parse(text: str, where: str) -> Class:
     tag, _, name = text.partition(" ")
-    if (tag in (HARMLESS, HOLDS) and not name) or (tag in (POWER, REF) and name):
+    if (tag in (HARMLESS, HOLDS) and not name) or (tag in _NAMED and name):
         return Class(tag, name)
     raise ValueError(f"{where}: bad class {text!r}")
 
@@ -67,11 +69,21 @@ def _raw() -> dict[str, Any]:
 
 @cache
 def table(section: str = "requests") -> dict[str, dict[str, tuple[Class, ...]]]:
-    """A section of fields.yaml (requests, answers): definition -> field -> classes."""
-    return {
-        name: {f: _classes(c, f"{section}.{name}.{f}") for f, c in (fields or {}).items()}
-        for name, fields in _raw()[section].items()
-    }
+    """A section of fields.yaml: definition -> field -> classes. Requests give each field
+    its classes; answers give each class its fields (space-separated)."""
+    if section == "requests":
+        return {
+            name: {f: _classes(c, f"requests.{name}.{f}") for f, c in (fields or {}).items()}
+            for name, fields in _raw()["requests"].items()
+        }
+    out: dict[str, dict[str, tuple[Class, ...]]] = {}
+    for name, by_class in _raw()[section].items():
+        found: dict[str, tuple[Class, ...]] = out.setdefault(name, {})
+        for text, names in (by_class or {}).items():
+            cls = _parse(text, f"{section}.{name}")
+            for field in str(names).split():
+                found[field] = (*found.get(field, ()), cls)
+    return out
 
 
 @cache

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from plugstrip.adapters.policy.answers import Owned, cut, shows_others
 from plugstrip.adapters.policy.fields import REF, Hit
 from plugstrip.adapters.policy.powers import Daemon, strings
 from plugstrip.proxy.contract import (
@@ -30,6 +31,7 @@ from plugstrip.proxy.contract import (
     loads,
     split_version,
 )
+from plugstrip.proxy.docker_types import answer_type
 
 _PREDEFINED_NETWORKS = ("bridge", "host", "none", "default")
 _CREATES = {
@@ -63,6 +65,18 @@ class Ownership:
         for hit in hits:
             if hit.tag == REF:
                 await REFERENCES[hit.name](daemon, hit, who)
+
+    def shows_others(self, method: str, path: str) -> bool:
+        kind = answer_type(method, path)
+        return kind is not None and shows_others(kind)
+
+    async def post_hook(self, call: Call, daemon: Daemon) -> None:
+        """An answer cut to what the client may see (``answers``)."""
+        req, response = call.request, call.response
+        kind = answer_type(req.method, req.path)
+        if response is None or kind is None or not response.body:
+            return
+        await cut(kind, response.json(), Owned(daemon, call.peer.identity))
 
     async def _path(self, call: Call, daemon: Daemon) -> None:
         req, who = call.request, call.peer.identity

@@ -445,11 +445,11 @@ async def _build_network(rules: Rules, hit: Hit, ctx: Context) -> None:
 
 @power("swarm", "swarm")
 async def _swarm(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if not rules.swarm:
+    if hit.value and not rules.swarm:  # a zero value asks nothing (Ingress: false)
         refuse("managing the swarm is not allowed")
 
 
 @power("plugins", "plugins")
 async def _plugins(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if not rules.plugins:
+    if hit.value and not rules.plugins:
         refuse("installing or changing plugins is not allowed")
