@@ -125,8 +125,6 @@ def powers(
     for key in ("PidMode", "NetworkMode", "IpcMode"):
         if str(host.get(key) or "").startswith("container:"):
             found.add(f"{key} join")
-    if host.get("Links"):
-        found.add("Links")  # the linked container's environment is the new one's
     if host.get("CgroupParent"):
         found.add(f"CgroupParent {host['CgroupParent']}")
     if (host.get("OomScoreAdj") or 0) < 0:

@@ -11,6 +11,7 @@ daemon directly.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -166,7 +167,7 @@ def _volumes(sock: str) -> dict[str, Any]:
     return {v["Name"]: v for v in answer.get("Volumes") or []}
 
 
-@settings(max_examples=80)
+@settings(max_examples=int(os.environ.get("PLUGSTRIP_PROPERTY_EXAMPLES", "80")))
 @given(body=create_bodies())
 def test_no_forbidden_power_reaches_the_daemon(proxied: str, dockerd: str, body: str) -> None:
     daemon = dockerd.removeprefix("unix://")
@@ -193,7 +194,7 @@ def exec_bodies(draw: st.DrawFn) -> str:
     return encode(Obj(members), draw(st.lists(st.booleans(), max_size=4)))
 
 
-@settings(max_examples=40)
+@settings(max_examples=int(os.environ.get("PLUGSTRIP_PROPERTY_EXAMPLES", "40")))
 @given(body=exec_bodies())
 def test_no_root_or_privileged_exec_reaches_the_daemon(
     proxied: str, dockerd: str, body: str
