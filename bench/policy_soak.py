@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STATS = ["--hypothesis-show-statistics"]
 MODULES = ["tests/test_policy_schema_property.py", "tests/test_policy_property.py"]
 
 
@@ -32,8 +33,7 @@ def main() -> int:
     env = {**os.environ, "PLUGSTRIP_PROPERTY_EXAMPLES": str(examples)}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
-        + ["--hypothesis-show-statistics", *MODULES],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *STATS, *MODULES],
         cwd=ROOT,
         env=env,
         check=False,
