@@ -130,16 +130,27 @@ def strings(value: Any) -> list[str]:
 # ---- privileges, namespaces, capabilities, devices, confinement ---------------------------
 
 
-@power("privileged", "privileged")
-async def _privileged(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if hit.value and not rules.privileged:
-        refuse("privileged containers are not allowed")
+def _when_set(rule: str, why: str) -> Check:
+    """A power asked for by any value but the zero one, refused unless ``rule`` is on;
+    ``why`` may name the field (``{field}``)."""
+
+    async def check(rules: Rules, hit: Hit, ctx: Context) -> None:
+        if hit.value and not getattr(rules, rule):
+            refuse(why.format(field=hit.field))
+
+    return check
 
 
-@power("privileged_exec", "privileged")
-async def _privileged_exec(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if hit.value and not rules.privileged:
-        refuse("privileged execs are not allowed")
+power("privileged", "privileged")(_when_set("privileged", "privileged containers are not allowed"))
+power("privileged_exec", "privileged")(_when_set("privileged", "privileged execs are not allowed"))
+power("devices", "devices")(_when_set("devices", "{field} (host devices) are not allowed"))
+power("selinux_disable", "security_opt")(
+    _when_set("security_opt", "services with SELinux disabled are not allowed")
+)
+# the swarm's and plugins' own fields: the route's rule governs them all (a zero value,
+# Ingress: false, asks nothing)
+power("swarm", "swarm")(_when_set("swarm", "managing the swarm is not allowed"))
+power("plugins", "plugins")(_when_set("plugins", "installing or changing plugins is not allowed"))
 
 
 @power("namespace", "host_namespaces")
@@ -184,12 +195,6 @@ def cap_name(name: str) -> str:
     return upper if upper == "ALL" or upper.startswith("CAP_") else f"CAP_{upper}"
 
 
-@power("devices", "devices")
-async def _devices(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if hit.value and not rules.devices:
-        refuse(f"{hit.field} (host devices) are not allowed")
-
-
 @power("security_opt", "security_opt")
 async def _security_opt(rules: Rules, hit: Hit, ctx: Context) -> None:
     """Options that weaken confinement: seccomp or AppArmor off, custom seccomp profiles,
@@ -215,12 +220,6 @@ async def _security_opt(rules: Rules, hit: Hit, ctx: Context) -> None:
 async def _masked_paths(rules: Rules, hit: Hit, ctx: Context) -> None:
     if not rules.security_opt:
         refuse(f"setting {hit.field} is not allowed")
-
-
-@power("selinux_disable", "security_opt")
-async def _selinux_disable(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if hit.value and not rules.security_opt:
-        refuse("services with SELinux disabled are not allowed")
 
 
 @power("selinux_type", "security_opt")
@@ -438,18 +437,3 @@ async def _build_network(rules: Rules, hit: Hit, ctx: Context) -> None:
     mode = str(hit.value)
     if not rules.host_namespaces and (mode.lower() == "host" or mode.startswith("container:")):
         refuse(f"building with networkmode={mode} is not allowed")
-
-
-# ---- the swarm and plugins: the route's rule governs every field -------------------------
-
-
-@power("swarm", "swarm")
-async def _swarm(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if hit.value and not rules.swarm:  # a zero value asks nothing (Ingress: false)
-        refuse("managing the swarm is not allowed")
-
-
-@power("plugins", "plugins")
-async def _plugins(rules: Rules, hit: Hit, ctx: Context) -> None:
-    if hit.value and not rules.plugins:
-        refuse("installing or changing plugins is not allowed")
