@@ -174,12 +174,20 @@ def _with(obj: Obj, **fixed: Any) -> Obj:
 
 
 def reaches_b(info: dict[str, Any], world: dict[str, str]) -> list[str]:
-    """Every piece of what the daemon made of the container that names one of B's objects:
-    its links, joins, volumes, mounts and networks."""
+    """What the daemon made of the container that is one of B's objects: the links,
+    volumes-from and ``container:`` joins it recorded, its mounts' volumes and sources, the
+    networks it is on (where inspect shows the relations the daemon resolved)."""
     ctr, net = world["ctr"], world["net"]
+    host = info.get("HostConfig") or {}
+    related = [
+        host.get("Links"),
+        host.get("VolumesFrom"),
+        *(host.get(k) for k in ("NetworkMode", "PidMode", "IpcMode", "Cgroup")),
+        [(m.get("Name"), m.get("Source")) for m in info.get("Mounts") or []],
+        (info.get("NetworkSettings") or {}).get("Networks"),
+    ]
     found = []
-    where = [info.get("HostConfig"), info.get("Mounts"), info.get("NetworkSettings")]
-    for text in _strings(where):
+    for text in _strings(related):
         for piece in text.replace(":", "/").split("/"):
             hex_prefix = len(piece) >= 6 and (ctr.startswith(piece) or net.startswith(piece))
             if piece in (B_CTR, B_VOL, B_NET) or hex_prefix:
@@ -194,7 +202,7 @@ def _strings(value: Any) -> Iterator[str]:
         for k, v in value.items():
             yield str(k)
             yield from _strings(v)
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         for v in value:
             yield from _strings(v)
 
