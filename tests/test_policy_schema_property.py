@@ -182,9 +182,16 @@ def reaches_b(info: dict[str, Any], world: dict[str, str]) -> list[str]:
     related = [
         host.get("Links"),
         host.get("VolumesFrom"),
-        *(host.get(k) for k in ("NetworkMode", "PidMode", "IpcMode", "Cgroup")),
+        *(  # a mode names a container only as container:<name> (else start refuses it)
+            str(host.get(k)).partition(":")[2]
+            for k in ("NetworkMode", "PidMode", "IpcMode", "Cgroup")
+            if str(host.get(k) or "").startswith("container:")
+        ),
         [(m.get("Name"), m.get("Source")) for m in info.get("Mounts") or []],
-        (info.get("NetworkSettings") or {}).get("Networks"),
+        [  # the networks by name and id (an EndpointID a client wrote is only text)
+            (name, (ep or {}).get("NetworkID"))
+            for name, ep in ((info.get("NetworkSettings") or {}).get("Networks") or {}).items()
+        ],
     ]
     found = []
     for text in _strings(related):
