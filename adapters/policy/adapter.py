@@ -153,13 +153,10 @@ class PolicyAdapter:
         if not rules.env and INSPECT.matches(req.method, req.path) and response.body:
             config = (response.json() or {}).get("Config") or {}
             config["Env"] = [e.split("=", 1)[0] + "=" + REDACTED for e in config.get("Env") or []]
-        if (
-            self.ownership is not None
-            and not rules.see_all
-            and self.ownership.shows_others(req.method, req.path)
-        ):
-            return self.ownership.post_hook(call, self._need_daemon())
-        return None
+        if self.ownership is None or rules.see_all:
+            return None
+        kind = self.ownership.answer_to_cut(req.method, req.path)
+        return None if kind is None else self.ownership.post_hook(call, self._need_daemon(), kind)
 
     def _need_daemon(self) -> Daemon:
         if self.daemon is None:

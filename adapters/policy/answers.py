@@ -11,28 +11,28 @@ containers per image or per volume, the tasks of others' services. ``fields.yaml
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import cache
 from typing import Any
 from urllib.parse import quote
 
 from plugstrip.adapters.policy.fields import BELONGS, COUNTS, HOLDS, NAMES, classes_of
 from plugstrip.adapters.policy.powers import Daemon
-from plugstrip.proxy.contract import OWNER_LABEL, dumps, loads
+from plugstrip.proxy.contract import OWNER_LABEL, dumps
 from plugstrip.proxy.docker_types import Type, definition
 
 _SECTION = "answers"
 _OTHERS = (NAMES, COUNTS, BELONGS)
 
 
+_SHOWS: dict[int, bool] = {}  # by the type's identity: types are engine_api.json's own dicts
+
+
 def shows_others(kind: Type) -> bool:
     """Whether an answer of this type can show others' objects (a list of networks can,
     an image list can, a container's inspect cannot)."""
-    return _shows_others(dumps(kind).decode())
-
-
-@cache
-def _shows_others(kind_text: str) -> bool:  # types are dicts: cached by their JSON text
-    return _reaches(loads(kind_text), set())
+    key = id(kind)
+    if key not in _SHOWS:
+        _SHOWS[key] = _reaches(kind, set())
+    return _SHOWS[key]
 
 
 def _reaches(kind: Type, seen: set[str]) -> bool:
@@ -126,7 +126,7 @@ async def cut(kind: Type, value: Any, owned: Owned) -> None:
                 continue
             declared = found.declared_in[field]
             for cls in classes_of(declared, field, _SECTION):
-                if cls.tag == HOLDS:
+                if cls.tag == HOLDS and shows_others(found.fields[field]):
                     await cut(found.fields[field], value[field], owned)
                 elif cls.tag == NAMES:
                     value[field] = await _keep(cls.name, value[field], owned)

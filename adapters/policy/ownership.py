@@ -31,7 +31,7 @@ from plugstrip.proxy.contract import (
     loads,
     split_version,
 )
-from plugstrip.proxy.docker_types import answer_type
+from plugstrip.proxy.docker_types import Type, answer_type
 
 _PREDEFINED_NETWORKS = ("bridge", "host", "none", "default")
 _CREATES = {
@@ -66,17 +66,15 @@ class Ownership:
             if hit.tag == REF:
                 await REFERENCES[hit.name](daemon, hit, who)
 
-    def shows_others(self, method: str, path: str) -> bool:
+    def answer_to_cut(self, method: str, path: str) -> Type | None:
+        """The type of this call's answer, where it can show other clients' objects."""
         kind = answer_type(method, path)
-        return kind is not None and shows_others(kind)
+        return kind if kind is not None and shows_others(kind) else None
 
-    async def post_hook(self, call: Call, daemon: Daemon) -> None:
-        """An answer cut to what the client may see (``answers``)."""
-        req, response = call.request, call.response
-        kind = answer_type(req.method, req.path)
-        if response is None or kind is None or not response.body:
-            return
-        await cut(kind, response.json(), Owned(daemon, call.peer.identity))
+    async def post_hook(self, call: Call, daemon: Daemon, kind: Type) -> None:
+        """An answer (of type ``kind``) cut to what the client may see (``answers``)."""
+        if call.response is not None and call.response.body:
+            await cut(kind, call.response.json(), Owned(daemon, call.peer.identity))
 
     async def _path(self, call: Call, daemon: Daemon) -> None:
         req, who = call.request, call.peer.identity
