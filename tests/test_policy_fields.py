@@ -7,6 +7,7 @@ power and reference wherever the daemon reads it.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -20,7 +21,7 @@ from plugstrip.adapters.policy.ownership import REFERENCES
 from plugstrip.adapters.policy.powers import POWERS
 from plugstrip.adapters.policy.rules import Rules
 from plugstrip.proxy.canonical import read_json
-from plugstrip.proxy.docker_types import API, body_schema, body_type
+from plugstrip.proxy.docker_types import API, answer_type, body_schema, body_type, served
 
 pytestmark = pytest.mark.unit
 
@@ -212,8 +213,25 @@ def test_answer_classes_have_their_filters() -> None:
 
 
 def test_which_answers_can_show_others() -> None:
-    assert shows_others(API["answers"]["GET /networks/{id}"])
-    assert shows_others(API["answers"]["GET /system/df"])
-    assert shows_others(API["answers"]["GET /tasks"])
-    assert not shows_others(API["answers"]["GET /containers/{id}/json"])
-    assert not shows_others(API["answers"]["GET /plugins"])
+    for path in ("/networks/x", "/networks", "/networks/", "/system/df", "/v1.41/tasks"):
+        assert shows_others(answer_type("GET", path)), path
+    assert not shows_others(answer_type("GET", "/containers/x/json"))
+    assert not shows_others(answer_type("GET", "/plugins"))
+
+
+def test_every_route_the_router_serves_is_found_as_it_matches() -> None:
+    """A path made from each route (a parameter that takes slashes given some) is served
+    by that route or by one the router tries first, with the parameters it matched."""
+    order = list(API["routes"])
+    for route in order:
+        method, path = route.split()
+        example = re.sub(r"\{[^}:]*\}", "one", path)
+        example = re.sub(r"\{[^}]*:[^}]*\}", "with/slash", example)
+        found = served(method, f"/v1.41{example}")
+        assert found is not None, route
+        assert order.index(found.route) <= order.index(route), (route, found)
+        if found.route == route:
+            assert len(found.params) == path.count("{"), found
+    assert served("GET", "/networks/").handler == served("GET", "/networks").handler
+    assert served("GET", "/images/library/busybox/json").params == ("library/busybox",)
+    assert served("GET", "/containers/x/nope") is None

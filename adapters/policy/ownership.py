@@ -29,32 +29,32 @@ from plugstrip.proxy.contract import (
     Refuse,
     dumps,
     loads,
-    split_version,
 )
-from plugstrip.proxy.docker_types import Type, answer_type
+from plugstrip.proxy.docker_types import Type, answer_type, served
 
 _PREDEFINED_NETWORKS = ("bridge", "host", "none", "default")
-_CREATES = {
-    "/containers/create",
-    "/networks/create",
-    "/volumes/create",
-    "/services/create",
-    "/secrets/create",
-    "/configs/create",
-}
+# The daemon's handlers (its router's, ``docker_types.served``) whose objects are the
+# client's own: lists and prunes get an owner filter, creates a stamp.
 _FILTERED = {
-    ("GET", "/containers/json"),
-    ("GET", "/volumes"),
-    ("GET", "/networks"),
-    ("GET", "/events"),
-    ("GET", "/services"),
-    ("GET", "/secrets"),
-    ("GET", "/configs"),
-    ("POST", "/containers/prune"),
-    ("POST", "/volumes/prune"),
-    ("POST", "/networks/prune"),
+    "getContainersJSON",
+    "getVolumesList",
+    "getNetworksList",
+    "getEvents",
+    "getServices",
+    "getSecrets",
+    "getConfigs",
+    "postContainersPrune",
+    "postVolumesPrune",
+    "postNetworksPrune",
 }
-_NOT_IDS = {"json", "create", "prune"}
+_CREATES = {
+    "postContainersCreate",
+    "postNetworkCreate",
+    "postVolumesCreate",
+    "createService",
+    "createSecret",
+    "createConfig",
+}
 
 
 class Ownership:
@@ -77,23 +77,25 @@ class Ownership:
             await cut(kind, call.response.json(), Owned(daemon, call.peer.identity))
 
     async def _path(self, call: Call, daemon: Daemon) -> None:
+        """The object the path names, as the daemon's router reads the path."""
         req, who = call.request, call.peer.identity
         call.context[OWNER_KEY] = who
-        _, rest = split_version(req.path)
-        if (req.method, rest) in _FILTERED:
+        route = served(req.method, req.path)
+        if route is None:
+            return  # the daemon serves no such route: it answers 404
+        if route.handler in _FILTERED:
             req.query = _with_owner_filter(req.query, who)
             return
-        if req.method == "POST" and rest in _CREATES:
+        if route.handler in _CREATES:
             self._stamp(req, who)
             return
-        if req.method == "POST" and rest == "/commit":
+        if route.handler == "postCommit":
             container = next((v for k, v in parse_qsl(req.query) if k == "container"), "")
             await _own_container(daemon, container, who)
             return
-        parts = rest.strip("/").split("/")
-        if len(parts) < 2 or parts[1] in _NOT_IDS:
+        if not route.params:
             return
-        kind, name = parts[0], parts[1]
+        kind, name = route.route.split("/")[1], route.params[0]
         if kind == "containers":
             await _own_container(daemon, name, who)
         elif kind == "networks":
