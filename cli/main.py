@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE as DEFAULT_SPARES
-from plugstrip.cli import ops, sg
+from plugstrip.cli import ops, policy, sg
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.cli.serve import DEFAULT_LISTEN, UsageError, serve_command
 from plugstrip.netdrivers.drivers import DEFAULT_OVSDB
@@ -43,119 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     store = os.environ.get("PLUGSTRIP_STORE") or None  # serve's and the operator commands'
 
     serve = sub.add_parser("serve", help="run the proxy in front of a Docker daemon")
-    serve.add_argument(
-        "--listen",
-        action="append",
-        metavar="URL",
-        help=f"unix:///path or tcp://host:port, repeatable (default {DEFAULT_LISTEN})",
-    )
-    serve.add_argument(
-        "--upstream",
-        metavar="URL",
-        default=os.environ.get("PLUGSTRIP_UPSTREAM", DEFAULT_UPSTREAM),
-        help="the daemon (default $PLUGSTRIP_UPSTREAM, else %(default)s)",
-    )
-    serve.add_argument("--config", metavar="FILE", help="adapters.yml (Powerstrip's format)")
-    serve.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR)
-    serve.add_argument("--admin", metavar="URL", help="metrics, status and trace listener")
-    serve.add_argument("--tls", action="store_true", help="TLS on TCP listeners")
-    serve.add_argument(
-        "--tlsverify",
-        action="store_true",
-        help="TLS, and require client certificates signed by --tlscacert",
-    )
-    serve.add_argument("--tlscacert", metavar="FILE")
-    serve.add_argument("--tlscert", metavar="FILE")
-    serve.add_argument("--tlskey", metavar="FILE")
-    serve.add_argument(
-        "--upstream-tlsverify",
-        action="store_true",
-        help="TLS to a tcp:// upstream, checking its certificate",
-    )
-    serve.add_argument("--upstream-tls", action="store_true", help="TLS to a tcp:// upstream")
-    serve.add_argument("--upstream-tlscacert", metavar="FILE")
-    serve.add_argument("--upstream-tlscert", metavar="FILE")
-    serve.add_argument("--upstream-tlskey", metavar="FILE")
-    serve.add_argument(
-        "--allow-insecure-tcp",
-        action="store_true",
-        help="allow a TCP listener without verified TLS on a non-loopback address",
-    )
-    serve.add_argument(
-        "--policy-from-env",
-        action="store_true",
-        help="a policy on every call from docker-socket-proxy's environment variables "
-        "(CONTAINERS=1, POST=0, ...), with request body checks on top",
-    )
-    serve.add_argument(
-        "--no-body-checks",
-        action="store_true",
-        help="with --policy-from-env: check API sections only, as docker-socket-proxy does",
-    )
-    serve.add_argument(
-        "--no-networks",
-        action="store_true",
-        help="turn off plugstrip networks (the built-in network adapter)",
-    )
-    serve.add_argument(
-        "--store",
-        metavar="URL",
-        default=store,
-        help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default $PLUGSTRIP_STORE, "
-        "else the embedded SQLite store)",
-    )
-    serve.add_argument(
-        "--advertise-addr",
-        metavar="IP",
-        default=os.environ.get("PLUGSTRIP_ADVERTISE_ADDR") or None,
-        help="this host's underlay address, which other hosts send VXLAN to (with --store "
-        "etcd://: networks span the hosts; default $PLUGSTRIP_ADVERTISE_ADDR)",
-    )
-    serve.add_argument(
-        "--mtu",
-        type=int,
-        metavar="N",
-        help="the underlay's MTU; plugstrip network devices get N - 50 (default: the MTU "
-        "of the --advertise-addr device, else of the default route's device)",
-    )
-    serve.add_argument(
-        "--spare-holders",
-        type=int,
-        default=DEFAULT_SPARES,
-        metavar="N",
-        help="network holders kept started ahead, for fast creates (default %(default)s)",
-    )
-    serve.add_argument(
-        "--ipalloc-range",
-        metavar="CIDR",
-        default=str(DEFAULT_RANGE),
-        help="where subnets for networks without --subnet come from (default %(default)s)",
-    )
-    serve.add_argument(
-        "--ipv6-range",
-        metavar="CIDR",
-        default=str(DEFAULT_RANGE6),
-        help="where a /64 for each --ipv6 network without an IPv6 --subnet comes from "
-        "(default %(default)s, a unique local /48)",
-    )
-    serve.add_argument(
-        "--ovsdb",
-        metavar="URL",
-        default=DEFAULT_OVSDB,
-        help="Open vSwitch database for plugstrip/ovs (default %(default)s)",
-    )
-    serve.add_argument(
-        "--ovs-datapath",
-        choices=("system", "netdev"),
-        help="OVS datapath type (default: system if the kernel module is loaded, else netdev)",
-    )
-    serve.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("--log-format", choices=("json", "text"), default="json")
+    serve_arguments(serve, store)
     serve.set_defaults(func=serve_command)
 
     ops.add_commands(sub, DEFAULT_STATE_DIR, DEFAULT_OVSDB, store)
     sg.add_commands(sub, DEFAULT_STATE_DIR, store)
+    policy.add_commands(sub, lambda p: serve_arguments(p, store), DEFAULT_UPSTREAM)
 
     trace = sub.add_parser("trace", help="show the last intercepted calls and adapter changes")
     trace.add_argument("--admin", metavar="URL", help="admin URL (default: from --state-dir)")
@@ -164,6 +57,120 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="raw JSON")
     trace.set_defaults(func=_trace)
     return parser
+
+
+def serve_arguments(parser: argparse.ArgumentParser, store: str | None) -> None:
+    """The options of ``serve`` (also those of ``policy learn``, which serves)."""
+    parser.set_defaults(learn_record=None, learn_for=None)
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="URL",
+        help=f"unix:///path or tcp://host:port, repeatable (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--upstream",
+        metavar="URL",
+        default=os.environ.get("PLUGSTRIP_UPSTREAM", DEFAULT_UPSTREAM),
+        help="the daemon (default $PLUGSTRIP_UPSTREAM, else %(default)s)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="adapters.yml (Powerstrip's format)")
+    parser.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR)
+    parser.add_argument("--admin", metavar="URL", help="metrics, status and trace listener")
+    parser.add_argument("--tls", action="store_true", help="TLS on TCP listeners")
+    parser.add_argument(
+        "--tlsverify",
+        action="store_true",
+        help="TLS, and require client certificates signed by --tlscacert",
+    )
+    parser.add_argument("--tlscacert", metavar="FILE")
+    parser.add_argument("--tlscert", metavar="FILE")
+    parser.add_argument("--tlskey", metavar="FILE")
+    parser.add_argument(
+        "--upstream-tlsverify",
+        action="store_true",
+        help="TLS to a tcp:// upstream, checking its certificate",
+    )
+    parser.add_argument("--upstream-tls", action="store_true", help="TLS to a tcp:// upstream")
+    parser.add_argument("--upstream-tlscacert", metavar="FILE")
+    parser.add_argument("--upstream-tlscert", metavar="FILE")
+    parser.add_argument("--upstream-tlskey", metavar="FILE")
+    parser.add_argument(
+        "--allow-insecure-tcp",
+        action="store_true",
+        help="allow a TCP listener without verified TLS on a non-loopback address",
+    )
+    parser.add_argument(
+        "--policy-from-env",
+        action="store_true",
+        help="a policy on every call from docker-socket-proxy's environment variables "
+        "(CONTAINERS=1, POST=0, ...), with request body checks on top",
+    )
+    parser.add_argument(
+        "--no-body-checks",
+        action="store_true",
+        help="with --policy-from-env: check API sections only, as docker-socket-proxy does",
+    )
+    parser.add_argument(
+        "--no-networks",
+        action="store_true",
+        help="turn off plugstrip networks (the built-in network adapter)",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=store,
+        help="etcd://HOST:PORT[,HOST:PORT...] shared by hosts (default $PLUGSTRIP_STORE, "
+        "else the embedded SQLite store)",
+    )
+    parser.add_argument(
+        "--advertise-addr",
+        metavar="IP",
+        default=os.environ.get("PLUGSTRIP_ADVERTISE_ADDR") or None,
+        help="this host's underlay address, which other hosts send VXLAN to (with --store "
+        "etcd://: networks span the hosts; default $PLUGSTRIP_ADVERTISE_ADDR)",
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        metavar="N",
+        help="the underlay's MTU; plugstrip network devices get N - 50 (default: the MTU "
+        "of the --advertise-addr device, else of the default route's device)",
+    )
+    parser.add_argument(
+        "--spare-holders",
+        type=int,
+        default=DEFAULT_SPARES,
+        metavar="N",
+        help="network holders kept started ahead, for fast creates (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ipalloc-range",
+        metavar="CIDR",
+        default=str(DEFAULT_RANGE),
+        help="where subnets for networks without --subnet come from (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ipv6-range",
+        metavar="CIDR",
+        default=str(DEFAULT_RANGE6),
+        help="where a /64 for each --ipv6 network without an IPv6 --subnet comes from "
+        "(default %(default)s, a unique local /48)",
+    )
+    parser.add_argument(
+        "--ovsdb",
+        metavar="URL",
+        default=DEFAULT_OVSDB,
+        help="Open vSwitch database for plugstrip/ovs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ovs-datapath",
+        choices=("system", "netdev"),
+        help="OVS datapath type (default: system if the kernel module is loaded, else netdev)",
+    )
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
 
 
 # ---- trace ---------------------------------------------------------------------------------

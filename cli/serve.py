@@ -44,6 +44,7 @@ from plugstrip.proxy.upstream import Upstream
 log = logging.getLogger("plugstrip")
 
 DEFAULT_LISTEN = "unix:///run/plugstrip/docker.sock"
+_LEARNER = "plugstrip.adapters.policy.learn:PolicyLearner"
 
 
 class UsageError(Exception):
@@ -80,11 +81,14 @@ def _listeners(args: argparse.Namespace) -> list[Listener]:
 
 
 def _flag_adapters(args: argparse.Namespace) -> Config:
+    route = Route.parse("* /**")
+    if args.learn_record:  # plugstrip policy learn: first on every call, observing only
+        spec = AdapterSpec("policy-learn", "python", _LEARNER, {"record": args.learn_record})
+        return Config((EndpointSpec(route, (spec.name,), ()),), {spec.name: spec})
     if not args.policy_from_env:
         return Config()
     options = policy_options(os.environ, body_checks=not args.no_body_checks)
     spec = AdapterSpec("socket-proxy-env", "entrypoint", "policy", options)
-    route = Route.parse("* /**")
     return Config((EndpointSpec(route, (spec.name,), (spec.name,)),), {spec.name: spec})
 
 
@@ -130,6 +134,8 @@ async def _run(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, server.reload_soon)
+        if args.learn_for is not None:
+            loop.call_later(args.learn_for, stop.set)
         watcher = asyncio.create_task(server.watch_config())
         stack.callback(watcher.cancel)
         for listener in listeners:

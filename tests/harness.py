@@ -164,16 +164,18 @@ def start_plugstrip(
     extra: list[str] | None = None,
     netns: str | None = None,
     env: dict[str, str] | None = None,
+    command: tuple[str, ...] = ("serve",),
 ) -> Plugstrip:
-    """``plugstrip serve`` in front of ``upstream``; in namespace ``netns`` (a path) if given,
-    as it runs beside the daemon of a test "host"; ``env`` adds to its environment."""
+    """``plugstrip serve`` (or ``command``, which serves) in front of ``upstream``; in
+    namespace ``netns`` (a path) if given, as it runs beside the daemon of a test "host";
+    ``env`` adds to its environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "plugstrip.sock"
     port = free_port()
     args = [
         *(["nsenter", f"--net={netns}"] if netns else []),
         PLUGSTRIP,
-        "serve",
+        *command,
         "--listen",
         f"unix://{sock}",
         "--upstream",

@@ -9,6 +9,7 @@ show the power: the attack is real, so the refusal is what stops it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import uuid
@@ -16,9 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
+from plugstrip.adapters.policy import learn
+from plugstrip.adapters.policy.rules import Rules
+from plugstrip.proxy.addresses import SocketAddress
+from plugstrip.proxy.canonical import read_json
+from plugstrip.proxy.contract import Refuse
+from plugstrip.proxy.docker_api import DockerApi
+from plugstrip.proxy.docker_types import body_schema, body_type
 from tests import attack
 from tests.attack import baseline
 from tests.harness import docker
@@ -696,3 +705,42 @@ adapters:
         assert got.startswith(b"HTTP/1.1 403") and got.endswith(b"\r\n\r\n"), got
     finally:
         ps.stop()
+
+
+LEARNED = [c for c in ALL if c.status == 403]
+
+
+@pytest.mark.parametrize("case", LEARNED, ids=[c.id for c in LEARNED])
+def test_learning_grants_what_a_call_needs_and_nothing_more(
+    case: Case, setup: tuple[str, str], dockerd: str
+) -> None:
+    """Learn mode on each attack: the strictest rule set refuses it, the grants learned
+    from the refusals allow it, and each grant is needed (without any one, refused)."""
+    _, allowed = setup
+    target, _, query = case.target.partition("?")
+    path = unquote(target)  # as the core hands it to hooks
+    text = case.body.replace("ALLOWED", allowed) if case.body else None
+    json_body = text is not None and body_type(case.method, path) is not None
+    body = read_json(text.encode(), body_schema(case.method, path)) if json_body else None
+
+    async def learn_and_check() -> None:
+        daemon = DockerApi(SocketAddress.parse(dockerd))
+        try:
+            grants, why = await learn.grants_for(case.method, path, query, body, daemon)
+            assert why is None and any(option != "allow" for option, _ in grants), (grants, why)
+            for left_out in [None, *grants]:
+                rules = Rules.from_options(learn.STRICTEST)
+                for grant in grants:
+                    rules = rules if grant == left_out else rules.widened(grant)
+                hits = rules.hits(case.method, path, query, body)
+                try:
+                    rules.check_route(case.method, path, query)
+                    await rules.check_asked(case.method, path, hits, body, daemon)
+                    passed = True
+                except Refuse:
+                    passed = False
+                assert passed is (left_out is None), (grants, left_out)
+        finally:
+            await daemon.close()
+
+    asyncio.run(learn_and_check())

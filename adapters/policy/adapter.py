@@ -34,10 +34,8 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from plugstrip.adapters.policy.fields import Hit, walk
 from plugstrip.adapters.policy.ownership import Ownership
-from plugstrip.adapters.policy.powers import Context, Lookup
-from plugstrip.adapters.policy.rules import INSPECT, Daemon, Rules, refuse
+from plugstrip.adapters.policy.rules import BUILD, INSPECT, Daemon, Rules, refuse
 from plugstrip.proxy.contract import Call, Peer, Refuse
 from plugstrip.proxy.docker_types import body_type
 
@@ -111,26 +109,23 @@ class PolicyAdapter:
         if req.streamed and _body_checked(req.method, req.path):
             raise Refuse(400, "plugstrip policy: this request's body must be JSON it can read")
         owned = self.ownership is not None and not rules.see_all
-        inside = rules.acts_inside(req.method, req.path)
-        asked = rules.query_hits(req.method, req.path, req.query)
-        if not req.body and not owned and not inside and not asked:
+        if (
+            not req.body
+            and not owned
+            and not rules.acts_inside(req.method, req.path)
+            and not BUILD.matches(req.method, req.path)
+        ):
             return None
-        return self._pre_async(call, rules, owned, inside, asked)
+        return self._pre_async(call, rules, owned)
 
-    async def _pre_async(
-        self, call: Call, rules: Rules, owned: bool, inside: bool, asked: list[Hit]
-    ) -> None:
+    async def _pre_async(self, call: Call, rules: Rules, owned: bool) -> None:
         req = call.request
         body = req.json() if req.body else None
-        kind = body_type(req.method, req.path) if body is not None else None
-        if kind is not None:
-            asked = [*asked, *walk(kind, body)]
+        hits = rules.hits(req.method, req.path, req.query, body)
         if owned:  # first: what the client may not see, it must not learn about either
             assert self.ownership is not None
-            await self.ownership.pre_hook(call, self._need_daemon(), asked)
-        if inside:
-            await rules.check_inside(req.path, self.daemon)
-        await rules.check_powers(asked, Context(Lookup(self.daemon), req.path, body))
+            await self.ownership.pre_hook(call, self._need_daemon(), hits)
+        await rules.check_asked(req.method, req.path, hits, body, self.daemon)
 
     @property
     def post_calls(self) -> list[tuple[str, str]]:

@@ -38,18 +38,34 @@ DEFAULT_CAPS = frozenset(
 SAFE_NETWORK_DRIVERS = ("", "bridge", "overlay", "plugstrip/weave", "plugstrip/ovs")
 # Driver options that hand a network the host's own devices
 _HOST_NETWORK_OPTIONS = ("com.docker.network.bridge.name", "parent")
+_HOST_NAMESPACES = ("host_namespaces", True)
+_SECURITY_OPT = ("security_opt", True)
+_HOST_RESOURCES = ("host_resources", True)
 
 
 class Daemon(Protocol):
     """What the checks ask the daemon (``plugstrip.proxy.docker_api.DockerApi`` answers)."""
 
-    async def call(self, method: str, path: str, ok_missing: bool = False) -> Any: ...
+    async def call(self, method: str, path: str, *, ok_missing: bool = False) -> Any: ...
 
     async def raw(self, path: str) -> bytes | None: ...
 
 
-def refuse(why: str) -> NoReturn:
-    raise Refuse(403, f"plugstrip policy: {why}")
+# What would have allowed a refused request: an option of Rules and the value it takes
+# (a list option gets the value added). Learn mode widens a rule set by it.
+Grant = tuple[str, Any]
+
+
+class Denied(Refuse):
+    """A 403 by a rule, with its grant (None: no option allows it, as a ``deny`` entry)."""
+
+    def __init__(self, why: str, grant: Grant | None) -> None:
+        super().__init__(403, f"plugstrip policy: {why}")
+        self.grant = grant
+
+
+def refuse(why: str, grant: Grant | None = None) -> NoReturn:
+    raise Denied(why, grant)
 
 
 class Lookup:
@@ -136,7 +152,7 @@ def _when_set(rule: str, why: str) -> Check:
 
     async def check(rules: Rules, hit: Hit, ctx: Context) -> None:
         if hit.value and not getattr(rules, rule):
-            refuse(why.format(field=hit.field))
+            refuse(why.format(field=hit.field), (rule, True))
 
     return check
 
@@ -159,7 +175,7 @@ async def _namespace(rules: Rules, hit: Hit, ctx: Context) -> None:
     if rules.host_namespaces or not mode:
         return
     if mode.lower() == "host":
-        refuse(f"{hit.field}={mode} is not allowed")
+        refuse(f"{hit.field}={mode} is not allowed", _HOST_NAMESPACES)
     if mode.startswith("container:"):
         await _check_join(hit.field, mode.partition(":")[2], ctx.look)
 
@@ -173,7 +189,7 @@ async def _check_join(key: str, target: str, look: Lookup, depth: int = 0) -> No
     host = info.get("HostConfig") or {}
     mode = str(host.get(key) or "")
     if mode == "host" or (key == "PidMode" and host.get("Privileged")):
-        refuse(f"{key}=container:{target} joins a container with host powers")
+        refuse(f"{key}=container:{target} joins a container with host powers", _HOST_NAMESPACES)
     if mode.startswith("container:") and depth < 8:
         await _check_join(key, mode.partition(":")[2], look, depth + 1)
 
@@ -184,9 +200,9 @@ async def _caps(rules: Rules, hit: Hit, ctx: Context) -> None:
     for cap in strings(hit.value):
         name = cap_name(cap)
         if name == "ALL" and "ALL" not in allowed:
-            refuse(f"{hit.field} ALL is not allowed")
+            refuse(f"{hit.field} ALL is not allowed", ("cap_add", "ALL"))
         if name != "ALL" and name not in DEFAULT_CAPS and name not in allowed:
-            refuse(f"{hit.field} {cap} is not allowed")
+            refuse(f"{hit.field} {cap} is not allowed", ("cap_add", name.removeprefix("CAP_")))
 
 
 def cap_name(name: str) -> str:
@@ -213,19 +229,19 @@ async def _security_opt(rules: Rules, hit: Hit, ctx: Context) -> None:
             or (key == "no-new-privileges" and low in ("false", "0"))
         )
         if weak:
-            refuse(f"SecurityOpt {opt[:80]} is not allowed")
+            refuse(f"SecurityOpt {opt[:80]} is not allowed", _SECURITY_OPT)
 
 
 @power("masked_paths", "security_opt")
 async def _masked_paths(rules: Rules, hit: Hit, ctx: Context) -> None:
     if not rules.security_opt:
-        refuse(f"setting {hit.field} is not allowed")
+        refuse(f"setting {hit.field} is not allowed", _SECURITY_OPT)
 
 
 @power("selinux_type", "security_opt")
 async def _selinux_type(rules: Rules, hit: Hit, ctx: Context) -> None:
     if str(hit.value).strip().lower().startswith("spc") and not rules.security_opt:
-        refuse(f"the SELinux type {hit.value} is not allowed")
+        refuse(f"the SELinux type {hit.value} is not allowed", _SECURITY_OPT)
 
 
 # ---- host paths and volumes ------------------------------------------------------------
@@ -290,21 +306,21 @@ def _check_volume(rules: Rules, driver: str, options: Any, name: str) -> None:
     if {"bind", "rbind"} & flags:
         check_path(rules, device, f"{what} binding")
     elif not rules.devices:
-        refuse(f"{what} mounting device {device} is not allowed")
+        refuse(f"{what} mounting device {device} is not allowed", ("devices", True))
 
 
 def check_path(rules: Rules, source: str, what: str) -> None:
-    """A host path after ``..`` is resolved and after the host's symlinks are: the daemon
-    mounts what the path leads to."""
-    roots = rules.roots
-    if roots is None:
+    """A host path, after ``..`` is resolved, under an allowed root as the root was given or
+    where its links lead; and where the path's own links lead, under where the roots' lead:
+    the daemon mounts what the path leads to."""
+    if rules.roots is None:
         return
     clean = posixpath.normpath(source)
     real = os.path.realpath(clean)
-    for path in (clean, real):
+    for path, roots in ((clean, rules.roots), (real, rules.real_roots)):
         if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
             shown = source if path == source else f"{path} (given as {source})"
-            refuse(f"{what} of {shown} is not allowed")
+            refuse(f"{what} of {shown} is not allowed", ("bind_mounts", path))
 
 
 # ---- users -----------------------------------------------------------------------------
@@ -322,7 +338,7 @@ async def _exec_user(rules: Rules, hit: Hit, ctx: Context) -> None:
     if user and go_atoi(user) is None:  # a name: the container's passwd gives its uid
         passwd = await ctx.look.passwd(split_version(ctx.path)[1].split("/")[2])
     if exec_uid(spec, passwd) == 0:
-        refuse(f"exec as {spec}, uid 0 in the container, is not allowed")
+        refuse(f"exec as {spec}, uid 0 in the container, is not allowed", ("exec_root", True))
 
 
 # ---- the host's resources and its kernel -----------------------------------------------
@@ -338,7 +354,7 @@ async def _cgroup_parent(rules: Rules, hit: Hit, ctx: Context) -> None:
         root = posixpath.normpath("/" + prefix.strip("/"))
         if clean == root or clean.startswith(root.rstrip("/") + "/"):
             return
-    refuse(f"CgroupParent {parent} is not allowed")
+    refuse(f"CgroupParent {parent} is not allowed", ("cgroup_parent", clean))
 
 
 @power("sysctls", "sysctls")
@@ -350,7 +366,8 @@ async def _sysctls(rules: Rules, hit: Hit, ctx: Context) -> None:
         namespace = sysctl_namespace(str(key))
         if namespace is None or (namespace == "net" and host_net):
             if not any(str(key).replace("/", ".").startswith(p) for p in rules.sysctls):
-                refuse(f"the sysctl {key} is the host's, not the container's")
+                grant = ("sysctls", str(key).replace("/", "."))
+                refuse(f"the sysctl {key} is the host's, not the container's", grant)
 
 
 def _network_modes(body: Any) -> set[str]:
@@ -365,7 +382,7 @@ def _network_modes(body: Any) -> set[str]:
 def _host_resources(what: str) -> Check:
     async def check(rules: Rules, hit: Hit, ctx: Context) -> None:
         if not rules.host_resources and _asks(hit):
-            refuse(f"{what} ({hit.field}) is not allowed")
+            refuse(f"{what} ({hit.field}) is not allowed", _HOST_RESOURCES)
 
     return check
 
@@ -393,19 +410,19 @@ power("storage_opt", "host_resources")(_host_resources("storage driver options")
 @power("isolation", "host_resources")
 async def _isolation(rules: Rules, hit: Hit, ctx: Context) -> None:
     if str(hit.value).lower() not in ("", "default") and not rules.host_resources:
-        refuse(f"Isolation {hit.value} is not allowed")
+        refuse(f"Isolation {hit.value} is not allowed", _HOST_RESOURCES)
 
 
 @power("runtime", "runtimes")
 async def _runtime(rules: Rules, hit: Hit, ctx: Context) -> None:
     if str(hit.value) not in ("", "runc", *rules.runtimes):
-        refuse(f"the runtime {hit.value} is not allowed")
+        refuse(f"the runtime {hit.value} is not allowed", ("runtimes", str(hit.value)))
 
 
 @power("log_driver", "log_drivers")
 async def _log_driver(rules: Rules, hit: Hit, ctx: Context) -> None:
     if str(hit.value) not in ("", *rules.log_drivers):
-        refuse(f"the log driver {hit.value} is not allowed")
+        refuse(f"the log driver {hit.value} is not allowed", ("log_drivers", str(hit.value)))
 
 
 # ---- networks ---------------------------------------------------------------------------
@@ -414,7 +431,8 @@ async def _log_driver(rules: Rules, hit: Hit, ctx: Context) -> None:
 @power("network_driver", "network_drivers")
 async def _network_driver(rules: Rules, hit: Hit, ctx: Context) -> None:
     if str(hit.value) not in (*SAFE_NETWORK_DRIVERS, *rules.network_drivers):
-        refuse(f"the network driver {hit.value} is not allowed")
+        grant = ("network_drivers", str(hit.value))
+        refuse(f"the network driver {hit.value} is not allowed", grant)
 
 
 @power("network_options", "host_namespaces")
@@ -423,17 +441,17 @@ async def _network_options(rules: Rules, hit: Hit, ctx: Context) -> None:
         return
     for key in hit.value:
         if key in _HOST_NETWORK_OPTIONS:
-            refuse(f"the network option {key} (a host device) is not allowed")
+            refuse(f"the network option {key} (a host device) is not allowed", _HOST_NAMESPACES)
 
 
 @power("service_network", "host_namespaces")
 async def _service_network(rules: Rules, hit: Hit, ctx: Context) -> None:
     if str(hit.value) == "host" and not rules.host_namespaces:
-        refuse("services on the host network are not allowed")
+        refuse("services on the host network are not allowed", _HOST_NAMESPACES)
 
 
 @power("build_network", "host_namespaces")
 async def _build_network(rules: Rules, hit: Hit, ctx: Context) -> None:
     mode = str(hit.value)
     if not rules.host_namespaces and (mode.lower() == "host" or mode.startswith("container:")):
-        refuse(f"building with networkmode={mode} is not allowed")
+        refuse(f"building with networkmode={mode} is not allowed", _HOST_NAMESPACES)

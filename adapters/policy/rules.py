@@ -18,9 +18,18 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from plugstrip.adapters.policy.fields import POWER, UNKNOWN, Hit, build_hits, walk
-from plugstrip.adapters.policy.powers import POWERS, Context, Daemon, Lookup, cap_name, refuse
-from plugstrip.proxy.contract import Refuse, split_version
-from plugstrip.proxy.docker_types import VERSION
+from plugstrip.adapters.policy.powers import (
+    POWERS,
+    Context,
+    Daemon,
+    Denied,
+    Grant,
+    Lookup,
+    cap_name,
+    refuse,
+)
+from plugstrip.proxy.contract import split_version
+from plugstrip.proxy.docker_types import VERSION, body_type, glob, served
 from plugstrip.proxy.routes import Route
 
 __all__ = ["INSPECT", "Daemon", "Rules", "refuse"]
@@ -56,6 +65,13 @@ INTO = _routes(
     "GET /containers/*/attach/ws",
     "PUT /containers/*/archive",
 )
+
+
+def _allow_entry(method: str, path: str) -> str:
+    """The allow-list entry for a call: the daemon's route for it (any object), else the
+    path itself."""
+    route = served(method, path)
+    return glob(route.route) if route else f"{method} {split_version(path)[1]}"
 
 
 def _any(routes: Iterable[Route], method: str, path: str) -> bool:
@@ -96,8 +112,9 @@ class Rules:
     _allow: list[Route] | None = field(default=None, init=False, repr=False)
     _deny: list[Route] = field(default_factory=list, init=False, repr=False)
     allowed_caps: set[str] = field(default_factory=set, init=False, repr=False)
-    roots: list[str] | None = field(default=None, init=False, repr=False)
-    _scopes: dict[str, list[tuple[Route, str]]] = field(
+    roots: list[str] | None = field(default=None, init=False, repr=False)  # None: any
+    real_roots: list[str] = field(default_factory=list, init=False, repr=False)
+    _scopes: dict[str, list[tuple[Route, str, str]]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -113,25 +130,46 @@ class Rules:
         rules._allow = [Route.parse(r) for r in rules.allow] if rules.allow is not None else None
         rules._deny = [Route.parse(r) for r in rules.deny]
         rules.allowed_caps = {cap_name(c) for c in rules.cap_add}
-        for allowed, routes, what in (
-            (rules.archive, _ARCHIVE, "copying files out of containers"),
-            (rules.export, _EXPORT, "exporting containers"),
-            (rules.logs, _LOGS, "reading container logs"),
-            (rules.attach, _ATTACH, "attaching to containers"),
-            (rules.swarm, _SWARM, "managing the swarm"),
-            (rules.plugins, _PLUGINS, "installing or changing plugins"),
-            (rules.services, _SERVICES, "creating or updating services"),
+        for option, routes, what in (
+            ("archive", _ARCHIVE, "copying files out of containers"),
+            ("export", _EXPORT, "exporting containers"),
+            ("logs", _LOGS, "reading container logs"),
+            ("attach", _ATTACH, "attaching to containers"),
+            ("swarm", _SWARM, "managing the swarm"),
+            ("plugins", _PLUGINS, "installing or changing plugins"),
+            ("services", _SERVICES, "creating or updating services"),
         ):
-            for route in routes if not allowed else ():
+            for route in routes if not getattr(rules, option) else ():
                 # by the path's first segment: most calls look at no route at all
                 section = route.text.split()[1].split("/")[1]
-                rules._scopes.setdefault(section, []).append((route, what))
-        rules.roots = (
-            None
-            if rules.bind_mounts is None
-            else [os.path.realpath(posixpath.normpath(p)) for p in rules.bind_mounts]
-        )
+                rules._scopes.setdefault(section, []).append((route, option, what))
+        if rules.bind_mounts is not None:  # a path as given and where its links lead
+            given = [posixpath.normpath(p) for p in rules.bind_mounts]
+            rules.real_roots = [os.path.realpath(p) for p in given]
+            rules.roots = sorted({*given, *rules.real_roots})
         return rules
+
+    def options(self) -> dict[str, Any]:
+        """The options that differ from the defaults, as the configuration gives them."""
+        default = Rules()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.init
+            and f.name != "unrestricted"
+            and getattr(self, f.name) != getattr(default, f.name)
+        }
+
+    def widened(self, grant: Grant) -> Rules:
+        """This rule set, also allowing what ``grant`` names."""
+        option, value = grant
+        options = self.options()
+        if option in _LISTS:
+            have = options.get(option, getattr(self, option)) or []
+            options[option] = have if value in have else [*have, value]
+        else:
+            options[option] = value
+        return Rules.from_options(options)
 
     # ---- routes ------------------------------------------------------------------------
 
@@ -141,21 +179,36 @@ class Rules:
         if self.read_only and method not in _READ_METHODS:
             refuse("the Docker API is read-only here")
         if self._allow is not None and not _any(self._allow, method, path):
-            refuse(f"{method} {path} is not in the allow-list")
+            grant = ("allow", _allow_entry(method, path))
+            refuse(f"{method} {path} is not in the allow-list", grant)
         for route in self._deny:
             if route.matches(method, path):
                 refuse(f"{method} {path} is denied ({route.text})")
         _, rest = split_version(path)
         section = rest.split("/", 2)[1] if rest.count("/") else ""
-        for route, what in self._scopes.get(section, ()):
+        for route, option, what in self._scopes.get(section, ()):
             if route.matches(method, path):
-                refuse(f"{what} is not allowed")
+                refuse(f"{what} is not allowed", (option, True))
 
     def query_hits(self, method: str, path: str, query: str) -> list[Hit]:
         """What a build's parameters ask for (the only query the policy reads)."""
         if self.unrestricted or not BUILD.matches(method, path):
             return []
         return build_hits(parse_qs(query, keep_blank_values=True))
+
+    def hits(self, method: str, path: str, query: str, body: Any) -> list[Hit]:
+        """What a request asks for: its build parameters, and its body walked by its type."""
+        asked = self.query_hits(method, path, query)
+        kind = body_type(method, path) if body is not None else None
+        return asked if kind is None else [*asked, *walk(kind, body)]
+
+    async def check_asked(
+        self, method: str, path: str, hits: list[Hit], body: Any, daemon: Daemon | None
+    ) -> None:
+        """Everything but the route: the container a call acts inside, then every power."""
+        if self.acts_inside(method, path):
+            await self.check_inside(path, daemon)
+        await self.check_powers(hits, Context(Lookup(daemon), path, body))
 
     def acts_inside(self, method: str, path: str) -> bool:
         return not self.unrestricted and _any(INTO, method, path)
@@ -182,9 +235,9 @@ class Rules:
         ]
         try:
             await self.check_powers(hits, Context(look, path, {"HostConfig": host}))
-        except Refuse as refusal:
+        except Denied as refusal:
             why = refusal.message.removeprefix("plugstrip policy: ")
-            refuse(f"container {name} has a power this client may not use ({why})")
+            refuse(f"container {name} has a power this client may not use ({why})", refusal.grant)
 
     # ---- bodies ------------------------------------------------------------------------
 
@@ -199,7 +252,8 @@ class Rules:
                 # a zero value (0, "", false, null, [], {}) is what Go decodes for an absent
                 # field: newer clients send their newer fields so (the docker CLI 28 sends
                 # EndpointsConfig's GwPriority: 0 to a 1.41 daemon)
-                refuse(f"{hit.path} is not a field of this request in Engine API {VERSION}")
+                why = f"{hit.path} is not a field of this request in Engine API {VERSION}"
+                refuse(why, ("unknown_fields", "allow"))
 
 
 _LISTS = {
