@@ -20,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from netaddr import IPAddress
 
 from plugstrip.netdrivers.netlink import run_in
-from plugstrip.netdrivers.security import Guarded, Policy, Rule
+from plugstrip.netdrivers.security import Binding, Guarded, Policy, Rule
 
-TABLE = "plugstrip"
+TABLE = "plugstrip"  # inet: the groups' rules, on IP packets crossing the bridges
+PORTS = "plugstrip"  # bridge: each port bound to its endpoint, floods to guarded ones
+SPOOFED, FLOOD_DROPPED = "spoofed", "flood_dropped"  # the bridge table's drop counters
+# What a container may never send: router advertisements and redirects, DHCP answers
+_NEVER6 = "icmpv6 type { nd-router-advert, nd-redirect }"
 _ND = "nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert"  # IPv6's ARP: always on
 
 
@@ -83,16 +87,84 @@ def script(policy: Policy) -> str:
 
 
 def members_script(policy: Policy, groups: Iterable[str]) -> str:
-    """Only the member sets of ``groups`` rewritten (the rules are as they were)."""
+    """Only the member sets of ``groups`` rewritten, in both tables (the rules are as
+    they were)."""
     lines = []
     for group in sorted(groups):
         for version in (4, 6):
             name = set_name(group, version)
-            lines.append(f"flush set inet {TABLE} {name}")
             addresses = [str(a) for a in policy.members[group] if a.version == version]
-            if addresses:
-                lines.append(f"add element inet {TABLE} {name} {{ {', '.join(addresses)} }}")
+            for table in (f"inet {TABLE}", f"bridge {PORTS}"):
+                lines.append(f"flush set {table} {name}")
+                if addresses:
+                    lines.append(f"add element {table} {name} {{ {', '.join(addresses)} }}")
     return "\n".join(lines) + "\n"
+
+
+def ports_script(policy: Policy, port_of: Callable[[Binding], str]) -> str:
+    """The bridge table for ``policy``: every endpoint's port (``port_of`` names it)
+    bound to its MAC and addresses, and broadcast and multicast to a guarded endpoint
+    through its rules, replacing what was there (in one transaction)."""
+    lines = [f"table bridge {PORTS}", f"delete table bridge {PORTS}", f"table bridge {PORTS} {{"]
+    lines += [f"  counter {SPOOFED} {{ }}", f"  counter {FLOOD_DROPPED} {{ }}"]
+    for group, members in sorted(policy.members.items()):
+        for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            lines.append(
+                f"  set {set_name(group, version)} {{ type {kind};{_elements(members, version)} }}"
+            )
+    ports = {b: port_of(b) for b in policy.bindings}
+    lines += ["  chain ports {", "    type filter hook prerouting priority -300; policy accept;"]
+    if ports:
+        entries = [f'"{port}" : jump port{i}' for i, port in enumerate(ports.values())]
+        lines.append(f"    iifname vmap {{ {', '.join(entries)} }}")
+    lines.append("  }")
+    for i, bound in enumerate(ports):
+        lines += [f"  chain port{i} {{", *(f"    {r}" for r in _bound(bound)), "  }"]
+    floods: dict[str, list[Guarded]] = {}  # a guarded port: its rules of both families
+    for guarded in policy.guarded:
+        port = next((p for b, p in ports.items() if guarded.address in b.addresses), None)
+        if port is not None:
+            floods.setdefault(port, []).append(guarded)
+    lines += ["  chain floods {", "    type filter hook forward priority filter; policy accept;"]
+    if floods:
+        jumps = ", ".join(f'"{port}" : jump flood{i}' for i, port in enumerate(floods))
+        lines.append(f"    meta pkttype {{ broadcast, multicast }} oifname vmap {{ {jumps} }}")
+    lines.append("  }")
+    for i, each in enumerate(floods.values()):
+        lines += [
+            f"  chain flood{i} {{",
+            "    ether type arp accept",
+            f"    icmpv6 type {{ {_ND} }} accept",
+            *(f"    {rule} accept" for guarded in each for rule in _rules(guarded, egress=False)),
+            f"    counter name {FLOOD_DROPPED} drop",
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _bound(bound: Binding) -> list[str]:
+    """A port's chain: its MAC, its addresses, ARP and neighbour discovery only for them."""
+    drop = f"counter name {SPOOFED} drop"
+    v4 = ", ".join(str(a) for a in bound.of(4)) or "255.255.255.255"
+    v6 = ", ".join(str(a) for a in [IPAddress("::"), *bound.of(6)])  # ::, for DAD
+    targets = ", ".join(f"{int(a):#034x}" for a in bound.of(6))
+    return [
+        f"ether saddr != {bound.mac} {drop}",
+        f"arp saddr ether != {bound.mac} {drop}",
+        f"arp saddr ip != {{ 0.0.0.0, {v4} }} {drop}",  # 0.0.0.0: a probe, claims nothing
+        "ether type arp accept",
+        f"ip saddr != {{ {v4} }} {drop}",
+        f"udp sport 67 {drop}",
+        "ether type ip accept",
+        f"ip6 saddr != {{ {v6} }} {drop}",
+        f"{_NEVER6} {drop}",
+        # the target of a neighbour advertisement: bits 64-191 of the ICMPv6 message
+        f"icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets} }} {drop}",
+        f"udp sport 547 {drop}",
+        "ether type ip6 accept",
+        drop,  # any other protocol
+    ]
 
 
 def _elements(members: Iterable[IPAddress], version: int) -> str:
@@ -157,10 +229,10 @@ async def apply(text: str, netns: str | None = None) -> None:
         raise NftError(f"nft: {err.decode().strip()}")
 
 
-async def remove(netns: str | None = None) -> None:
-    if shutil.which("nft") is None:
-        return  # no nftables here: no table of plugstrip's either
-    await apply(f"table inet {TABLE}\ndelete table inet {TABLE}\n", netns)
+def removal(family: str = "inet") -> str:
+    """A script that removes plugstrip's table of ``family``, there or not."""
+    name = TABLE if family == "inet" else PORTS
+    return f"table {family} {name}\ndelete table {family} {name}\n"
 
 
 async def bridges_filtered(netns: str | None = None) -> None:

@@ -36,6 +36,7 @@ from plugstrip.netdrivers.security import Policy, Rule, port_masks
 ZONE = 1  # subnets never overlap across plugstrip networks: one conntrack zone serves
 PASS = f"ct(commit,zone={ZONE}),NORMAL"
 INGRESS, EGRESS, AFTER_EGRESS = 2, 3, 4  # tables
+SPOOFED, FLOOD_DROPPED = 0x5B00F, 0xF100D  # the cookies of the drop flows counted
 
 
 def flows(policy: Policy) -> list[str]:

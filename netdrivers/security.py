@@ -9,6 +9,12 @@ ingress rules allows, and sends out anything unless one of its groups has egress
 then only what one of them allows. Between two guarded endpoints both ends must agree (the
 sender's egress and the receiver's ingress), as in AWS and OpenStack.
 
+Before any rule, every local endpoint's port is bound to its identity (``Binding``): what
+leaves it must carry its MAC and one of its addresses (ARP and neighbour discovery only
+for those), guarded or not, so a rule ``from web`` means web's endpoints and not anyone
+who writes web's addresses. Broadcast and multicast to a guarded endpoint follow its
+rules as unicast does.
+
 Pure decisions on plain values: the store keeps groups, the control plane computes a
 host's :class:`Policy` from them and the endpoints, a driver programs it (membership as
 address sets, so a rule ``from web`` is one set lookup however many endpoints web has).
@@ -21,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from netaddr import AddrFormatError, IPAddress, IPNetwork
+from netaddr import EUI, AddrFormatError, IPAddress, IPNetwork
 
 from plugstrip.netdrivers.ipam import IpamError
 
@@ -136,15 +142,43 @@ class Guarded:
         return self.egress if egress else self.rules
 
 
+@dataclass(frozen=True, order=True)
+class Binding:
+    """A local endpoint's port (its network and owner name it in each driver) and what may
+    leave it: frames from ``mac``, from one of ``addresses`` (its own, its IPv6
+    link-local, those the operator allows it)."""
+
+    network_id: str
+    owner: str
+    mac: str
+    addresses: tuple[IPAddress, ...]
+
+    def of(self, version: int) -> list[IPAddress]:
+        return sorted((a for a in self.addresses if a.version == version), key=int)
+
+
+def binding(
+    network_id: str, owner: str, mac: str, addresses: Iterable[IPAddress | None]
+) -> Binding:
+    """An endpoint's binding: its addresses and the link-local its kernel makes of its
+    MAC (EUI-64), which IPv6 needs before any other (neighbour discovery, MLD)."""
+    own = {a for a in addresses if a is not None}
+    own.add(EUI(mac).ipv6_link_local())
+    return Binding(
+        network_id, owner, mac.lower(), tuple(sorted(own, key=lambda a: (a.version, int(a))))
+    )
+
+
 @dataclass(frozen=True)
 class Policy:
-    """What one host enforces: its guarded endpoints, the rules of the groups they are in,
-    and the members of the groups those rules name (on every host: peers may be
-    anywhere)."""
+    """What one host enforces: its endpoints' bindings, its guarded endpoints, the rules
+    of the groups they are in, and the members of the groups those rules name (on every
+    host: peers may be anywhere)."""
 
     guarded: tuple[Guarded, ...] = ()
     members: Mapping[str, frozenset[IPAddress]] = field(default_factory=dict)
     rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    bindings: tuple[Binding, ...] = ()
 
     def egress_guarded(self) -> tuple[Guarded, ...]:
         return tuple(g for g in self.guarded if g.egress)
@@ -153,6 +187,7 @@ class Policy:
 def policy(
     groups: Mapping[str, Group],
     endpoints: Iterable[tuple[IPAddress, Iterable[str], bool]],
+    bindings: Iterable[Binding] = (),
 ) -> Policy:
     """The policy of a host from every group and every endpoint as (address, its groups,
     whether it is on this host). An endpoint's rules are all its groups' (a group it names
@@ -179,4 +214,5 @@ def policy(
         tuple(sorted(guarded, key=lambda g: (g.address.version, int(g.address)))),
         {name: frozenset(members.get(name, ())) for name in sorted(wanted)},
         {name: tuple(sorted(groups.get(name, Group(name)).rules)) for name in mine},
+        tuple(sorted(bindings)),
     )

@@ -409,25 +409,32 @@ class NetworkService:
                     for address in (a.address, a.address6)
                     if address is not None
                 ]
+                bindings = [
+                    security.binding(a.network.id, a.owner, a.mac, (a.address, a.address6))
+                    for a in every
+                    if self.is_local(a) and a.network.driver == name
+                ]
                 try:
-                    await driver.set_policy(security.policy(groups, endpoints))
+                    await driver.set_policy(security.policy(groups, endpoints, bindings))
                 except Exception as exc:
                     failed.append(f"{name}: {exc}")
             if failed:
                 raise RuntimeError("; ".join(failed))
 
     async def _guard(self, attachment: Attachment) -> None:
-        """Before an endpoint in groups is plugged in, its rules are in its datapath (the
-        guard's loop would program them only after it is reachable); if they cannot be,
-        it is not plugged in."""
-        if not attachment.groups:
-            return
+        """Before an endpoint is plugged in, its port's binding and its groups' rules are
+        in its datapath (the guard's loop would program them only after it is reachable);
+        if they cannot be, it is not plugged in."""
         try:
             await self.enforce(only=attachment.network.driver)
         except Exception as exc:
+            what = (
+                f"security groups {', '.join(attachment.groups)}"
+                if attachment.groups
+                else "its port's binding to its addresses"
+            )
             raise PolicyUnavailable(
-                f"security groups {', '.join(attachment.groups)} cannot be enforced here,"
-                f" so the endpoint is not plugged in: {exc}"
+                f"{what} cannot be enforced here, so the endpoint is not plugged in: {exc}"
             ) from None
 
     @staticmethod

@@ -40,7 +40,12 @@ def vxlan_name(network: Network) -> str:
 
 
 def host_veth_name(network: Network, endpoint: Endpoint) -> str:
-    return link_name("psv", network.id, endpoint.container_id)
+    return port_name(network.id, endpoint.container_id)
+
+
+def port_name(network_id: str, owner: str) -> str:
+    """An endpoint's veth on the bridge (its port, that its binding names)."""
+    return link_name("psv", network_id, owner)
 
 
 class WeaveDriver:
@@ -67,20 +72,25 @@ class WeaveDriver:
         pass  # a netlink socket per operation: nothing held open
 
     async def set_policy(self, policy: Policy) -> None:
-        """Security groups in nftables (netdrivers.nft): the whole table when the guarded
-        endpoints or their rules changed (or at start, replacing any left), else only
-        the member sets that changed."""
+        """Ports bound and security groups in nftables (netdrivers.nft), in one
+        transaction: a table rewritten whole when what it holds changed (or at start,
+        replacing any left), else only the member sets that changed."""
         before = self._policy
-        if not policy.guarded:
-            if before is None or before.guarded:
-                await nft.remove(self.netns)
-        elif before is not None and before.guarded == policy.guarded:
+        parts = []
+        rules_changed = before is None or before.guarded != policy.guarded
+        if not policy.guarded and rules_changed:
+            parts.append(nft.removal("inet"))
+        elif rules_changed:
+            await nft.bridges_filtered(self.netns)
+            parts.append(nft.script(policy))
+        elif before is not None:
             changed = [g for g, m in policy.members.items() if before.members.get(g) != m]
             if changed:
-                await nft.apply(nft.members_script(policy, changed), self.netns)
-        else:
-            await nft.bridges_filtered(self.netns)
-            await nft.apply(nft.script(policy), self.netns)
+                parts.append(nft.members_script(policy, changed))
+        if rules_changed or before is None or before.bindings != policy.bindings:
+            parts.append(nft.ports_script(policy, lambda b: port_name(b.network_id, b.owner)))
+        if parts:
+            await nft.apply("".join(parts), self.netns)
         self._policy = policy
 
     async def create_network(self, network: Network) -> None:

@@ -282,7 +282,8 @@ def test_a_container_whose_groups_cannot_be_enforced_is_refused(
 ) -> None:
     """Fails closed: where the datapath's tool fails (a kernel without nf_tables, a switch
     refusing flows), a container in a group is refused with the reason and nothing is
-    made; a container in no group is unaffected. The tool is the only part replaced."""
+    made; so is one in no group, whose port could not be bound to its addresses. The tool
+    is the only part replaced."""
     tool = "nft" if driver == "plugstrip/weave" else "ovs-ofctl"
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -318,11 +319,14 @@ def test_a_container_whose_groups_cannot_be_enforced_is_refused(
         assert guarded not in names.split()
         assert list(net.inspect(open_box)["NetworkSettings"]["Networks"]) == [plug]  # type: ignore[index]
         assert net.leftovers() == before
-        # a container in no group is made and reaches the others as before
-        sleeper(net, other, plug)
-        assert reaches(net, other, open_box)
+        # a container in no group neither: its port would leave unbound
+        unbound = ["run", "-d", "--name", other, "--network", plug, "busybox", "sleep", "1d"]
+        binding = "its port's binding to its addresses cannot be enforced here"
+        refused_in_dockers_format(net, [(unbound, binding)])
+        assert net.leftovers() == before
         # the start-up reconciliation could not re-plug kept, and went on to follow the
         # daemon's events (not retried every second, each time stopping at kept)
+        harness.docker(net.daemon, "run", "-d", "--name", other, "busybox", "sleep", "1d")
         harness.docker(net.daemon, "rm", "-f", other)
         wait_for(lambda: net.leftovers() == before, 10, "the event of a removal not handled")
         assert net.ps is not None and "event stream dropped" not in net.ps.log.read_text()

@@ -139,34 +139,19 @@ class PolicyLearner:
     async def pre_hook(self, call: Call) -> None:
         req = call.request
         unreadable = req.streamed and body_type(req.method, req.path) is not None
+        body: Any = None
+        grants: list[Grant] = []
+        why: str | None = None
         try:
             body = req.json() if req.body else None
-        except Refuse as refusal:
-            self._write(
-                Recorded(
-                    client_match(call.peer),
-                    req.method,
-                    req.path,
-                    req.query,
-                    not_learned=refusal.message,
-                )
-            )
-            return
-        grants, why = await grants_for(req.method, req.path, req.query, body, self.daemon)
+            grants, why = await grants_for(req.method, req.path, req.query, body, self.daemon)
+        except Refuse as refusal:  # a body the daemon would refuse too (a key twice)
+            why = refusal.message
         if unreadable:
             why = "a body the policy cannot read (it refuses those)"
-        self._write(
-            Recorded(
-                client_match(call.peer),
-                req.method,
-                req.path,
-                req.query,
-                _redacted(body),
-                unreadable,
-                grants,
-                why,
-            )
-        )
+        who = client_match(call.peer)
+        body = _redacted(body)
+        self._write(Recorded(who, req.method, req.path, req.query, body, unreadable, grants, why))
 
     def _write(self, recorded: Recorded) -> None:
         line = recorded.line()

@@ -1,0 +1,228 @@
+"""Ports bound to their endpoints, attacked from a container with only ``NET_RAW`` (Docker's
+default set), on both drivers: forged IPv4 and IPv6 sources (a member's, a foreign one),
+a forged source MAC, gratuitous ARP and unsolicited neighbour advertisements for another
+endpoint's address, router advertisements, and broadcast and multicast to a guarded port.
+Frames are written by tests/forge.py run in the attacker's network namespace; a witness
+in the guarded container's namespace says what arrived; the honest sender's frames,
+written the same way, arrive (so each check can fail), and the datapath's drop counters
+move."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugstrip.netdrivers import nft, ovs_flows
+from plugstrip.netdrivers.ovs import bridge_socket
+from tests.dockerhost import DockerHost
+from tests.netcheck import DRIVERS, Networks, plugstrip_cmd, sleeper, uname
+
+FORGE = str(Path(__file__).with_name("forge.py"))
+PORT = 5000
+LABEL = "io.plugstrip.security-groups"
+
+
+class Box:
+    """A container on the test network: its namespace and its endpoint's identity."""
+
+    def __init__(self, net: DockerHost, name: str, network: str) -> None:
+        self.net, self.name = net, name
+        info: Any = net.inspect(name)
+        self.pid = str(info["State"]["Pid"])
+        settings = info["NetworkSettings"]["Networks"][network]
+        self.mac, self.ip4, self.ip6 = (
+            settings["MacAddress"],
+            settings["IPAddress"],
+            settings["GlobalIPv6Address"],
+        )
+        links = self.run("ip", "-o", "link").stdout
+        self.ifname = next(
+            line.split(":")[1].strip().split("@")[0]
+            for line in links.splitlines()
+            if self.mac in line
+        )
+        self.ll6 = re.search(r"inet6 (fe80::[0-9a-f:]+)/64", self.run("ip", "-6", "addr").stdout)
+
+    def run(self, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", "-t", self.pid, "-n", *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+
+    def send(self, *frames: dict[str, Any]) -> None:
+        self.run(sys.executable, FORGE, "send", self.ifname, json.dumps(list(frames)))
+
+    def neighbour(self, address: str) -> str:
+        out = self.run("ip", "neigh", "show", address).stdout
+        found = re.search(r"lladdr ([0-9a-f:]+)", out)
+        return found.group(1) if found else ""
+
+
+def _witness(box: Box, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["nsenter", "-t", box.pid, "-n", sys.executable, FORGE, "listen", str(PORT), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and "listening" in proc.stdout.readline()
+    return proc
+
+
+def _arrived(proc: subprocess.Popen[str]) -> set[str]:
+    out, _ = proc.communicate(timeout=30)
+    return {json.loads(line)["data"] for line in out.splitlines()}
+
+
+def drops(net: DockerHost, driver: str) -> tuple[int, int]:
+    """The datapath's drop counters: (spoofed frames, floods no rule allowed)."""
+    if driver == "plugstrip/weave":
+        found = []
+        for counter in (nft.SPOOFED, nft.FLOOD_DROPPED):
+            out = net.run_in_ns("nft", "list", "counter", "bridge", nft.PORTS, counter).stdout
+            found.append(int(re.search(r"packets (\d+)", out).group(1)))  # type: ignore[union-attr]
+        return found[0], found[1]
+    flows = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge_socket(net.ovsdb)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts = {ovs_flows.SPOOFED: 0, ovs_flows.FLOOD_DROPPED: 0}
+    for cookie, packets in re.findall(r"cookie=(0x[0-9a-f]+), .*?n_packets=(\d+)", flows):
+        if int(cookie, 16) in counts:
+            counts[int(cookie, 16)] += int(packets)
+    return counts[ovs_flows.SPOOFED], counts[ovs_flows.FLOOD_DROPPED]
+
+
+@pytest.fixture
+def scene(net: DockerHost, networks: Networks, driver: str) -> Any:
+    """db takes udp/5000 from web; the attacker is in no group, on the same network."""
+    plug = networks(driver, "--ipv6", "--subnet", "10.77.0.0/24", "--subnet", "fd77::/64")
+    db_g, web_g = uname("db"), uname("web")
+    for group in (db_g, web_g):
+        _sg(net, "create", group)
+    _sg(net, "allow", db_g, "--from", web_g, "--proto", "udp", "--port", str(PORT))
+    names = {"db": uname("db"), "web": uname("web"), "atk": uname("atk")}
+    sleeper(net, names["db"], plug, "--label", f"{LABEL}={db_g}")
+    sleeper(net, names["web"], plug, "--label", f"{LABEL}={web_g}")
+    sleeper(net, names["atk"], plug)
+    boxes = {role: Box(net, name, plug) for role, name in names.items()}
+    yield boxes
+    for name in names.values():
+        net.docker("rm", "-f", name)
+    _sg(net, "revoke", db_g, "--from", web_g, "--proto", "udp", "--port", str(PORT))
+    for group in (db_g, web_g):
+        _sg(net, "rm", group)
+
+
+def _sg(net: DockerHost, *args: str) -> None:
+    out = plugstrip_cmd(net, "sg", *args, ovs=False)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_forged_sources_and_floods_arrive_nowhere(
+    net: DockerHost, scene: dict[str, Box], driver: str
+) -> None:
+    db, web, atk = scene["db"], scene["web"], scene["atk"]
+    to_db = {"eth_dst": db.mac, "dport": PORT}
+    bcast4 = {"dst": "10.77.0.255", "eth_dst": "ff:ff:ff:ff:ff:ff", "dport": PORT}
+    mcast4 = {"dst": "224.0.0.1", "eth_dst": "01:00:5e:00:00:01", "dport": PORT}
+    mcast6 = {"dst": "ff02::1", "eth_dst": "33:33:00:00:00:01", "dport": PORT}
+    honest = [
+        {"kind": "udp4", "eth_src": web.mac, "src": web.ip4, "dst": db.ip4, **to_db},
+        {"kind": "udp6", "eth_src": web.mac, "src": web.ip6, "dst": db.ip6, **to_db},
+        {"kind": "udp4", "eth_src": web.mac, "src": web.ip4, **bcast4},
+    ]
+    for spec, tag in zip(honest, ("web4", "web6", "web-broadcast"), strict=True):
+        spec["data"] = tag
+    forged = {
+        "as web's IPv4": {"kind": "udp4", "eth_src": atk.mac, "src": web.ip4, "dst": db.ip4},
+        "as web's IPv4 and MAC": {
+            "kind": "udp4",
+            "eth_src": web.mac,
+            "src": web.ip4,
+            "dst": db.ip4,
+        },
+        "as a foreign IPv4": {
+            "kind": "udp4",
+            "eth_src": atk.mac,
+            "src": "192.0.2.7",
+            "dst": db.ip4,
+        },
+        "as web's IPv6": {"kind": "udp6", "eth_src": atk.mac, "src": web.ip6, "dst": db.ip6},
+        "as a foreign IPv6": {
+            "kind": "udp6",
+            "eth_src": atk.mac,
+            "src": "2001:db8::7",
+            "dst": db.ip6,
+        },
+    }
+    floods = {
+        "broadcast": {"kind": "udp4", "eth_src": atk.mac, "src": atk.ip4, **bcast4},
+        "multicast": {"kind": "udp4", "eth_src": atk.mac, "src": atk.ip4, **mcast4},
+        "IPv6 multicast": {"kind": "udp6", "eth_src": atk.mac, "src": atk.ip6, **mcast6},
+    }
+    spoofed0, flooded0 = drops(net, driver)
+    witness = _witness(db, 4)
+    web.send(*honest)
+    atk.send(*({**to_db, **spec, "data": tag} for tag, spec in forged.items()))
+    atk.send(*({**spec, "data": tag} for tag, spec in floods.items()))
+    arrived = _arrived(witness)
+    assert {"web4", "web6", "web-broadcast"} <= arrived, arrived  # the witness hears
+    assert not arrived & {*forged, *floods}, arrived
+    spoofed, flooded = drops(net, driver)
+    assert spoofed - spoofed0 >= 3 * len(forged)  # three frames a case
+    assert flooded - flooded0 >= 3 * len(floods)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_no_claim_on_anothers_address_or_the_router(
+    net: DockerHost, scene: dict[str, Box], driver: str
+) -> None:
+    db, web, atk = scene["db"], scene["web"], scene["atk"]
+    # db learns web's addresses (ARP and neighbour discovery pass whatever the groups)
+    for ping, address in (("ping", web.ip4), ("ping6", web.ip6)):
+        net.docker("exec", db.name, ping, "-c", "1", "-W", "1", address, check=False)
+    assert db.neighbour(web.ip4) == web.mac, db.run("ip", "neigh").stdout
+    assert db.neighbour(web.ip6) == web.mac, db.run("ip", "neigh").stdout
+    spoofed0, _ = drops(net, driver)
+    assert atk.ll6 is not None
+    atk_ll = atk.ll6.group(1)
+    atk.send(
+        {"kind": "arp", "eth_src": atk.mac, "sha": atk.mac, "spa": web.ip4},  # gratuitous
+        {
+            "kind": "arp",
+            "eth_src": atk.mac,
+            "sha": atk.mac,
+            "spa": web.ip4,
+            "tpa": db.ip4,
+            "tha": db.mac,
+            "eth_dst": db.mac,
+        },
+        {
+            "kind": "na",
+            "eth_src": atk.mac,
+            "src": atk_ll,
+            "target": web.ip6,
+            "lladdr": atk.mac,
+            "eth_dst": "33:33:00:00:00:01",
+        },
+        {"kind": "ra", "eth_src": atk.mac, "src": atk_ll, "eth_dst": "33:33:00:00:00:01"},
+    )
+    time.sleep(1)
+    assert db.neighbour(web.ip4) == web.mac and db.neighbour(web.ip6) == web.mac
+    assert "fd99:" not in db.run("ip", "-6", "addr").stdout  # no prefix taken from it
+    assert "fe80" not in db.run("ip", "-6", "route", "show", "default").stdout
+    spoofed, _ = drops(net, driver)
+    assert spoofed - spoofed0 >= 4 * 3
