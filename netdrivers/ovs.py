@@ -24,7 +24,7 @@ from plugstrip.netdrivers.netlink import (
     tx_checksum_off,
 )
 from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath, rundir
-from plugstrip.netdrivers.security import Policy
+from plugstrip.netdrivers.security import Policy, binding
 
 INTEGRATION_BRIDGE = "psint"
 PREFIX = "pso"  # veth host ends (access ports)
@@ -35,7 +35,12 @@ MAX_TAG = 4094
 
 
 def host_port_name(network: Network, endpoint: Endpoint) -> str:
-    return link_name("pso", network.id, endpoint.container_id)
+    return port_name(network.id, endpoint.container_id)
+
+
+def port_name(network_id: str, owner: str) -> str:
+    """An endpoint's access port (that its binding names)."""
+    return link_name(PREFIX, network_id, owner)
 
 
 def tunnel_name(network: Network, host: IPAddress) -> str:
@@ -73,15 +78,20 @@ class OvsDriver:
         await self.ovsdb.close()
 
     async def set_policy(self, policy: Policy) -> None:
-        """Security groups as OpenFlow with conntrack (netdrivers.ovs_flows), the bridge's
-        flows reconciled to them (none guarded: switching as before)."""
-        if not policy.guarded:
-            try:
-                if not await self.ovsdb.has_bridge(INTEGRATION_BRIDGE):
-                    return
-            except ConnectionError:
-                return  # no Open vSwitch here: nothing of plugstrip's in it to clear
-        await self._programmer.program(bridge_socket(self.ovsdb.url), ovs_flows.flows(policy))
+        """Ports bound and security groups as OpenFlow with conntrack
+        (netdrivers.ovs_flows), the bridge's flows reconciled to them (nothing bound or
+        guarded: switching as before). A binding whose port is not on the bridge yet is
+        left out: ``join`` binds the port before its container end is plugged in."""
+        try:
+            if not await self.ovsdb.has_bridge(INTEGRATION_BRIDGE):
+                return
+        except ConnectionError:
+            if policy.guarded or policy.bindings:
+                raise
+            return  # no Open vSwitch here: nothing of plugstrip's in it to clear
+        ofports = await self.ovsdb.ofports()
+        wanted = ovs_flows.flows(policy, lambda b: ofports.get(port_name(b.network_id, b.owner)))
+        await self._programmer.program(bridge_socket(self.ovsdb.url), wanted)
 
     async def create_network(self, network: Network) -> None:
         await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)
@@ -108,7 +118,23 @@ class OvsDriver:
                 tag,
                 {"network": network.id, "container": endpoint.container_id},
             )
+            await self._bind(network, endpoint, host_end)
             await plug_into_container(nl, peer, endpoint, self.mtu)
+
+    async def _bind(self, network: Network, endpoint: Endpoint, port: str) -> None:
+        """The port bound to the endpoint's MAC and addresses before anything can be sent
+        from it: its container end is not plugged in yet."""
+        number = (await self.ovsdb.ofports()).get(port)
+        if number is None:
+            raise RuntimeError(
+                f"ovs-vswitchd did not attach port {port} (its datapath may not be open:"
+                " see plugstrip doctor)"
+            )
+        addresses = (endpoint.address, endpoint.address6)
+        bound = binding(network.id, endpoint.container_id, endpoint.mac, addresses)
+        await self._programmer.add(
+            bridge_socket(self.ovsdb.url), ovs_flows.port_flows(bound, number)
+        )
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None:
         name = host_port_name(network, endpoint)

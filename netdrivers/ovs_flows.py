@@ -1,7 +1,12 @@
 """Security groups on Open vSwitch: OpenFlow tables with conntrack, in the style of OVS's
 own firewall drivers, on the integration bridge plugstrip owns.
 
-    table 0   IPv6 neighbour discovery passes; IP goes through conntrack, to table 1;
+    table 0   every endpoint's port bound: frames from it pass on (to table 5) only
+              with its MAC and one of its addresses, ARP and neighbour advertisements
+              only for those, no router advertisements or DHCP answers; the rest of what
+              it sends is dropped (counted: cookie SPOOFED); other ports (tunnels, the
+              bridge's own) pass on
+    table 5   IPv6 neighbour discovery passes; IP goes through conntrack, to table 1;
               the rest (ARP) is switched as before (NORMAL)
     table 1   established and related pass, invalid drops; new traffic from an endpoint
               whose groups have egress rules goes to table 3, other new traffic to 4
@@ -28,27 +33,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.security import Policy, Rule, port_masks
+from plugstrip.netdrivers.security import Binding, Policy, Rule, port_masks
 
 ZONE = 1  # subnets never overlap across plugstrip networks: one conntrack zone serves
 PASS = f"ct(commit,zone={ZONE}),NORMAL"
-INGRESS, EGRESS, AFTER_EGRESS = 2, 3, 4  # tables
+INGRESS, EGRESS, AFTER_EGRESS, CLASSIFY = 2, 3, 4, 5  # tables
 SPOOFED, FLOOD_DROPPED = 0x5B00F, 0xF100D  # the cookies of the drop flows counted
 
 
-def flows(policy: Policy) -> list[str]:
-    """Every flow of the bridge for ``policy`` (with none guarded: switching as before)."""
-    if not policy.guarded:
+def flows(policy: Policy, port_of: Callable[[Binding], int | None] = lambda b: None) -> list[str]:
+    """Every flow of the bridge for ``policy``, each binding's port numbered by
+    ``port_of`` (None: not on the bridge); with nothing bound or guarded, switching as
+    before."""
+    bound = [(b, n) for b in policy.bindings if (n := port_of(b)) is not None]
+    if not policy.guarded and not bound:
         return ["table=0,priority=0,actions=NORMAL"]
-    out = [
-        "table=0,priority=200,icmp6,icmp_type=135,actions=NORMAL",
-        "table=0,priority=200,icmp6,icmp_type=136,actions=NORMAL",
-        f"table=0,priority=100,ip,actions=ct(table=1,zone={ZONE})",
-        f"table=0,priority=100,ipv6,actions=ct(table=1,zone={ZONE})",
-        "table=0,priority=0,actions=NORMAL",
+    out = list(_PASS_ON)
+    for binding, number in bound:
+        out += _bound(binding, number)
+    if not policy.guarded:
+        return out
+    out += [
+        f"table={CLASSIFY},priority=200,icmp6,icmp_type=135,actions=NORMAL",
+        f"table={CLASSIFY},priority=200,icmp6,icmp_type=136,actions=NORMAL",
+        f"table={CLASSIFY},priority=100,ip,actions=ct(table=1,zone={ZONE})",
+        f"table={CLASSIFY},priority=100,ipv6,actions=ct(table=1,zone={ZONE})",
         "table=1,priority=100,ct_state=+trk+est,actions=NORMAL",
         "table=1,priority=100,ct_state=+trk+rel,actions=NORMAL",
         "table=1,priority=90,ct_state=+trk+inv,actions=drop",
@@ -72,6 +85,43 @@ def flows(policy: Policy) -> list[str]:
         )
     for egress in (False, True):
         out += _direction(policy, egress)
+    return out
+
+
+# what is not dropped in table 0 goes on to table 5, which switches what it does not guard
+_PASS_ON = (
+    f"table=0,priority=0,actions=resubmit(,{CLASSIFY})",
+    f"table={CLASSIFY},priority=0,actions=NORMAL",
+)
+
+
+def port_flows(binding: Binding, port: int) -> list[str]:
+    """What binds one port, as ``flows`` has it: for ``join``, before the port's container
+    end is plugged in (the rest of the bridge's flows as they were)."""
+    return [*_PASS_ON, *_bound(binding, port)]
+
+
+def _bound(binding: Binding, port: int) -> list[str]:
+    """The table-0 flows of one endpoint's port: what it may send goes on, the rest is
+    dropped and counted."""
+    on = f"actions=resubmit(,{CLASSIFY})"
+    mine = f"table=0,priority=300,in_port={port},dl_src={binding.mac}"
+    drop = f"cookie={SPOOFED:#x},table=0,priority=%d,in_port={port}%s,actions=drop"
+    v4, v6 = binding.of(4), binding.of(6)
+    out = [drop % (100, "")]
+    out += [f"{mine},arp,arp_sha={binding.mac},arp_spa={a},{on}" for a in ["0.0.0.0", *v4]]
+    out += [f"{mine},ip,nw_src={a},{on}" for a in v4]
+    out += [f"{mine},ipv6,ipv6_src={a},{on}" for a in ["::", *v6]]  # ::, for DAD
+    out += [drop % (310, ",udp,tp_src=67"), drop % (310, ",udp6,tp_src=547")]
+    out += [drop % (310, f",icmp6,icmp_type={t}") for t in (134, 137)]  # RA, redirect
+    # a neighbour advertisement only for its own addresses, from its own
+    out.append(drop % (315, ",icmp6,icmp_type=136"))
+    out += [
+        f"table=0,priority=320,in_port={port},dl_src={binding.mac},icmp6,icmp_type=136,"
+        f"ipv6_src={src},nd_target={target},{on}"
+        for src in v6
+        for target in v6
+    ]
     return out
 
 
@@ -178,6 +228,17 @@ class Programmer:
         self._sent: dict[str, str] | None = None  # match -> flow, as the bridge has them
         self._count = 0
 
+    async def add(self, bridge_socket: str, flows: list[str]) -> None:
+        """Flows added (or overwritten, where the match is the same) at once, as the next
+        ``program`` will want them."""
+        try:
+            await _ofctl("add-flows", bridge_socket, flows)
+        except BaseException:
+            self._sent = None
+            raise
+        if self._sent is not None:
+            self._sent.update({_match(f): f for f in flows})
+
     async def program(self, bridge_socket: str, wanted: list[str]) -> None:
         flows = {_match(f): f for f in wanted}
         self._count += 1
@@ -198,7 +259,9 @@ class Programmer:
 
 
 def _match(flow: str) -> str:
-    return flow.split(",actions=", 1)[0]
+    """A flow's match, as ``del-flows --strict`` takes it (without its cookie)."""
+    match = flow.split(",actions=", 1)[0]
+    return match.split(",", 1)[1] if match.startswith("cookie=") else match
 
 
 async def _ofctl(command: str, bridge_socket: str, lines: list[str], *options: str) -> None:

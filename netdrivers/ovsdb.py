@@ -181,6 +181,18 @@ class Ovsdb:
         )
         return sorted(str(r["name"]) for r in rows)
 
+    async def ofports(self) -> dict[str, int]:
+        """Every interface's OpenFlow port number, by name (one without a number, or whose
+        datapath could not attach it, -1, is left out)."""
+        (rows,) = await self._run(
+            lambda api: [api.db_list("Interface", columns=["name", "ofport"])]
+        )
+        return {
+            str(r["name"]): r["ofport"]
+            for r in rows
+            if isinstance(r["ofport"], int) and r["ofport"] > 0
+        }
+
     async def delete_port(self, name: str) -> None:
         await self._run(lambda api: [api.del_port(name, if_exists=True)])
 
