@@ -193,8 +193,60 @@ async def _run_checks(args: argparse.Namespace) -> list[Check]:
     checks.append(await _check_mtu(args, records))
     checks.append(await _check_leftovers(args, records, attachments))
     if has_state:
+        checks += await _check_bindings(args, attachments)
         checks += await _check_security_groups(args, attachments)
     return checks
+
+
+async def _check_bindings(args: argparse.Namespace, attachments: list[Attachment]) -> list[Check]:
+    """Each local endpoint's port on its datapath and bound to the endpoint (its
+    anti-spoofing in nftables' bridge table, or in the bridge's table 0 under a port OVS
+    numbered)."""
+    here = _this_host(args)
+    local = [a for a in attachments if a.meta.get("host", here) == here]
+    checks = []
+    weave_ports = [
+        weave.port_name(a.network.id, a.owner)
+        for a in local
+        if a.network.driver == WeaveDriver.name
+    ]
+    if weave_ports:
+        listing = _nft_listing(args, "bridge")
+        unbound = [p for p in weave_ports if f'"{p}" : jump' not in listing]
+        checks.append(_binding_check(WeaveDriver.name, len(weave_ports), unbound, []))
+    ovs_local = [a for a in local if a.network.driver == ovs.OvsDriver.name]
+    if ovs_local:
+        db = Ovsdb(args.ovsdb)
+        try:
+            ofports = await db.ofports()
+        except OvsdbUnavailable as exc:
+            return [*checks, Check(f"port bindings ({ovs.OvsDriver.name})", "fail", str(exc))]
+        finally:
+            await db.close()
+        listing = _flow_listing(args)
+        names = [(a.mac, ovs.port_name(a.network.id, a.owner)) for a in ovs_local]
+        detached = [n for _, n in names if n not in ofports]
+        unbound = [n for mac, n in names if n in ofports and f"dl_src={mac}" not in listing]
+        checks.append(_binding_check(ovs.OvsDriver.name, len(names), unbound, detached))
+    return checks
+
+
+def _binding_check(driver: str, count: int, unbound: list[str], detached: list[str]) -> Check:
+    if detached:
+        return Check(
+            f"port bindings ({driver})",
+            "fail",
+            f"ports not attached by ovs-vswitchd (no OpenFlow number): {', '.join(detached)};"
+            " its datapath may not be open (is a second ovs-vswitchd running here?)",
+        )
+    if unbound:
+        return Check(
+            f"port bindings ({driver})",
+            "fail",
+            f"ports without their binding: {', '.join(unbound)} (restart plugstrip serve:"
+            " it binds every port at start)",
+        )
+    return Check(f"port bindings ({driver})", "ok", f"{count} port(s) bound to their endpoints")
 
 
 def _has_state(args: argparse.Namespace) -> bool:
@@ -289,11 +341,10 @@ def _this_host(args: argparse.Namespace) -> str:
         return ""
 
 
-def _nft_listing(args: argparse.Namespace) -> str:
-    out = subprocess.run(
-        ["nft", "list", "table", "inet", nft.TABLE], capture_output=True, text=True
-    )
-    return out.stdout  # no table: nothing guarded here
+def _nft_listing(args: argparse.Namespace, family: str = "inet") -> str:
+    table = nft.TABLE if family == "inet" else nft.PORTS
+    out = subprocess.run(["nft", "list", "table", family, table], capture_output=True, text=True)
+    return out.stdout  # no table: nothing guarded (or bound) here
 
 
 def _flow_listing(args: argparse.Namespace) -> str:

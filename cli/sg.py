@@ -95,7 +95,7 @@ def _inspect(args: argparse.Namespace) -> int:
                     "Direction": "egress" if r.egress else "ingress",
                     "To" if r.egress else "From": r.peer,
                     "Proto": r.proto,
-                    "Ports": list(r.ports) if r.ports else None,
+                    "Ports": r.port_text(),
                 }
                 for r in group.rules
             ],

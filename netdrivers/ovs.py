@@ -68,6 +68,7 @@ class OvsDriver:
         self.datapath_type = datapath_type or detect_datapath()
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
         self._programmer = ovs_flows.Programmer()
+        self._policy = Policy()  # as last programmed: floods name the tunnels too
 
     def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
         if endpoint is not None:
@@ -90,8 +91,21 @@ class OvsDriver:
                 raise
             return  # no Open vSwitch here: nothing of plugstrip's in it to clear
         ofports = await self.ovsdb.ofports()
-        wanted = ovs_flows.flows(policy, lambda b: ofports.get(port_name(b.network_id, b.owner)))
+        tunnels = {}
+        for network in {b.network_id for b in policy.bindings} if policy.guarded else ():
+            names = await self.ovsdb.ports_with("network", network)
+            tunnels[network] = [
+                ofports[n] for n in names if n.startswith(TUNNEL_PREFIX) and n in ofports
+            ]
+        wanted = ovs_flows.flows(
+            policy, lambda b: ofports.get(port_name(b.network_id, b.owner)), tunnels
+        )
         await self._programmer.program(bridge_socket(self.ovsdb.url), wanted)
+        self._policy = policy
+
+    async def _tunnels_changed(self) -> None:
+        if self._policy.guarded:  # floods go to the network's tunnels by hand
+            await self.set_policy(self._policy)
 
     async def create_network(self, network: Network) -> None:
         await self.ovsdb.ensure_bridge(INTEGRATION_BRIDGE, self.datapath_type)
@@ -155,6 +169,7 @@ class OvsDriver:
         for name in await self.ovsdb.ports_with("network", network.id):
             if name.startswith(TUNNEL_PREFIX) and name not in wanted:
                 await self.ovsdb.delete_port(name)
+        await self._tunnels_changed()
 
     async def change_remotes(self, network: Network, change: RemoteChange) -> None:
         """Endpoints are the bridge's to learn: only hosts that came or went change a port."""
@@ -167,6 +182,7 @@ class OvsDriver:
         tag = await self._tag(network)
         for host in change.hosts_added:
             await self._tunnel(network, tag, host)
+        await self._tunnels_changed()
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         by_id = {n.id: n for n in networks}

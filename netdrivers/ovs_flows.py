@@ -6,8 +6,13 @@ own firewall drivers, on the integration bridge plugstrip owns.
               only for those, no router advertisements or DHCP answers; the rest of what
               it sends is dropped (counted: cookie SPOOFED); other ports (tunnels, the
               bridge's own) pass on
-    table 5   IPv6 neighbour discovery passes; IP goes through conntrack, to table 1;
-              the rest (ARP) is switched as before (NORMAL)
+    table 5   IPv6 neighbour discovery passes; broadcast and multicast IP on a network
+              with a guarded endpoint here is flooded by hand: to each unguarded port of
+              the network, and to each guarded one through table 6; other IP goes through
+              conntrack, to table 1; the rest (ARP) is switched as before (NORMAL)
+    table 6   a flood to one guarded endpoint (its port in reg6): out to it if one of
+              its ingress rules allows the sender and port, else dropped (counted:
+              cookie FLOOD_DROPPED)
     table 1   established and related pass, invalid drops; new traffic from an endpoint
               whose groups have egress rules goes to table 3, other new traffic to 4
     table 3   an endpoint's egress rules: what one allows goes on to table 4, else drop
@@ -33,22 +38,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.security import Binding, Policy, Rule, port_masks
+from plugstrip.netdrivers.security import Binding, Guarded, Policy, Rule, port_masks
 
 ZONE = 1  # subnets never overlap across plugstrip networks: one conntrack zone serves
 PASS = f"ct(commit,zone={ZONE}),NORMAL"
-INGRESS, EGRESS, AFTER_EGRESS, CLASSIFY = 2, 3, 4, 5  # tables
+INGRESS, EGRESS, AFTER_EGRESS, CLASSIFY, FLOOD = 2, 3, 4, 5, 6  # tables
+_GROUP_BITS = "01:00:00:00:00:00/01:00:00:00:00:00"  # a broadcast or multicast destination
 SPOOFED, FLOOD_DROPPED = 0x5B00F, 0xF100D  # the cookies of the drop flows counted
 
 
-def flows(policy: Policy, port_of: Callable[[Binding], int | None] = lambda b: None) -> list[str]:
+def flows(
+    policy: Policy,
+    port_of: Callable[[Binding], int | None] = lambda b: None,
+    tunnels: Mapping[str, Sequence[int]] | None = None,
+) -> list[str]:
     """Every flow of the bridge for ``policy``, each binding's port numbered by
-    ``port_of`` (None: not on the bridge); with nothing bound or guarded, switching as
-    before."""
+    ``port_of`` (None: not on the bridge), ``tunnels`` the port numbers of each network's
+    tunnels; with nothing bound or guarded, switching as before."""
     bound = [(b, n) for b in policy.bindings if (n := port_of(b)) is not None]
     if not policy.guarded and not bound:
         return ["table=0,priority=0,actions=NORMAL"]
@@ -62,6 +72,7 @@ def flows(policy: Policy, port_of: Callable[[Binding], int | None] = lambda b: N
         f"table={CLASSIFY},priority=200,icmp6,icmp_type=136,actions=NORMAL",
         f"table={CLASSIFY},priority=100,ip,actions=ct(table=1,zone={ZONE})",
         f"table={CLASSIFY},priority=100,ipv6,actions=ct(table=1,zone={ZONE})",
+        *_floods(policy, bound, tunnels or {}),
         "table=1,priority=100,ct_state=+trk+est,actions=NORMAL",
         "table=1,priority=100,ct_state=+trk+rel,actions=NORMAL",
         "table=1,priority=90,ct_state=+trk+inv,actions=drop",
@@ -123,6 +134,64 @@ def _bound(binding: Binding, port: int) -> list[str]:
         for target in v6
     ]
     return out
+
+
+def _floods(
+    policy: Policy, bound: list[tuple[Binding, int]], tunnels: Mapping[str, Sequence[int]]
+) -> list[str]:
+    """Broadcast and multicast IP on each network with a guarded port here, flooded by
+    hand (NORMAL would give it to every port): each guarded port takes it only through
+    its ingress rules, in table 6."""
+    guarded: dict[int, list[Guarded]] = {}  # a guarded port: its endpoint, each family
+    for each in policy.guarded:
+        for binding, port in bound:
+            if each.address in binding.addresses:
+                guarded.setdefault(port, []).append(each)
+    ports: dict[str, list[int]] = {}
+    for binding, port in bound:
+        ports.setdefault(binding.network_id, []).append(port)
+    out = []
+    for network, local in ports.items():
+        if not any(p in guarded for p in local):
+            continue
+        remote = list(tunnels.get(network, ()))
+        for source in [*local, *remote]:
+            # a tunnel's flood came from a host that floods to the others itself
+            targets = [*local, *(remote if source not in remote else ())]
+            actions = [f"output:{q}" for q in targets if q != source and q not in guarded]
+            actions += [
+                f"load:{q}->NXM_NX_REG6[],resubmit(,{FLOOD})"
+                for q in local
+                if q != source and q in guarded
+            ]
+            for ip in ("ip", "ipv6"):
+                out.append(
+                    f"table={CLASSIFY},priority=150,in_port={source},dl_dst={_GROUP_BITS},"
+                    f"{ip},actions={','.join(actions) or 'drop'}"
+                )
+    for port, endpoints in guarded.items():
+        for each in endpoints:
+            version = each.address.version
+            ip = _ip(each.address)
+            for rule in each.rules:
+                for l4 in _l4(rule, version) or ():
+                    for sender in _sources(policy, rule, version, _src(ip)):
+                        match = ",".join(m for m in (f"reg6={port}", l4, sender) if m)
+                        out.append(f"table={FLOOD},priority=10,{match},actions=output:{port}")
+    out.append(f"cookie={FLOOD_DROPPED:#x},table={FLOOD},priority=0,actions=drop")
+    return out
+
+
+def _sources(policy: Policy, rule: Rule, version: int, field: str) -> list[str]:
+    """A rule's senders as matches of one family (none: the rule has none in it)."""
+    cidr = rule.peer_cidr()
+    if cidr is not None:
+        return [f"{field}={cidr}"] if cidr.version == version else []
+    group = rule.peer_group()
+    if group is None:
+        return [""]  # anyone
+    members = sorted((a for a in policy.members.get(group, ()) if a.version == version), key=int)
+    return [f"{field}={a}" for a in members]
 
 
 def _direction(policy: Policy, egress: bool) -> list[str]:

@@ -54,6 +54,14 @@ class Rule:
     def peer_group(self) -> str | None:
         return None if self.peer == ANY or "/" in self.peer else self.peer
 
+    def port_text(self) -> str | None:
+        """The ports as Docker writes them: ``80``, ``8000-8100/udp`` (tcp unsaid)."""
+        if self.ports is None:
+            return None
+        first, last = self.ports
+        text = str(first) if first == last else f"{first}-{last}"
+        return text if self.proto == "tcp" else f"{text}/{self.proto}"
+
     def describe(self) -> str:
         ports = ""
         if self.ports is not None:

@@ -1,7 +1,8 @@
-"""A guarded endpoint is never reachable unguarded: its rules are in its driver's
-datapath before it is plugged in, and if they cannot be put there it is not plugged in and
-holds nothing. The real service and SQLite store, over a driver that records its calls
-(through the CLI, with a datapath tool that fails: test_security_groups)."""
+"""An endpoint is never reachable unguarded or unbound: its port's binding and its groups'
+rules are in its driver's datapath before it is plugged in, and if they cannot be put
+there it is not plugged in and holds nothing. The real service and SQLite store, over a
+driver that records its calls (through the CLI, with a datapath tool that fails:
+test_security_groups)."""
 
 from __future__ import annotations
 
@@ -46,15 +47,20 @@ def recorded(service: NetworkService) -> FailingPolicyDriver:
     return driver
 
 
-def guarded_when_joined(driver: RecordingDriver, owner: str) -> list[IPAddress]:
-    """The addresses the last policy before ``owner``'s join guarded."""
+def policy_when_joined(driver: RecordingDriver, owner: str) -> Policy:
+    """The last policy programmed before ``owner``'s join."""
     last = Policy()
     for call, _, arg in driver.calls:
         if call == "policy" and isinstance(arg, Policy):
             last = arg
         if call == "join" and arg == owner:
-            return [g.address for g in last.guarded]
+            return last
     raise AssertionError(f"{owner} never joined: {driver.calls}")
+
+
+def guarded_when_joined(driver: RecordingDriver, owner: str) -> list[IPAddress]:
+    """The addresses the last policy before ``owner``'s join guarded."""
+    return [g.address for g in policy_when_joined(driver, owner).guarded]
 
 
 async def test_a_grouped_endpoint_is_guarded_before_it_is_plugged(
@@ -70,10 +76,13 @@ async def test_a_grouped_endpoint_is_guarded_before_it_is_plugged(
     await service.replug("holder-db", NETNS)
     assert guarded_when_joined(recorded(service), "holder-db") == [db.address]
 
-    # an endpoint in no group is plugged as before: no policy is programmed for it
+    # an endpoint in no group is bound to its addresses before it is plugged in
     recorded(service).calls.clear()
-    await service.attach(record, "holder-open", NETNS)
-    assert [c for c, _, _ in recorded(service).calls] == ["join"]
+    opened = await service.attach(record, "holder-open", NETNS)
+    assert [c for c, _, _ in recorded(service).calls] == ["policy", "join"]
+    bound = policy_when_joined(recorded(service), "holder-open").bindings
+    [mine] = [b for b in bound if b.owner == "holder-open"]
+    assert opened.address in mine.addresses and mine.mac == opened.mac
 
 
 async def test_an_endpoint_whose_groups_cannot_be_enforced_is_refused_holding_nothing(
@@ -87,9 +96,10 @@ async def test_an_endpoint_whose_groups_cannot_be_enforced_is_refused_holding_no
     assert "join" not in [c for c, _, _ in recorded(service).calls]
     assert await service.attachments() == []  # its address is free again
 
-    # an open endpoint is not held back by a datapath that cannot guard
-    await service.attach(record, "holder-open", NETNS)
-    assert [a.owner for a in await service.attachments()] == ["holder-open"]
+    # nor an endpoint in no group: its port could not be bound to its addresses
+    with pytest.raises(PolicyUnavailable, match="its port's binding to its addresses"):
+        await service.attach(record, "holder-open", NETNS)
+    assert await service.attachments() == []
 
     # made while it could be guarded, then re-plugged when it cannot: not plugged in
     recorded(service).failing = False

@@ -33,6 +33,7 @@ from tests.netcheck import (
     udp_reaches,
     uname,
 )
+from tests.test_port_security import PORT, Box, arrived_at, witness_at
 
 pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
@@ -405,4 +406,44 @@ def test_host_cut_off_and_back(setup: Setup) -> None:
     b.docker("rm", "-f", *more)
     a.docker("rm", "-f", x)
     c.docker("rm", "-f", y)
+    a.docker("network", "rm", name)
+
+
+def test_forged_sources_and_floods_across_hosts(setup: Setup) -> None:
+    """From a container on a third host: a source forged as a member of the allowed group
+    (on a second host), and broadcast to a port the rules open only for that group, reach
+    nothing on the guarded host; the member's own frames, the same way, arrive."""
+    a, b, c = setup.hosts
+    name, db_g, web_g = uname("spoof"), uname("db"), uname("web")
+    a.docker("network", "create", "-d", setup.driver, "--subnet", "10.78.0.0/24", name)
+    plugstrip(setup.cluster, "sg", "create", db_g)
+    plugstrip(setup.cluster, "sg", "create", web_g)
+    rule = ("--from", web_g, "--proto", "udp", "--port", str(PORT))
+    plugstrip(setup.cluster, "sg", "allow", db_g, *rule)
+    label = "io.plugstrip.security-groups"
+    db, web, atk = uname("db"), uname("web"), uname("atk")
+    sleeper(a, db, name, "--label", f"{label}={db_g}")
+    sleeper(b, web, name, "--label", f"{label}={web_g}")
+    sleeper(c, atk, name)
+    dbx, webx, atkx = Box(a, db, name), Box(b, web, name), Box(c, atk, name)
+    wait_for(lambda: reaches(c, atk, dbx.ip4), 15, "no reach across hosts")
+    bcast = {"dst": "10.78.0.255", "eth_dst": "ff:ff:ff:ff:ff:ff", "dport": PORT}
+    to_db = {"kind": "udp4", "dst": dbx.ip4, "eth_dst": dbx.mac, "dport": PORT}
+    witness = witness_at(dbx, 4)
+    webx.send(
+        {**to_db, "eth_src": webx.mac, "src": webx.ip4, "data": "web"},
+        {"kind": "udp4", "eth_src": webx.mac, "src": webx.ip4, **bcast, "data": "web-bcast"},
+    )
+    atkx.send(
+        {**to_db, "eth_src": atkx.mac, "src": webx.ip4, "data": "as web"},
+        {**to_db, "eth_src": webx.mac, "src": webx.ip4, "data": "as web's MAC too"},
+        {"kind": "udp4", "eth_src": atkx.mac, "src": atkx.ip4, **bcast, "data": "bcast"},
+    )
+    arrived = arrived_at(witness)
+    assert {"web", "web-bcast"} <= arrived and not {"as web", "as web's MAC too", "bcast"} & arrived
+    for host, container in ((a, db), (b, web), (c, atk)):
+        host.docker("rm", "-f", container)
+    plugstrip(setup.cluster, "sg", "revoke", db_g, *rule)
+    for group in (db_g, web_g):
+        plugstrip(setup.cluster, "sg", "rm", group)
     a.docker("network", "rm", name)

@@ -68,7 +68,7 @@ class Box:
         return found.group(1) if found else ""
 
 
-def _witness(box: Box, seconds: float) -> subprocess.Popen[str]:
+def witness_at(box: Box, seconds: float) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         ["nsenter", "-t", box.pid, "-n", sys.executable, FORGE, "listen", str(PORT), str(seconds)],
         stdout=subprocess.PIPE,
@@ -78,7 +78,7 @@ def _witness(box: Box, seconds: float) -> subprocess.Popen[str]:
     return proc
 
 
-def _arrived(proc: subprocess.Popen[str]) -> set[str]:
+def arrived_at(proc: subprocess.Popen[str]) -> set[str]:
     out, _ = proc.communicate(timeout=30)
     return {json.loads(line)["data"] for line in out.splitlines()}
 
@@ -174,11 +174,11 @@ def test_forged_sources_and_floods_arrive_nowhere(
         "IPv6 multicast": {"kind": "udp6", "eth_src": atk.mac, "src": atk.ip6, **mcast6},
     }
     spoofed0, flooded0 = drops(net, driver)
-    witness = _witness(db, 4)
+    witness = witness_at(db, 4)
     web.send(*honest)
     atk.send(*({**to_db, **spec, "data": tag} for tag, spec in forged.items()))
     atk.send(*({**spec, "data": tag} for tag, spec in floods.items()))
-    arrived = _arrived(witness)
+    arrived = arrived_at(witness)
     assert {"web4", "web6", "web-broadcast"} <= arrived, arrived  # the witness hears
     assert not arrived & {*forged, *floods}, arrived
     spoofed, flooded = drops(net, driver)

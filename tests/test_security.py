@@ -187,3 +187,9 @@ def test_groups_round_trip_the_store_with_their_directions() -> None:
     assert load_group("web", dump_group(EGRESS["web"])) == EGRESS["web"]
     old = '[{"source": "web", "proto": "tcp", "ports": [80, 80]}]'  # before egress
     assert load_group("db", old) == Group("db", (Rule("web", "tcp", (80, 80)),))
+
+
+def test_ports_as_docker_writes_them() -> None:
+    assert parse_rule("web", "tcp", "80").port_text() == "80"
+    assert parse_rule("web", "udp", "8000-8100").port_text() == "8000-8100/udp"
+    assert parse_rule("web", "icmp").port_text() is None
