@@ -426,9 +426,16 @@ def test_forged_sources_and_floods_across_hosts(setup: Setup) -> None:
     sleeper(b, web, name, "--label", f"{label}={web_g}")
     sleeper(c, atk, name)
     dbx, webx, atkx = Box(a, db, name), Box(b, web, name), Box(c, atk, name)
-    wait_for(lambda: reaches(c, atk, dbx.ip4), 15, "no reach across hosts")
     bcast = {"dst": "10.78.0.255", "eth_dst": "ff:ff:ff:ff:ff:ff", "dport": PORT}
     to_db = {"kind": "udp4", "dst": dbx.ip4, "eth_dst": dbx.mac, "dport": PORT}
+    wait_for(lambda: reaches(a, db, atkx.ip4), 15, "no reach across hosts")
+
+    def heard_from_web() -> bool:
+        witness = witness_at(dbx, 1.5)
+        webx.send({**to_db, "eth_src": webx.mac, "src": webx.ip4, "data": "hello"})
+        return "hello" in arrived_at(witness)
+
+    wait_for(heard_from_web, 15, "web's own datagrams do not reach db across hosts")
     witness = witness_at(dbx, 4)
     webx.send(
         {**to_db, "eth_src": webx.mac, "src": webx.ip4, "data": "web"},
