@@ -37,7 +37,7 @@ ANY = "any"
 NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """Allow ``proto`` traffic from ``peer`` (a group's name, a CIDR, or ``any``), or to
     it if ``egress``, to ports ``ports`` (first, last; None: every port, and for ICMP
@@ -47,6 +47,14 @@ class Rule:
     proto: Proto = "any"
     ports: tuple[int, int] | None = None
     egress: bool = False
+
+    def __lt__(self, other: Rule) -> bool:
+        """Rules sort by their fields (every port, None, first: a rule from a group with
+        and one without ports, in two of an endpoint's groups, must sort too)."""
+        return self._key() < other._key()
+
+    def _key(self) -> tuple[str, str, tuple[int, int], bool]:
+        return (self.peer, self.proto, self.ports or (0, 0), self.egress)
 
     def peer_cidr(self) -> IPNetwork | None:
         return IPNetwork(self.peer) if "/" in self.peer else None

@@ -79,10 +79,10 @@ def frame(spec: dict[str, Any]) -> bytes:
     eth_src, eth_dst = spec["eth_src"], spec.get("eth_dst", "ff:ff:ff:ff:ff:ff")
     data = spec.get("data", "forged").encode()
     if kind == "udp4":
-        udp = _udp(spec["src"], spec["dst"], 40000, spec["dport"], data)
+        udp = _udp(spec["src"], spec["dst"], spec.get("sport", 40000), spec["dport"], data)
         return _eth(eth_dst, eth_src, ETH_IP, _ip4(spec["src"], spec["dst"], 17, udp))
     if kind == "udp6":
-        udp = _udp(spec["src"], spec["dst"], 40000, spec["dport"], data)
+        udp = _udp(spec["src"], spec["dst"], spec.get("sport", 40000), spec["dport"], data)
         return _eth(eth_dst, eth_src, ETH_IP6, _ip6(spec["src"], spec["dst"], 17, udp))
     if kind == "arp":  # a reply (gratuitous when spa == tpa), the sender claiming spa
         body = struct.pack("!HHBBH", 1, ETH_IP, 6, 4, spec.get("op", 2))

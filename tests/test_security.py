@@ -193,3 +193,14 @@ def test_ports_as_docker_writes_them() -> None:
     assert parse_rule("web", "tcp", "80").port_text() == "80"
     assert parse_rule("web", "udp", "8000-8100").port_text() == "8000-8100/udp"
     assert parse_rule("web", "icmp").port_text() is None
+
+
+def test_rules_with_and_without_ports_sort_together() -> None:
+    """An endpoint in two groups whose rules differ only in having ports (found by the
+    datapath property: the policy could not be computed, and the endpoint was refused)."""
+    groups = {
+        "a": Group("a", (parse_rule("web", "udp"),)),
+        "b": Group("b", (parse_rule("web", "udp", "53"),)),
+    }
+    found = policy(groups, [(IPAddress("10.0.0.2"), ["a", "b"], True)])
+    assert [r.ports for r in found.guarded[0].rules] == [None, (53, 53)]
