@@ -213,6 +213,7 @@ class EtcdStore:
                 spec.internal,
                 time.time(),
                 subnet6,
+                dict(spec.aux),
             )
             tx = etcd.transactions
             won = await self._commit(
@@ -317,7 +318,12 @@ class EtcdStore:
             if requested is not None and await etcd.get(self._addr_key(network_id, requested)):
                 known.add(int(requested))
             address = ipam.choose_address(
-                record.subnet, record.gateway, known.__contains__, requested, after=after
+                record.subnet,
+                record.gateway,
+                known.__contains__,
+                requested,
+                after=after,
+                reserved=record.reserved(),
             )
             tx = etcd.transactions
             writes = [
@@ -629,6 +635,7 @@ def _dump_record(r: NetworkRecord) -> str:
             "internal": r.internal,
             "created": r.created,
             "subnet6": str(r.subnet6) if r.subnet6 is not None else None,
+            "aux": {k: str(v) for k, v in r.aux.items()},
         }
     )
 
@@ -647,6 +654,7 @@ def _load_record(raw: bytes) -> NetworkRecord:
         bool(d["internal"]),
         float(d["created"]),
         IPNetwork(d["subnet6"]) if d.get("subnet6") else None,
+        {k: IPAddress(v) for k, v in (d.get("aux") or {}).items()},
     )
 
 

@@ -148,6 +148,7 @@ def choose_address(
     is_taken: Callable[[int], bool],
     requested: IPAddress | None = None,
     after: int | None = None,
+    reserved: frozenset[int] = frozenset(),
 ) -> IPAddress:
     """``requested`` if it is usable, else the next free host address of ``subnet`` after
     ``after`` (the last one handed out), wrapping around; the lowest free without it.
@@ -155,11 +156,13 @@ def choose_address(
     Next-fit, as Docker's IPAM: a released address is not handed out again at once (peers
     may still hold it in their ARP caches), and with 10,000 addresses in use a choice
     costs a lookup or two, not a walk over all of them. ``is_taken`` answers for one
-    address (as an integer); the gateway is never free."""
+    address (as an integer); the gateway and the ``reserved`` (aux addresses) are never
+    free, and ``reserved`` is not ``requested`` either: an endpoint names them as allowed
+    addresses, not as its own."""
     first, last = subnet.first + 1, subnet.last - 1  # not the network, not the broadcast
 
     def free(value: int) -> bool:
-        return value != int(gateway) and not is_taken(value)
+        return value != int(gateway) and value not in reserved and not is_taken(value)
 
     if requested is not None:
         value = int(requested)
@@ -168,7 +171,13 @@ def choose_address(
                 "invalid", f"address {requested} is not a usable address of subnet {subnet}"
             )
         if not free(value):
-            what = "the gateway" if value == int(gateway) else "in use"
+            what = (
+                "the gateway"
+                if value == int(gateway)
+                else "reserved (an auxiliary address)"
+                if value in reserved
+                else "in use"
+            )
             raise IpamError("conflict", f"address {requested} is {what} on {subnet}")
         return IPAddress(value, 4)
     start = after + 1 if after is not None and first <= after < last else first

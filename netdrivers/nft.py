@@ -121,9 +121,8 @@ def ports_script(policy: Policy, port_of: Callable[[Binding], str]) -> str:
     for i, bound in enumerate(ports):
         lines += [f"  chain port{i} {{", *(f"    {r}" for r in _bound(bound)), "  }"]
     floods: dict[str, list[Guarded]] = {}  # a guarded port: its rules of both families
-    for guarded in policy.guarded:
-        port = next((p for b, p in ports.items() if guarded.address in b.addresses), None)
-        if port is not None:
+    for guarded in policy.guarded:  # an allowed address may be on two ports
+        for port in (p for b, p in ports.items() if guarded.address in b.addresses):
             floods.setdefault(port, []).append(guarded)
     lines += ["  chain floods {", "    type filter hook forward priority filter; policy accept;"]
     if floods:

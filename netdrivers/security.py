@@ -205,25 +205,29 @@ def policy(
     endpoints: Iterable[tuple[IPAddress, Iterable[str], bool]],
     bindings: Iterable[Binding] = (),
 ) -> Policy:
-    """The policy of a host from every group and every endpoint as (address, its groups,
-    whether it is on this host). An endpoint's rules are all its groups' (a group it names
-    that no longer exists adds none, so it stays guarded)."""
+    """The policy of a host from every group and every endpoint address as (address, its
+    groups, whether it is on this host). An endpoint's rules are all its groups' (a group
+    it names that no longer exists adds none, so it stays guarded); an address two local
+    endpoints may send from (a VIP) takes the rules of both's groups."""
     members: dict[str, set[IPAddress]] = {}
-    guarded = []
+    local_groups: dict[IPAddress, set[str]] = {}  # a guarded address: every group it is in
     for address, names, local in endpoints:
         names = list(names)
         for name in names:
             members.setdefault(name, set()).add(address)
-        if local and names:
-            every = sorted({r for n in names for r in groups.get(n, Group(n)).rules})
-            guarded.append(
-                Guarded(
-                    address,
-                    tuple(r for r in every if not r.egress),
-                    tuple(sorted(set(names))),
-                    tuple(r for r in every if r.egress),
-                )
+        if local and names:  # an allowed address two endpoints share: both's groups
+            local_groups.setdefault(address, set()).update(names)
+    guarded = []
+    for address, names in local_groups.items():
+        every = sorted({r for n in names for r in groups.get(n, Group(n)).rules})
+        guarded.append(
+            Guarded(
+                address,
+                tuple(r for r in every if not r.egress),
+                tuple(sorted(names)),
+                tuple(r for r in every if r.egress),
             )
+        )
     wanted = {g for e in guarded for r in (*e.rules, *e.egress) if (g := r.peer_group())}
     mine = sorted({n for e in guarded for n in e.groups})
     return Policy(

@@ -62,6 +62,18 @@ class Attachment:
         return [str(g) for g in self.meta.get("groups") or []]
 
     @property
+    def allowed(self) -> list[IPAddress]:
+        """Addresses it may send from besides its own (its network's aux addresses): in
+        its binding, its groups' members, guarded by its groups' rules."""
+        return [IPAddress(a) for a in self.meta.get("allowed") or []]
+
+    @property
+    def addresses(self) -> list[IPAddress]:
+        """Every address it holds or may send from."""
+        own = [a for a in (self.address, self.address6) if a is not None]
+        return [*own, *self.allowed]
+
+    @property
     def mac(self) -> str:
         # the one it was given (docker-py's ``mac_address``), else Docker's scheme
         return str(self.meta.get("mac") or mac_for(self.address))
@@ -406,11 +418,10 @@ class NetworkService:
                 endpoints = [
                     (address, a.groups, self.is_local(a) and a.network.driver == name)
                     for a in every
-                    for address in (a.address, a.address6)
-                    if address is not None
+                    for address in a.addresses
                 ]
                 bindings = [
-                    security.binding(a.network.id, a.owner, a.mac, (a.address, a.address6))
+                    security.binding(a.network.id, a.owner, a.mac, a.addresses)
                     for a in every
                     if self.is_local(a) and a.network.driver == name
                 ]

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
     subnet TEXT NOT NULL, gateway TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
     options TEXT NOT NULL, labels TEXT NOT NULL, internal INTEGER NOT NULL,
-    created REAL NOT NULL, last_address INTEGER, subnet6 TEXT
+    created REAL NOT NULL, last_address INTEGER, subnet6 TEXT, aux TEXT
 );
 CREATE TABLE IF NOT EXISTS allocations (
     network_id TEXT NOT NULL REFERENCES networks(id), owner TEXT NOT NULL,
@@ -73,6 +73,8 @@ class SqliteStore:
         columns = {row[1] for row in db.execute("PRAGMA table_info(networks)")}
         if "subnet6" not in columns:  # a store made before dual-stack networks
             db.execute("ALTER TABLE networks ADD COLUMN subnet6 TEXT")
+        if "aux" not in columns:  # a store made before aux addresses
+            db.execute("ALTER TABLE networks ADD COLUMN aux TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -151,9 +153,10 @@ class SqliteStore:
                 spec.internal,
                 time.time(),
                 subnet6,
+                dict(spec.aux),
             )
             db.execute(
-                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?)",
+                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?,?)",
                 (
                     record.id,
                     record.name,
@@ -166,6 +169,7 @@ class SqliteStore:
                     int(record.internal),
                     record.created,
                     str(subnet6) if subnet6 is not None else None,
+                    json.dumps({k: str(v) for k, v in record.aux.items()}),
                 ),
             )
             return record
@@ -210,11 +214,10 @@ class SqliteStore:
         meta: dict[str, Any] | None = None,
     ) -> IPAddress:
         def alloc(db: sqlite3.Connection) -> IPAddress:
-            net = db.execute(
-                "SELECT subnet, gateway, last_address FROM networks WHERE id=?", (network_id,)
-            ).fetchone()
+            net = db.execute("SELECT * FROM networks WHERE id=?", (network_id,)).fetchone()
             if net is None:
                 raise IpamError("not_found", f"network {network_id} not found")
+            record = _record(net)
             held = db.execute(
                 "SELECT address FROM allocations WHERE network_id=? AND owner=?",
                 (network_id, owner),
@@ -225,8 +228,8 @@ class SqliteStore:
                     raise IpamError("conflict", f"{owner} already has {mine} on this network")
                 return mine
             address = ipam.choose_address(
-                IPNetwork(net[0]),
-                IPAddress(net[1]),
+                record.subnet,
+                record.gateway,
                 lambda value: (
                     db.execute(  # an index lookup
                         "SELECT 1 FROM allocations WHERE network_id=? AND address=?",
@@ -235,7 +238,8 @@ class SqliteStore:
                     is not None
                 ),
                 requested,
-                after=net[2],
+                after=net[10],
+                reserved=record.reserved(),
             )
             if requested is None:
                 db.execute(
@@ -402,4 +406,5 @@ def _record(row: tuple[str, ...]) -> NetworkRecord:
         bool(row[8]),
         float(row[9]),
         IPNetwork(row[11]) if row[11] else None,
+        {k: IPAddress(v) for k, v in json.loads(row[12] or "{}").items()},
     )

@@ -42,6 +42,9 @@ class NetworkSpec:
     ipv6: bool = False  # dual-stack: ``subnet6``, or (None) the next free one of the pool
     subnet6: IPNetwork | None = None
     gateway6: IPAddress | None = None
+    # Docker's --aux-address: addresses IPAM never hands out (the VIPs an endpoint's
+    # allowed addresses name), by name
+    aux: dict[str, IPAddress] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,17 @@ class NetworkRecord:
     internal: bool
     created: float  # seconds since the epoch
     subnet6: IPNetwork | None = None  # dual-stack: addresses paired with IPv4's (ipam)
+    aux: dict[str, IPAddress] = field(default_factory=dict)  # reserved, by name
+
+    def reserved(self) -> frozenset[int]:
+        """The host numbers (as IPv4 addresses) IPAM does not hand out: the aux
+        addresses', an IPv6 one's by its IPv4 twin."""
+        return frozenset(
+            int(a)
+            if self.subnet6 is None or a.version == 4
+            else int(ipam.paired(a, self.subnet6, self.subnet))
+            for a in self.aux.values()
+        )
 
     @property
     def gateway6(self) -> IPAddress | None:
@@ -206,6 +220,7 @@ def decide_subnets(
     if not subnet.first < int(gateway) < subnet.last:
         raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
     if not spec.ipv6:
+        check_aux(spec, subnet, gateway, None)
         return subnet, gateway, None
     taken6 = [r.subnet6 for r in records if r.subnet6 is not None]
     if spec.subnet6 is None:
@@ -214,7 +229,29 @@ def decide_subnets(
         subnet6 = spec.subnet6
         ipam.check_subnet(subnet6, taken6)
     ipam.check_pair(subnet, gateway, subnet6, spec.gateway6)
+    check_aux(spec, subnet, gateway, subnet6)
     return subnet, gateway, subnet6
+
+
+def check_aux(
+    spec: NetworkSpec, subnet: IPNetwork, gateway: IPAddress, subnet6: IPNetwork | None
+) -> None:
+    """Refuse aux addresses outside the network's subnets, or that are its gateways."""
+    for name, address in spec.aux.items():
+        within = subnet if address.version == 4 else subnet6
+        if within is None or not within.first < int(address) < within.last:
+            raise IpamError(
+                "invalid", f"auxiliary address {name}={address} is not in the network's subnets"
+            )
+        if address.version == 6 and int(address) - within.first >= subnet.size:
+            raise IpamError(
+                "invalid",
+                f"auxiliary address {name}={address}: its host number is beyond IPv4 subnet "
+                f"{subnet}, and plugstrip gives an endpoint the same host number in both",
+            )
+        twin = address if address.version == 4 else ipam.paired(address, within, subnet)
+        if twin == gateway:
+            raise IpamError("invalid", f"auxiliary address {name}={address} is the gateway")
 
 
 def lowest_free_vni(taken: set[int]) -> int:

@@ -33,7 +33,7 @@ from tests.netcheck import (
     udp_reaches,
     uname,
 )
-from tests.test_port_security import PORT, Box, arrived_at, witness_at
+from tests.test_port_security import ALLOWED, PORT, Box, arrived_at, witness_at
 
 pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own
 
@@ -415,7 +415,9 @@ def test_forged_sources_and_floods_across_hosts(setup: Setup) -> None:
     nothing on the guarded host; the member's own frames, the same way, arrive."""
     a, b, c = setup.hosts
     name, db_g, web_g = uname("spoof"), uname("db"), uname("web")
-    a.docker("network", "create", "-d", setup.driver, "--subnet", "10.78.0.0/24", name)
+    vip = "10.78.0.200"  # web's allowed address: a member of web's group on every host
+    subnet = ("--subnet", "10.78.0.0/24", "--aux-address", f"vip={vip}")
+    a.docker("network", "create", "-d", setup.driver, *subnet, name)
     plugstrip(setup.cluster, "sg", "create", db_g)
     plugstrip(setup.cluster, "sg", "create", web_g)
     rule = ("--from", web_g, "--proto", "udp", "--port", str(PORT))
@@ -423,7 +425,7 @@ def test_forged_sources_and_floods_across_hosts(setup: Setup) -> None:
     label = "io.plugstrip.security-groups"
     db, web, atk = uname("db"), uname("web"), uname("atk")
     sleeper(a, db, name, "--label", f"{label}={db_g}")
-    sleeper(b, web, name, "--label", f"{label}={web_g}")
+    sleeper(b, web, name, "--label", f"{label}={web_g}", "--label", f"{ALLOWED}={vip}")
     sleeper(c, atk, name)
     dbx, webx, atkx = Box(a, db, name), Box(b, web, name), Box(c, atk, name)
     bcast = {"dst": "10.78.0.255", "eth_dst": "ff:ff:ff:ff:ff:ff", "dport": PORT}
@@ -440,14 +442,21 @@ def test_forged_sources_and_floods_across_hosts(setup: Setup) -> None:
     webx.send(
         {**to_db, "eth_src": webx.mac, "src": webx.ip4, "data": "web"},
         {"kind": "udp4", "eth_src": webx.mac, "src": webx.ip4, **bcast, "data": "web-bcast"},
+        {**to_db, "eth_src": webx.mac, "src": vip, "data": "web's VIP"},
     )
     atkx.send(
+        {**to_db, "eth_src": atkx.mac, "src": vip, "data": "as web's VIP"},
         {**to_db, "eth_src": atkx.mac, "src": webx.ip4, "data": "as web"},
         {**to_db, "eth_src": webx.mac, "src": webx.ip4, "data": "as web's MAC too"},
         {"kind": "udp4", "eth_src": atkx.mac, "src": atkx.ip4, **bcast, "data": "bcast"},
     )
     arrived = arrived_at(witness)
-    assert {"web", "web-bcast"} <= arrived and not {"as web", "as web's MAC too", "bcast"} & arrived
+    assert {"web", "web-bcast", "web's VIP"} <= arrived, arrived
+    assert not {"as web", "as web's MAC too", "bcast", "as web's VIP"} & arrived, arrived
+    if setup.driver == "plugstrip/ovs":  # weave answers ARP across hosts from the store
+        webx.run("ip", "addr", "add", f"{vip}/24", "dev", webx.ifname)
+        reaches(a, db, vip)  # web's groups take no ICMP: only its ARP answer comes back
+        assert dbx.neighbour(vip) == webx.mac, dbx.run("ip", "neigh").stdout
     for host, container in ((a, db), (b, web), (c, atk)):
         host.docker("rm", "-f", container)
     plugstrip(setup.cluster, "sg", "revoke", db_g, *rule)

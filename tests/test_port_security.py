@@ -27,6 +27,7 @@ from tests.netcheck import DRIVERS, Networks, plugstrip_cmd, sleeper, uname
 FORGE = str(Path(__file__).with_name("forge.py"))
 PORT = 5000
 LABEL = "io.plugstrip.security-groups"
+ALLOWED = "io.plugstrip.allowed-addresses"
 
 
 class Box:
@@ -226,3 +227,60 @@ def test_no_claim_on_anothers_address_or_the_router(
     assert "fe80" not in db.run("ip", "-6", "route", "show", "default").stdout
     spoofed, _ = drops(net, driver)
     assert spoofed - spoofed0 >= 4 * 3
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_allowed_addresses_are_sent_from_and_guarded(
+    net: DockerHost, networks: Networks, driver: str
+) -> None:
+    """A VIP (an aux address the network reserves) an endpoint is allowed: it sends from
+    it as a member of its groups, nobody else may, and traffic to it is guarded as to the
+    endpoint's own address; IPAM hands it to nobody, and an address the network does not
+    reserve is refused."""
+    vip_db, vip_web = "10.78.0.200", "10.78.0.201"
+    aux = ("--aux-address", f"a={vip_db}", "--aux-address", f"b={vip_web}")
+    plug = networks(driver, "--subnet", "10.78.0.0/24", *aux)
+    config: Any = net.inspect(plug)["IPAM"]["Config"][0]
+    assert config["AuxiliaryAddresses"] == {"a": vip_db, "b": vip_web}
+    db_g, web_g = uname("db"), uname("web")
+    names = {"db": uname("db"), "web": uname("web"), "atk": uname("atk")}
+    for group in (db_g, web_g):
+        _sg(net, "create", group)
+    _sg(net, "allow", db_g, "--from", web_g, "--proto", "udp", "--port", str(PORT))
+    try:
+        for role, group, vip in (("db", db_g, vip_db), ("web", web_g, vip_web)):
+            labels = ("--label", f"{LABEL}={group}", "--label", f"{ALLOWED}={vip}")
+            sleeper(net, names[role], plug, *labels)
+        sleeper(net, names["atk"], plug)
+        db, web, atk = (Box(net, names[r], plug) for r in ("db", "web", "atk"))
+        db.run("ip", "addr", "add", f"{vip_db}/24", "dev", db.ifname)  # as keepalived would
+        to_db = {"kind": "udp4", "eth_dst": db.mac, "dst": db.ip4, "dport": PORT}
+        to_vip = {**to_db, "dst": vip_db}
+        cases = {
+            "web from its VIP": {**to_db, "eth_src": web.mac, "src": vip_web},
+            "web to db's VIP": {**to_vip, "eth_src": web.mac, "src": web.ip4},
+            "atk from web's VIP": {**to_db, "eth_src": atk.mac, "src": vip_web},
+            "atk to db's VIP": {**to_vip, "eth_src": atk.mac, "src": atk.ip4},
+        }
+        spoofed0, _ = drops(net, driver)
+        witness = witness_at(db, 4)
+        for tag, spec in cases.items():
+            (web if tag.startswith("web") else atk).send({**spec, "data": tag})
+        arrived = arrived_at(witness)
+        assert arrived == {"web from its VIP", "web to db's VIP"}, arrived
+        spoofed, _ = drops(net, driver)
+        assert spoofed - spoofed0 >= 3  # atk's forged VIP source; its send to the VIP: no rule
+
+        run = ("run", "--rm", "--network", plug)
+        taken = net.docker(*run, "--ip", vip_db, "busybox", "true", check=False)
+        assert taken.returncode != 0 and b"reserved" in taken.stderr, taken.stderr
+        label = ("--label", f"{ALLOWED}=10.78.0.202")
+        unreserved = net.docker(*run, *label, "busybox", "true", check=False)
+        assert unreserved.returncode != 0, unreserved.stderr
+        assert b"--aux-address" in unreserved.stderr, unreserved.stderr
+    finally:
+        for name in names.values():
+            net.docker("rm", "-f", name, check=False)
+        _sg(net, "revoke", db_g, "--from", web_g, "--proto", "udp", "--port", str(PORT))
+        for group in (db_g, web_g):
+            _sg(net, "rm", group)

@@ -11,7 +11,7 @@ from netaddr import IPAddress
 
 from plugstrip.netdrivers import nft, ovs_flows
 from plugstrip.netdrivers.ipam import IpamError
-from plugstrip.netdrivers.security import Group, Rule, parse_rule, policy, port_masks
+from plugstrip.netdrivers.security import Group, Rule, binding, parse_rule, policy, port_masks
 from plugstrip.netdrivers.store import dump_group, load_group
 
 
@@ -204,3 +204,30 @@ def test_rules_with_and_without_ports_sort_together() -> None:
     }
     found = policy(groups, [(IPAddress("10.0.0.2"), ["a", "b"], True)])
     assert [r.ports for r in found.guarded[0].rules] == [None, (53, 53)]
+
+
+def test_an_allowed_address_two_endpoints_share_is_bound_and_guarded_for_both() -> None:
+    """A VIP keepalived moves between two endpoints here: both ports may send from it,
+    it is a member of both's groups, and traffic to it takes the rules of both."""
+    vip, a, b = IPAddress("10.0.0.100"), IPAddress("10.0.0.2"), IPAddress("10.0.0.3")
+    groups = {
+        "lb": Group("lb", (parse_rule("web", "tcp", "80"),)),
+        "admin": Group("admin", (parse_rule("ops", "tcp", "22"),)),
+        "web": Group("web", (parse_rule("lb", "tcp", "8080"),)),
+    }
+    eps = [(a, ["lb"], True), (vip, ["lb"], True), (b, ["admin"], True), (vip, ["admin"], True)]
+    bindings = [
+        binding("n", "a", "02:42:0a:00:00:02", [a, vip]),
+        binding("n", "b", "02:42:0a:00:00:03", [b, vip]),
+    ]
+    web = (IPAddress("10.0.0.9"), ["web"], True)
+    found = policy(groups, [*eps, web], bindings)
+    (shared,) = (g for g in found.guarded if g.address == vip)
+    assert shared.groups == ("admin", "lb")
+    assert [r.ports for r in shared.rules] == [(22, 22), (80, 80)]
+    assert vip in found.members["lb"]
+    text = nft.ports_script(found, lambda bound: f"vp{bound.owner}")
+    assert text.count("10.0.0.100") >= 2 and text.count('"vp') == 4  # ports; floods: both
+    flows = ovs_flows.flows(found, lambda bound: {"a": 1, "b": 2}[bound.owner])
+    for port in (1, 2):
+        assert any(f"in_port={port},dl_src=" in f and "nw_src=10.0.0.100" in f for f in flows)

@@ -340,3 +340,48 @@ async def test_etcd_whole_state_is_read_in_pages(
         assert len(await store.endpoints()) == 30  # the plain reads page too
     finally:
         await store.close()
+
+
+async def test_aux_addresses_are_never_handed_out(opener: Opener) -> None:
+    """Docker's --aux-address: reserved in both families (an IPv6 one by its host number),
+    neither chosen nor given when asked for, and kept across a restart; one outside the
+    subnets or on the gateway refused."""
+    s1 = opener()
+    aux = {"v4": IPAddress("10.71.0.3"), "v6": IPAddress("fd71::5")}
+    spec = NetworkSpec(
+        "vips", "d", IPNetwork("10.71.0.0/29"), ipv6=True, subnet6=IPNetwork("fd71::/64"), aux=aux
+    )
+    net = await s1.create_network(spec)
+    handed = [await s1.allocate(net.id, f"c{i}") for i in range(3)]  # .2 .4 .6: all left
+    assert handed == [IPAddress(f"10.71.0.{n}") for n in (2, 4, 6)]
+    with pytest.raises(IpamError) as info:
+        await s1.allocate(net.id, "c9")
+    assert info.value.category == "exhausted"
+    for reserved in ("10.71.0.3", "10.71.0.5"):
+        with pytest.raises(IpamError) as info:
+            await s1.allocate(net.id, "c10", IPAddress(reserved))
+        assert info.value.category == "conflict" and "reserved" in str(info.value)
+    await s1.close()
+    s2 = opener()
+    try:
+        assert (await s2.get_network("vips")).aux == aux
+        bad = {
+            "10.72.0.9": "not in the network's subnets",
+            "10.74.0.1": "is the gateway",
+            "fd74::1": "is the gateway",
+            "fd74::1:0": "beyond IPv4 subnet",
+        }
+        for address, message in bad.items():
+            wrong = NetworkSpec(
+                "bad",
+                "d",
+                IPNetwork("10.74.0.0/29"),
+                ipv6=True,
+                subnet6=IPNetwork("fd74::/64"),
+                aux={"x": IPAddress(address)},
+            )
+            with pytest.raises(IpamError) as info:
+                await s2.create_network(wrong)
+            assert info.value.category == "invalid" and message in str(info.value), address
+    finally:
+        await s2.close()

@@ -39,6 +39,9 @@ NETWORK_GROUPS = "security-groups"  # a plugstrip network's one driver option
 # On a user's container: the security groups its endpoints are in (comma-separated); a
 # network's ``--opt security-groups=...`` are its endpoints' otherwise.
 SECURITY_GROUPS = "io.plugstrip.security-groups"
+# On a user's container: addresses its endpoints may send from besides their own (a VIP
+# keepalived moves between containers), each one of its network's --aux-address
+ALLOWED_ADDRESSES = "io.plugstrip.allowed-addresses"
 
 # What Docker refuses beside ``container:`` network mode, and so moves to the holder.
 MOVED_CONFIG = ("Hostname", "Domainname", "ExposedPorts")
@@ -140,8 +143,8 @@ def holder_of(info: dict[str, Any]) -> str | None:
     return str(hid) if hid else None
 
 
-def groups_of(text: str | None) -> list[str]:
-    """Security groups as a label or a network option names them (comma-separated)."""
+def listed(text: str | None) -> list[str]:
+    """A label's or a network option's comma-separated list (security groups, addresses)."""
     return [g.strip() for g in (text or "").split(",") if g.strip()]
 
 

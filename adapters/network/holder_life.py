@@ -152,12 +152,14 @@ class Holders:
             requested = ipam.requested_pair(record.subnet, record.subnet6, requested, requested6)
         if container is not None:
             labels = container["Config"].get("Labels") or {}
-        groups = holder.groups_of((labels or {}).get(holder.SECURITY_GROUPS)) or holder.groups_of(
+        groups = holder.listed((labels or {}).get(holder.SECURITY_GROUPS)) or holder.listed(
             record.options.get(holder.NETWORK_GROUPS)
         )
         await self.service.check_groups(groups)
+        allowed = _allowed(record, (labels or {}).get(holder.ALLOWED_ADDRESSES))
         meta: dict[str, Any] = {
             **({"groups": groups} if groups else {}),
+            **({"allowed": allowed} if allowed else {}),
             "aliases": [str(a) for a in config.get("Aliases") or []],
             "requested": requested_text,
             **({"requested6": requested6_text} if requested6_text else {}),
@@ -260,3 +262,26 @@ def _address(text: str | None, version: Literal[4, 6]) -> IPAddress | None:
         return IPAddress(text, version)
     except (AddrFormatError, ValueError):
         raise Refuse(400, f"invalid IPv{version} address: {text}") from None
+
+
+def _allowed(record: NetworkRecord, text: str | None) -> list[str]:
+    """The allowed addresses a label names that are on ``record`` (others are for the
+    container's other networks), each one of its aux addresses: reserved, so IPAM never
+    gives it to another endpoint as its own."""
+    out = []
+    for each in holder.listed(text):
+        try:
+            address = IPAddress(each)
+        except (AddrFormatError, ValueError):
+            raise Refuse(400, f"invalid allowed address {each!r}") from None
+        subnet = record.subnet if address.version == 4 else record.subnet6
+        if subnet is None or address not in subnet:
+            continue
+        if address not in record.aux.values():
+            raise Refuse(
+                400,
+                f"allowed address {address} is not reserved on network {record.name}: "
+                f"create it with --aux-address NAME={address}",
+            )
+        out.append(str(address))
+    return out

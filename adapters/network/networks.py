@@ -51,7 +51,7 @@ class NetworkCalls:
             return
         spec = network_spec(body)
         self.service.driver(spec.driver)  # an unknown driver is refused before any lookup
-        await self.service.check_groups(holder.groups_of(spec.options.get(holder.NETWORK_GROUPS)))
+        await self.service.check_groups(holder.listed(spec.options.get(holder.NETWORK_GROUPS)))
         docker_own = await self.api.call(
             "GET", f"/networks/{quote(name, safe='')}", ok_missing=True
         )
@@ -293,9 +293,8 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
         if version in by_family:  # Docker's words for its bridge driver
             raise Refuse(400, f"{driver} driver doesn't support multiple subnets")
         by_family[version] = config
-        for key, flag in (("IPRange", "--ip-range"), ("AuxiliaryAddresses", "--aux-address")):
-            if config.get(key):
-                raise Refuse(400, f"{driver} does not support {flag}")
+        if config.get("IPRange"):
+            raise Refuse(400, f"{driver} does not support --ip-range")
     ipv6 = bool(body.get("EnableIPv6"))
     if 6 in by_family and not ipv6:  # dockerd 28 keeps such a subnet and uses it not
         raise Refuse(
@@ -316,7 +315,31 @@ def network_spec(body: dict[str, Any]) -> NetworkSpec:
         ipv6,
         subnet6,
         gateway6,
+        _aux([_aux_of(c) for c in by_family.values()]),
     )
+
+
+def _aux(families: list[dict[str, IPAddress]]) -> dict[str, IPAddress]:
+    merged: dict[str, IPAddress] = {}
+    for each in families:
+        for name, address in each.items():
+            if name in merged:
+                raise Refuse(400, f"auxiliary address name {name} given twice")
+            merged[name] = address
+    return merged
+
+
+def _aux_of(config: dict[str, Any]) -> dict[str, IPAddress]:
+    """One family's ``--aux-address name=address`` (reserved: IPAM hands them not out)."""
+    out = {}
+    for name, text in (config.get("AuxiliaryAddresses") or {}).items():
+        if not config.get("Subnet"):
+            raise Refuse(400, "--aux-address needs --subnet")
+        try:
+            out[str(name)] = IPAddress(str(text))
+        except (AddrFormatError, ValueError):
+            raise Refuse(400, f"invalid auxiliary address {name}={text!r}") from None
+    return out
 
 
 def _subnet(

@@ -20,6 +20,12 @@ def endpoint_id(attachment: Attachment) -> str:
     return hashlib.sha256(f"{attachment.network.id}/{attachment.owner}".encode()).hexdigest()
 
 
+def _aux(record: NetworkRecord, subnet: IPNetwork) -> dict[str, Any]:
+    """A subnet's aux addresses, where Docker shows them."""
+    found = {name: str(a) for name, a in record.aux.items() if a in subnet}
+    return {"AuxiliaryAddresses": found} if found else {}
+
+
 def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, Any]:
     created = datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z")
     return {
@@ -33,7 +39,7 @@ def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, A
             "Driver": "default",
             "Options": None,
             "Config": [
-                {"Subnet": str(subnet), "Gateway": str(gateway)}
+                {"Subnet": str(subnet), "Gateway": str(gateway)} | _aux(record, subnet)
                 for subnet, gateway in (
                     (record.subnet, record.gateway),
                     (record.subnet6, record.gateway6),
