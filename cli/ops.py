@@ -292,8 +292,7 @@ async def _check_security_groups(
         endpoints = [
             (address, a.groups, a.meta.get("host", here) == here and a.network.driver == driver)
             for a in attachments
-            for address in (a.address, a.address6)
-            if address is not None
+            for address in a.addresses
         ]
         wanted = security.policy(groups, endpoints)
         try:
@@ -309,7 +308,7 @@ async def _check_security_groups(
             (way, address)
             for way, chain, field, table in (("in", "ep", "dst", 2), ("out", "out", "src", 3))
             for pattern in (
-                rf"([0-9a-f.:]+) : jump {chain}\d+",
+                rf"([0-9a-f.:]+) : jump {chain}_[0-9a-f_]+",
                 rf"(?:nw_{field}|ipv6_{field})=([0-9a-f.:]+) actions=resubmit\(,{table}\)",
             )
             for address in re.findall(pattern, text)

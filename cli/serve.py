@@ -20,6 +20,7 @@ from aiohttp import web
 from netaddr import AddrFormatError, IPAddress
 
 from plugstrip.adapters.network import NetworkAdapter
+from plugstrip.adapters.network.sg_metrics import SecurityGroupMetrics
 from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.netdrivers import ipam
@@ -123,6 +124,9 @@ async def _run(
         raise_open_files_limit()
         server = ProxyServer(upstream, args.config, builtins=builtins, flags=_flag_adapters(args))
         stack.push_async_callback(server.aclose)
+        if underlay is not None:
+            counters = SecurityGroupMetrics(network.service, server.metrics.registry)
+            server.metrics.refresh_with(counters.refresh)
         await server.start()
         bound = [await server.listen(listener) for listener in listeners]
         if admin is not None:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.security import Policy
+from plugstrip.netdrivers.security import Count, Policy
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Endpoint:
     gateway: IPAddress | None = None  # default route through it, if set
     address6: IPAddress | None = None  # on a dual-stack network
     prefixlen6: int = 64
+    allowed: tuple[IPAddress, ...] = ()  # addresses it may send from besides its own (VIPs)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,12 @@ class Driver(Protocol):
     async def set_policy(self, policy: Policy) -> None:
         """Enforce exactly ``policy`` (security groups) on this host's endpoints of the
         driver's networks, replacing what was enforced before (none guarded: nothing)."""
+        ...
+
+    async def counts(self) -> list[Count]:
+        """The datapath's counters of the policy last set: each rule's traffic, the drops
+        for no rule, spoofed frames and floods (``Policy.counted``), as the datapath has
+        them now."""
         ...
 
     async def close(self) -> None:

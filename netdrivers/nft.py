@@ -19,13 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress
 
+from plugstrip.netdrivers import security
 from plugstrip.netdrivers.netlink import run_in
-from plugstrip.netdrivers.security import Binding, Guarded, Policy, Rule
+from plugstrip.netdrivers.security import (
+    Binding,
+    Count,
+    Counted,
+    Guarded,
+    Policy,
+    Rule,
+    drop_counter,
+    rule_counter,
+)
 
 TABLE = "plugstrip"  # inet: the groups' rules, on IP packets crossing the bridges
 PORTS = "plugstrip"  # bridge: each port bound to its endpoint, floods to guarded ones
@@ -46,44 +58,112 @@ def set_name(group: str, version: int) -> str:
     return f"g{version}_{safe}_{hashlib.sha256(group.encode()).hexdigest()[:6]}"
 
 
-def chain_name(index: int, egress: bool = False) -> str:
-    return f"{'out' if egress else 'ep'}{index}"
+def chain_name(address: IPAddress, egress: bool = False) -> str:
+    """A guarded endpoint's chain, named by its address: the same while it is guarded."""
+    return f"{'out' if egress else 'ep'}_{str(address).replace('.', '_').replace(':', '_')}"
 
 
-def script(policy: Policy) -> str:
-    """The whole table for ``policy``, replacing what was there (in one transaction)."""
-    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
-    for group, members in sorted(policy.members.items()):
-        for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-            lines.append(
-                f"  set {set_name(group, version)} {{ type {kind};{_elements(members, version)} }}"
-            )
-    lines += [
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy accept;",
-        "    ct state established,related accept",
-        f"    icmpv6 type {{ {_ND} }} accept",
+@dataclass
+class Body:
+    """What one table holds: the objects a script declares."""
+
+    sets: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name: type, elements
+    counters: set[str] = field(default_factory=set)
+    chains: dict[str, list[str]] = field(default_factory=dict)  # name: its lines
+
+    def objects(self) -> set[tuple[str, str]]:
+        return {
+            *(("chain", n) for n in self.chains),
+            *(("set", n) for n in self.sets),
+            *(("counter", n) for n in self.counters),
+        }
+
+
+class Table:
+    """One of plugstrip's tables, rewritten whole in one transaction per change, its named
+    counters kept: the first time (and after a failure) the table is deleted and made
+    anew; after that it is flushed (its rules go, its counters stay), the sets it keeps
+    emptied, what it no longer has deleted, and its objects declared again."""
+
+    def __init__(self, family: str, name: str) -> None:
+        self.family, self.name = family, name
+        self._have: set[tuple[str, str]] | None = None  # what it holds (None: unknown)
+
+    def script(self, body: Body) -> str:
+        head = f"{self.family} {self.name}"
+        lines = [f"table {head}"]
+        if self._have is None:
+            lines.append(f"delete table {head}")
+        else:
+            lines += [f"add set {head} {n} {{ type {t}; }}" for n, (t, _) in body.sets.items()]
+            lines.append(f"flush table {head}")  # rules: the chains' references go
+            lines += [f"flush set {head} {n}" for n in body.sets]
+            gone = self._have - body.objects()
+            for kind in ("chain", "set", "counter"):
+                lines += [f"delete {kind} {head} {n}" for k, n in sorted(gone) if k == kind]
+        lines.append(f"table {head} {{")
+        for name, (kind, elements) in body.sets.items():
+            found = f" elements = {{ {', '.join(elements)} }}" if elements else ""
+            lines.append(f"  set {name} {{ type {kind};{found} }}")
+        lines += [f"  counter {name} {{ }}" for name in sorted(body.counters)]
+        for name, rules in body.chains.items():
+            lines += [f"  chain {name} {{", *(f"    {r}" for r in rules), "  }"]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def removal(self) -> str:
+        """A script that removes the table, there or not."""
+        head = f"{self.family} {self.name}"
+        return f"table {head}\ndelete table {head}\n"
+
+    def written(self, body: Body | None) -> None:
+        """The last script (of ``body``, or None: the removal) was applied."""
+        self._have = set() if body is None else body.objects()
+
+    def lost(self) -> None:
+        """A script failed: what the table holds is unknown, the next one makes it anew."""
+        self._have = None
+
+
+def _sets(policy: Policy) -> dict[str, tuple[str, list[str]]]:
+    return {
+        set_name(group, version): (kind, sorted(str(a) for a in members if a.version == version))
+        for group, members in sorted(policy.members.items())
+        for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+    }
+
+
+def rules(policy: Policy) -> Body:
+    """The groups' table for ``policy``."""
+    body = Body(_sets(policy))
+    forward = [
+        "type filter hook forward priority filter; policy accept;",
+        "ct state established,related accept",
+        f"icmpv6 type {{ {_ND} }} accept",
     ]
     directions = ((True, policy.egress_guarded()), (False, policy.guarded))
     for egress, chains in directions:
         for version, family in ((4, "ip"), (6, "ip6")):
             entries = [
-                f"{e.address} : jump {chain_name(i, egress)}"
-                for i, e in enumerate(chains)
+                f"{e.address} : jump {chain_name(e.address, egress)}"
+                for e in chains
                 if e.address.version == version
             ]
             if entries:
                 match = f"{family} {'saddr' if egress else 'daddr'}"
-                lines.append(f"    {match} vmap {{ {', '.join(entries)} }}")
-    lines.append("  }")
+                forward.append(f"{match} vmap {{ {', '.join(entries)} }}")
+    body.chains["forward"] = forward
     for egress, chains in directions:
         verdict = "return" if egress else "accept"  # egress allowed: on to the receiver's
-        for i, guarded in enumerate(chains):
-            lines.append(f"  chain {chain_name(i, egress)} {{")
-            lines += [f"    {rule} {verdict}" for rule in _rules(guarded, egress)]
-            lines += ["    drop", "  }"]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        for guarded in chains:
+            drop = f"d{drop_counter(guarded.groups, egress)}"
+            lines = [f"{rule} {verdict}" for rule in _rules(policy, guarded, egress, body)]
+            body.counters.add(drop)
+            body.chains[chain_name(guarded.address, egress)] = [
+                *lines,
+                f"counter name {drop} drop",
+            ]
+    return body
 
 
 def members_script(policy: Policy, groups: Iterable[str]) -> str:
@@ -101,45 +181,38 @@ def members_script(policy: Policy, groups: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ports_script(policy: Policy, port_of: Callable[[Binding], str]) -> str:
+def ports(policy: Policy, port_of: Callable[[Binding], str]) -> Body:
     """The bridge table for ``policy``: every endpoint's port (``port_of`` names it)
     bound to its MAC and addresses, and broadcast and multicast to a guarded endpoint
-    through its rules, replacing what was there (in one transaction)."""
-    lines = [f"table bridge {PORTS}", f"delete table bridge {PORTS}", f"table bridge {PORTS} {{"]
-    lines += [f"  counter {SPOOFED} {{ }}", f"  counter {FLOOD_DROPPED} {{ }}"]
-    for group, members in sorted(policy.members.items()):
-        for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-            lines.append(
-                f"  set {set_name(group, version)} {{ type {kind};{_elements(members, version)} }}"
-            )
-    ports = {b: port_of(b) for b in policy.bindings}
-    lines += ["  chain ports {", "    type filter hook prerouting priority -300; policy accept;"]
-    if ports:
-        entries = [f'"{port}" : jump port{i}' for i, port in enumerate(ports.values())]
-        lines.append(f"    iifname vmap {{ {', '.join(entries)} }}")
-    lines.append("  }")
-    for i, bound in enumerate(ports):
-        lines += [f"  chain port{i} {{", *(f"    {r}" for r in _bound(bound)), "  }"]
+    through its rules."""
+    body = Body(_sets(policy), {SPOOFED, FLOOD_DROPPED})
+    named = {b: port_of(b) for b in policy.bindings}
+    chains = {port: port.replace("-", "_") for port in named.values()}
+    prerouting = ["type filter hook prerouting priority -300; policy accept;"]
+    if named:
+        entries = [f'"{port}" : jump port_{chains[port]}' for port in named.values()]
+        prerouting.append(f"iifname vmap {{ {', '.join(entries)} }}")
+    body.chains["ports"] = prerouting
+    for bound, port in named.items():
+        body.chains[f"port_{chains[port]}"] = _bound(bound)
     floods: dict[str, list[Guarded]] = {}  # a guarded port: its rules of both families
     for guarded in policy.guarded:  # an allowed address may be on two ports
-        for port in (p for b, p in ports.items() if guarded.address in b.addresses):
+        for port in (p for b, p in named.items() if guarded.address in b.addresses):
             floods.setdefault(port, []).append(guarded)
-    lines += ["  chain floods {", "    type filter hook forward priority filter; policy accept;"]
+    forward = ["type filter hook forward priority filter; policy accept;"]
     if floods:
-        jumps = ", ".join(f'"{port}" : jump flood{i}' for i, port in enumerate(floods))
-        lines.append(f"    meta pkttype {{ broadcast, multicast }} oifname vmap {{ {jumps} }}")
-    lines.append("  }")
-    for i, each in enumerate(floods.values()):
-        lines += [
-            f"  chain flood{i} {{",
-            "    ether type arp accept",
-            f"    icmpv6 type {{ {_ND} }} accept",
-            *(f"    {rule} accept" for guarded in each for rule in _rules(guarded, egress=False)),
-            f"    counter name {FLOOD_DROPPED} drop",
-            "  }",
+        jumps = ", ".join(f'"{port}" : jump flood_{chains[port]}' for port in floods)
+        forward.append(f"meta pkttype {{ broadcast, multicast }} oifname vmap {{ {jumps} }}")
+    body.chains["floods"] = forward
+    for port, each in floods.items():
+        allowed = [f"{r} accept" for g in each for r in _rules(policy, g, False, body)]
+        body.chains[f"flood_{chains[port]}"] = [
+            "ether type arp accept",
+            f"icmpv6 type {{ {_ND} }} accept",
+            *allowed,
+            f"counter name {FLOOD_DROPPED} drop",
         ]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return body
 
 
 def _bound(bound: Binding) -> list[str]:
@@ -166,12 +239,9 @@ def _bound(bound: Binding) -> list[str]:
     ]
 
 
-def _elements(members: Iterable[IPAddress], version: int) -> str:
-    found = sorted(str(a) for a in members if a.version == version)
-    return f" elements = {{ {', '.join(found)} }}" if found else ""
-
-
-def _rules(guarded: Guarded, egress: bool) -> list[str]:
+def _rules(policy: Policy, guarded: Guarded, egress: bool, body: Body) -> list[str]:
+    """A guarded endpoint's rules of one direction as matches, each counted (the rule's
+    group's counter, added to ``body``)."""
     version = guarded.address.version
     family = "ip" if version == 4 else "ip6"
     out = []
@@ -182,7 +252,9 @@ def _rules(guarded: Guarded, egress: bool) -> list[str]:
         l4 = _l4(rule, version)
         if l4 is None:
             continue  # icmp for IPv6 or icmpv6 for IPv4: nothing of this family
-        out.append(" ".join(p for p in (peer, l4) if p))
+        counter = f"r{rule_counter(policy.group_of(guarded, rule), rule)}"
+        body.counters.add(counter)
+        out.append(" ".join(p for p in (peer, l4, f"counter name {counter}") if p))
     return out
 
 
@@ -212,26 +284,45 @@ def _l4(rule: Rule, version: int) -> str | None:
 
 async def apply(text: str, netns: str | None = None) -> None:
     """Run an nft script in ``netns`` (None: here), all of it or none."""
+    await _run(["nft", "-f", "-"], text, netns)
+
+
+async def _run(cmd: list[str], stdin: str, netns: str | None) -> str:
     if shutil.which("nft") is None:
         raise NftError("security groups on plugstrip/weave need nft (apt install nftables)")
-    cmd = ["nft", "-f", "-"]
     if netns is not None:
         cmd = ["nsenter", f"--net={netns}", *cmd]
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await proc.communicate(text.encode())
+    out, err = await proc.communicate(stdin.encode())
     if proc.returncode != 0:
         raise NftError(f"nft: {err.decode().strip()}")
+    return out.decode()
 
 
-def removal(family: str = "inet") -> str:
-    """A script that removes plugstrip's table of ``family``, there or not."""
-    name = TABLE if family == "inet" else PORTS
-    return f"table {family} {name}\ndelete table {family} {name}\n"
+async def counts(policy: Policy, netns: str | None = None) -> list[Count]:
+    """The counters of both tables, as ``policy`` (the one they were written for) names
+    them: its rules' and drops', and the ports' spoofed frames and floods dropped."""
+    out = await _run(["nft", "-j", "list", "counters"], "", netns)
+    named = {
+        SPOOFED: Counted("", reason=security.SPOOFED),
+        FLOOD_DROPPED: Counted("", reason=security.FLOOD),
+    }
+    ids = policy.counted()
+    found = []
+    for item in json.loads(out).get("nftables", []):
+        counter = item.get("counter")
+        if counter is None or counter["table"] not in (TABLE, PORTS):
+            continue
+        name = counter["name"]
+        counted = named.get(name) or ids.get(name[1:])
+        if counted is not None:
+            found.append(Count(name, counted, int(counter["packets"]), int(counter["bytes"])))
+    return found
 
 
 async def bridges_filtered(netns: str | None = None) -> None:

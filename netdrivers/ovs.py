@@ -24,7 +24,7 @@ from plugstrip.netdrivers.netlink import (
     tx_checksum_off,
 )
 from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath, rundir
-from plugstrip.netdrivers.security import Policy, binding
+from plugstrip.netdrivers.security import Count, Policy, binding
 
 INTEGRATION_BRIDGE = "psint"
 PREFIX = "pso"  # veth host ends (access ports)
@@ -103,6 +103,12 @@ class OvsDriver:
         await self._programmer.program(bridge_socket(self.ovsdb.url), wanted)
         self._policy = policy
 
+    async def counts(self) -> list[Count]:
+        if not (self._policy.guarded or self._policy.bindings):
+            return []
+        dump = await ovs_flows.ofctl("dump-flows", bridge_socket(self.ovsdb.url))
+        return ovs_flows.counts(self._policy, dump)
+
     async def _tunnels_changed(self) -> None:
         if self._policy.guarded:  # floods go to the network's tunnels by hand
             await self.set_policy(self._policy)
@@ -144,7 +150,7 @@ class OvsDriver:
                 f"ovs-vswitchd did not attach port {port} (its datapath may not be open:"
                 " see plugstrip doctor)"
             )
-        addresses = (endpoint.address, endpoint.address6)
+        addresses = (endpoint.address, endpoint.address6, *endpoint.allowed)
         bound = binding(network.id, endpoint.container_id, endpoint.mac, addresses)
         await self._programmer.add(
             bridge_socket(self.ovsdb.url), ovs_flows.port_flows(bound, number)

@@ -22,7 +22,11 @@ own firewall drivers, on the integration bridge plugstrip owns.
               group, a conjunctive match per (peer group, endpoint's group): the peer's
               members x the group's endpoints here x the rules' protocols and ports, so a
               member, an endpoint or a rule coming or going is a flow or two, and a rule
-              costs one classifier lookup however large the group; else drop
+              costs one classifier lookup however large the group; else drop (a flow per
+              endpoint, counted: its groups' drops)
+    table 7   which rule of a conjunction's allowed it (the conjunction's id in reg7): a
+              flow per rule, counted (its cookie); tables 2, 3 and 6 count the rules they
+              decide by themselves the same way
 
 Tables 3 and 2 are the two directions of one shape (table 3 with source and destination
 swapped). Programmed with ``ovs-ofctl``: the flows that changed since the last time, and
@@ -42,13 +46,30 @@ from collections.abc import Callable, Mapping, Sequence
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.security import Binding, Guarded, Policy, Rule, port_masks
+from plugstrip.netdrivers import security
+from plugstrip.netdrivers.security import (
+    Binding,
+    Count,
+    Counted,
+    Guarded,
+    Policy,
+    Rule,
+    drop_counter,
+    port_masks,
+    rule_counter,
+)
 
 ZONE = 1  # subnets never overlap across plugstrip networks: one conntrack zone serves
 PASS = f"ct(commit,zone={ZONE}),NORMAL"
-INGRESS, EGRESS, AFTER_EGRESS, CLASSIFY, FLOOD = 2, 3, 4, 5, 6  # tables
+INGRESS, EGRESS, AFTER_EGRESS, CLASSIFY, FLOOD, GROUP_RULES = 2, 3, 4, 5, 6, 7  # tables
 _GROUP_BITS = "01:00:00:00:00:00/01:00:00:00:00:00"  # a broadcast or multicast destination
 SPOOFED, FLOOD_DROPPED = 0x5B00F, 0xF100D  # the cookies of the drop flows counted
+_COUNTED = 1 << 63  # the top bit of a rule's or a drop's cookie (security.Policy.counted)
+
+
+def cookie(counter_id: str) -> int:
+    """The cookie of the flows a counter of ``Policy.counted`` counts."""
+    return _COUNTED | int(counter_id, 16)
 
 
 def flows(
@@ -81,6 +102,7 @@ def flows(
         f"table={AFTER_EGRESS},priority=0,ipv6,actions={PASS}",
         f"table={INGRESS},priority=0,actions=drop",
         f"table={EGRESS},priority=0,actions=drop",
+        f"table={GROUP_RULES},priority=0,actions=drop",
     ]
     for guarded in policy.guarded:
         ip = _ip(guarded.address)
@@ -174,12 +196,19 @@ def _floods(
             version = each.address.version
             ip = _ip(each.address)
             for rule in each.rules:
+                counted = f"cookie={_rule_cookie(policy, each, rule):#x}"
                 for l4 in _l4(rule, version) or ():
                     for sender in _sources(policy, rule, version, _src(ip)):
                         match = ",".join(m for m in (f"reg6={port}", l4, sender) if m)
-                        out.append(f"table={FLOOD},priority=10,{match},actions=output:{port}")
+                        out.append(
+                            f"{counted},table={FLOOD},priority=10,{match},actions=output:{port}"
+                        )
     out.append(f"cookie={FLOOD_DROPPED:#x},table={FLOOD},priority=0,actions=drop")
     return out
+
+
+def _rule_cookie(policy: Policy, guarded: Guarded, rule: Rule) -> int:
+    return cookie(rule_counter(policy.group_of(guarded, rule), rule))
 
 
 def _sources(policy: Policy, rule: Rule, version: int, field: str) -> list[str]:
@@ -207,6 +236,14 @@ def _direction(policy: Policy, egress: bool) -> list[str]:
     out = []
     for guarded in policy.guarded:  # from (to) anyone or a CIDR: one flow per endpoint
         ip = _ip(guarded.address)
+        if egress and not guarded.egress:
+            continue
+        mine = _dst(ip) if not egress else _src(ip)
+        dropped = cookie(drop_counter(guarded.groups, egress))
+        out.append(
+            f"cookie={dropped:#x},table={table},priority=1,{ip},{mine}={guarded.address},"
+            "actions=drop"
+        )
         for rule in guarded.rules_of(egress):
             cidr = rule.peer_cidr()
             l4s = _l4(rule, guarded.address.version)
@@ -214,9 +251,10 @@ def _direction(policy: Policy, egress: bool) -> list[str]:
                 continue
             if cidr is not None and cidr.version != guarded.address.version:
                 continue
+            counted = f"cookie={_rule_cookie(policy, guarded, rule):#x}"
             for l4 in l4s:
                 match = ends(ip, cidr, guarded.address)
-                out.append(f"table={table},priority=20,{l4},{match},actions={allowed}")
+                out.append(f"{counted},table={table},priority=20,{l4},{match},actions={allowed}")
     # From (to) a group: one conjunction per (peer group, endpoint's group, family), whose
     # dimensions are the peer's members, the group's endpoints here, and the rules'
     # protocols and ports; a rule, a member or an endpoint is then a flow or two.
@@ -243,7 +281,17 @@ def _direction(policy: Policy, egress: bool) -> list[str]:
                     )
                 for l4 in sorted(set(l4s)):
                     conjunctions.setdefault(l4, []).append(f"conjunction({conj},3/3)")
-                out.append(f"table={table},priority=10,conj_id={conj},{ip},actions={allowed}")
+                out.append(
+                    f"table={table},priority=10,conj_id={conj},{ip},"
+                    f"actions=load:{conj}->NXM_NX_REG7[],resubmit(,{GROUP_RULES})"
+                )
+                for rule in (r for r in rules if r.peer_group() == peer):  # which one: counted
+                    counted = f"cookie={cookie(rule_counter(target, rule)):#x}"
+                    for l4 in _l4(rule, version) or ():
+                        out.append(
+                            f"{counted},table={GROUP_RULES},priority=10,reg7={conj},{l4},"
+                            f"actions={allowed}"
+                        )
     for match, actions in conjunctions.items():
         out.append(f"table={table},priority=10,{match},actions={','.join(sorted(actions))}")
     return out
@@ -282,6 +330,29 @@ def _l4(rule: Rule, version: int) -> list[str] | None:
     if rule.ports is None:
         return [proto]
     return [f"{proto},tp_dst={value:#06x}/{mask:#06x}" for value, mask in port_masks(*rule.ports)]
+
+
+def counts(policy: Policy, dump: str) -> list[Count]:
+    """The counted flows of a ``dump-flows`` (``policy``'s, the one they were programmed
+    for), summed by cookie: its rules' and drops', and the spoofed frames and floods
+    dropped."""
+    from ovs.flow.ofp import OFPFlow  # ovs's own parser of ovs-ofctl's text
+
+    named = {
+        SPOOFED: Counted("", reason=security.SPOOFED),
+        FLOOD_DROPPED: Counted("", reason=security.FLOOD),
+    }
+    named |= {cookie(i): c for i, c in policy.counted().items()}
+    sums: dict[int, tuple[int, int]] = {}
+    for line in dump.splitlines():
+        if "actions=" not in line:
+            continue
+        info = OFPFlow(line.strip()).info
+        found = info.get("cookie", 0)
+        if found in named:
+            packets, octets = sums.get(found, (0, 0))
+            sums[found] = (packets + info.get("n_packets", 0), octets + info.get("n_bytes", 0))
+    return [Count(f"{c:#x}", named[c], p, b) for c, (p, b) in sums.items()]
 
 
 class Programmer:
@@ -334,20 +405,24 @@ def _match(flow: str) -> str:
 
 
 async def _ofctl(command: str, bridge_socket: str, lines: list[str], *options: str) -> None:
+    await ofctl(command, bridge_socket, "-", *options, "--bundle", stdin="\n".join(lines) + "\n")
+
+
+async def ofctl(command: str, bridge_socket: str, *args: str, stdin: str = "") -> str:
+    """``ovs-ofctl`` in OpenFlow 1.3 (table ids in flow mods: 1.0 has none), its output."""
     proc = await asyncio.create_subprocess_exec(
         "ovs-ofctl",
         "-O",
-        "OpenFlow13",  # table ids in flow mods: OpenFlow 1.0 has none
-        "--bundle",
-        *options,
+        "OpenFlow13",
         command,
         bridge_socket,
-        "-",
+        *args,
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=os.environ.copy(),
     )
-    _, err = await proc.communicate(("\n".join(lines) + "\n").encode())
+    out, err = await proc.communicate(stdin.encode())
     if proc.returncode != 0:
         raise RuntimeError(f"ovs-ofctl {command}: {err.decode().strip()}")
+    return out.decode()

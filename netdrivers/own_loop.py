@@ -13,7 +13,7 @@ from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
 from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.security import Policy
+from plugstrip.netdrivers.security import Count, Policy
 
 T = TypeVar("T")
 
@@ -62,6 +62,9 @@ class OnOwnLoop:
 
     async def set_policy(self, policy: Policy) -> None:
         await self.thread.run(self.driver.set_policy(policy))
+
+    async def counts(self) -> list[Count]:
+        return await self.thread.run(self.driver.counts())
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return self.driver.owned(networks, endpoints)

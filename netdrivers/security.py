@@ -22,6 +22,7 @@ address sets, so a rule ``from web`` is one set lookup however many endpoints we
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -198,6 +199,68 @@ class Policy:
 
     def egress_guarded(self) -> tuple[Guarded, ...]:
         return tuple(g for g in self.guarded if g.egress)
+
+    def group_of(self, guarded: Guarded, rule: Rule) -> str:
+        """The group of ``guarded``'s that has ``rule`` (the first, where two have it):
+        what the rule's verdicts are counted for."""
+        return next((g for g in guarded.groups if rule in self.rules.get(g, ())), "")
+
+    def counted(self) -> dict[str, Counted]:
+        """Every counter a datapath keeps for this policy, by id: one per group's rule
+        (shared by the group's endpoints here), one per set of groups an endpoint is in
+        and direction (its drops: what no rule allowed)."""
+        out = {
+            rule_counter(group, rule): Counted(
+                group, "egress" if rule.egress else "ingress", rule.describe()
+            )
+            for group, rules in self.rules.items()
+            for rule in rules
+        }
+        for guarded in self.guarded:
+            for egress in (False, True) if guarded.egress else (False,):
+                out[drop_counter(guarded.groups, egress)] = Counted(
+                    ",".join(guarded.groups), "egress" if egress else "ingress", "", NO_RULE
+                )
+        return out
+
+
+NO_RULE, SPOOFED, FLOOD = "no rule", "spoofed", "flood"  # why a datapath dropped
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What one datapath counter counts: the traffic ``rule`` of ``group`` let in (or
+    out, ``direction``) where ``reason`` is empty, else drops for that reason (no rule,
+    for an endpoint in ``group``s; a spoofed frame or a flood, anywhere)."""
+
+    group: str
+    direction: str = ""
+    rule: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Count:
+    """A counter's packets and bytes as the datapath has them (they restart when it
+    drops the counter: whoever sums them over time takes a fall as a restart)."""
+
+    id: str
+    counted: Counted
+    packets: int
+    bytes: int
+
+
+def rule_counter(group: str, rule: Rule) -> str:
+    """A group's rule's counter id: the same while the rule is, whatever else changes."""
+    return _digest(f"rule\0{group}\0{rule}")
+
+
+def drop_counter(groups: Iterable[str], egress: bool) -> str:
+    return _digest(f"drop\0{','.join(groups)}\0{egress}")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def policy(

@@ -432,6 +432,18 @@ class NetworkService:
             if failed:
                 raise RuntimeError("; ".join(failed))
 
+    async def counts(self) -> dict[str, list[security.Count]]:
+        """Each driver's datapath counters (a driver whose datapath cannot be read: none,
+        and a warning)."""
+        out = {}
+        for name, driver in self.drivers.items():
+            try:
+                out[name] = await driver.counts()
+            except Exception as exc:
+                log.warning("%s: counters not read: %s", name, exc)
+                out[name] = []
+        return out
+
     async def _guard(self, attachment: Attachment) -> None:
         """Before an endpoint is plugged in, its port's binding and its groups' rules are
         in its datapath (the guard's loop would program them only after it is reachable);
@@ -461,6 +473,7 @@ class NetworkService:
             ifname=str(attachment.meta.get("ifname", "eth0")),
             address6=attachment.address6,
             prefixlen6=attachment.network.subnet6.prefixlen if attachment.network.subnet6 else 64,
+            allowed=tuple(attachment.allowed),
         )
 
     async def _unplug(self, attachment: Attachment) -> None:

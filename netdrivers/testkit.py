@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.security import Policy
+from plugstrip.netdrivers.security import Count, Policy
 
 
 class RecordingDriver:
@@ -48,6 +48,9 @@ class RecordingDriver:
 
     async def set_policy(self, policy: Policy) -> None:
         self.calls.append(("policy", "", policy))
+
+    async def counts(self) -> list[Count]:
+        return []  # no datapath: nothing counted
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return set()

@@ -24,7 +24,7 @@ from plugstrip.netdrivers.netlink import (
     link_name,
     plug_into_container,
 )
-from plugstrip.netdrivers.security import Policy
+from plugstrip.netdrivers.security import Count, Policy
 
 VXLAN_PORT = 4789
 PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends
@@ -62,6 +62,8 @@ class WeaveDriver:
         self.local = local  # the underlay address VXLAN leaves from (--advertise-addr)
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
         self._policy: Policy | None = None  # as enforced (None: not yet, by this process)
+        self._rules = nft.Table("inet", nft.TABLE)
+        self._ports = nft.Table("bridge", nft.PORTS)
 
     def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
         if endpoint is not None:
@@ -73,25 +75,43 @@ class WeaveDriver:
 
     async def set_policy(self, policy: Policy) -> None:
         """Ports bound and security groups in nftables (netdrivers.nft), in one
-        transaction: a table rewritten whole when what it holds changed (or at start,
-        replacing any left), else only the member sets that changed."""
+        transaction: a table rewritten when what it holds changed (its counters kept), or
+        at start (replacing any left), else only the member sets that changed."""
         before = self._policy
-        parts = []
+        parts: list[str] = []
+        written: list[tuple[nft.Table, nft.Body | None]] = []
         rules_changed = before is None or before.guarded != policy.guarded
         if not policy.guarded and rules_changed:
-            parts.append(nft.removal("inet"))
+            parts.append(self._rules.removal())
+            written.append((self._rules, None))
         elif rules_changed:
             await nft.bridges_filtered(self.netns)
-            parts.append(nft.script(policy))
+            rules = nft.rules(policy)
+            parts.append(self._rules.script(rules))
+            written.append((self._rules, rules))
         elif before is not None:
             changed = [g for g, m in policy.members.items() if before.members.get(g) != m]
             if changed:
                 parts.append(nft.members_script(policy, changed))
         if rules_changed or before is None or before.bindings != policy.bindings:
-            parts.append(nft.ports_script(policy, lambda b: port_name(b.network_id, b.owner)))
+            ports = nft.ports(policy, lambda b: port_name(b.network_id, b.owner))
+            parts.append(self._ports.script(ports))
+            written.append((self._ports, ports))
         if parts:
-            await nft.apply("".join(parts), self.netns)
+            try:
+                await nft.apply("".join(parts), self.netns)
+            except BaseException:
+                self._rules.lost()
+                self._ports.lost()
+                raise
+        for table, wrote in written:
+            table.written(wrote)
         self._policy = policy
+
+    async def counts(self) -> list[Count]:
+        if self._policy is None:
+            return []
+        return await nft.counts(self._policy, self.netns)
 
     async def create_network(self, network: Network) -> None:
         async with Netlink(self.netns) as nl:

@@ -13,6 +13,7 @@ from plugstrip.proxy.server import ProxyServer
 
 def admin_app(server: ProxyServer) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
+        await server.metrics.refresh()
         return web.Response(
             body=server.metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from plugstrip.proxy.contract import split_version
+
+log = logging.getLogger("plugstrip.metrics")
+REFRESH_TIMEOUT = 5.0  # seconds a scrape waits for the metrics read at scrape time
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
@@ -49,6 +55,21 @@ class Metrics:
         # prometheus_client's labels() validates and locks on every call: a quarter of a
         # pass-through call's Python time. Its children are kept here instead.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # Metrics read from elsewhere when scraped (a datapath's counters): each updates
+        # its own metrics on ``registry``
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    def refresh_with(self, refresher: Callable[[], Awaitable[None]]) -> None:
+        self._refreshers.append(refresher)
+
+    async def refresh(self) -> None:
+        """Run every refresher (one failing or slow leaves its metrics as they were)."""
+        for refresher in self._refreshers:
+            try:
+                async with asyncio.timeout(REFRESH_TIMEOUT):
+                    await refresher()
+            except Exception as exc:
+                log.warning("metrics not refreshed: %s", exc)
 
     def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         child = self._children.get((metric, labels))

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from plugstrip.netdrivers import nft, ovs_flows
 from plugstrip.netdrivers.ovs import bridge_socket
 from tests.dockerhost import DockerHost
+from tests.harness import wait_for
 from tests.netcheck import DRIVERS, Networks, plugstrip_cmd, sleeper, uname
 
 FORGE = str(Path(__file__).with_name("forge.py"))
@@ -105,6 +107,45 @@ def drops(net: DockerHost, driver: str) -> tuple[int, int]:
     return counts[ovs_flows.SPOOFED], counts[ovs_flows.FLOOD_DROPPED]
 
 
+def sg_metrics(net: DockerHost) -> dict[tuple[str, str, str, str, str], float]:
+    """plugstrip's security-group counters on its /metrics, by (metric, group, direction,
+    rule, reason), summed over drivers."""
+    assert net.ps is not None
+    fetch = (
+        "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1]).read().decode())"
+    )
+    text = net.run_in_ns(sys.executable, "-c", fetch, net.ps.admin + "/metrics").stdout
+    found: dict[tuple[str, str, str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith("plugstrip_sg_") or not sample.name.endswith("_total"):
+                continue
+            name = sample.name.removeprefix("plugstrip_sg_").removesuffix("_total")
+            labels = sample.labels
+            key = (
+                name,
+                labels.get("group", ""),
+                labels.get("direction", ""),
+                labels.get("rule", ""),
+                labels.get("reason", ""),
+            )
+            found[key] = found.get(key, 0) + sample.value
+    return found
+
+
+def rule_is_in(net: DockerHost, driver: str) -> bool:
+    """Whether the datapath has the test's tcp/22 rule (its rules were rewritten)."""
+    if driver == "plugstrip/weave":
+        return "tcp dport 22" in net.run_in_ns("nft", "list", "table", "inet", nft.TABLE).stdout
+    flows = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge_socket(net.ovsdb)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return re.search(r"tp_dst=(22|0x0016)\b", flows) is not None
+
+
 @pytest.fixture
 def scene(net: DockerHost, networks: Networks, driver: str) -> Any:
     """db takes udp/5000 from web; the attacker is in no group, on the same network."""
@@ -117,7 +158,8 @@ def scene(net: DockerHost, networks: Networks, driver: str) -> Any:
     sleeper(net, names["db"], plug, "--label", f"{LABEL}={db_g}")
     sleeper(net, names["web"], plug, "--label", f"{LABEL}={web_g}")
     sleeper(net, names["atk"], plug)
-    boxes = {role: Box(net, name, plug) for role, name in names.items()}
+    boxes: dict[str, Any] = {role: Box(net, name, plug) for role, name in names.items()}
+    boxes["groups"] = {"db": db_g, "web": web_g}
     yield boxes
     for name in names.values():
         net.docker("rm", "-f", name)
@@ -174,17 +216,36 @@ def test_forged_sources_and_floods_arrive_nowhere(
         "multicast": {"kind": "udp4", "eth_src": atk.mac, "src": atk.ip4, **mcast4},
         "IPv6 multicast": {"kind": "udp6", "eth_src": atk.mac, "src": atk.ip6, **mcast6},
     }
+    unruled = {"kind": "udp4", "eth_src": atk.mac, "src": atk.ip4, "dst": db.ip4, **to_db}
     spoofed0, flooded0 = drops(net, driver)
+    metrics0 = sg_metrics(net)
     witness = witness_at(db, 4)
     web.send(*honest)
     atk.send(*({**to_db, **spec, "data": tag} for tag, spec in forged.items()))
     atk.send(*({**spec, "data": tag} for tag, spec in floods.items()))
+    atk.send({**unruled, "data": "no rule"})
     arrived = arrived_at(witness)
     assert {"web4", "web6", "web-broadcast"} <= arrived, arrived  # the witness hears
-    assert not arrived & {*forged, *floods}, arrived
+    assert not arrived & {*forged, *floods, "no rule"}, arrived
     spoofed, flooded = drops(net, driver)
     assert spoofed - spoofed0 >= 3 * len(forged)  # three frames a case
     assert flooded - flooded0 >= 3 * len(floods)
+    # the same verdicts on /metrics, by rule and group
+    gained = {k: v - metrics0.get(k, 0) for k, v in sg_metrics(net).items()}
+    rule = f"from {scene['groups']['web']} udp port {PORT}"
+    db_g = scene["groups"]["db"]
+    assert gained[("rule_packets", db_g, "ingress", rule, "")] >= 3, gained  # web's three
+    assert gained[("rule_bytes", db_g, "ingress", rule, "")] > 0, gained
+    assert gained[("dropped_packets", db_g, "ingress", "", "no rule")] >= 3, gained
+    assert gained[("dropped_packets", "", "", "", "spoofed")] >= 3 * len(forged), gained
+    assert gained[("dropped_packets", "", "", "", "flood")] >= 3 * len(floods), gained
+    # a rule changing rewrites the datapath's rules: its counters go on from where they were
+    _sg(net, "allow", db_g, "--from", "any", "--proto", "tcp", "--port", "22")
+    try:
+        wait_for(lambda: rule_is_in(net, driver), 10, "the new rule is not in the datapath")
+        assert drops(net, driver)[0] >= spoofed  # not made anew: what it counted, kept
+    finally:
+        _sg(net, "revoke", db_g, "--from", "any", "--proto", "tcp", "--port", "22")
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -4,6 +4,8 @@ flows), checked for what they must say."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +13,16 @@ from netaddr import IPAddress
 
 from plugstrip.netdrivers import nft, ovs_flows
 from plugstrip.netdrivers.ipam import IpamError
-from plugstrip.netdrivers.security import Group, Rule, binding, parse_rule, policy, port_masks
+from plugstrip.netdrivers.security import (
+    Group,
+    Rule,
+    binding,
+    drop_counter,
+    parse_rule,
+    policy,
+    port_masks,
+    rule_counter,
+)
 from plugstrip.netdrivers.store import dump_group, load_group
 
 
@@ -84,15 +95,18 @@ def test_a_group_gone_leaves_its_members_guarded_with_nothing_allowed() -> None:
 
 
 def test_nftables_table() -> None:
-    text = nft.script(policy(GROUPS, endpoints()))
+    text = nft.Table("inet", nft.TABLE).script(nft.rules(policy(GROUPS, endpoints())))
     web4 = nft.set_name("web", 4)
     assert f"set {web4} {{ type ipv4_addr; elements = {{ 10.40.0.2, 10.41.0.7 }} }}" in text
     assert "ct state established,related accept" in text
-    assert "ip daddr vmap { 10.40.0.2 : jump ep0, 10.40.0.5 : jump ep1 }" in text
-    assert f"ip saddr @{web4} tcp dport 5432 accept" in text
-    assert "ip saddr 10.40.0.0/16 meta l4proto icmp accept" in text
-    assert "tcp dport 80 accept" in text
-    assert text.count("    drop") == 2  # each guarded endpoint: what no rule allows
+    jumps = "10.40.0.2 : jump ep_10_40_0_2, 10.40.0.5 : jump ep_10_40_0_5"
+    assert f"ip daddr vmap {{ {jumps} }}" in text
+    db5432 = rule_counter("db", Rule("web", "tcp", (5432, 5432)))
+    assert f"ip saddr @{web4} tcp dport 5432 counter name r{db5432} accept" in text
+    assert "ip saddr 10.40.0.0/16 meta l4proto icmp counter name r" in text
+    assert "tcp dport 80 counter name r" in text
+    assert text.count(" drop\n") == 2  # each guarded endpoint: what no rule allows
+    assert f"counter name d{drop_counter(['db'], False)} drop" in text
     assert text.startswith(f"table inet {nft.TABLE}\ndelete table inet {nft.TABLE}\n")
     members = nft.members_script(policy(GROUPS, endpoints()), ["web"])
     assert f"flush set inet plugstrip {web4}" in members
@@ -110,7 +124,15 @@ def test_openflow_tables() -> None:
     assert len(members) == 2 and all(f"conjunction({conj},1/3)" in f for f in members)
     assert f"table=2,priority=10,ip,nw_dst=10.40.0.5,actions=conjunction({conj},2/3)" in found
     assert f"table=2,priority=10,tcp,tp_dst=0x1538/0xffff,actions=conjunction({conj},3/3)" in found
-    assert f"table=2,priority=10,conj_id={conj},ip,actions=ct(commit,zone=1),NORMAL" in found
+    to_rules = f"actions=load:{conj}->NXM_NX_REG7[],resubmit(,7)"
+    assert f"table=2,priority=10,conj_id={conj},ip,{to_rules}" in found
+    db5432 = ovs_flows.cookie(rule_counter("db", Rule("web", "tcp", (5432, 5432))))
+    assert (
+        f"cookie={db5432:#x},table=7,priority=10,reg7={conj},tcp,tp_dst=0x1538/0xffff,"
+        "actions=ct(commit,zone=1),NORMAL"
+    ) in found  # the rule of the conjunction that allowed it, counted
+    dropped = ovs_flows.cookie(drop_counter(["db"], False))
+    assert f"cookie={dropped:#x},table=2,priority=1,ip,nw_dst=10.40.0.5,actions=drop" in found
     assert any("icmp,nw_src=10.40.0.0/16,nw_dst=10.40.0.5" in f for f in found)  # a CIDR
     assert any("tcp,tp_dst=0x0050/0xffff,nw_dst=10.40.0.2" in f for f in found)  # any
     assert "table=2,priority=0,actions=drop" in found
@@ -122,9 +144,12 @@ def test_a_new_rule_from_a_group_leaves_the_members_flows_as_they_were() -> None
     before = set(ovs_flows.flows(policy(GROUPS, endpoints())))
     more = Group("db", (*GROUPS["db"].rules, Rule("web", "udp", (53, 53))))
     after = set(ovs_flows.flows(policy({**GROUPS, "db": more}, endpoints())))
-    assert [f for f in after - before] == [
-        "table=2,priority=10,udp,tp_dst=0x0035/0xffff,"
-        f"actions=conjunction({ovs_flows.conj_id('web', 'db', 4)},3/3)"
+    conj = ovs_flows.conj_id("web", "db", 4)
+    counted = ovs_flows.cookie(rule_counter("db", Rule("web", "udp", (53, 53))))
+    assert sorted(after - before) == [
+        f"cookie={counted:#x},table=7,priority=10,reg7={conj},udp,tp_dst=0x0035/0xffff,"
+        "actions=ct(commit,zone=1),NORMAL",
+        f"table=2,priority=10,udp,tp_dst=0x0035/0xffff,actions=conjunction({conj},3/3)",
     ]
     assert before - after == set()
 
@@ -152,15 +177,18 @@ def test_egress_rules_guard_what_their_endpoints_send() -> None:
 
 
 def test_nftables_egress_chains_return_to_the_receivers_check() -> None:
-    text = nft.script(policy(EGRESS, endpoints()))
+    text = nft.Table("inet", nft.TABLE).script(nft.rules(policy(EGRESS, endpoints())))
     forward = text.split("chain forward {", 1)[1].split("\n  }", 1)[0]
     # the sender's check comes first, then the receiver's
-    assert forward.index("ip saddr vmap { 10.40.0.2 : jump out0 }") < forward.index("daddr vmap")
-    out0 = text.split("chain out0 {", 1)[1].split("\n  }", 1)[0]
-    assert f"ip daddr @{nft.set_name('db', 4)} tcp dport 5432 return" in out0
-    assert "ip daddr 10.99.0.0/16 udp dport 53 return" in out0
+    out = "ip saddr vmap { 10.40.0.2 : jump out_10_40_0_2 }"
+    assert forward.index(out) < forward.index("daddr vmap")
+    out0 = text.split("chain out_10_40_0_2 {", 1)[1].split("\n  }", 1)[0]
+    assert re.search(
+        rf"ip daddr @{nft.set_name('db', 4)} tcp dport 5432 counter name r\w+ return", out0
+    )
+    assert re.search(r"ip daddr 10.99.0.0/16 udp dport 53 counter name r\w+ return", out0)
     assert out0.strip().endswith("drop")
-    assert text.count("    drop") == 3
+    assert text.count(" drop\n") == 3
 
 
 def test_openflow_egress_table() -> None:
@@ -170,9 +198,10 @@ def test_openflow_egress_table() -> None:
     assert "table=1,priority=0,actions=resubmit(,4)" in found
     assert "table=4,priority=50,ip,nw_dst=10.40.0.5,actions=resubmit(,2)" in found
     assert "table=3,priority=0,actions=drop" in found
+    dns = ovs_flows.cookie(rule_counter("web", Rule("10.99.0.0/16", "udp", (53, 53), True)))
     assert (
-        "table=3,priority=20,udp,tp_dst=0x0035/0xffff,nw_src=10.40.0.2,nw_dst=10.99.0.0/16,"
-        "actions=resubmit(,4)"
+        f"cookie={dns:#x},table=3,priority=20,udp,tp_dst=0x0035/0xffff,nw_src=10.40.0.2,"
+        "nw_dst=10.99.0.0/16,actions=resubmit(,4)"
     ) in found
     # to db: a conjunction whose dimensions are web's endpoints here, db's members and the
     # port, in the egress table, with its own id
@@ -180,7 +209,10 @@ def test_openflow_egress_table() -> None:
     assert conj != ovs_flows.conj_id("db", "web", 4)
     assert f"table=3,priority=10,ip,nw_dst=10.40.0.5,actions=conjunction({conj},1/3)" in found
     assert f"table=3,priority=10,ip,nw_src=10.40.0.2,actions=conjunction({conj},2/3)" in found
-    assert f"table=3,priority=10,conj_id={conj},ip,actions=resubmit(,4)" in found
+    assert (
+        f"table=3,priority=10,conj_id={conj},ip,actions=load:{conj}->NXM_NX_REG7[],resubmit(,7)"
+        in found
+    )
 
 
 def test_groups_round_trip_the_store_with_their_directions() -> None:
@@ -226,8 +258,30 @@ def test_an_allowed_address_two_endpoints_share_is_bound_and_guarded_for_both() 
     assert shared.groups == ("admin", "lb")
     assert [r.ports for r in shared.rules] == [(22, 22), (80, 80)]
     assert vip in found.members["lb"]
-    text = nft.ports_script(found, lambda bound: f"vp{bound.owner}")
+    text = nft.Table("bridge", nft.PORTS).script(nft.ports(found, lambda b: f"vp{b.owner}"))
     assert text.count("10.0.0.100") >= 2 and text.count('"vp') == 4  # ports; floods: both
     flows = ovs_flows.flows(found, lambda bound: {"a": 1, "b": 2}[bound.owner])
     for port in (1, 2):
         assert any(f"in_port={port},dl_src=" in f and "nw_src=10.0.0.100" in f for f in flows)
+
+
+def test_a_table_is_made_anew_once_then_rewritten_keeping_its_counters() -> None:
+    """The first script (and the one after a failure) replaces the table; later ones
+    flush it, empty the sets they keep, delete what is gone, and declare the rest again,
+    so named counters (rules', drops') go on counting."""
+    table = nft.Table("inet", nft.TABLE)
+    first = nft.rules(policy(GROUPS, endpoints()))
+    assert "delete table inet plugstrip" in table.script(first)
+    table.written(first)
+    fewer = nft.rules(policy(GROUPS, [e for e in endpoints() if e[0] != WEB[0]]))  # web's gone
+    text = table.script(fewer)
+    assert "delete table" not in text and "flush table inet plugstrip" in text
+    web4 = nft.set_name("web", 4)
+    assert f"add set inet plugstrip {web4} {{ type ipv4_addr; }}" in text  # there to flush
+    assert text.index(f"flush set inet plugstrip {web4}") < text.index("table inet plugstrip {")
+    assert "delete chain inet plugstrip ep_10_40_0_2" in text
+    assert "ep_10_40_0_5 {" in text  # db's kept
+    gone = drop_counter(["web"], False)
+    assert f"delete counter inet plugstrip d{gone}" in text
+    table.lost()
+    assert "delete table inet plugstrip" in table.script(fewer)

@@ -350,7 +350,7 @@ def stale_datapath(net: DockerHost, driver: str, stale: str) -> None:
     drifted = Policy((Guarded(IPAddress(stale), ()),))
     if driver == "plugstrip/weave":
         cmd = ["nsenter", f"--net={net.netns_path}", "nft", "-f", "-"]
-        text = nft.script(drifted)
+        text = nft.Table("inet", nft.TABLE).script(nft.rules(drifted))
     else:
         cmd = ["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", bridge_socket(net.ovsdb), "-"]
         text = "\n".join(ovs_flows.flows(drifted)) + "\n"
