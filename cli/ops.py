@@ -202,7 +202,7 @@ async def _check_bindings(args: argparse.Namespace, attachments: list[Attachment
     """Each local endpoint's port on its datapath and bound to the endpoint (its
     anti-spoofing in nftables' bridge table, or in the bridge's table 0 under a port OVS
     numbered)."""
-    here = _this_host(args)
+    here = this_host(args)
     local = [a for a in attachments if a.meta.get("host", here) == here]
     checks = []
     weave_ports = [
@@ -286,15 +286,10 @@ async def _check_security_groups(
     """Each driver's datapath against the security groups the store says this host must
     enforce: the guarded endpoints and the groups' members, none missing, none extra."""
     groups = {g.name: g for g in await read_store(args, NetworkService.groups)}
-    here = _this_host(args)
+    here = this_host(args)
     checks = []
     for driver, read in ((WeaveDriver.name, _nft_listing), (ovs.OvsDriver.name, _flow_listing)):
-        endpoints = [
-            (address, a.groups, a.meta.get("host", here) == here and a.network.driver == driver)
-            for a in attachments
-            for address in a.addresses
-        ]
-        wanted = security.policy(groups, endpoints)
+        wanted = host_policy(groups, attachments, driver, here)
         try:
             text = read(args)
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -333,7 +328,20 @@ async def _check_security_groups(
     return checks
 
 
-def _this_host(args: argparse.Namespace) -> str:
+def host_policy(
+    groups: dict[str, security.Group], attachments: list[Attachment], driver: str, here: str
+) -> security.Policy:
+    """The security groups' policy host ``here`` enforces on ``driver``'s datapath, as
+    the store says (bindings aside)."""
+    endpoints = [
+        (address, a.groups, a.meta.get("host", here) == here and a.network.driver == driver)
+        for a in attachments
+        for address in a.addresses
+    ]
+    return security.policy(groups, endpoints)
+
+
+def this_host(args: argparse.Namespace) -> str:
     try:
         return (Path(args.state_dir) / HOST_ID_FILE).read_text().strip()
     except OSError:
@@ -459,7 +467,7 @@ def _flows(args: argparse.Namespace) -> int:
         [
             "ovs-appctl",
             "-t",
-            _vswitchd_control(run_dir),
+            vswitchd_control(run_dir),
             "dpctl/dump-flows",
             "--names",
         ],
@@ -488,7 +496,7 @@ async def _tag(url: str, network_id: str) -> int:
     return int(ids[f"net-{network_id}"])
 
 
-def _vswitchd_control(rundir: str) -> str:
+def vswitchd_control(rundir: str) -> str:
     sockets = sorted(Path(rundir).glob("ovs-vswitchd.*.ctl"))
     if not sockets:
         raise ValueError(f"no ovs-vswitchd control socket in {rundir}")

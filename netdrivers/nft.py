@@ -23,8 +23,9 @@ import json
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from netaddr import IPAddress
+from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import security
 from plugstrip.netdrivers.netlink import run_in
@@ -34,7 +35,9 @@ from plugstrip.netdrivers.security import (
     Counted,
     Guarded,
     Policy,
+    Probe,
     Rule,
+    Verdict,
     drop_counter,
     rule_counter,
 )
@@ -323,6 +326,122 @@ async def counts(policy: Policy, netns: str | None = None) -> list[Count]:
         if counted is not None:
             found.append(Count(name, counted, int(counter["packets"]), int(counter["bytes"])))
     return found
+
+
+class Unreadable(ValueError):
+    """The ruleset holds what :func:`verdict` cannot evaluate (not plugstrip's writing)."""
+
+
+def verdict(listing: str, probe: Probe) -> Verdict:
+    """What the groups' table in ``listing`` (``nft -j list table inet plugstrip``)
+    does with ``probe``: its forward chain evaluated as the kernel would, for the
+    expressions plugstrip writes (anything else is :class:`Unreadable`)."""
+    items = json.loads(listing).get("nftables", [])
+    sets = {i["set"]["name"]: i["set"].get("elem", []) for i in items if "set" in i}
+    chains: dict[str, list[list[dict[str, Any]]]] = {}
+    for item in items:
+        if "rule" in item:
+            chains.setdefault(item["rule"]["chain"], []).append(item["rule"]["expr"])
+    steps: list[str] = []
+    passed: list[str] = []  # the counters of the rules that gave a verdict, in order
+
+    def run(chain: str) -> tuple[str, str | None]:
+        """(verdict: accept, drop, return or "" at the chain's end, its counter)"""
+        for expr in chains.get(chain, []):
+            counter = None
+            for statement in expr:
+                if "match" in statement:
+                    if not _matches(statement["match"], probe, sets):
+                        break
+                elif "counter" in statement:
+                    counter = statement["counter"]
+                elif "vmap" in statement:
+                    target = _lookup(statement["vmap"], probe)
+                    if target is None:
+                        break
+                    steps.append(f"{chain}: jump {target}")
+                    result, counted = run(target)
+                    if result in ("accept", "drop"):
+                        return result, counted
+                    break  # returned: on with the next rule
+                elif any(v in statement for v in ("accept", "drop", "return")):
+                    (result,) = (v for v in ("accept", "drop", "return") if v in statement)
+                    steps.append(
+                        f"{chain}: {result}" + (f" (counter {counter})" if counter else "")
+                    )
+                    if counter:
+                        passed.append(counter[1:])
+                    return result, counter
+                else:
+                    raise Unreadable(f"chain {chain}: {json.dumps(statement)}")
+        return "", None
+
+    result, _ = run("forward")
+    if result == "":
+        steps.append("forward: policy accept")
+    return Verdict(result != "drop", tuple(passed), tuple(steps))
+
+
+def _value(left: dict[str, Any], probe: Probe) -> object:
+    """A packet field as a match's left side names it (None: the packet has none)."""
+    version = probe.src.version
+    if "payload" in left:
+        protocol, field_ = left["payload"]["protocol"], left["payload"]["field"]
+        if protocol in ("ip", "ip6"):
+            if protocol != ("ip" if version == 4 else "ip6"):
+                return None
+            return probe.src if field_ == "saddr" else probe.dst if field_ == "daddr" else None
+        if protocol in ("tcp", "udp") and field_ == "dport":
+            return probe.port if probe.proto == protocol else None
+        if protocol == "icmpv6" and field_ == "type":
+            return None  # a probe is a connection's first packet, not neighbour discovery
+    elif left.get("meta", {}).get("key") == "l4proto":
+        return {"icmpv6": "ipv6-icmp"}.get(probe.proto, probe.proto)
+    elif left.get("ct", {}).get("key") == "state":
+        return "new"
+    raise Unreadable(f"a match on {json.dumps(left)}")
+
+
+def _matches(match: dict[str, Any], probe: Probe, sets: dict[str, list[Any]]) -> bool:
+    value = _value(match["left"], probe)
+    if value is None:
+        return False
+    found = _within(value, match["right"], sets)
+    return found if match["op"] in ("==", "in") else not found
+
+
+def _within(value: object, right: object, sets: dict[str, list[Any]]) -> bool:
+    if isinstance(right, str) and right.startswith("@"):
+        return any(_within(value, e, sets) for e in sets.get(right[1:], []))
+    if isinstance(right, list):
+        return any(_within(value, e, sets) for e in right)
+    if isinstance(right, dict):
+        if "set" in right:
+            return _within(value, right["set"], sets)
+        if "prefix" in right:
+            prefix = right["prefix"]
+            return isinstance(value, IPAddress) and value in IPNetwork(
+                f"{prefix['addr']}/{prefix['len']}"
+            )
+        if "range" in right:
+            low, high = right["range"]
+            return isinstance(value, int) and int(low) <= value <= int(high)
+        raise Unreadable(f"a value {json.dumps(right)}")
+    if isinstance(value, IPAddress):
+        return isinstance(right, str) and value == IPAddress(right)
+    return value == right
+
+
+def _lookup(vmap: dict[str, Any], probe: Probe) -> str | None:
+    """The chain a verdict map jumps to for ``probe`` (None: no element matches)."""
+    value = _value(vmap["key"], probe)
+    for key, target in vmap["data"]["set"]:
+        if value is not None and _within(value, key, {}):
+            jump = target.get("jump") or target.get("goto")
+            if jump is None:
+                raise Unreadable(f"a verdict map's verdict {json.dumps(target)}")
+            return str(jump["target"])
+    return None
 
 
 async def bridges_filtered(netns: str | None = None) -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 from netaddr import IPAddress
@@ -53,7 +54,9 @@ from plugstrip.netdrivers.security import (
     Counted,
     Guarded,
     Policy,
+    Probe,
     Rule,
+    Verdict,
     drop_counter,
     port_masks,
     rule_counter,
@@ -353,6 +356,47 @@ def counts(policy: Policy, dump: str) -> list[Count]:
             packets, octets = sums.get(found, (0, 0))
             sums[found] = (packets + info.get("n_packets", 0), octets + info.get("n_bytes", 0))
     return [Count(f"{c:#x}", named[c], p, b) for c, (p, b) in sums.items()]
+
+
+def trace_flow(probe: Probe, in_port: int | str, src_mac: str, dst_mac: str) -> str:
+    """The flow ``ofproto/trace`` takes for ``probe`` coming in on ``in_port``."""
+    six = probe.src.version == 6
+    ip = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp6"}.get(probe.proto, "ip")
+    if six and ip in ("tcp", "udp"):
+        ip += "6"
+    elif six and ip == "ip":
+        ip = "ipv6"
+    fields = [f"in_port={in_port}", f"dl_src={src_mac}", f"dl_dst={dst_mac}", ip]
+    fields += [f"{_src(_ip(probe.src))}={probe.src}", f"{_dst(_ip(probe.dst))}={probe.dst}"]
+    if probe.port is not None:  # tp_dst, which flows take, is refused in a trace's flow
+        fields.append(f"{probe.proto}_dst={probe.port}")
+    if probe.proto in ("icmp", "icmpv6"):
+        fields.append(f"icmp_type={128 if six else 8}")  # an echo request
+    return ",".join(fields)
+
+
+_TRACED = re.compile(r"^\s*(\d+)\. (.*?), priority (\d+)(?:, cookie (0x[0-9a-f]+))?$")
+
+
+def verdict(trace: str) -> Verdict:
+    """What ``ofproto/trace`` (with ``--ct-next trk,new``) says the bridge does: the
+    last datapath actions (none but a drop: dropped), and the last counted flow it went
+    through (rules' and drops' cookies, the bindings' and floods')."""
+    steps, counters, final = [], [], ""
+    for line in trace.splitlines():
+        traced = _TRACED.match(line)
+        if traced:
+            table, match, priority, found = traced.groups()
+            steps.append(f"table {table}: {match} (priority {priority})")
+            number = int(found, 16) if found else 0
+            if number & _COUNTED:
+                counters.append(f"{number & ~_COUNTED:012x}")
+            elif number in (SPOOFED, FLOOD_DROPPED):
+                counters.append({SPOOFED: security.SPOOFED, FLOOD_DROPPED: security.FLOOD}[number])
+        elif line.startswith("Datapath actions:"):
+            final = line.split(":", 1)[1].strip()
+    steps.append(f"datapath actions: {final}")
+    return Verdict(bool(final) and final != "drop", tuple(counters), tuple(steps))
 
 
 class Programmer:

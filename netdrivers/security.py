@@ -250,6 +250,28 @@ class Count:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Probe:
+    """The first packet of a new connection from ``src`` to ``dst``, as ``sg trace`` asks
+    a datapath about it (``port``: tcp's and udp's destination port)."""
+
+    src: IPAddress
+    dst: IPAddress
+    proto: Proto
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a datapath does with a probe: whether it passes, the counters it went through
+    (ids of ``Policy.counted``, or ``SPOOFED``, ``FLOOD``; the last decided: none, nothing
+    of the groups' did), and the steps it went through as the datapath names them."""
+
+    allowed: bool
+    counters: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
+
+
 def rule_counter(group: str, rule: Rule) -> str:
     """A group's rule's counter id: the same while the rule is, whatever else changes."""
     return _digest(f"rule\0{group}\0{rule}")

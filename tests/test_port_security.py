@@ -345,3 +345,36 @@ def test_allowed_addresses_are_sent_from_and_guarded(
         _sg(net, "revoke", db_g, "--from", web_g, "--proto", "udp", "--port", str(PORT))
         for group in (db_g, web_g):
             _sg(net, "rm", group)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_trace_tells_what_the_datapath_does_and_which_rule_decides(
+    net: DockerHost, scene: dict[str, Any], driver: str
+) -> None:
+    """`plugstrip sg trace` asks the live datapath (nft's ruleset, ofproto/trace): its
+    verdicts agree with what arrives, and name the rule or the group that decided."""
+    db, web, atk = scene["db"], scene["web"], scene["atk"]
+    db_g, web_g = scene["groups"]["db"], scene["groups"]["web"]
+    rule = f'rule "from {web_g} udp port {PORT}" of group {db_g} (ingress)'
+    cases = [
+        ((web.name, db.name, str(PORT), "--proto", "udp"), 0, rule),
+        ((web.name, db.name, str(PORT), "--proto", "udp", "-6"), 0, rule),
+        ((atk.name, db.name, str(PORT), "--proto", "udp"), 1, f"no rule of {db_g} (ingress)"),
+        ((web.name, db.name, str(PORT + 1), "--proto", "udp"), 1, f"no rule of {db_g}"),
+        ((web.ip4, db.ip4, "--proto", "icmp"), 1, f"no rule of {db_g}"),
+        (("192.0.2.9", db.name, str(PORT), "--proto", "udp"), 1, f"no rule of {db_g}"),
+        ((db.name, web.name, "22"), 1, f"no rule of {web_g} (ingress)"),
+        ((db.name, atk.name, str(PORT), "--proto", "udp"), 0, "no security group"),
+    ]
+    for args, status, decided in cases:
+        out = plugstrip_cmd(net, "sg", "trace", *args)
+        assert out.returncode == status, (args, out.stdout, out.stderr)
+        assert f"decided by: {decided}" in out.stdout, (args, out.stdout)
+    # the datapath agrees: what the trace allows arrives, what it drops does not
+    witness = witness_at(db, 3)
+    for box, tag in ((web, "web"), (atk, "atk")):
+        box.send({"kind": "udp4", "eth_src": box.mac, "src": box.ip4, "dst": db.ip4,
+                  "eth_dst": db.mac, "dport": PORT, "data": tag})  # fmt: skip
+    assert arrived_at(witness) == {"web"}
+    missing = plugstrip_cmd(net, "sg", "trace", web.name, "nosuch", "80")
+    assert missing.returncode != 0 and "no plugstrip endpoint on this host" in missing.stderr
