@@ -145,6 +145,12 @@ def serve_arguments(parser: argparse.ArgumentParser, store: str | None) -> None:
         help="network holders kept started ahead, for fast creates (default %(default)s)",
     )
     parser.add_argument(
+        "--flow-log",
+        metavar="FILE",
+        help="the security groups' flow log: a sample of what they drop, as JSON lines"
+        " (default: flow-log.jsonl in --state-dir; 'off': none)",
+    )
+    parser.add_argument(
         "--ipalloc-range",
         metavar="CIDR",
         default=str(DEFAULT_RANGE),

@@ -25,6 +25,7 @@ from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
+from plugstrip.netdrivers.flow_log import FlowLog
 from plugstrip.netdrivers.guard import Guard
 from plugstrip.netdrivers.mesh import Mesh
 from plugstrip.netdrivers.netlink import Netlink, Underlay
@@ -229,12 +230,14 @@ def _network_adapter(
     stack.push_async_callback(service.close)
     mesh = None if advertise is None else Mesh(service, advertise, changes)
     api = DockerApi(upstream.address, upstream.tls)
+    flow_log = args.flow_log or str(Path(args.state_dir) / "flow-log.jsonl")
     return NetworkAdapter(
         service,
         api,
         spare_holders=max(0, args.spare_holders),
         mesh=mesh,
         guard=Guard(service, enforce),
+        flow_log=None if flow_log == "off" else FlowLog(service, flow_log),
     )
 
 

@@ -7,13 +7,13 @@ plane (IPAM, the store) decides; a driver only programs the datapath for what it
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.security import Count, Policy
+from plugstrip.netdrivers.security import Count, Denial, Policy
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,11 @@ class Driver(Protocol):
         """The datapath's counters of the policy last set: each rule's traffic, the drops
         for no rule, spoofed frames and floods (``Policy.counted``), as the datapath has
         them now."""
+        ...
+
+    async def watch_denials(self, report: Callable[[Denial], None]) -> None:
+        """Call ``report`` with each packet the datapath drops and logs (rate-limited
+        there), until cancelled (at once, if it logs none)."""
         ...
 
     async def close(self) -> None:

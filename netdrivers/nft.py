@@ -27,7 +27,7 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import security
+from plugstrip.netdrivers import nflog, security
 from plugstrip.netdrivers.netlink import run_in
 from plugstrip.netdrivers.security import (
     Binding,
@@ -45,9 +45,17 @@ from plugstrip.netdrivers.security import (
 TABLE = "plugstrip"  # inet: the groups' rules, on IP packets crossing the bridges
 PORTS = "plugstrip"  # bridge: each port bound to its endpoint, floods to guarded ones
 SPOOFED, FLOOD_DROPPED = "spoofed", "flood_dropped"  # the bridge table's drop counters
+# What the flow log samples: each table logs its drops to NFLOG at most this often
+FLOW_LIMIT, FLOW_RATE = "flowlog", "rate 20/second burst 20 packets"
 # What a container may never send: router advertisements and redirects, DHCP answers
 _NEVER6 = "icmpv6 type { nd-router-advert, nd-redirect }"
 _ND = "nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert"  # IPv6's ARP: always on
+# What every IPv6 stack multicasts of itself: a guarded port does without it, and the flow
+# log without its noise
+_QUIET6 = (
+    "nd-router-solicit, mld-listener-query, mld-listener-report, mld-listener-done,"
+    " mld2-listener-report"
+)
 
 
 class NftError(RuntimeError):
@@ -73,12 +81,14 @@ class Body:
     sets: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name: type, elements
     counters: set[str] = field(default_factory=set)
     chains: dict[str, list[str]] = field(default_factory=dict)  # name: its lines
+    limits: dict[str, str] = field(default_factory=lambda: {FLOW_LIMIT: FLOW_RATE})
 
     def objects(self) -> set[tuple[str, str]]:
         return {
             *(("chain", n) for n in self.chains),
             *(("set", n) for n in self.sets),
             *(("counter", n) for n in self.counters),
+            *(("limit", n) for n in self.limits),
         }
 
 
@@ -102,13 +112,14 @@ class Table:
             lines.append(f"flush table {head}")  # rules: the chains' references go
             lines += [f"flush set {head} {n}" for n in body.sets]
             gone = self._have - body.objects()
-            for kind in ("chain", "set", "counter"):
+            for kind in ("chain", "set", "counter", "limit"):
                 lines += [f"delete {kind} {head} {n}" for k, n in sorted(gone) if k == kind]
         lines.append(f"table {head} {{")
         for name, (kind, elements) in body.sets.items():
             found = f" elements = {{ {', '.join(elements)} }}" if elements else ""
             lines.append(f"  set {name} {{ type {kind};{found} }}")
         lines += [f"  counter {name} {{ }}" for name in sorted(body.counters)]
+        lines += [f"  limit {name} {{ {rate} }}" for name, rate in body.limits.items()]
         for name, rules in body.chains.items():
             lines += [f"  chain {name} {{", *(f"    {r}" for r in rules), "  }"]
         lines.append("}")
@@ -164,6 +175,7 @@ def rules(policy: Policy) -> Body:
             body.counters.add(drop)
             body.chains[chain_name(guarded.address, egress)] = [
                 *lines,
+                _logged(drop),
                 f"counter name {drop} drop",
             ]
     return body
@@ -196,6 +208,8 @@ def ports(policy: Policy, port_of: Callable[[Binding], str]) -> Body:
         entries = [f'"{port}" : jump port_{chains[port]}' for port in named.values()]
         prerouting.append(f"iifname vmap {{ {', '.join(entries)} }}")
     body.chains["ports"] = prerouting
+    for name, counter in ((_SPOOFED, SPOOFED), (_FLOODED, FLOOD_DROPPED)):
+        body.chains[name] = [_logged(counter), f"counter name {counter} drop"]
     for bound, port in named.items():
         body.chains[f"port_{chains[port]}"] = _bound(bound)
     floods: dict[str, list[Guarded]] = {}  # a guarded port: its rules of both families
@@ -213,14 +227,24 @@ def ports(policy: Policy, port_of: Callable[[Binding], str]) -> Body:
             "ether type arp accept",
             f"icmpv6 type {{ {_ND} }} accept",
             *allowed,
-            f"counter name {FLOOD_DROPPED} drop",
+            f"icmpv6 type {{ {_QUIET6} }} counter name {FLOOD_DROPPED} drop",  # not logged
+            f"goto {_FLOODED}",
         ]
     return body
 
 
+_SPOOFED, _FLOODED = "drop_spoofed", "drop_flood"  # the bridge table's drops: logged, counted
+
+
+def _logged(prefix: str) -> str:
+    """A rule logging what reaches it to the flow log's NFLOG group (sampled: the table's
+    limit), its prefix telling why (a counter's name)."""
+    return f'limit name {FLOW_LIMIT} log group {nflog.GROUP} prefix "{prefix}"'
+
+
 def _bound(bound: Binding) -> list[str]:
     """A port's chain: its MAC, its addresses, ARP and neighbour discovery only for them."""
-    drop = f"counter name {SPOOFED} drop"
+    drop = f"goto {_SPOOFED}"
     v4 = ", ".join(str(a) for a in bound.of(4)) or "255.255.255.255"
     v6 = ", ".join(str(a) for a in [IPAddress("::"), *bound.of(6)])  # ::, for DAD
     targets = ", ".join(f"{int(a):#034x}" for a in bound.of(6))
@@ -355,6 +379,8 @@ def verdict(listing: str, probe: Probe) -> Verdict:
                         break
                 elif "counter" in statement:
                     counter = statement["counter"]
+                elif "limit" in statement or "log" in statement:
+                    continue  # the flow log's sample: no verdict
                 elif "vmap" in statement:
                     target = _lookup(statement["vmap"], probe)
                     if target is None:

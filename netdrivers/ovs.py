@@ -10,7 +10,8 @@ the network's VNI, one per peer host, carrying the network's VLAN (``set_remotes
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+from collections.abc import Callable, Collection
 
 from netaddr import IPAddress
 
@@ -24,9 +25,10 @@ from plugstrip.netdrivers.netlink import (
     tx_checksum_off,
 )
 from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath, rundir
-from plugstrip.netdrivers.security import Count, Policy, binding
+from plugstrip.netdrivers.security import Count, Denial, Policy, binding
 
 INTEGRATION_BRIDGE = "psint"
+WATCH_AGAIN = 2.0  # seconds before the flow log's monitor connects again
 PREFIX = "pso"  # veth host ends (access ports)
 TUNNEL_PREFIX = "psx"  # VXLAN ports, one per network and peer host
 VXLAN_PORT = 4789
@@ -69,6 +71,9 @@ class OvsDriver:
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
         self._programmer = ovs_flows.Programmer()
         self._policy = Policy()  # as last programmed: floods name the tunnels too
+        self._ofports: dict[str, int] = {}  # as set_policy last read them
+        self._meter: bool | None = None  # the flow log's meter is on the bridge (None: unknown)
+        self._metered_once = asyncio.Event()  # ... known at least once: the flow log may start
 
     def describe(self, network: Network, endpoint: Endpoint | None = None) -> dict[str, str]:
         if endpoint is not None:
@@ -90,18 +95,87 @@ class OvsDriver:
             if policy.guarded or policy.bindings:
                 raise
             return  # no Open vSwitch here: nothing of plugstrip's in it to clear
-        ofports = await self.ovsdb.ofports()
+        ofports = self._ofports = await self.ovsdb.ofports()
         tunnels = {}
         for network in {b.network_id for b in policy.bindings} if policy.guarded else ():
             names = await self.ovsdb.ports_with("network", network)
             tunnels[network] = [
                 ofports[n] for n in names if n.startswith(TUNNEL_PREFIX) and n in ofports
             ]
+        logged = await self._metered()
         wanted = ovs_flows.flows(
-            policy, lambda b: ofports.get(port_name(b.network_id, b.owner)), tunnels
+            policy, lambda b: ofports.get(port_name(b.network_id, b.owner)), tunnels, logged
         )
-        await self._programmer.program(bridge_socket(self.ovsdb.url), wanted)
+        try:
+            await self._programmer.program(bridge_socket(self.ovsdb.url), wanted)
+        except BaseException:
+            self._meter = None  # the bridge may be new (OVS restarted): its meter, again
+            raise
         self._policy = policy
+
+    async def _metered(self) -> bool:
+        """Whether the flow log's meter is on the bridge (put there the first time): a
+        datapath without meters logs no drops (each would go to userspace unlimited)."""
+        if self._meter is None:
+            socket = bridge_socket(self.ovsdb.url)
+            features = await ovs_flows.ofctl("meter-features", socket)
+            self._meter = "max_meter:0" not in features.replace(" ", "")
+            self._metered_once.set()
+            if self._meter:
+                meter = f"meter={ovs_flows.METER},pktps,burst,band=type=drop,"
+                meter += f"rate={ovs_flows.FLOW_RATE},burst_size={ovs_flows.FLOW_RATE}"
+                try:
+                    await ovs_flows.ofctl("add-meter", socket, meter)
+                except RuntimeError:
+                    await ovs_flows.ofctl("mod-meter", socket, meter)  # there already
+        return self._meter
+
+    async def watch_denials(self, report: Callable[[Denial], None]) -> None:
+        """The drops the bridge sends to a controller (through its meter), read as
+        ``ovs-ofctl monitor`` prints them; again after the switch went away."""
+        while True:
+            await self._metered_once.wait()
+            if self._meter:
+                proc = await asyncio.create_subprocess_exec(
+                    "ovs-ofctl",
+                    "-O",
+                    "OpenFlow13",
+                    "monitor",
+                    bridge_socket(self.ovsdb.url),
+                    "65534",
+                    "-P",
+                    "nxt_packet_in",
+                    "--names",
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,  # where it prints them, unbuffered
+                )
+                try:
+                    assert proc.stderr is not None
+                    head = ""
+                    async for raw in proc.stderr:
+                        line = raw.decode(errors="replace").strip()
+                        if "PACKET_IN" in line:
+                            head = line
+                        elif head:
+                            denial = ovs_flows.denial(self._policy, head, line, self._owner_of)
+                            head = ""
+                            if denial is not None:
+                                report(denial)
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                    await proc.wait()
+            await asyncio.sleep(WATCH_AGAIN)
+
+    def _owner_of(self, port: str) -> tuple[str, str]:
+        """The (network, owner) of the endpoint whose port is ``port`` (its name, or its
+        OpenFlow number, as ovs-ofctl prints it)."""
+        port = port.strip('"')
+        for bound in self._policy.bindings:
+            name = port_name(bound.network_id, bound.owner)
+            if port in (name, str(self._ofports.get(name))):
+                return bound.network_id, bound.owner
+        return "", ""
 
     async def counts(self) -> list[Count]:
         if not (self._policy.guarded or self._policy.bindings):
@@ -152,8 +226,9 @@ class OvsDriver:
             )
         addresses = (endpoint.address, endpoint.address6, *endpoint.allowed)
         bound = binding(network.id, endpoint.container_id, endpoint.mac, addresses)
+        logged = await self._metered()
         await self._programmer.add(
-            bridge_socket(self.ovsdb.url), ovs_flows.port_flows(bound, number)
+            bridge_socket(self.ovsdb.url), ovs_flows.port_flows(bound, number, logged)
         )
 
     async def leave(self, network: Network, endpoint: Endpoint) -> None:

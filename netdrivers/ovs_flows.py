@@ -52,6 +52,7 @@ from plugstrip.netdrivers.security import (
     Binding,
     Count,
     Counted,
+    Denial,
     Guarded,
     Policy,
     Probe,
@@ -68,6 +69,9 @@ INGRESS, EGRESS, AFTER_EGRESS, CLASSIFY, FLOOD, GROUP_RULES = 2, 3, 4, 5, 6, 7  
 _GROUP_BITS = "01:00:00:00:00:00/01:00:00:00:00:00"  # a broadcast or multicast destination
 SPOOFED, FLOOD_DROPPED = 0x5B00F, 0xF100D  # the cookies of the drop flows counted
 _COUNTED = 1 << 63  # the top bit of a rule's or a drop's cookie (security.Policy.counted)
+METER = 1  # the flow log's: drops sent to a controller (the flow log) at most this often
+FLOW_RATE = 20  # packets a second
+_LOGGED = f"meter:{METER},controller(max_len=128)"  # a drop the flow log samples
 
 
 def cookie(counter_id: str) -> int:
@@ -79,16 +83,19 @@ def flows(
     policy: Policy,
     port_of: Callable[[Binding], int | None] = lambda b: None,
     tunnels: Mapping[str, Sequence[int]] | None = None,
+    logged: bool = False,
 ) -> list[str]:
     """Every flow of the bridge for ``policy``, each binding's port numbered by
     ``port_of`` (None: not on the bridge), ``tunnels`` the port numbers of each network's
-    tunnels; with nothing bound or guarded, switching as before."""
+    tunnels; with nothing bound or guarded, switching as before. ``logged``: the counted
+    drops go to the flow log (through meter ``METER``, which must be there)."""
+    drop = _LOGGED if logged else "drop"
     bound = [(b, n) for b in policy.bindings if (n := port_of(b)) is not None]
     if not policy.guarded and not bound:
         return ["table=0,priority=0,actions=NORMAL"]
     out = list(_PASS_ON)
     for binding, number in bound:
-        out += _bound(binding, number)
+        out += _bound(binding, number, drop)
     if not policy.guarded:
         return out
     out += [
@@ -96,7 +103,7 @@ def flows(
         f"table={CLASSIFY},priority=200,icmp6,icmp_type=136,actions=NORMAL",
         f"table={CLASSIFY},priority=100,ip,actions=ct(table=1,zone={ZONE})",
         f"table={CLASSIFY},priority=100,ipv6,actions=ct(table=1,zone={ZONE})",
-        *_floods(policy, bound, tunnels or {}),
+        *_floods(policy, bound, tunnels or {}, drop),
         "table=1,priority=100,ct_state=+trk+est,actions=NORMAL",
         "table=1,priority=100,ct_state=+trk+rel,actions=NORMAL",
         "table=1,priority=90,ct_state=+trk+inv,actions=drop",
@@ -120,7 +127,7 @@ def flows(
             f"actions=resubmit(,{EGRESS})"
         )
     for egress in (False, True):
-        out += _direction(policy, egress)
+        out += _direction(policy, egress, drop)
     return out
 
 
@@ -131,18 +138,18 @@ _PASS_ON = (
 )
 
 
-def port_flows(binding: Binding, port: int) -> list[str]:
+def port_flows(binding: Binding, port: int, logged: bool = False) -> list[str]:
     """What binds one port, as ``flows`` has it: for ``join``, before the port's container
     end is plugged in (the rest of the bridge's flows as they were)."""
-    return [*_PASS_ON, *_bound(binding, port)]
+    return [*_PASS_ON, *_bound(binding, port, _LOGGED if logged else "drop")]
 
 
-def _bound(binding: Binding, port: int) -> list[str]:
+def _bound(binding: Binding, port: int, dropped: str) -> list[str]:
     """The table-0 flows of one endpoint's port: what it may send goes on, the rest is
     dropped and counted."""
     on = f"actions=resubmit(,{CLASSIFY})"
     mine = f"table=0,priority=300,in_port={port},dl_src={binding.mac}"
-    drop = f"cookie={SPOOFED:#x},table=0,priority=%d,in_port={port}%s,actions=drop"
+    drop = f"cookie={SPOOFED:#x},table=0,priority=%d,in_port={port}%s,actions={dropped}"
     v4, v6 = binding.of(4), binding.of(6)
     out = [drop % (100, "")]
     out += [f"{mine},arp,arp_sha={binding.mac},arp_spa={a},{on}" for a in ["0.0.0.0", *v4]]
@@ -162,7 +169,10 @@ def _bound(binding: Binding, port: int) -> list[str]:
 
 
 def _floods(
-    policy: Policy, bound: list[tuple[Binding, int]], tunnels: Mapping[str, Sequence[int]]
+    policy: Policy,
+    bound: list[tuple[Binding, int]],
+    tunnels: Mapping[str, Sequence[int]],
+    drop: str,
 ) -> list[str]:
     """Broadcast and multicast IP on each network with a guarded port here, flooded by
     hand (NORMAL would give it to every port): each guarded port takes it only through
@@ -206,7 +216,13 @@ def _floods(
                         out.append(
                             f"{counted},table={FLOOD},priority=10,{match},actions=output:{port}"
                         )
-    out.append(f"cookie={FLOOD_DROPPED:#x},table={FLOOD},priority=0,actions=drop")
+    out.append(f"cookie={FLOOD_DROPPED:#x},table={FLOOD},priority=0,actions={drop}")
+    # what every IPv6 stack multicasts of itself (router solicitations, MLD): a guarded
+    # port does without it, and the flow log without its noise
+    out += [
+        f"cookie={FLOOD_DROPPED:#x},table={FLOOD},priority=5,icmp6,icmp_type={t},actions=drop"
+        for t in (130, 131, 132, 133, 143)
+    ]
     return out
 
 
@@ -226,7 +242,7 @@ def _sources(policy: Policy, rule: Rule, version: int, field: str) -> list[str]:
     return [f"{field}={a}" for a in members]
 
 
-def _direction(policy: Policy, egress: bool) -> list[str]:
+def _direction(policy: Policy, egress: bool, drop: str) -> list[str]:
     """The flows of one direction's rules table: for ingress, traffic from a peer to a
     guarded endpoint; for egress, from a guarded endpoint to a peer."""
     table = EGRESS if egress else INGRESS
@@ -245,7 +261,7 @@ def _direction(policy: Policy, egress: bool) -> list[str]:
         dropped = cookie(drop_counter(guarded.groups, egress))
         out.append(
             f"cookie={dropped:#x},table={table},priority=1,{ip},{mine}={guarded.address},"
-            "actions=drop"
+            f"actions={drop}"
         )
         for rule in guarded.rules_of(egress):
             cidr = rule.peer_cidr()
@@ -358,6 +374,39 @@ def counts(policy: Policy, dump: str) -> list[Count]:
     return [Count(f"{c:#x}", named[c], p, b) for c, (p, b) in sums.items()]
 
 
+def denial(
+    policy: Policy, head: str, packet: str, owner_of: Callable[[str], tuple[str, str]]
+) -> Denial | None:
+    """A packet-in of a logged drop, as ``ovs-ofctl monitor`` prints it (``head``: its
+    cookie and in_port; ``packet``: the packet as a flow), its port's endpoint by
+    ``owner_of`` (None: not a drop of plugstrip's)."""
+    found = re.search(r"cookie=(0x[0-9a-f]+)", head)
+    number = int(found.group(1), 16) if found else 0
+    if number & _COUNTED:
+        counted = policy.counted().get(f"{number & ~_COUNTED:012x}")
+    else:
+        reason = {SPOOFED: security.SPOOFED, FLOOD_DROPPED: security.FLOOD}.get(number)
+        counted = Counted("", reason=reason) if reason else None
+    if counted is None:
+        return None
+    port = re.search(r"in_port=(\S+)", head)
+    described = packet.split(" ", 1)[0].split(",")  # udp,vlan_tci=0x0000,...,tp_dst=5000
+    fields = {key: value for key, _, value in (f.partition("=") for f in described)}
+    proto = next((p for p in ("tcp", "udp", "icmp") if p in fields or f"{p}6" in fields), "")
+    src = fields.get("nw_src") or fields.get("ipv6_src")
+    dst = fields.get("nw_dst") or fields.get("ipv6_dst")
+    network, owner = owner_of(port.group(1)) if port else ("", "")
+    return Denial(
+        counted,
+        IPAddress(src) if src else None,
+        IPAddress(dst) if dst else None,
+        "icmpv6" if "icmp6" in fields else proto,
+        int(fields["tp_dst"]) if proto in ("tcp", "udp") and "tp_dst" in fields else None,
+        network,
+        owner,
+    )
+
+
 def trace_flow(probe: Probe, in_port: int | str, src_mac: str, dst_mac: str) -> str:
     """The flow ``ofproto/trace`` takes for ``probe`` coming in on ``in_port``."""
     six = probe.src.version == 6
@@ -380,7 +429,7 @@ _TRACED = re.compile(r"^\s*(\d+)\. (.*?), priority (\d+)(?:, cookie (0x[0-9a-f]+
 
 def verdict(trace: str) -> Verdict:
     """What ``ofproto/trace`` (with ``--ct-next trk,new``) says the bridge does: the
-    last datapath actions (none but a drop: dropped), and the last counted flow it went
+    last datapath actions (no port among them: dropped), and the last counted flow it went
     through (rules' and drops' cookies, the bindings' and floods')."""
     steps, counters, final = [], [], ""
     for line in trace.splitlines():
@@ -396,7 +445,22 @@ def verdict(trace: str) -> Verdict:
         elif line.startswith("Datapath actions:"):
             final = line.split(":", 1)[1].strip()
     steps.append(f"datapath actions: {final}")
-    return Verdict(bool(final) and final != "drop", tuple(counters), tuple(steps))
+    return Verdict(_outputs(final), tuple(counters), tuple(steps))
+
+
+def _outputs(actions: str) -> bool:
+    """Whether datapath actions send the packet out of a port (a bare port number at the
+    top level: ``ct(commit,zone=1),2``; not ``drop``, nor a meter and a userspace action)."""
+    depth, part, parts = 0, "", []
+    for char in actions:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(part)
+            part = ""
+        else:
+            part += char
+    parts.append(part)
+    return any(p.strip().isdigit() for p in parts)
 
 
 class Programmer:

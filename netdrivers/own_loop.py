@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.security import Count, Policy
+from plugstrip.netdrivers.security import Count, Denial, Policy
 
 T = TypeVar("T")
 
@@ -65,6 +65,14 @@ class OnOwnLoop:
 
     async def counts(self) -> list[Count]:
         return await self.thread.run(self.driver.counts())
+
+    async def watch_denials(self, report: Callable[[Denial], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_callers_loop(denial: Denial) -> None:
+            loop.call_soon_threadsafe(report, denial)
+
+        await self.thread.run(self.driver.watch_denials(on_callers_loop))
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return self.driver.owned(networks, endpoints)

@@ -272,6 +272,22 @@ class Verdict:
     steps: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Denial:
+    """A packet a datapath dropped and logged (a sample: the datapath logs at most a few
+    a second): why (``counted``'s reason, of which groups and direction), what it says
+    of itself, and the endpoint whose port it came in on (its real sender, whatever
+    source it wrote; empty where it came from elsewhere, a tunnel)."""
+
+    counted: Counted
+    src: IPAddress | None = None
+    dst: IPAddress | None = None
+    proto: str = ""
+    port: int | None = None
+    network_id: str = ""
+    owner: str = ""
+
+
 def rule_counter(group: str, rule: Rule) -> str:
     """A group's rule's counter id: the same while the rule is, whatever else changes."""
     return _digest(f"rule\0{group}\0{rule}")

@@ -13,10 +13,10 @@ programming the kernel, for the real service, store and mesh above it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.security import Count, Policy
+from plugstrip.netdrivers.security import Count, Denial, Policy
 
 
 class RecordingDriver:
@@ -51,6 +51,9 @@ class RecordingDriver:
 
     async def counts(self) -> list[Count]:
         return []  # no datapath: nothing counted
+
+    async def watch_denials(self, report: Callable[[Denial], None]) -> None:
+        return  # nor logged
 
     def owned(self, networks: list[Network], endpoints: list[Endpoint]) -> set[str]:
         return set()

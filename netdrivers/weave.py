@@ -11,11 +11,14 @@ kernel, through netdrivers.netlink.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+from collections.abc import Callable, Collection
+from contextlib import suppress
+from socket import if_indextoname
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import firewall, nft
+from plugstrip.netdrivers import firewall, nflog, nft
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     ZERO_MAC,
@@ -23,8 +26,9 @@ from plugstrip.netdrivers.netlink import (
     ensure_endpoint_veth,
     link_name,
     plug_into_container,
+    run_in,
 )
-from plugstrip.netdrivers.security import Count, Policy
+from plugstrip.netdrivers.security import FLOOD, SPOOFED, Count, Counted, Denial, Policy
 
 VXLAN_PORT = 4789
 PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends
@@ -112,6 +116,37 @@ class WeaveDriver:
         if self._policy is None:
             return []
         return await nft.counts(self._policy, self.netns)
+
+    async def watch_denials(self, report: Callable[[Denial], None]) -> None:
+        """What the tables drop and log (nft.FLOW_RATE), from their NFLOG group."""
+        sock = await asyncio.to_thread(nflog.open_group, self.netns)
+        try:
+            async for logged in nflog.receive(sock):
+                report(await self._denial(logged))
+        finally:
+            sock.close()
+
+    async def _denial(self, logged: nflog.Logged) -> Denial:
+        policy = self._policy or Policy()
+        counted = policy.counted().get(logged.prefix[1:]) or Counted(
+            "", reason={nft.SPOOFED: SPOOFED, nft.FLOOD_DROPPED: FLOOD}.get(logged.prefix, "")
+        )
+        port = None
+        if logged.in_ifindex is not None:
+            with suppress(OSError):
+                index = logged.in_ifindex
+                port = await asyncio.to_thread(run_in, self.netns, lambda: if_indextoname(index))
+        bound = next((b for b in policy.bindings if port_name(b.network_id, b.owner) == port), None)
+        found = nflog.headers(logged.payload)
+        return Denial(
+            counted,
+            found.src if found else None,
+            found.dst if found else None,
+            found.proto if found else "",
+            found.port if found else None,
+            bound.network_id if bound else "",
+            bound.owner if bound else "",
+        )
 
     async def create_network(self, network: Network) -> None:
         async with Netlink(self.netns) as nl:

@@ -221,9 +221,9 @@ def test_forged_sources_and_floods_arrive_nowhere(
     metrics0 = sg_metrics(net)
     witness = witness_at(db, 4)
     web.send(*honest)
+    atk.send({**unruled, "data": "no rule"})
     atk.send(*({**to_db, **spec, "data": tag} for tag, spec in forged.items()))
     atk.send(*({**spec, "data": tag} for tag, spec in floods.items()))
-    atk.send({**unruled, "data": "no rule"})
     arrived = arrived_at(witness)
     assert {"web4", "web6", "web-broadcast"} <= arrived, arrived  # the witness hears
     assert not arrived & {*forged, *floods, "no rule"}, arrived
@@ -239,6 +239,43 @@ def test_forged_sources_and_floods_arrive_nowhere(
     assert gained[("dropped_packets", db_g, "ingress", "", "no rule")] >= 3, gained
     assert gained[("dropped_packets", "", "", "", "spoofed")] >= 3 * len(forged), gained
     assert gained[("dropped_packets", "", "", "", "flood")] >= 3 * len(floods), gained
+
+    # the flow log has a sample of each, naming the endpoints, the real sender of a
+    # forged source among them
+    def logged() -> list[dict[str, Any]]:
+        path = net.workdir / "plugstrip" / "state" / "flow-log.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines]
+
+    def find(reason: str, **where: Any) -> dict[str, Any] | None:
+        for line in logged():
+            named = {k: (line.get(k) or {}).get("name") for k in ("source", "sender")}
+            named["destination"] = (line.get("destination") or {}).get("address")
+            if line["reason"] == reason and all(named.get(k) == v for k, v in where.items()):
+                return line
+        return None
+
+    def sent_and_logged(frames: list[dict[str, Any]], reason: str, **where: Any) -> bool:
+        for _ in range(5):  # the flow log writes a few a second: a second apart each time
+            atk.send(*frames)
+            time.sleep(1.1)
+            if find(reason, **where) is not None:
+                return True
+        return False
+
+    assert sent_and_logged([{**unruled, "data": "x"}], "no rule", source=atk.name), [
+        (x["reason"], x["proto"], x["source"], (x["sender"] or {}).get("name")) for x in logged()
+    ]
+    unruled_line = find("no rule", source=atk.name)
+    assert unruled_line is not None and unruled_line["group"] == db_g, unruled_line
+    assert (unruled_line["proto"], unruled_line["port"]) == ("udp", PORT), unruled_line
+    assert unruled_line["destination"]["name"] == db.name, unruled_line
+    as_web = {**to_db, **forged["as web's IPv4"], "data": "x"}
+    assert sent_and_logged([as_web], "spoofed", sender=atk.name, source=web.name), [
+        (x["reason"], x["proto"], x["source"], x["sender"]) for x in logged()[-6:]
+    ]
+    flood = {**floods["broadcast"], "data": "x"}
+    assert sent_and_logged([flood], "flood", sender=atk.name), logged()
     # a rule changing rewrites the datapath's rules: its counters go on from where they were
     _sg(net, "allow", db_g, "--from", "any", "--proto", "tcp", "--port", "22")
     try:

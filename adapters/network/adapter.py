@@ -11,6 +11,7 @@ from plugstrip.adapters.network.holder_life import Holders
 from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE
 from plugstrip.adapters.network.networks import NetworkCalls
 from plugstrip.adapters.network.routing import dispatch, routes
+from plugstrip.netdrivers.flow_log import FlowLog
 from plugstrip.netdrivers.guard import Guard
 from plugstrip.netdrivers.mesh import Mesh
 from plugstrip.netdrivers.service import NetworkService
@@ -33,11 +34,13 @@ class NetworkAdapter:
         spare_holders: int = DEFAULT_SIZE,
         mesh: Mesh | None = None,
         guard: Guard | None = None,
+        flow_log: FlowLog | None = None,
     ) -> None:
         self.service = service
         self.api = api
         self.mesh = mesh  # with other hosts: tunnels to them
         self.guard = guard  # security groups enforced
+        self.flow_log = flow_log  # what they drop, sampled
         self.holders = Holders(service, api, spare_holders)
         self.events = Events(service, api, self.holders)
         table = (
@@ -64,8 +67,12 @@ class NetworkAdapter:
             self.mesh.start()
         if self.guard is not None:
             self.guard.start()
+        if self.flow_log is not None:
+            self.flow_log.start()
 
     async def close(self) -> None:
+        if self.flow_log is not None:
+            await self.flow_log.close()
         await self.events.close()
         if self.guard is not None:
             await self.guard.close()
