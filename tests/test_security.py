@@ -11,9 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import nft, ovs_flows
+from plugstrip.netdrivers import nflog, nft, ovs_flows
 from plugstrip.netdrivers.ipam import IpamError
 from plugstrip.netdrivers.security import (
+    Counted,
     Group,
     Rule,
     binding,
@@ -285,3 +286,36 @@ def test_a_table_is_made_anew_once_then_rewritten_keeping_its_counters() -> None
     assert f"delete counter inet plugstrip d{gone}" in text
     table.lost()
     assert "delete table inet plugstrip" in table.script(fewer)
+
+
+def test_what_the_flow_log_reads_of_a_logged_packet() -> None:
+    """NFLOG's payload (the network header on) and ovs-ofctl monitor's packet-in, as the
+    flow log reads them; an ofproto/trace's datapath actions, as sg trace reads them."""
+    src4, dst4 = IPAddress("10.77.0.4"), IPAddress("10.77.0.2")
+    udp4 = bytes.fromhex("450000200001000040110000") + src4.packed + dst4.packed
+    assert nflog.headers(udp4 + bytes.fromhex("13881388000c0000")) == nflog.Headers(
+        src4, dst4, "udp", 5000
+    )
+    src6, dst6 = IPAddress("fd77::4"), IPAddress("fd77::2")
+    tcp6 = bytes.fromhex("6000000000140640") + src6.packed + dst6.packed
+    assert nflog.headers(tcp6 + bytes.fromhex("c0000016")) == nflog.Headers(src6, dst6, "tcp", 22)
+    assert nflog.headers(bytes.fromhex("0001080006040001")) is None  # ARP: no addresses read
+    found = policy(GROUPS, endpoints())
+    dropped = f"{ovs_flows.cookie(drop_counter(['db'], False)):#x}"
+    head = f"NXT_PACKET_IN (OF1.3) (xid=0x0): cookie={dropped} total_len=46 in_port=7 (via"
+    packet = "udp,dl_src=02:42:0a:4d:00:04,nw_src=10.40.0.9,nw_dst=10.40.0.5,tp_dst=5432 x"
+    denial = ovs_flows.denial(found, head, packet, lambda port: ("net", f"port {port}"))
+    assert denial is not None and denial.counted == Counted("db", "ingress", "", "no rule")
+    assert (denial.src, denial.dst, denial.proto, denial.port, denial.owner) == (
+        IPAddress("10.40.0.9"),
+        IPAddress("10.40.0.5"),
+        "udp",
+        5432,
+        "port 7",
+    )
+    other = head.replace(dropped, "0x0")  # not a drop of plugstrip's
+    assert ovs_flows.denial(found, other, packet, lambda port: ("", "")) is None
+    assert ovs_flows.verdict("Datapath actions: ct(commit,zone=1),2").allowed
+    logged = "Datapath actions: meter(0),userspace(pid=1,controller(reason=1))"
+    assert not ovs_flows.verdict(logged).allowed
+    assert not ovs_flows.verdict("Datapath actions: drop").allowed
