@@ -6,9 +6,11 @@ every host, measured in the same run.
 Prints, for plugstrip/weave and plugstrip/ovs on a test host (tests/dockerhost.py):
 - TCP throughput (iperf3 in the containers' namespaces) and the rate of new TCP
   connections (each one through conntrack and the rules) of two pairs of containers in
-  groups whose rules allow the traffic, against two pairs made with no groups (target
-  >= 0.95x), and each kind's two pairs against each other (the noise floor), the pairs
-  taking turns, each run's figures printed;
+  groups whose rules allow the traffic, two pairs in no group (their ports bound, as
+  plugstrip binds every port), and two pairs in no group whose bindings the benchmark
+  took out of the datapath (the floor): groups and bindings together against the floor
+  (target >= 0.95x), each alone, and each kind's two pairs against each other (the noise
+  floor), the pairs taking turns, each run's figures printed;
 and, on three hosts sharing etcd (tests/cluster.py) with 1,000 endpoints in the source
 group: the time from a rule written to the store to it being in every host's datapath
 (nftables table, OpenFlow flows), p50 and worst.
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import in_pid_ns, iperf
 from plugstrip.netdrivers.etcd_store import EtcdStore
@@ -70,15 +73,51 @@ while True:
 """
 
 
-def pair(h: DockerHost, network: str, tag: str, grouped: bool) -> tuple[list[str], list[str], str]:
+KINDS = ("grouped", "plain", "bare")  # groups and bindings; bindings only; neither
+
+
+def pair(h: DockerHost, network: str, tag: str, kind: str) -> tuple[list[str], list[str], str]:
     """Two containers on ``network`` (in groups srv and cli, or in none): the prefixes
     that run a command in the server's and the client's namespace, and the server's
-    address."""
+    address. ``bare``: in no group, and their ports' bindings taken out of the datapath by
+    the benchmark (plugstrip binds every port: this is the floor it is measured against)."""
     names = [f"{tag}-srv", f"{tag}-cli"]
     for name, group in zip(names, ("srv", "cli"), strict=True):
-        sleeper(h, name, network, *(("--label", f"{LABEL}={group}") if grouped else ()))
+        sleeper(h, name, network, *(("--label", f"{LABEL}={group}") if kind == "grouped" else ()))
     pids = [str(h.inspect(n)["State"]["Pid"]) for n in names]
     return in_pid_ns(pids[0]), in_pid_ns(pids[1]), address(h, names[0], network)
+
+
+def unbind(h: DockerHost, driver: str, container: str, network: str) -> None:
+    """Take a container's port binding out of the datapath: its port chain accepts all
+    (weave), its port's table-0 flows pass all on (ovs)."""
+    settings: Any = h.inspect(container)["NetworkSettings"]["Networks"][network]
+    mac = settings["MacAddress"]
+    if driver == "plugstrip/weave":
+        listing = json.loads(
+            h.run_in_ns("nft", "-j", "list", "table", "bridge", "plugstrip").stdout
+        )
+        chain = next(
+            r["rule"]["chain"]
+            for r in listing["nftables"]
+            if "rule" in r and f'"right": "{mac}"' in json.dumps(r["rule"]["expr"])
+        )
+        h.run_in_ns(
+            "nft", f"flush chain bridge plugstrip {chain}; add rule bridge plugstrip {chain} accept"
+        )
+        return
+    socket = bridge_socket(h.ovsdb)
+    flows = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", socket, "table=0"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    port = re.search(rf"in_port=(\d+),dl_src={mac}", flows)
+    assert port is not None, f"no binding of {mac} in table 0"
+    for command, flow in (
+        ("del-flows", f"table=0,in_port={port.group(1)}"),
+        ("add-flow", f"table=0,priority=300,in_port={port.group(1)},actions=resubmit(,5)"),
+    ):
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", command, socket, flow], check=True)
 
 
 def connection_rate(server: list[str], client: list[str], ip: str, seconds: float) -> float:
@@ -99,19 +138,22 @@ def connection_rate(server: list[str], client: list[str], ip: str, seconds: floa
 
 
 def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> None:
-    """Two pairs in groups srv (which allows TCP from cli) and cli, and two pairs in none,
-    on a network of ``driver``: throughput and connection rate of each, taking turns. Two
-    pairs of each kind, so that no one pair's luck (pairs on one bridge differ by some
-    percent) is read as the rules' cost; each kind's two pairs against each other are the
-    noise floor."""
+    """Two pairs in groups srv (which allows TCP from cli) and cli, two in none, and two in
+    none whose bindings the benchmark took out, on a network of ``driver``: throughput and
+    connection rate of each, taking turns. Two pairs of each kind, so that no one pair's
+    luck (pairs on one bridge differ by some percent) is read as a cost; each kind's two
+    pairs against each other are the noise floor."""
     network = f"sg-{driver.split('/')[1]}"
     h.docker("network", "create", "-d", driver, network)
     pairs = {
-        f"{kind}{n}": pair(h, network, f"{kind[0]}{n}{driver[-1]}", kind == "grouped")
+        f"{kind}{n}": pair(h, network, f"{kind[0]}{n}{driver[-1]}", kind)
         for n in (1, 2)
-        for kind in ("grouped", "plain")
+        for kind in KINDS
     }
-    time.sleep(1.5)  # the guard has enforced the new endpoints' groups
+    time.sleep(1.5)  # the guard has enforced the new endpoints' groups and bindings
+    for n in (1, 2):
+        for end in ("srv", "cli"):
+            unbind(h, driver, f"b{n}{driver[-1]}-{end}", network)
     order = list(pairs)
     for what, measure in (("Gbit/s", iperf), ("connections/s", connection_rate)):
         results: dict[str, list[float]] = {name: [] for name in pairs}
@@ -119,24 +161,32 @@ def measure_datapath(h: DockerHost, driver: str, runs: int, seconds: int) -> Non
             order = order[1:] + order[:1]  # each goes first as often: no order effect
             for name in order:
                 results[name].append(measure(*pairs[name], seconds))
-        for name, values in results.items():  # the spread, to read the ratio against
+        for name, values in results.items():  # the spread, to read the ratios against
             print(f"{driver}: {what} {name}: {' '.join(f'{v:.4g}' for v in values)}")
-        grouped = results["grouped1"] + results["grouped2"]
-        plain = results["plain1"] + results["plain2"]
         # a round's pairs ran seconds apart: their ratio cancels the machine's drift
         rounds = {  # each round's two pairs of a kind, added
             kind: [x + y for x, y in zip(results[f"{kind}1"], results[f"{kind}2"], strict=True)]
-            for kind in ("grouped", "plain")
+            for kind in KINDS
+        }
+        medians = {
+            kind: statistics.median(results[f"{kind}1"] + results[f"{kind}2"]) for kind in KINDS
         }
         print(
-            f"{driver}: {what} {statistics.median(grouped):.4g} in allowing groups, "
-            f"{statistics.median(plain):.4g} in none: ratio "
-            f"{statistics.median(grouped) / statistics.median(plain):.2f}x, median of the "
-            f"rounds' ratios {paired(rounds['grouped'], rounds['plain']):.2f}x (target >= 0.95x); "
-            "floor, a kind's two pairs against each other: open "
-            f"{paired(results['plain2'], results['plain1']):.2f}x, grouped "
-            f"{paired(results['grouped2'], results['grouped1']):.2f}x"
+            f"{driver}: {what} medians: groups and bindings {medians['grouped']:.4g}, bindings"
+            f" {medians['plain']:.4g}, neither {medians['bare']:.4g}"
         )
+        for these, those, what_it_costs in (
+            ("grouped", "bare", "groups and bindings together (target >= 0.95x)"),
+            ("plain", "bare", "bindings alone"),
+            ("grouped", "plain", "groups alone"),
+        ):
+            print(
+                f"{driver}: {what} {what_it_costs}: ratio of medians "
+                f"{medians[these] / medians[those]:.2f}x, median of the rounds' ratios "
+                f"{paired(rounds[these], rounds[those]):.2f}x"
+            )
+        floors = ", ".join(f"{k} {paired(results[f'{k}2'], results[f'{k}1']):.2f}x" for k in KINDS)
+        print(f"{driver}: {what} floor, a kind's two pairs against each other: {floors}")
 
 
 def paired(these: list[float], those: list[float]) -> float:
@@ -186,7 +236,7 @@ async def in_datapath(ns: str, watch: FlowWatch | None, port: int) -> bool:
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
-    return f"dport {port} accept" in (await proc.communicate())[0].decode()
+    return re.search(rf"dport {port}\b", (await proc.communicate())[0].decode()) is not None
 
 
 async def fill_and_change(

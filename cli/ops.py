@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from netaddr import IPAddress
+
 from plugstrip.netdrivers import firewall, nft, ovs, security, weave
 from plugstrip.netdrivers.contract import Driver
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
@@ -199,21 +201,33 @@ async def _run_checks(args: argparse.Namespace) -> list[Check]:
 
 
 async def _check_bindings(args: argparse.Namespace, attachments: list[Attachment]) -> list[Check]:
-    """Each local endpoint's port on its datapath and bound to the endpoint (its
-    anti-spoofing in nftables' bridge table, or in the bridge's table 0 under a port OVS
-    numbered)."""
+    """Each local endpoint's port on its datapath (weave: the link up on its network's
+    bridge; ovs: attached, numbered) and bound to the endpoint as the store says: its MAC
+    and addresses, none missing, none extra (weave: its chain in nftables' bridge table;
+    ovs: its port's table-0 flows)."""
     here = this_host(args)
     local = [a for a in attachments if a.meta.get("host", here) == here]
     checks = []
-    weave_ports = [
-        weave.port_name(a.network.id, a.owner)
-        for a in local
-        if a.network.driver == WeaveDriver.name
-    ]
-    if weave_ports:
-        listing = _nft_listing(args, "bridge")
-        unbound = [p for p in weave_ports if f'"{p}" : jump' not in listing]
-        checks.append(_binding_check(WeaveDriver.name, len(weave_ports), unbound, []))
+    weave_local = [a for a in local if a.network.driver == WeaveDriver.name]
+    if weave_local:
+        chains = _nft_json(["list", "table", "bridge", nft.PORTS])
+        detached, differing = [], []
+        async with Netlink() as nl:
+            for a in weave_local:
+                port = weave.port_name(a.network.id, a.owner)
+                bridge = await nl.index(weave.bridge_name(to_network(a.network)))
+                index = await nl.index(port)
+                if index is None or bridge is None:
+                    detached.append(f"{port} (missing)")
+                    continue
+                master = await nl.link_attr(port, "IFLA_MASTER")
+                state = await nl.link_attr(port, "IFLA_OPERSTATE")
+                if master != bridge or state == "DOWN":
+                    detached.append(f"{port} ({'down' if state == 'DOWN' else 'off its bridge'})")
+                    continue
+                if (wrong := _weave_bound(chains, port, _binding_of(a))) is not None:
+                    differing.append(f"{port} ({wrong})")
+        checks.append(_binding_check(WeaveDriver.name, len(weave_local), differing, detached))
     ovs_local = [a for a in local if a.network.driver == ovs.OvsDriver.name]
     if ovs_local:
         db = Ovsdb(args.ovsdb)
@@ -224,27 +238,103 @@ async def _check_bindings(args: argparse.Namespace, attachments: list[Attachment
         finally:
             await db.close()
         listing = _flow_listing(args)
-        names = [(a.mac, ovs.port_name(a.network.id, a.owner)) for a in ovs_local]
-        detached = [n for _, n in names if n not in ofports]
-        unbound = [n for mac, n in names if n in ofports and f"dl_src={mac}" not in listing]
-        checks.append(_binding_check(ovs.OvsDriver.name, len(names), unbound, detached))
+        detached, differing = [], []
+        for a in ovs_local:
+            port = ovs.port_name(a.network.id, a.owner)
+            if port not in ofports:
+                detached.append(port)
+            elif (wrong := _ovs_bound(listing, ofports[port], _binding_of(a))) is not None:
+                differing.append(f"{port} ({wrong})")
+        checks.append(_binding_check(ovs.OvsDriver.name, len(ovs_local), differing, detached))
     return checks
 
 
+def _binding_of(a: Attachment) -> security.Binding:
+    return security.binding(a.network.id, a.owner, a.mac, a.addresses)
+
+
+def _weave_bound(listing: list[dict[str, Any]], port: str, bound: security.Binding) -> str | None:
+    """What differs between a port's chain in the bridge table and its binding (None:
+    nothing): the MAC and the addresses its ``!=`` matches let through."""
+    chain = f"port_{port.replace('-', '_')}"
+    rules = [r["rule"]["expr"] for r in listing if r.get("rule", {}).get("chain") == chain]
+    if not rules:
+        return "no binding"
+    found: dict[str, set[str]] = {"ether": set(), "ip": set(), "ip6": set()}
+    for expr in rules:
+        for statement in expr:
+            match = statement.get("match", {})
+            payload = match.get("left", {}).get("payload", {})
+            if match.get("op") != "!=" or payload.get("field") != "saddr":
+                continue
+            right = match["right"]
+            values = right["set"] if isinstance(right, dict) and "set" in right else [right]
+            if payload.get("protocol") in found:
+                found[payload["protocol"]] |= {str(v) for v in values}
+    wanted = {
+        "ether": {bound.mac},
+        "ip": {str(a) for a in bound.of(4)} or {"255.255.255.255"},
+        "ip6": {"::", *(str(a) for a in bound.of(6))},
+    }
+    wrong = [
+        f"{kind}: has {sorted(found[kind])}, the store says {sorted(wanted[kind])}"
+        for kind in wanted
+        if found[kind] != wanted[kind]
+    ]
+    return "; ".join(wrong) or None
+
+
+def _ovs_bound(listing: str, number: int, bound: security.Binding) -> str | None:
+    """What differs between a port's table-0 flows and its binding (None: nothing): the
+    MAC and addresses its flows pass on."""
+    mine = [line for line in listing.splitlines() if re.search(rf"\bin_port={number}\b", line)]
+    passed = [line for line in mine if "priority=300" in line and "resubmit(,5)" in line]
+    if not passed:
+        return "no binding"
+    macs = {m for line in passed for m in re.findall(r"dl_src=([0-9a-f:]+)", line)}
+    addresses = {
+        str(IPAddress(a))
+        for line in passed
+        for a in re.findall(r"(?:nw_src|ipv6_src|arp_spa)=([0-9a-f.:]+)", line)
+    }
+    wanted = {str(a) for a in bound.addresses} | {"0.0.0.0", "::"}
+    wrong = []
+    if macs != {bound.mac}:
+        wrong.append(f"MAC: has {sorted(macs)}, the store says {bound.mac}")
+    if addresses != wanted:
+        wrong.append(f"addresses: has {sorted(addresses)}, the store says {sorted(wanted)}")
+    return "; ".join(wrong) or None
+
+
+def _nft_json(args: list[str]) -> list[dict[str, Any]]:
+    out = subprocess.run(["nft", "-j", *args], capture_output=True, text=True)
+    return list(json.loads(out.stdout).get("nftables", [])) if out.returncode == 0 else []
+
+
+LOCAL_PORT = 65534  # OpenFlow's number of a bridge's own port
+
+
 def _binding_check(driver: str, count: int, unbound: list[str], detached: list[str]) -> Check:
-    if detached:
+    if detached and driver == ovs.OvsDriver.name:
         return Check(
             f"port bindings ({driver})",
             "fail",
             f"ports not attached by ovs-vswitchd (no OpenFlow number): {', '.join(detached)};"
             " its datapath may not be open (is a second ovs-vswitchd running here?)",
         )
+    if detached:
+        return Check(
+            f"port bindings ({driver})",
+            "fail",
+            f"ports not on their network's bridge: {', '.join(detached)} (restart the"
+            " container, or plugstrip serve: it plugs every endpoint in at start)",
+        )
     if unbound:
         return Check(
             f"port bindings ({driver})",
             "fail",
-            f"ports without their binding: {', '.join(unbound)} (restart plugstrip serve:"
-            " it binds every port at start)",
+            f"ports whose binding is missing or differs from the store's: {', '.join(unbound)}"
+            " (restart plugstrip serve: it binds every port at start)",
         )
     return Check(f"port bindings ({driver})", "ok", f"{count} port(s) bound to their endpoints")
 
@@ -266,11 +356,26 @@ async def _check_vxlan() -> Check:
 
 
 async def _check_ovs(url: str) -> Check:
+    """OVS reachable, and plugstrip's bridge's datapath open: its own port numbered LOCAL
+    (a datapath that cannot open, say a second ovs-vswitchd holding it, numbers none)."""
     db = Ovsdb(url, timeout=3)
     try:
         types = await db.datapath_types()
+        bridge = None
+        if await db.has_bridge(ovs.INTEGRATION_BRIDGE):
+            bridge = await db.interface(ovs.INTEGRATION_BRIDGE)
     except OvsdbUnavailable as exc:
         return Check("open vswitch", "warn", f"{exc} (only plugstrip/ovs needs it)")
+    finally:
+        await db.close()
+    if bridge is not None and bridge[0] != LOCAL_PORT:
+        return Check(
+            "open vswitch",
+            "fail",
+            f"bridge {ovs.INTEGRATION_BRIDGE}'s datapath is not open"
+            f" ({bridge[1] or 'its port has no OpenFlow number'}): is a second"
+            " ovs-vswitchd running in this network namespace? (ps -e | grep ovs-vswitchd)",
+        )
     chosen = detect_datapath()
     return Check(
         "open vswitch",

@@ -211,7 +211,7 @@ def ports(policy: Policy, port_of: Callable[[Binding], str]) -> Body:
     for name, counter in ((_SPOOFED, SPOOFED), (_FLOODED, FLOOD_DROPPED)):
         body.chains[name] = [_logged(counter), f"counter name {counter} drop"]
     for bound, port in named.items():
-        body.chains[f"port_{chains[port]}"] = _bound(bound)
+        body.chains[f"port_{chains[port]}"] = bound_rules(bound)
     floods: dict[str, list[Guarded]] = {}  # a guarded port: its rules of both families
     for guarded in policy.guarded:  # an allowed address may be on two ports
         for port in (p for b, p in named.items() if guarded.address in b.addresses):
@@ -242,14 +242,21 @@ def _logged(prefix: str) -> str:
     return f'limit name {FLOW_LIMIT} log group {nflog.GROUP} prefix "{prefix}"'
 
 
-def _bound(bound: Binding) -> list[str]:
+def bound_rules(bound: Binding) -> list[str]:
     """A port's chain: its MAC, its addresses, ARP and neighbour discovery only for them."""
     drop = f"goto {_SPOOFED}"
     v4 = ", ".join(str(a) for a in bound.of(4)) or "255.255.255.255"
     v6 = ", ".join(str(a) for a in [IPAddress("::"), *bound.of(6)])  # ::, for DAD
     targets = ", ".join(f"{int(a):#034x}" for a in bound.of(6))
+    own = {4: ", ".join(str(a) for a in bound.of(4)), 6: ", ".join(str(a) for a in bound.of(6))}
+    fast = [  # TCP from its own address, most of what it sends: two rules, not a dozen
+        f"{family} saddr {{ {own[version]} }} meta l4proto tcp accept"
+        for version, family in ((4, "ip"), (6, "ip6"))
+        if own[version]
+    ]
     return [
         f"ether saddr != {bound.mac} {drop}",
+        *fast,
         f"arp saddr ether != {bound.mac} {drop}",
         f"arp saddr ip != {{ 0.0.0.0, {v4} }} {drop}",  # 0.0.0.0: a probe, claims nothing
         "ether type arp accept",

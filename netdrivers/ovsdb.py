@@ -200,6 +200,18 @@ class Ovsdb:
         (names,) = await self._run(lambda api: [api.list_ports(bridge)])
         return list(names)
 
+    async def interface(self, name: str) -> tuple[int, str]:
+        """An interface's OpenFlow port number (-1: its datapath could not attach it, or
+        could not open) and its ``error`` column ("" if none)."""
+        (rows,) = await self._run(
+            lambda api: [api.db_find("Interface", ("name", "=", name), columns=["ofport", "error"])]
+        )
+        if not rows:
+            return -1, f"no interface {name}"
+        ofport, error = rows[0]["ofport"], rows[0]["error"]
+        number = ofport if isinstance(ofport, int) else -1
+        return number, error if isinstance(error, str) else ""
+
     async def datapath_types(self) -> list[str]:
         (types,) = await self._run(lambda api: [api.db_get("Open_vSwitch", ".", "datapath_types")])
         return sorted(types)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netaddr import IPAddress
 from prometheus_client.parser import text_string_to_metric_families
 
 from plugstrip.netdrivers import nft, ovs_flows
 from plugstrip.netdrivers.ovs import bridge_socket
+from plugstrip.netdrivers.security import binding
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
 from tests.netcheck import DRIVERS, Networks, plugstrip_cmd, sleeper, uname
@@ -415,3 +417,52 @@ def test_trace_tells_what_the_datapath_does_and_which_rule_decides(
     assert arrived_at(witness) == {"web"}
     missing = plugstrip_cmd(net, "sg", "trace", web.name, "nosuch", "80")
     assert missing.returncode != 0 and "no plugstrip endpoint on this host" in missing.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_doctor_finds_a_binding_that_differs_from_the_store(
+    net: DockerHost, scene: dict[str, Any], driver: str
+) -> None:
+    """A port bound to another endpoint's address (plugstrip's own rendering, as a stale
+    or tampered datapath would have it) fails `plugstrip doctor`, naming the port and
+    both sides; a restart binds it as the store says."""
+    web, atk = scene["web"], scene["atk"]
+    check = f"port bindings ({driver})"
+    assert f"OK    {check}: 3 port(s) bound" in plugstrip_cmd(net, "doctor").stdout
+    forged = binding("n", "o", atk.mac, [IPAddress(web.ip4)])  # atk's port, web's address
+    if driver == "plugstrip/weave":
+        listing = json.loads(
+            net.run_in_ns("nft", "-j", "list", "table", "bridge", nft.PORTS).stdout
+        )
+        chain = next(
+            r["rule"]["chain"]
+            for r in listing["nftables"]
+            if "rule" in r and f'"right": "{atk.mac}"' in json.dumps(r["rule"]["expr"])
+        )
+        rules = "; ".join(
+            f"add rule bridge {nft.PORTS} {chain} {r}" for r in nft.bound_rules(forged)
+        )
+        net.run_in_ns("nft", f"flush chain bridge {nft.PORTS} {chain}; {rules}")
+    else:
+        socket = bridge_socket(net.ovsdb)
+        dump = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", socket, "table=0"]
+        flows = subprocess.run(dump, capture_output=True, text=True, check=True).stdout
+        port = re.search(rf"in_port=(\d+),dl_src={atk.mac}", flows)
+        assert port is not None, flows
+        number = int(port.group(1))
+        edit = ["ovs-ofctl", "-O", "OpenFlow13"]
+        subprocess.run([*edit, "del-flows", socket, f"table=0,in_port={number}"], check=True)
+        again = "\n".join(ovs_flows.port_flows(forged, number)) + "\n"
+        subprocess.run([*edit, "add-flows", socket, "-"], input=again, text=True, check=True)
+    doctor = plugstrip_cmd(net, "doctor")
+    assert doctor.returncode != 0, doctor.stdout
+    failed = next(line for line in doctor.stdout.splitlines() if check in line)
+    assert failed.startswith("FAIL") and "differs from the store's" in failed, failed
+    assert web.ip4 in failed and atk.ip4 in failed, failed  # what it has, what it should
+    net.stop_plugstrip()
+    net.start_plugstrip()
+    wait_for(
+        lambda: f"OK    {check}: 3 port(s) bound" in plugstrip_cmd(net, "doctor").stdout,
+        10,
+        "the binding is not mended by a restart",
+    )
