@@ -88,6 +88,12 @@ def arrived_at(proc: subprocess.Popen[str]) -> set[str]:
     return {json.loads(line)["data"] for line in out.splitlines()}
 
 
+def bridge_flows(net: DockerHost, *match: str) -> str:
+    """The test host's integration bridge's flows (those ``match`` selects), as dumped."""
+    dump = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge_socket(net.ovsdb), *match]
+    return subprocess.run(dump, capture_output=True, text=True, check=True).stdout
+
+
 def drops(net: DockerHost, driver: str) -> tuple[int, int]:
     """The datapath's drop counters: (spoofed frames, floods no rule allowed)."""
     if driver == "plugstrip/weave":
@@ -96,12 +102,7 @@ def drops(net: DockerHost, driver: str) -> tuple[int, int]:
             out = net.run_in_ns("nft", "list", "counter", "bridge", nft.PORTS, counter).stdout
             found.append(int(re.search(r"packets (\d+)", out).group(1)))  # type: ignore[union-attr]
         return found[0], found[1]
-    flows = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge_socket(net.ovsdb)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    flows = bridge_flows(net)
     counts = {ovs_flows.SPOOFED: 0, ovs_flows.FLOOD_DROPPED: 0}
     for cookie, packets in re.findall(r"cookie=(0x[0-9a-f]+), .*?n_packets=(\d+)", flows):
         if int(cookie, 16) in counts:
@@ -139,13 +140,7 @@ def rule_is_in(net: DockerHost, driver: str) -> bool:
     """Whether the datapath has the test's tcp/22 rule (its rules were rewritten)."""
     if driver == "plugstrip/weave":
         return "tcp dport 22" in net.run_in_ns("nft", "list", "table", "inet", nft.TABLE).stdout
-    flows = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge_socket(net.ovsdb)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return re.search(r"tp_dst=(22|0x0016)\b", flows) is not None
+    return re.search(r"tp_dst=(22|0x0016)\b", bridge_flows(net)) is not None
 
 
 @pytest.fixture
@@ -445,8 +440,7 @@ def test_doctor_finds_a_binding_that_differs_from_the_store(
         net.run_in_ns("nft", f"flush chain bridge {nft.PORTS} {chain}; {rules}")
     else:
         socket = bridge_socket(net.ovsdb)
-        dump = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", socket, "table=0"]
-        flows = subprocess.run(dump, capture_output=True, text=True, check=True).stdout
+        flows = bridge_flows(net, "table=0")
         port = re.search(rf"in_port=(\d+),dl_src={atk.mac}", flows)
         assert port is not None, flows
         number = int(port.group(1))
