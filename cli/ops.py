@@ -12,16 +12,13 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from netaddr import IPAddress
-
-from plugstrip.netdrivers import firewall, nft, ovs, security, weave
+from plugstrip.netdrivers import firewall, ovs, security, weave
 from plugstrip.netdrivers.contract import Driver
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
 from plugstrip.netdrivers.netlink import Netlink, Underlay
@@ -195,148 +192,8 @@ async def _run_checks(args: argparse.Namespace) -> list[Check]:
     checks.append(await _check_mtu(args, records))
     checks.append(await _check_leftovers(args, records, attachments))
     if has_state:
-        checks += await _check_bindings(args, attachments)
-        checks += await _check_security_groups(args, attachments)
+        checks += await _check_datapaths(args, records, attachments)
     return checks
-
-
-async def _check_bindings(args: argparse.Namespace, attachments: list[Attachment]) -> list[Check]:
-    """Each local endpoint's port on its datapath (weave: the link up on its network's
-    bridge; ovs: attached, numbered) and bound to the endpoint as the store says: its MAC
-    and addresses, none missing, none extra (weave: its chain in nftables' bridge table;
-    ovs: its port's table-0 flows)."""
-    here = this_host(args)
-    local = [a for a in attachments if a.meta.get("host", here) == here]
-    checks = []
-    weave_local = [a for a in local if a.network.driver == WeaveDriver.name]
-    if weave_local:
-        chains = _nft_json(["list", "table", "bridge", nft.PORTS])
-        detached, differing = [], []
-        async with Netlink() as nl:
-            for a in weave_local:
-                port = weave.port_name(a.network.id, a.owner)
-                bridge = await nl.index(weave.bridge_name(to_network(a.network)))
-                index = await nl.index(port)
-                if index is None or bridge is None:
-                    detached.append(f"{port} (missing)")
-                    continue
-                master = await nl.link_attr(port, "IFLA_MASTER")
-                state = await nl.link_attr(port, "IFLA_OPERSTATE")
-                if master != bridge or state == "DOWN":
-                    detached.append(f"{port} ({'down' if state == 'DOWN' else 'off its bridge'})")
-                    continue
-                if (wrong := _weave_bound(chains, port, _binding_of(a))) is not None:
-                    differing.append(f"{port} ({wrong})")
-        checks.append(_binding_check(WeaveDriver.name, len(weave_local), differing, detached))
-    ovs_local = [a for a in local if a.network.driver == ovs.OvsDriver.name]
-    if ovs_local:
-        db = Ovsdb(args.ovsdb)
-        try:
-            ofports = await db.ofports()
-        except OvsdbUnavailable as exc:
-            return [*checks, Check(f"port bindings ({ovs.OvsDriver.name})", "fail", str(exc))]
-        finally:
-            await db.close()
-        listing = _flow_listing(args)
-        detached, differing = [], []
-        for a in ovs_local:
-            port = ovs.port_name(a.network.id, a.owner)
-            if port not in ofports:
-                detached.append(port)
-            elif (wrong := _ovs_bound(listing, ofports[port], _binding_of(a))) is not None:
-                differing.append(f"{port} ({wrong})")
-        checks.append(_binding_check(ovs.OvsDriver.name, len(ovs_local), differing, detached))
-    return checks
-
-
-def _binding_of(a: Attachment) -> security.Binding:
-    return security.binding(a.network.id, a.owner, a.mac, a.addresses)
-
-
-def _weave_bound(listing: list[dict[str, Any]], port: str, bound: security.Binding) -> str | None:
-    """What differs between a port's chain in the bridge table and its binding (None:
-    nothing): the MAC and the addresses its ``!=`` matches let through."""
-    chain = f"port_{port.replace('-', '_')}"
-    rules = [r["rule"]["expr"] for r in listing if r.get("rule", {}).get("chain") == chain]
-    if not rules:
-        return "no binding"
-    found: dict[str, set[str]] = {"ether": set(), "ip": set(), "ip6": set()}
-    for expr in rules:
-        for statement in expr:
-            match = statement.get("match", {})
-            payload = match.get("left", {}).get("payload", {})
-            if match.get("op") != "!=" or payload.get("field") != "saddr":
-                continue
-            right = match["right"]
-            values = right["set"] if isinstance(right, dict) and "set" in right else [right]
-            if payload.get("protocol") in found:
-                found[payload["protocol"]] |= {str(v) for v in values}
-    wanted = {
-        "ether": {bound.mac},
-        "ip": {str(a) for a in bound.of(4)} or {"255.255.255.255"},
-        "ip6": {"::", *(str(a) for a in bound.of(6))},
-    }
-    wrong = [
-        f"{kind}: has {sorted(found[kind])}, the store says {sorted(wanted[kind])}"
-        for kind in wanted
-        if found[kind] != wanted[kind]
-    ]
-    return "; ".join(wrong) or None
-
-
-def _ovs_bound(listing: str, number: int, bound: security.Binding) -> str | None:
-    """What differs between a port's table-0 flows and its binding (None: nothing): the
-    MAC and addresses its flows pass on."""
-    mine = [line for line in listing.splitlines() if re.search(rf"\bin_port={number}\b", line)]
-    passed = [line for line in mine if "priority=300" in line and "resubmit(,5)" in line]
-    if not passed:
-        return "no binding"
-    macs = {m for line in passed for m in re.findall(r"dl_src=([0-9a-f:]+)", line)}
-    addresses = {
-        str(IPAddress(a))
-        for line in passed
-        for a in re.findall(r"(?:nw_src|ipv6_src|arp_spa)=([0-9a-f.:]+)", line)
-    }
-    wanted = {str(a) for a in bound.addresses} | {"0.0.0.0", "::"}
-    wrong = []
-    if macs != {bound.mac}:
-        wrong.append(f"MAC: has {sorted(macs)}, the store says {bound.mac}")
-    if addresses != wanted:
-        wrong.append(f"addresses: has {sorted(addresses)}, the store says {sorted(wanted)}")
-    return "; ".join(wrong) or None
-
-
-def _nft_json(args: list[str]) -> list[dict[str, Any]]:
-    out = subprocess.run(["nft", "-j", *args], capture_output=True, text=True)
-    return list(json.loads(out.stdout).get("nftables", [])) if out.returncode == 0 else []
-
-
-LOCAL_PORT = 65534  # OpenFlow's number of a bridge's own port
-
-
-def _binding_check(driver: str, count: int, unbound: list[str], detached: list[str]) -> Check:
-    if detached and driver == ovs.OvsDriver.name:
-        return Check(
-            f"port bindings ({driver})",
-            "fail",
-            f"ports not attached by ovs-vswitchd (no OpenFlow number): {', '.join(detached)};"
-            " its datapath may not be open (is a second ovs-vswitchd running here?)",
-        )
-    if detached:
-        return Check(
-            f"port bindings ({driver})",
-            "fail",
-            f"ports not on their network's bridge: {', '.join(detached)} (restart the"
-            " container, or plugstrip serve: it plugs every endpoint in at start)",
-        )
-    if unbound:
-        return Check(
-            f"port bindings ({driver})",
-            "fail",
-            f"ports whose binding is missing or differs from the store's: {', '.join(unbound)}"
-            " (restart plugstrip serve: it binds every port at start)",
-        )
-    return Check(f"port bindings ({driver})", "ok", f"{count} port(s) bound to their endpoints")
 
 
 def _has_state(args: argparse.Namespace) -> bool:
@@ -368,7 +225,7 @@ async def _check_ovs(url: str) -> Check:
         return Check("open vswitch", "warn", f"{exc} (only plugstrip/ovs needs it)")
     finally:
         await db.close()
-    if bridge is not None and bridge[0] != LOCAL_PORT:
+    if bridge is not None and bridge[0] != ovs.LOCAL_PORT:
         return Check(
             "open vswitch",
             "fail",
@@ -385,65 +242,40 @@ async def _check_ovs(url: str) -> Check:
     )
 
 
-async def _check_security_groups(
-    args: argparse.Namespace, attachments: list[Attachment]
+async def _check_datapaths(
+    args: argparse.Namespace, records: list[NetworkRecord], attachments: list[Attachment]
 ) -> list[Check]:
-    """Each driver's datapath against the security groups the store says this host must
-    enforce: the guarded endpoints and the groups' members, none missing, none extra."""
+    """Each driver's own check of its datapath (``Driver.verify``) against the store:
+    this host's endpoints on it plugged in and bound, the security groups enforced."""
     groups = {g.name: g for g in await read_store(args, NetworkService.groups)}
     here = this_host(args)
     checks = []
-    for driver, read in ((WeaveDriver.name, _nft_listing), (ovs.OvsDriver.name, _flow_listing)):
-        wanted = host_policy(groups, attachments, driver, here)
+    for name, driver in _drivers(args).items():
+        local = [
+            a for a in attachments if a.meta.get("host", here) == here and a.network.driver == name
+        ]
+        networks = [to_network(r) for r in records if r.driver == name]
+        endpoints = [NetworkService.endpoint(a, "") for a in local]
+        wanted = host_policy(groups, attachments, name, here)
         try:
-            text = read(args)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            checks.append(Check(f"security groups ({driver})", "warn", f"cannot read: {exc}"))
-            continue
-        # (direction, address): the nft chains' or the OpenFlow dispatch flows' targets
-        guarded = {("in", str(g.address)) for g in wanted.guarded} | {
-            ("out", str(g.address)) for g in wanted.egress_guarded()
-        }
-        found = {
-            (way, address)
-            for way, chain, field, table in (("in", "ep", "dst", 2), ("out", "out", "src", 3))
-            for pattern in (
-                rf"([0-9a-f.:]+) : jump {chain}_[0-9a-f_]+",
-                rf"(?:nw_{field}|ipv6_{field})=([0-9a-f.:]+) actions=resubmit\(,{table}\)",
-            )
-            for address in re.findall(pattern, text)
-        }
-        members = {str(m) for ms in wanted.members.values() for m in ms}
-        missing = [f"{w} {a}" for w, a in sorted(guarded - found)]
-        missing += sorted(m for m in members if m not in text)
-        extra = [f"{w} {a}" for w, a in sorted(found - guarded)]
-        if missing or extra:
-            detail = f"missing {missing or 'nothing'}, extra {extra or 'nothing'}"
-            checks.append(Check(f"security groups ({driver})", "fail", detail))
-        else:
-            checks.append(
-                Check(
-                    f"security groups ({driver})",
-                    "ok",
-                    f"{len(wanted.guarded)} guarded endpoint(s)"
-                    f" ({len(wanted.egress_guarded())} with egress rules),"
-                    f" {len(members)} member address(es)",
-                )
-            )
+            findings = await driver.verify(networks, endpoints, wanted)
+        finally:
+            await driver.close()
+        checks += [Check(f.check, f.status, f.detail) for f in findings]
     return checks
 
 
 def host_policy(
     groups: dict[str, security.Group], attachments: list[Attachment], driver: str, here: str
 ) -> security.Policy:
-    """The security groups' policy host ``here`` enforces on ``driver``'s datapath, as
-    the store says (bindings aside)."""
-    endpoints = [
-        (address, a.groups, a.meta.get("host", here) == here and a.network.driver == driver)
-        for a in attachments
-        for address in a.addresses
+    """The policy host ``here`` enforces on ``driver``'s datapath, as the store says: its
+    ports' bindings and the security groups."""
+    mine = [
+        a for a in attachments if a.meta.get("host", here) == here and a.network.driver == driver
     ]
-    return security.policy(groups, endpoints)
+    endpoints = [(address, a.groups, a in mine) for a in attachments for address in a.addresses]
+    bindings = [security.binding(a.network.id, a.owner, a.mac, a.addresses) for a in mine]
+    return security.policy(groups, endpoints, bindings)
 
 
 def this_host(args: argparse.Namespace) -> str:
@@ -451,21 +283,6 @@ def this_host(args: argparse.Namespace) -> str:
         return (Path(args.state_dir) / HOST_ID_FILE).read_text().strip()
     except OSError:
         return ""
-
-
-def _nft_listing(args: argparse.Namespace, family: str = "inet") -> str:
-    table = nft.TABLE if family == "inet" else nft.PORTS
-    out = subprocess.run(["nft", "list", "table", family, table], capture_output=True, text=True)
-    return out.stdout  # no table: nothing guarded (or bound) here
-
-
-def _flow_listing(args: argparse.Namespace) -> str:
-    out = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", ovs.bridge_socket(args.ovsdb)],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout  # no bridge: nothing guarded here
 
 
 def _check_forward(records: list[NetworkRecord]) -> Check:

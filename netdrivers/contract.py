@@ -14,6 +14,7 @@ from typing import Protocol
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers.security import Count, Denial, Policy
+from plugstrip.netdrivers.verify import Finding
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,15 @@ class Driver(Protocol):
         """The datapath's counters of the policy last set: each rule's traffic, the drops
         for no rule, spoofed frames and floods (``Policy.counted``), as the datapath has
         them now."""
+        ...
+
+    async def verify(
+        self, networks: list[Network], endpoints: list[Endpoint], policy: Policy
+    ) -> list[Finding]:
+        """Check this host's datapath against the store (CNI's CHECK): each of
+        ``endpoints`` (this host's, on ``networks``, the driver's) plugged in and bound
+        as ``policy``'s bindings say, and ``policy``'s security groups enforced, none
+        missing, none extra."""
         ...
 
     async def watch_denials(self, report: Callable[[Denial], None]) -> None:

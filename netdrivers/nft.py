@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -196,13 +197,17 @@ def members_script(policy: Policy, groups: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _port_chain(port: str) -> str:
+    return f"port_{port.replace('-', '_')}"
+
+
 def ports(policy: Policy, port_of: Callable[[Binding], str]) -> Body:
     """The bridge table for ``policy``: every endpoint's port (``port_of`` names it)
     bound to its MAC and addresses, and broadcast and multicast to a guarded endpoint
     through its rules."""
     body = Body(_sets(policy), {SPOOFED, FLOOD_DROPPED})
     named = {b: port_of(b) for b in policy.bindings}
-    chains = {port: port.replace("-", "_") for port in named.values()}
+    chains = {port: _port_chain(port)[len("port_") :] for port in named.values()}
     prerouting = ["type filter hook prerouting priority -300; policy accept;"]
     if named:
         entries = [f'"{port}" : jump port_{chains[port]}' for port in named.values()]
@@ -234,6 +239,47 @@ def ports(policy: Policy, port_of: Callable[[Binding], str]) -> Body:
 
 
 _SPOOFED, _FLOODED = "drop_spoofed", "drop_flood"  # the bridge table's drops: logged, counted
+
+
+def bound_differs(listing: list[dict[str, Any]], port: str, bound: Binding) -> str | None:
+    """What differs between a port's chain in the bridge table and its binding (None:
+    nothing): the MAC and the addresses its ``!=`` matches let through."""
+    chain = _port_chain(port)
+    rules = [r["rule"]["expr"] for r in listing if r.get("rule", {}).get("chain") == chain]
+    if not rules:
+        return "no binding"
+    found: dict[str, set[str]] = {"ether": set(), "ip": set(), "ip6": set()}
+    for expr in rules:
+        for statement in expr:
+            match = statement.get("match", {})
+            payload = match.get("left", {}).get("payload", {})
+            if match.get("op") != "!=" or payload.get("field") != "saddr":
+                continue
+            right = match["right"]
+            values = right["set"] if isinstance(right, dict) and "set" in right else [right]
+            if payload.get("protocol") in found:
+                found[payload["protocol"]] |= {str(v) for v in values}
+    wanted = {
+        "ether": {bound.mac},
+        "ip": {str(a) for a in bound.of(4)} or {"255.255.255.255"},
+        "ip6": {"::", *(str(a) for a in bound.of(6))},
+    }
+    wrong = [
+        f"{kind}: has {sorted(found[kind])}, the store says {sorted(wanted[kind])}"
+        for kind in wanted
+        if found[kind] != wanted[kind]
+    ]
+    return "; ".join(wrong) or None
+
+
+def guarded_in(listing: str) -> set[tuple[str, str]]:
+    """The (direction, address) pairs a listing of the groups' table (``nft list``)
+    sends to a guarded endpoint's chain."""
+    return {
+        (way, address)
+        for way, chain in (("in", "ep"), ("out", "out"))
+        for address in re.findall(rf"([0-9a-f.:]+) : jump {chain}_[0-9a-f_]+", listing)
+    }
 
 
 def _logged(prefix: str) -> str:
@@ -336,6 +382,25 @@ async def _run(cmd: list[str], stdin: str, netns: str | None) -> str:
     if proc.returncode != 0:
         raise NftError(f"nft: {err.decode().strip()}")
     return out.decode()
+
+
+async def listing(family: str, table: str, netns: str | None = None) -> list[dict[str, Any]]:
+    """A table as ``nft -j list`` has it (none: no items)."""
+    try:
+        out = await _run(["nft", "-j", "list", "table", family, table], "", netns)
+    except NftError:
+        return []
+    return list(json.loads(out).get("nftables", []))
+
+
+async def listing_text(family: str, table: str, netns: str | None = None) -> str:
+    """A table as ``nft list`` prints it ("": there is none)."""
+    if shutil.which("nft") is None:
+        raise NftError("nft is not installed (apt install nftables)")
+    try:
+        return await _run(["nft", "list", "table", family, table], "", netns)
+    except NftError:
+        return ""  # no table: nothing guarded here
 
 
 async def counts(policy: Policy, netns: str | None = None) -> list[Count]:

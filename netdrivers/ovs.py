@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import ovs_flows
+from plugstrip.netdrivers import ovs_flows, verify
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     Netlink,
@@ -26,8 +26,10 @@ from plugstrip.netdrivers.netlink import (
 )
 from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath, rundir
 from plugstrip.netdrivers.security import Count, Denial, Policy, binding
+from plugstrip.netdrivers.verify import Finding
 
 INTEGRATION_BRIDGE = "psint"
+LOCAL_PORT = 65534  # OpenFlow's number of a bridge's own port
 WATCH_AGAIN = 2.0  # seconds before the flow log's monitor connects again
 PREFIX = "pso"  # veth host ends (access ports)
 TUNNEL_PREFIX = "psx"  # VXLAN ports, one per network and peer host
@@ -129,6 +131,45 @@ class OvsDriver:
                 except RuntimeError:
                     await ovs_flows.ofctl("mod-meter", socket, meter)  # there already
         return self._meter
+
+    async def verify(
+        self, networks: list[Network], endpoints: list[Endpoint], policy: Policy
+    ) -> list[Finding]:
+        """Each endpoint's port attached by ovs-vswitchd (numbered) and bound as
+        ``policy``'s bindings say (its table-0 flows), and the bridge's flows guarding
+        what ``policy`` guards."""
+        findings = []
+        try:
+            ofports = await self.ovsdb.ofports()
+        except ConnectionError as exc:
+            if not (endpoints or policy.guarded):
+                return []  # no Open vSwitch, and nothing of plugstrip's to be in it
+            return [Finding(f"port bindings ({self.name})", "fail", str(exc))]
+        try:
+            listing = await ovs_flows.ofctl("dump-flows", bridge_socket(self.ovsdb.url))
+        except RuntimeError:
+            listing = ""  # no bridge: nothing bound or guarded here
+        if endpoints:
+            bound = {(b.network_id, b.owner): b for b in policy.bindings}
+            detached, differing = [], []
+            for endpoint in endpoints:
+                port = port_name(endpoint.network_id, endpoint.container_id)
+                binding = bound.get((endpoint.network_id, endpoint.container_id))
+                if port not in ofports:
+                    detached.append(port)
+                elif binding is None:
+                    differing.append(f"{port} (no binding)")
+                elif (
+                    wrong := ovs_flows.bound_differs(listing, ofports[port], binding)
+                ) is not None:
+                    differing.append(f"{port} ({wrong})")
+            hint = (
+                "ports not attached by ovs-vswitchd (no OpenFlow number); its datapath may"
+                " not be open (is a second ovs-vswitchd running here?)"
+            )
+            findings.append(verify.bindings(self.name, len(endpoints), differing, detached, hint))
+        findings.append(verify.groups(self.name, policy, ovs_flows.guarded_in(listing), listing))
+        return findings
 
     async def watch_denials(self, report: Callable[[Denial], None]) -> None:
         """The drops the bridge sends to a controller (through its meter), read as

@@ -407,6 +407,40 @@ def denial(
     )
 
 
+def bound_differs(listing: str, number: int, bound: Binding) -> str | None:
+    """What differs between a port's table-0 flows and its binding (None: nothing): the
+    MAC and addresses its flows pass on."""
+    mine = [line for line in listing.splitlines() if re.search(rf"\bin_port={number}\b", line)]
+    passed = [line for line in mine if "priority=300" in line and f"resubmit(,{CLASSIFY})" in line]
+    if not passed:
+        return "no binding"
+    macs = {m for line in passed for m in re.findall(r"dl_src=([0-9a-f:]+)", line)}
+    addresses = {
+        str(IPAddress(a))
+        for line in passed
+        for a in re.findall(r"(?:nw_src|ipv6_src|arp_spa)=([0-9a-f.:]+)", line)
+    }
+    wanted = {str(a) for a in bound.addresses} | {"0.0.0.0", "::"}
+    wrong = []
+    if macs != {bound.mac}:
+        wrong.append(f"MAC: has {sorted(macs)}, the store says {bound.mac}")
+    if addresses != wanted:
+        wrong.append(f"addresses: has {sorted(addresses)}, the store says {sorted(wanted)}")
+    return "; ".join(wrong) or None
+
+
+def guarded_in(listing: str) -> set[tuple[str, str]]:
+    """The (direction, address) pairs a ``dump-flows`` sends to a guarded endpoint's
+    rules (tables 2 and 3)."""
+    return {
+        (way, address)
+        for way, field, table in (("in", "dst", INGRESS), ("out", "src", EGRESS))
+        for address in re.findall(
+            rf"(?:nw_{field}|ipv6_{field})=([0-9a-f.:]+) actions=resubmit\(,{table}\)", listing
+        )
+    }
+
+
 def trace_flow(probe: Probe, in_port: int | str, src_mac: str, dst_mac: str) -> str:
     """The flow ``ofproto/trace`` takes for ``probe`` coming in on ``in_port``."""
     six = probe.src.version == 6

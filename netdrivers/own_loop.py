@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.security import Count, Denial, Policy
+from plugstrip.netdrivers.verify import Finding
 
 T = TypeVar("T")
 
@@ -65,6 +66,11 @@ class OnOwnLoop:
 
     async def counts(self) -> list[Count]:
         return await self.thread.run(self.driver.counts())
+
+    async def verify(
+        self, networks: list[Network], endpoints: list[Endpoint], policy: Policy
+    ) -> list[Finding]:
+        return await self.thread.run(self.driver.verify(networks, endpoints, policy))
 
     async def watch_denials(self, report: Callable[[Denial], None]) -> None:
         loop = asyncio.get_running_loop()

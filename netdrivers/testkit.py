@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.security import Count, Denial, Policy
+from plugstrip.netdrivers.verify import Finding
 
 
 class RecordingDriver:
@@ -51,6 +52,11 @@ class RecordingDriver:
 
     async def counts(self) -> list[Count]:
         return []  # no datapath: nothing counted
+
+    async def verify(
+        self, networks: list[Network], endpoints: list[Endpoint], policy: Policy
+    ) -> list[Finding]:
+        return []  # no datapath to check
 
     async def watch_denials(self, report: Callable[[Denial], None]) -> None:
         return  # nor logged

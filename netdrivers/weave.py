@@ -18,7 +18,7 @@ from socket import if_indextoname
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import firewall, nflog, nft
+from plugstrip.netdrivers import firewall, nflog, nft, verify
 from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.netlink import (
     ZERO_MAC,
@@ -29,6 +29,7 @@ from plugstrip.netdrivers.netlink import (
     run_in,
 )
 from plugstrip.netdrivers.security import FLOOD, SPOOFED, Count, Counted, Denial, Policy
+from plugstrip.netdrivers.verify import Finding
 
 VXLAN_PORT = 4789
 PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends
@@ -116,6 +117,55 @@ class WeaveDriver:
         if self._policy is None:
             return []
         return await nft.counts(self._policy, self.netns)
+
+    async def verify(
+        self, networks: list[Network], endpoints: list[Endpoint], policy: Policy
+    ) -> list[Finding]:
+        """Each endpoint's port on its network's bridge and up, bound as ``policy``'s
+        bindings say (its chain in the bridge table), and the groups' table guarding
+        what ``policy`` guards."""
+        findings = []
+        if endpoints:
+            by_id = {n.id: n for n in networks}
+            chains = await nft.listing("bridge", nft.PORTS)
+            bound = {(b.network_id, b.owner): b for b in policy.bindings}
+            detached, differing = [], []
+            async with Netlink(self.netns) as nl:
+                for endpoint in endpoints:
+                    port = port_name(endpoint.network_id, endpoint.container_id)
+                    network = by_id.get(endpoint.network_id)
+                    bridge = None if network is None else await nl.index(bridge_name(network))
+                    if bridge is None or await nl.index(port) is None:
+                        detached.append(f"{port} (missing)")
+                        continue
+                    state = await nl.link_attr(port, "IFLA_OPERSTATE")
+                    if await nl.link_attr(port, "IFLA_MASTER") != bridge or state == "DOWN":
+                        detached.append(
+                            f"{port} ({'down' if state == 'DOWN' else 'off its bridge'})"
+                        )
+                        continue
+                    binding = bound.get((endpoint.network_id, endpoint.container_id))
+                    wrong = (
+                        "no binding"
+                        if binding is None
+                        else nft.bound_differs(chains, port, binding)
+                    )
+                    if wrong is not None:
+                        differing.append(f"{port} ({wrong})")
+            hint = (
+                "ports not on their network's bridge (restart the container, or plugstrip"
+                " serve: it plugs every endpoint in at start)"
+            )
+            findings.append(verify.bindings(self.name, len(endpoints), differing, detached, hint))
+        try:
+            text = await nft.listing_text("inet", nft.TABLE)
+        except nft.NftError as exc:
+            return [
+                *findings,
+                Finding(f"security groups ({self.name})", "warn", f"cannot read: {exc}"),
+            ]
+        findings.append(verify.groups(self.name, policy, nft.guarded_in(text), text))
+        return findings
 
     async def watch_denials(self, report: Callable[[Denial], None]) -> None:
         """What the tables drop and log (nft.FLOW_RATE), from their NFLOG group."""
