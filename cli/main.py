@@ -18,7 +18,8 @@ from plugstrip.cli import ops, policy, sg
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.cli.serve import DEFAULT_LISTEN, UsageError, serve_command
 from plugstrip.netdrivers.drivers import DEFAULT_OVSDB
-from plugstrip.netdrivers.ipam import DEFAULT_RANGE, DEFAULT_RANGE6, IpamError
+from plugstrip.netdrivers.errors import NetworkError
+from plugstrip.netdrivers.ipam import DEFAULT_RANGE, DEFAULT_RANGE6
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.config import ConfigError
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except (UsageError, ConfigError, ValueError, OSError, IpamError) as exc:
+    except (UsageError, ConfigError, ValueError, OSError, NetworkError) as exc:
         print(f"plugstrip: {exc}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,7 @@ from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.netdrivers import ipam
 from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
+from plugstrip.netdrivers.errors import NetworkError
 from plugstrip.netdrivers.flow_log import FlowLog
 from plugstrip.netdrivers.guard import Guard
 from plugstrip.netdrivers.mesh import Mesh
@@ -190,12 +191,12 @@ def _network_adapter(
     start and close are the server's to run."""
     try:
         pool = ipam.parse_subnet(args.ipalloc_range)
-    except ipam.IpamError as exc:
+    except NetworkError as exc:
         raise UsageError(f"--ipalloc-range: {exc}") from None
     try:
         pool6 = ipam.parse_subnet(args.ipv6_range, 6)
         ipam.choose_subnet([], pool6, ipam.DEFAULT_PREFIX6)  # room for a /64 at all
-    except ipam.IpamError as exc:
+    except NetworkError as exc:
         raise UsageError(f"--ipv6-range: {exc}") from None
     advertise = None
     if args.advertise_addr is not None:

@@ -40,7 +40,7 @@ from aetcd import rpc
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import Conflict, NotFound, Unavailable
 from plugstrip.netdrivers.security import Group
 from plugstrip.netdrivers.store import (
     Allocation,
@@ -75,7 +75,7 @@ _LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # as a
 _KINDS: dict[str, Kind] = {"net": "net", "alloc": "alloc", "host": "host", "sg": "sg"}
 
 
-class StoreUnavailable(ConnectionError):
+class StoreUnavailable(Unavailable):
     pass
 
 
@@ -198,7 +198,7 @@ class EtcdStore:
             guard = await etcd.get(self._key("nets"))
             records = await self._records(etcd)
             if any(r.name == spec.name for r in records):
-                raise IpamError("conflict", f"network with name {spec.name} already exists")
+                raise Conflict(f"network with name {spec.name} already exists")
             subnet, gateway, subnet6 = decide_subnets(spec, records, pool, prefix, pool6)
             vni = lowest_free_vni({r.vni for r in records})
             record = NetworkRecord(
@@ -247,7 +247,7 @@ class EtcdStore:
                     return r
             matches = [r for r in records if name_or_id and r.id.startswith(name_or_id)]
             if len(matches) != 1:
-                raise IpamError("not_found", f"network {name_or_id} not found")
+                raise NotFound(f"network {name_or_id} not found")
             return matches[0]
 
         return await self._call(get)
@@ -264,9 +264,7 @@ class EtcdStore:
             version = await etcd.get(self._key("ver", network_id))
             users = await etcd.get_prefix(self._key("alloc", network_id, ""), keys_only=True)
             if users:
-                raise IpamError(
-                    "conflict", f"network {network_id} has {users.count} active endpoints"
-                )
+                raise Conflict(f"network {network_id} has {users.count} active endpoints")
             tx = etcd.transactions
             won = await self._commit(
                 etcd,
@@ -299,13 +297,13 @@ class EtcdStore:
         async def attempt(etcd: aetcd.Client) -> IPAddress | None:
             found = await etcd.get(self._key("net", network_id))
             if found is None:
-                raise IpamError("not_found", f"network {network_id} not found")
+                raise NotFound(f"network {network_id} not found")
             record = _load_record(found.value)
             held = await etcd.get(self._key("alloc", network_id, owner))
             if held is not None:  # idempotent per (owner, network)
                 mine = IPAddress(json.loads(held.value)["address"], 4)
                 if requested is not None and requested != mine:
-                    raise IpamError("conflict", f"{owner} already has {mine} on this network")
+                    raise Conflict(f"{owner} already has {mine} on this network")
                 return mine
             hint = await etcd.get(self._key("hint", network_id))
             after = int(hint.value) if hint else None

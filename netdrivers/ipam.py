@@ -6,7 +6,7 @@ with its IPv4 address: the same host number in each (``10.70.0.5`` and ``fd70::5
 the one allocation the store makes per endpoint is unique in both families, and the
 datapath, names and peers on other hosts learn both from it.
 
-Pure decisions: what is taken comes in, a choice (or a categorised error) goes out. The
+Pure decisions: what is taken comes in, a choice (or an error of ``errors``) goes out. The
 store runs a decision and its write as one transaction, so nothing is handed out twice,
 on one host or (with etcd) on several.
 """
@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet
+
+from plugstrip.netdrivers.errors import Conflict, Exhausted, Invalid
 
 # Weave's default allocation range, and Docker's default size for a user network.
 DEFAULT_RANGE = IPNetwork("10.32.0.0/12")
@@ -30,16 +32,6 @@ DEFAULT_PREFIX6 = 64
 # /120 still pairs with a /24.
 MAX_PREFIX = {4: 30, 6: 120}
 
-Category = Literal["invalid", "conflict", "exhausted", "not_found"]
-
-
-class IpamError(Exception):
-    """``category`` maps to an HTTP status at the API edge (400, 409, 409/503, 404)."""
-
-    def __init__(self, category: Category, message: str) -> None:
-        super().__init__(message)
-        self.category = category
-
 
 def parse_subnet(text: str, version: Literal[4, 6] = 4) -> IPNetwork:
     """An IPv4 (or IPv6) network in CIDR form with no host bits set (``10.40.1.0/24``)."""
@@ -47,15 +39,13 @@ def parse_subnet(text: str, version: Literal[4, 6] = 4) -> IPNetwork:
     try:
         net = IPNetwork(text, version=version)
     except (AddrFormatError, ValueError, TypeError):
-        raise IpamError("invalid", f"invalid subnet {text!r}: expected an {family} CIDR") from None
+        raise Invalid(f"invalid subnet {text!r}: expected an {family} CIDR") from None
     if "/" not in text:
-        raise IpamError("invalid", f"invalid subnet {text!r}: give a prefix length")
+        raise Invalid(f"invalid subnet {text!r}: give a prefix length")
     if net.ip != net.network:
-        raise IpamError(
-            "invalid", f"invalid subnet {text}: host bits set (did you mean {net.cidr}?)"
-        )
+        raise Invalid(f"invalid subnet {text}: host bits set (did you mean {net.cidr}?)")
     if net.prefixlen > MAX_PREFIX[version]:
-        raise IpamError("invalid", f"invalid subnet {text}: /{MAX_PREFIX[version]} is the smallest")
+        raise Invalid(f"invalid subnet {text}: /{MAX_PREFIX[version]} is the smallest")
     return net
 
 
@@ -63,7 +53,7 @@ def check_subnet(subnet: IPNetwork, taken: Iterable[IPNetwork]) -> None:
     """Refuse a subnet that overlaps one already in use."""
     for other in taken:
         if subnet.first <= other.last and other.first <= subnet.last:
-            raise IpamError("conflict", f"subnet {subnet} overlaps {other}, already in use")
+            raise Conflict(f"subnet {subnet} overlaps {other}, already in use")
 
 
 def choose_subnet(
@@ -74,12 +64,12 @@ def choose_subnet(
     """The lowest free /``prefix`` of ``pool`` (free blocks, not every candidate, are
     walked, so a nearly full range costs no more than an empty one)."""
     if not pool.prefixlen <= prefix <= MAX_PREFIX[pool.version]:
-        raise IpamError("invalid", f"cannot cut /{prefix} subnets out of {pool}")
+        raise Invalid(f"cannot cut /{prefix} subnets out of {pool}")
     free = IPSet([pool]) - IPSet(list(taken))
     for block in free.iter_cidrs():  # sorted, each aligned to its own size
         if block.prefixlen <= prefix:
             return IPNetwork(f"{block.network}/{prefix}")
-    raise IpamError("exhausted", f"no free /{prefix} left in {pool}")
+    raise Exhausted(f"no free /{prefix} left in {pool}")
 
 
 def gateway_of(subnet: IPNetwork) -> IPAddress:
@@ -97,15 +87,13 @@ def check_pair(
     """Refuse an IPv6 subnet that cannot give every IPv4 host number its twin, or an IPv6
     gateway that is not the IPv4 gateway's twin."""
     if subnet6.size < subnet.size:
-        raise IpamError(
-            "invalid",
+        raise Invalid(
             f"IPv6 subnet {subnet6} is smaller than IPv4 subnet {subnet}: plugstrip gives an "
             "endpoint the same host number in both",
         )
     twin = paired(gateway, subnet, subnet6)
     if gateway6 is not None and gateway6 != twin:
-        raise IpamError(
-            "invalid",
+        raise Invalid(
             f"IPv6 gateway {gateway6}: on {subnet6} it is {twin}, the IPv4 gateway's host "
             "number (plugstrip pairs the families' addresses)",
         )
@@ -122,20 +110,17 @@ def requested_pair(
     if requested6 is None:
         return requested
     if requested6 not in subnet6:
-        raise IpamError(
-            "invalid",
+        raise Invalid(
             f"Invalid address {requested6}: It does not belong to any of this network's subnets",
         )
     if int(requested6) - subnet6.first >= subnet.size:
-        raise IpamError(
-            "invalid",
+        raise Invalid(
             f"address {requested6}: its host number is beyond IPv4 subnet {subnet}, and "
             "plugstrip gives an endpoint the same host number in both families",
         )
     twin = paired(requested6, subnet6, subnet)
     if requested is not None and requested != twin:
-        raise IpamError(
-            "invalid",
+        raise Invalid(
             f"--ip {requested} and --ip6 {requested6} differ in host number: plugstrip pairs "
             f"them (--ip {twin} goes with that --ip6)",
         )
@@ -167,9 +152,7 @@ def choose_address(
     if requested is not None:
         value = int(requested)
         if not first <= value <= last:
-            raise IpamError(
-                "invalid", f"address {requested} is not a usable address of subnet {subnet}"
-            )
+            raise Invalid(f"address {requested} is not a usable address of subnet {subnet}")
         if not free(value):
             what = (
                 "the gateway"
@@ -178,10 +161,10 @@ def choose_address(
                 if value in reserved
                 else "in use"
             )
-            raise IpamError("conflict", f"address {requested} is {what} on {subnet}")
+            raise Conflict(f"address {requested} is {what} on {subnet}")
         return IPAddress(value, 4)
     start = after + 1 if after is not None and first <= after < last else first
     for value in (*range(start, last + 1), *range(first, start)):
         if free(value):
             return IPAddress(value, 4)
-    raise IpamError("exhausted", f"no free address left in {subnet}")
+    raise Exhausted(f"no free address left in {subnet}")

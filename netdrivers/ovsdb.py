@@ -16,6 +16,8 @@ from typing import Any
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
+from plugstrip.netdrivers.errors import Unavailable
+
 OWNER = "plugstrip"
 
 
@@ -39,7 +41,7 @@ def rundir(url: str) -> str:
     return os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
 
 
-class OvsdbUnavailable(ConnectionError):
+class OvsdbUnavailable(Unavailable):
     pass
 
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 from netaddr import EUI, AddrFormatError, IPAddress, IPNetwork
 
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import Invalid
 
 Proto = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
 PROTOS: tuple[Proto, ...] = ("tcp", "udp", "icmp", "icmpv6", "any")
@@ -87,7 +87,7 @@ class Group:
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name) or name == ANY:
-        raise IpamError("invalid", f"invalid security group name {name!r}")
+        raise Invalid(f"invalid security group name {name!r}")
     return name
 
 
@@ -97,21 +97,21 @@ def parse_rule(
     """A rule from the operator's words (``--from web --proto tcp --port 5432``, or
     ``--to`` for egress), or a clear error (category ``invalid``)."""
     if proto not in PROTOS:
-        raise IpamError("invalid", f"invalid protocol {proto!r}: one of {', '.join(PROTOS)}")
+        raise Invalid(f"invalid protocol {proto!r}: one of {', '.join(PROTOS)}")
     if "/" in peer:
         try:
             cidr = IPNetwork(peer)
         except (AddrFormatError, ValueError):
-            raise IpamError("invalid", f"invalid CIDR {peer!r}") from None
+            raise Invalid(f"invalid CIDR {peer!r}") from None
         if cidr.ip != cidr.network:
-            raise IpamError("invalid", f"invalid CIDR {peer}: host bits set ({cidr.cidr}?)")
+            raise Invalid(f"invalid CIDR {peer}: host bits set ({cidr.cidr}?)")
         peer = str(cidr.cidr)
     elif peer != ANY:
         check_name(peer)
     ports = None
     if port is not None:
         if proto not in ("tcp", "udp"):
-            raise IpamError("invalid", f"--port is for tcp and udp, not {proto}")
+            raise Invalid(f"--port is for tcp and udp, not {proto}")
         ports = parse_ports(port)
     return Rule(peer, proto, ports, egress)
 
@@ -121,9 +121,9 @@ def parse_ports(text: str) -> tuple[int, int]:
     try:
         low, high = int(first), int(last if sep else first)
     except ValueError:
-        raise IpamError("invalid", f"invalid port {text!r}: a number or a range N-M") from None
+        raise Invalid(f"invalid port {text!r}: a number or a range N-M") from None
     if not 1 <= low <= high <= 65535:
-        raise IpamError("invalid", f"invalid port {text!r}: 1 to 65535, low to high")
+        raise Invalid(f"invalid port {text!r}: 1 to 65535, low to high")
     return low, high
 
 

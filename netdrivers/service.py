@@ -17,7 +17,7 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam, security
 from plugstrip.netdrivers.contract import Driver, Endpoint, Network
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import Conflict, Invalid, NotFound, Unavailable
 from plugstrip.netdrivers.security import Group, Rule
 from plugstrip.netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
 from plugstrip.netdrivers.view import StoreView
@@ -31,16 +31,14 @@ log = logging.getLogger("plugstrip.netdrivers")
 IFNAME_PREFIX = "ethps"
 
 
-class PolicyUnavailable(ConnectionError):
+class PolicyUnavailable(Unavailable):
     """An endpoint's security groups could not be put into its datapath, so it was not
     plugged in: a guarded endpoint is never reachable unguarded (it fails closed)."""
 
 
-class UnknownDriver(IpamError):
+class UnknownDriver(Invalid):
     def __init__(self, driver: str, known: Iterable[str]) -> None:
-        super().__init__(
-            "invalid", f"plugstrip has no network driver {driver!r} (it has {', '.join(known)})"
-        )
+        super().__init__(f"plugstrip has no network driver {driver!r} (it has {', '.join(known)})")
 
 
 @dataclass(frozen=True)
@@ -151,10 +149,8 @@ class NetworkService:
     async def find(self, name_or_id: str) -> NetworkRecord | None:
         try:
             return await self.store.get_network(name_or_id)
-        except IpamError as exc:
-            if exc.category == "not_found":
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def delete_network(self, record: NetworkRecord) -> None:
         await self.store.delete_network(record.id)  # refuses while endpoints remain
@@ -338,7 +334,7 @@ class NetworkService:
 
         def create(current: Group | None) -> Group:
             if current is not None:
-                raise IpamError("conflict", f"security group {name} already exists")
+                raise Conflict(f"security group {name} already exists")
             return Group(name)
 
         made = await self.store.change_group(name, create)
@@ -352,7 +348,7 @@ class NetworkService:
 
         def add(current: Group | None) -> Group:
             if current is None:
-                raise IpamError("not_found", f"security group {name} not found")
+                raise NotFound(f"security group {name} not found")
             if rule in current.rules:
                 return current
             return Group(name, tuple(sorted((*current.rules, rule))))
@@ -364,9 +360,9 @@ class NetworkService:
     async def revoke(self, name: str, rule: Rule) -> Group:
         def drop(current: Group | None) -> Group:
             if current is None:
-                raise IpamError("not_found", f"security group {name} not found")
+                raise NotFound(f"security group {name} not found")
             if rule not in current.rules:
-                raise IpamError("not_found", f"security group {name} has no rule {rule.describe()}")
+                raise NotFound(f"security group {name} has no rule {rule.describe()}")
             return Group(name, tuple(r for r in current.rules if r != rule))
 
         changed = await self.store.change_group(name, drop)
@@ -377,18 +373,14 @@ class NetworkService:
         """Remove a group no endpoint is in and no other group's rule names."""
         users = await self.group_members(name)
         if users:
-            raise IpamError(
-                "conflict", f"security group {name} is in use by {len(users)} endpoint(s)"
-            )
+            raise Conflict(f"security group {name} is in use by {len(users)} endpoint(s)")
         for group in await self.groups():
             if group.name != name and any(r.peer_group() == name for r in group.rules):
-                raise IpamError(
-                    "conflict", f"security group {name} is named by a rule of group {group.name}"
-                )
+                raise Conflict(f"security group {name} is named by a rule of group {group.name}")
 
         def delete(current: Group | None) -> None:
             if current is None:
-                raise IpamError("not_found", f"security group {name} not found")
+                raise NotFound(f"security group {name} not found")
             return None
 
         await self.store.change_group(name, delete)
@@ -403,7 +395,7 @@ class NetworkService:
             known = {g.name for g in await self.store.groups()}  # the store before refusing
         for name in names:
             if name not in known:
-                raise IpamError("invalid", f"security group {name} not found")
+                raise Invalid(f"security group {name} not found")
 
     async def enforce(self, only: str | None = None) -> None:
         """Program every driver (or the one named ``only``) with this host's security-group

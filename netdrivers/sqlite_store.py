@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import Conflict, NotFound
 from plugstrip.netdrivers.security import Group
 from plugstrip.netdrivers.store import (
     Allocation,
@@ -138,7 +138,7 @@ class SqliteStore:
     ) -> NetworkRecord:
         def create(db: sqlite3.Connection) -> NetworkRecord:
             if db.execute("SELECT 1 FROM networks WHERE name=?", (spec.name,)).fetchone():
-                raise IpamError("conflict", f"network with name {spec.name} already exists")
+                raise Conflict(f"network with name {spec.name} already exists")
             records = [_record(r) for r in db.execute("SELECT * FROM networks")]
             subnet, gateway, subnet6 = decide_subnets(spec, records, pool, prefix, pool6)
             record = NetworkRecord(
@@ -186,7 +186,7 @@ class SqliteStore:
                     "SELECT * FROM networks WHERE substr(id, 1, length(?1)) = ?1", (name_or_id,)
                 ).fetchall()
                 if len(prefix) != 1 or not name_or_id:
-                    raise IpamError("not_found", f"network {name_or_id} not found")
+                    raise NotFound(f"network {name_or_id} not found")
                 row = prefix[0]
             return _record(row)
 
@@ -201,7 +201,7 @@ class SqliteStore:
                 "SELECT count(*) FROM allocations WHERE network_id=?", (network_id,)
             ).fetchone()[0]
             if users:
-                raise IpamError("conflict", f"network {network_id} has {users} active endpoints")
+                raise Conflict(f"network {network_id} has {users} active endpoints")
             db.execute("DELETE FROM networks WHERE id=?", (network_id,))
 
         await self._tx(delete)
@@ -216,7 +216,7 @@ class SqliteStore:
         def alloc(db: sqlite3.Connection) -> IPAddress:
             net = db.execute("SELECT * FROM networks WHERE id=?", (network_id,)).fetchone()
             if net is None:
-                raise IpamError("not_found", f"network {network_id} not found")
+                raise NotFound(f"network {network_id} not found")
             record = _record(net)
             held = db.execute(
                 "SELECT address FROM allocations WHERE network_id=? AND owner=?",
@@ -225,7 +225,7 @@ class SqliteStore:
             if held is not None:  # idempotent per (owner, network)
                 mine = IPAddress(held[0], 4)
                 if requested is not None and requested != mine:
-                    raise IpamError("conflict", f"{owner} already has {mine} on this network")
+                    raise Conflict(f"{owner} already has {mine} on this network")
                 return mine
             address = ipam.choose_address(
                 record.subnet,

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import Exhausted, Invalid
 from plugstrip.netdrivers.security import Group, Rule
 
 T = TypeVar("T")
@@ -218,7 +218,7 @@ def decide_subnets(
         ipam.check_subnet(subnet, taken)
     gateway = spec.gateway or ipam.gateway_of(subnet)
     if not subnet.first < int(gateway) < subnet.last:
-        raise IpamError("invalid", f"gateway {gateway} is not a host address of {subnet}")
+        raise Invalid(f"gateway {gateway} is not a host address of {subnet}")
     if not spec.ipv6:
         check_aux(spec, subnet, gateway, None)
         return subnet, gateway, None
@@ -240,18 +240,15 @@ def check_aux(
     for name, address in spec.aux.items():
         within = subnet if address.version == 4 else subnet6
         if within is None or not within.first < int(address) < within.last:
-            raise IpamError(
-                "invalid", f"auxiliary address {name}={address} is not in the network's subnets"
-            )
+            raise Invalid(f"auxiliary address {name}={address} is not in the network's subnets")
         if address.version == 6 and int(address) - within.first >= subnet.size:
-            raise IpamError(
-                "invalid",
+            raise Invalid(
                 f"auxiliary address {name}={address}: its host number is beyond IPv4 subnet "
                 f"{subnet}, and plugstrip gives an endpoint the same host number in both",
             )
         twin = address if address.version == 4 else ipam.paired(address, within, subnet)
         if twin == gateway:
-            raise IpamError("invalid", f"auxiliary address {name}={address} is the gateway")
+            raise Invalid(f"auxiliary address {name}={address} is the gateway")
 
 
 def lowest_free_vni(taken: set[int]) -> int:
@@ -259,7 +256,7 @@ def lowest_free_vni(taken: set[int]) -> int:
     while vni in taken:
         vni += 1
     if vni > MAX_VNI:
-        raise IpamError("exhausted", "no free VXLAN network identifier")
+        raise Exhausted("no free VXLAN network identifier")
     return vni
 
 

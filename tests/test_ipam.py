@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
+from plugstrip.netdrivers.errors import Conflict, Exhausted, Invalid, NetworkError
 from plugstrip.netdrivers.ipam import (
     DEFAULT_PREFIX6,
     DEFAULT_RANGE6,
-    IpamError,
     check_pair,
     check_subnet,
     choose_address,
@@ -40,9 +40,9 @@ def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     ],
 )
 def test_parse_subnet_errors(text: str, message: str) -> None:
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         parse_subnet(text)
-    assert info.value.category == "invalid" and message in str(info.value)
+    assert isinstance(info.value, Invalid) and message in str(info.value)
 
 
 def test_parse_subnet_ok() -> None:
@@ -50,9 +50,9 @@ def test_parse_subnet_ok() -> None:
 
 
 def test_overlap_is_a_conflict_naming_the_other() -> None:
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         check_subnet(IPNetwork("10.32.1.0/24"), [IPNetwork("10.32.0.0/16")])
-    assert info.value.category == "conflict" and "10.32.0.0/16" in str(info.value)
+    assert isinstance(info.value, Conflict) and "10.32.0.0/16" in str(info.value)
     check_subnet(IPNetwork("10.33.0.0/24"), [IPNetwork("10.32.0.0/16")])
 
 
@@ -62,9 +62,9 @@ def test_subnets_come_in_order_and_are_reclaimed() -> None:
         subnet = choose_subnet(taken, POOL)
         assert subnet == IPNetwork(f"10.32.{i}.0/24")
         taken.append(subnet)
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         choose_subnet(taken, POOL)
-    assert info.value.category == "exhausted"
+    assert isinstance(info.value, Exhausted)
     taken.remove(IPNetwork("10.32.7.0/24"))  # a network removed: its subnet is free again
     assert choose_subnet(taken, POOL) == IPNetwork("10.32.7.0/24")
 
@@ -86,7 +86,7 @@ def test_choose_subnet_is_the_lowest_free(taken: list[IPNetwork], prefix: int) -
     if free:
         assert choose_subnet(taken, POOL, prefix) == free[0]
     else:
-        with pytest.raises(IpamError):
+        with pytest.raises(NetworkError):
             choose_subnet(taken, POOL, prefix)
 
 
@@ -98,31 +98,33 @@ def test_addresses_until_exhausted() -> None:
     for _ in range(5):
         taken.append(choose_address(subnet, gw, {int(ip) for ip in taken}.__contains__))
     assert [str(ip) for ip in taken] == [f"10.40.1.{i}" for i in range(2, 7)]
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         choose_address(subnet, gw, {int(ip) for ip in taken}.__contains__)
-    assert info.value.category == "exhausted"
+    assert isinstance(info.value, Exhausted)
 
 
 @pytest.mark.parametrize(
     ("requested", "category", "message"),
     [
-        ("10.40.2.7", "invalid", "not a usable address of subnet 10.40.1.0/24"),
-        ("10.40.1.0", "invalid", "not a usable address"),
-        ("10.40.1.255", "invalid", "not a usable address"),
-        ("10.40.1.1", "conflict", "is the gateway"),
-        ("10.40.1.9", "conflict", "is in use"),
+        ("10.40.2.7", Invalid, "not a usable address of subnet 10.40.1.0/24"),
+        ("10.40.1.0", Invalid, "not a usable address"),
+        ("10.40.1.255", Invalid, "not a usable address"),
+        ("10.40.1.1", Conflict, "is the gateway"),
+        ("10.40.1.9", Conflict, "is in use"),
     ],
 )
-def test_requested_address_errors(requested: str, category: str, message: str) -> None:
+def test_requested_address_errors(
+    requested: str, category: type[NetworkError], message: str
+) -> None:
     subnet = IPNetwork("10.40.1.0/24")
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         choose_address(
             subnet,
             gateway_of(subnet),
             {int(IPAddress("10.40.1.9"))}.__contains__,
             IPAddress(requested),
         )
-    assert info.value.category == category and message in str(info.value)
+    assert isinstance(info.value, category) and message in str(info.value)
 
 
 @given(st.sets(st.integers(2, 30), max_size=29), st.none() | st.integers(0, 31))
@@ -133,9 +135,9 @@ def test_address_is_free_usable_and_lowest(taken_hosts: set[int], requested: int
     want = IPAddress(subnet.first + requested) if requested is not None else None
     try:
         got = choose_address(subnet, gw, {int(ip) for ip in taken}.__contains__, want)
-    except IpamError as exc:
+    except NetworkError as exc:
         if want is None:
-            assert exc.category == "exhausted" and len(taken_hosts) == 29
+            assert isinstance(exc, Exhausted) and len(taken_hosts) == 29
         else:
             assert requested in (0, 1, 31) or requested in taken_hosts
         return
@@ -157,8 +159,8 @@ def test_next_fit_takes_the_first_free_after_the_last_one_handed_out(
         got = choose_address(
             subnet, gateway_of(subnet), taken.__contains__, None, subnet.first + after
         )
-    except IpamError as exc:
-        assert exc.category == "exhausted" and not free
+    except NetworkError as exc:
+        assert isinstance(exc, Exhausted) and not free
         return
     later = [h for h in free if h > after] if 1 <= after < 31 else free
     assert int(got) - subnet.first == (later or free)[0]
@@ -178,9 +180,9 @@ def test_next_fit_takes_the_first_free_after_the_last_one_handed_out(
     ],
 )
 def test_parse_subnet6_errors(text: str, message: str) -> None:
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         parse_subnet(text, 6)
-    assert info.value.category == "invalid" and message in str(info.value)
+    assert isinstance(info.value, Invalid) and message in str(info.value)
 
 
 def test_a_pool6_gives_64s_in_order() -> None:
@@ -199,9 +201,9 @@ def test_pairs_check_sizes_and_gateways() -> None:
         (IPNetwork("fd70::/121"), None, "smaller than IPv4 subnet"),
         (v6, IPAddress("fd70::9"), "it is fd70::1"),
     ):
-        with pytest.raises(IpamError) as info:
+        with pytest.raises(NetworkError) as info:
             check_pair(v4, IPAddress("10.70.0.1"), subnet6, gateway6)
-        assert info.value.category == "invalid" and message in str(info.value)
+        assert isinstance(info.value, Invalid) and message in str(info.value)
 
 
 def test_requested_pairs() -> None:
@@ -216,7 +218,7 @@ def test_requested_pairs() -> None:
         (None, IPAddress("fd70::100"), "beyond IPv4 subnet"),
         (IPAddress("10.70.0.7"), IPAddress("fd70::8"), "differ in host number"),
     ):
-        with pytest.raises(IpamError) as info:
+        with pytest.raises(NetworkError) as info:
             requested_pair(v4, v6, requested, requested6)
         assert message in str(info.value)
 

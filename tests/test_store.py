@@ -13,8 +13,8 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.netdrivers import etcd_store
+from plugstrip.netdrivers.errors import Conflict, Exhausted, Invalid, NetworkError, NotFound
 from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.ipam import IpamError
 from plugstrip.netdrivers.security import Group
 from plugstrip.netdrivers.sqlite_store import SqliteStore
 from plugstrip.netdrivers.store import Allocation, Host, NetworkSpec, Store, StoreChange, StoreState
@@ -65,22 +65,22 @@ async def test_networks_get_subnets_and_vnis_in_order(store: Store) -> None:
 @pytest.mark.parametrize(
     ("spec", "category", "message"),
     [
-        (NetworkSpec("front", "d"), "conflict", "already exists"),
-        (NetworkSpec("n2", "d", IPNetwork("10.32.0.128/25")), "conflict", "overlaps 10.32.0.0/24"),
+        (NetworkSpec("front", "d"), Conflict, "already exists"),
+        (NetworkSpec("n2", "d", IPNetwork("10.32.0.128/25")), Conflict, "overlaps 10.32.0.0/24"),
         (
             NetworkSpec("n3", "d", IPNetwork("10.50.0.0/24"), IPAddress("10.50.1.1")),
-            "invalid",
+            Invalid,
             "not a host address",
         ),
     ],
 )
 async def test_bad_networks_are_refused_and_leave_nothing(
-    store: Store, spec: NetworkSpec, category: str, message: str
+    store: Store, spec: NetworkSpec, category: type[NetworkError], message: str
 ) -> None:
     await store.create_network(NetworkSpec("front", "d"))
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         await store.create_network(spec)
-    assert info.value.category == category and message in str(info.value)
+    assert isinstance(info.value, category) and message in str(info.value)
     assert [n.name for n in await store.list_networks()] == ["front"]
 
 
@@ -90,9 +90,9 @@ async def test_allocation_is_idempotent_per_owner(store: Store) -> None:
     assert first == IPAddress("10.32.0.2")
     assert await store.allocate(net.id, "c1") == first
     assert await store.allocate(net.id, "c2", IPAddress("10.32.0.10")) == IPAddress("10.32.0.10")
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         await store.allocate(net.id, "c3", IPAddress("10.32.0.10"))
-    assert info.value.category == "conflict"
+    assert isinstance(info.value, Conflict)
     assert await store.allocations(net.id) == {"c1": first, "c2": IPAddress("10.32.0.10")}
 
 
@@ -120,9 +120,9 @@ async def test_state_survives_a_restart_and_subnets_are_reclaimed(opener: Opener
     s2 = opener()
     try:
         assert await s2.allocate(net.id, "c1") == ip  # same address after a restart
-        with pytest.raises(IpamError) as info:
+        with pytest.raises(NetworkError) as info:
             await s2.delete_network(net.id)  # still in use, as Docker refuses it
-        assert info.value.category == "conflict"
+        assert isinstance(info.value, Conflict)
         await s2.release(net.id, "c1")
         await s2.delete_network(net.id)
         again = await s2.create_network(NetworkSpec("n2", "d"))
@@ -149,11 +149,11 @@ async def test_dual_stack_networks_pair_their_subnets(opener: Opener) -> None:
     assert second.subnet6 == IPNetwork("fd70:6c75:6773:1::/64")
     address = await s1.allocate(given.id, "c1")
     assert given.address6(address) == IPAddress("fd70::2")
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         await s1.create_network(
             NetworkSpec("clash", "d", ipv6=True, subnet6=IPNetwork("fd70::/63"))
         )
-    assert info.value.category == "conflict" and "overlaps fd70::/64" in str(info.value)
+    assert isinstance(info.value, Conflict) and "overlaps fd70::/64" in str(info.value)
     await s1.close()
     s2 = opener()
     try:
@@ -192,9 +192,9 @@ async def test_a_store_made_before_dual_stack_opens(tmp_path: Path) -> None:
 
 async def test_unknown_network(store: Store) -> None:
     for call in (store.get_network("nope"), store.allocate("nope", "c1")):
-        with pytest.raises(IpamError) as info:
+        with pytest.raises(NetworkError) as info:
             await call
-        assert info.value.category == "not_found"
+        assert isinstance(info.value, NotFound)
 
 
 async def test_next_fit_skips_addresses_taken_anywhere(store: Store) -> None:
@@ -354,13 +354,13 @@ async def test_aux_addresses_are_never_handed_out(opener: Opener) -> None:
     net = await s1.create_network(spec)
     handed = [await s1.allocate(net.id, f"c{i}") for i in range(3)]  # .2 .4 .6: all left
     assert handed == [IPAddress(f"10.71.0.{n}") for n in (2, 4, 6)]
-    with pytest.raises(IpamError) as info:
+    with pytest.raises(NetworkError) as info:
         await s1.allocate(net.id, "c9")
-    assert info.value.category == "exhausted"
+    assert isinstance(info.value, Exhausted)
     for reserved in ("10.71.0.3", "10.71.0.5"):
-        with pytest.raises(IpamError) as info:
+        with pytest.raises(NetworkError) as info:
             await s1.allocate(net.id, "c10", IPAddress(reserved))
-        assert info.value.category == "conflict" and "reserved" in str(info.value)
+        assert isinstance(info.value, Conflict) and "reserved" in str(info.value)
     await s1.close()
     s2 = opener()
     try:
@@ -380,8 +380,8 @@ async def test_aux_addresses_are_never_handed_out(opener: Opener) -> None:
                 subnet6=IPNetwork("fd74::/64"),
                 aux={"x": IPAddress(address)},
             )
-            with pytest.raises(IpamError) as info:
+            with pytest.raises(NetworkError) as info:
                 await s2.create_network(wrong)
-            assert info.value.category == "invalid" and message in str(info.value), address
+            assert isinstance(info.value, Invalid) and message in str(info.value), address
     finally:
         await s2.close()

@@ -13,7 +13,7 @@ from plugstrip.adapters.network import holder, shapes, weave_cidr
 from plugstrip.adapters.network.holder_life import Holders
 from plugstrip.adapters.network.networks import existing_container
 from plugstrip.adapters.network.routing import On, query
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import Conflict
 from plugstrip.netdrivers.service import Attachment, NetworkService
 from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
 from plugstrip.proxy.contract import Call, Refuse
@@ -149,9 +149,7 @@ class ContainerCalls:
         spec = NetworkSpec(name, "plugstrip/weave", subnet)
         try:
             return await self.service.create_network(spec)
-        except IpamError as exc:
-            if exc.category != "conflict":
-                raise
+        except Conflict:
             found = await self.service.find(name)  # made meanwhile by a concurrent create
             if found is None:
                 raise

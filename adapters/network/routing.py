@@ -13,14 +13,28 @@ from typing import Literal
 from urllib.parse import parse_qs
 
 from plugstrip.adapters.network import shapes
-from plugstrip.netdrivers.ipam import IpamError
+from plugstrip.netdrivers.errors import (
+    Conflict,
+    Exhausted,
+    Invalid,
+    NetworkError,
+    NotFound,
+    Unavailable,
+)
 from plugstrip.proxy.contract import Call, Refuse, split_version
 from plugstrip.proxy.routes import Route
 
 Hook = Literal["pre_hook", "post_hook"]
 Handler = Callable[..., Awaitable[None]]  # (call, *segments)
 
-_STATUS = {"invalid": 400, "conflict": 409, "exhausted": 409, "not_found": 404}
+# The one place a kind of refusal becomes a status (the client's docker prints the message).
+_STATUS: dict[type[NetworkError], int] = {
+    Invalid: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Exhausted: 409,
+    Unavailable: 503,
+}
 
 
 @dataclass(frozen=True)
@@ -53,15 +67,16 @@ async def dispatch(table: Sequence[On], call: Call) -> None:
             continue
         try:
             await on.handler(call, *segments)
-        except IpamError as exc:
+        except NetworkError as exc:
             raise refusal(exc) from None
         except ConnectionError as exc:  # a backend (OVSDB, the store) away, or a guard unset
             raise Refuse(503, str(exc)) from None
         return
 
 
-def refusal(exc: IpamError) -> Refuse:
-    return Refuse(_STATUS[exc.category], str(exc))
+def refusal(exc: NetworkError) -> Refuse:
+    status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+    return Refuse(status, str(exc))
 
 
 def query(call: Call, key: str) -> str | None:

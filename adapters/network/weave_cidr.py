@@ -13,7 +13,8 @@ from typing import Literal
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from plugstrip.netdrivers.ipam import IpamError, parse_subnet
+from plugstrip.netdrivers.errors import NetworkError
+from plugstrip.netdrivers.ipam import parse_subnet
 
 
 class WeaveCidrError(ValueError):
@@ -50,7 +51,7 @@ def _token(token: str) -> AddressRequest:
     if token.startswith("net:"):
         try:
             return AddressRequest("net", subnet=parse_subnet(token[4:]))
-        except IpamError as exc:
+        except NetworkError as exc:
             raise WeaveCidrError(f"WEAVE_CIDR {token!r}: {exc}") from None
     value = token[3:] if token.startswith("ip:") else token
     if "/" not in value:
