@@ -10,7 +10,7 @@ import time
 
 from netaddr import IPNetwork
 
-from plugstrip.netdrivers.store import NetworkSpec, Store
+from plugstrip.netdrivers.stores.store import NetworkSpec, Store
 
 
 def in_pid_ns(pid: str) -> list[str]:

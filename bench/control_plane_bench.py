@@ -38,12 +38,12 @@ from pathlib import Path
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.contract import Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.mesh import Mesh
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
-from plugstrip.netdrivers.testkit import RecordingDriver
+from plugstrip.netdrivers.control.mesh import Mesh
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.datapath.testkit import RecordingDriver
+from plugstrip.netdrivers.domain.contract import Network, RemoteChange, RemoteEndpoint
+from plugstrip.netdrivers.stores.etcd import EtcdStore
+from plugstrip.netdrivers.stores.store import NetworkRecord, NetworkSpec
 from tests.etcd import EtcdServer
 
 DRIVER = "plugstrip/weave"

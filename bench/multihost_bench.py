@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from bench.common import allocation_times, in_pid_ns, iperf
-from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.sqlite_store import SqliteStore
+from plugstrip.netdrivers.stores.etcd import EtcdStore
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
 from tests.cluster import cluster
 from tests.dockerhost import UNDERLAY_DEVICE, DockerHost
 from tests.etcd import etcd_server

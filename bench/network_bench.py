@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from bench.common import allocation_times, in_pid_ns, iperf
-from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import Store
+from plugstrip.netdrivers.stores.etcd import EtcdStore
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
+from plugstrip.netdrivers.stores.store import Store
 from tests import harness
 from tests.dockerhost import docker_host
 from tests.etcd import etcd_server

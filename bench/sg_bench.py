@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import in_pid_ns, iperf
-from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.ovs import bridge_socket
-from plugstrip.netdrivers.ovsdb import rundir
-from plugstrip.netdrivers.security import parse_rule
-from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.datapath.ovs import bridge_socket
+from plugstrip.netdrivers.datapath.ovsdb import rundir
+from plugstrip.netdrivers.domain.security import parse_rule
+from plugstrip.netdrivers.stores.etcd import EtcdStore
 from tests.cluster import cluster
 from tests.dockerhost import DockerHost, docker_host
 from tests.netcheck import DRIVERS, address, plugstrip_cmd, sleeper

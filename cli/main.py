@@ -17,9 +17,9 @@ from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE as DEFAULT_SPARE
 from plugstrip.cli import ops, policy, sg
 from plugstrip.cli.ops import RUNTIME_FILE
 from plugstrip.cli.serve import DEFAULT_LISTEN, UsageError, serve_command
-from plugstrip.netdrivers.drivers import DEFAULT_OVSDB
-from plugstrip.netdrivers.errors import NetworkError
-from plugstrip.netdrivers.ipam import DEFAULT_RANGE, DEFAULT_RANGE6
+from plugstrip.netdrivers.datapath.drivers import DEFAULT_OVSDB
+from plugstrip.netdrivers.domain.errors import NetworkError
+from plugstrip.netdrivers.domain.ipam import DEFAULT_RANGE, DEFAULT_RANGE6
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.config import ConfigError
 

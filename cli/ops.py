@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from plugstrip.netdrivers import firewall, ovs, security, weave
-from plugstrip.netdrivers.contract import Driver
-from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
-from plugstrip.netdrivers.netlink import Netlink, Underlay
-from plugstrip.netdrivers.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath, rundir
-from plugstrip.netdrivers.service import Attachment, NetworkService, to_network
-from plugstrip.netdrivers.store import HOST_ID_FILE, STORE_FILE, Host, NetworkRecord
-from plugstrip.netdrivers.stores import open_store
-from plugstrip.netdrivers.weave import VXLAN_OVERHEAD, WeaveDriver
+from plugstrip.netdrivers.control.service import Attachment, NetworkService, to_network
+from plugstrip.netdrivers.datapath import firewall, ovs, weave
+from plugstrip.netdrivers.datapath.drivers import DriverSettings, make_drivers
+from plugstrip.netdrivers.datapath.netlink import Netlink, Underlay
+from plugstrip.netdrivers.datapath.ovsdb import Ovsdb, OvsdbUnavailable, detect_datapath, rundir
+from plugstrip.netdrivers.datapath.weave import VXLAN_OVERHEAD, WeaveDriver
+from plugstrip.netdrivers.domain import security
+from plugstrip.netdrivers.domain.contract import Driver
+from plugstrip.netdrivers.stores.factory import open_store
+from plugstrip.netdrivers.stores.store import HOST_ID_FILE, STORE_FILE, Host, NetworkRecord
 
 # In the state dir, written by a running serve: its listeners, admin URL and underlay.
 RUNTIME_FILE = "serve.json"

@@ -23,17 +23,17 @@ from plugstrip.adapters.network import NetworkAdapter
 from plugstrip.adapters.network.sg_metrics import SecurityGroupMetrics
 from plugstrip.adapters.policy.socket_proxy_env import policy_options
 from plugstrip.cli.ops import RUNTIME_FILE
-from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.drivers import DriverSettings, make_drivers
-from plugstrip.netdrivers.errors import NetworkError
-from plugstrip.netdrivers.flow_log import FlowLog
-from plugstrip.netdrivers.guard import Guard
-from plugstrip.netdrivers.mesh import Mesh
-from plugstrip.netdrivers.netlink import Netlink, Underlay
-from plugstrip.netdrivers.own_loop import LoopThread, OnOwnLoop
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.store import host_id
-from plugstrip.netdrivers.stores import open_store
+from plugstrip.netdrivers.control.flow_log import FlowLog
+from plugstrip.netdrivers.control.guard import Guard
+from plugstrip.netdrivers.control.mesh import Mesh
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.datapath.drivers import DriverSettings, make_drivers
+from plugstrip.netdrivers.datapath.netlink import Netlink, Underlay
+from plugstrip.netdrivers.datapath.own_loop import LoopThread, OnOwnLoop
+from plugstrip.netdrivers.domain import ipam
+from plugstrip.netdrivers.domain.errors import NetworkError
+from plugstrip.netdrivers.stores.factory import open_store
+from plugstrip.netdrivers.stores.store import host_id
 from plugstrip.proxy import logs
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.admin import admin_app

@@ -20,10 +20,11 @@ from plugstrip.cli.ops import (
     this_host,
     vswitchd_control,
 )
-from plugstrip.netdrivers import nft, ovs, ovs_flows, security
-from plugstrip.netdrivers.drivers import DEFAULT_OVSDB
-from plugstrip.netdrivers.ovsdb import Ovsdb, rundir
-from plugstrip.netdrivers.service import Attachment, NetworkService
+from plugstrip.netdrivers.control.service import Attachment, NetworkService
+from plugstrip.netdrivers.datapath import nft, ovs, ovs_flows
+from plugstrip.netdrivers.datapath.drivers import DEFAULT_OVSDB
+from plugstrip.netdrivers.datapath.ovsdb import Ovsdb, rundir
+from plugstrip.netdrivers.domain import security
 
 
 def add_commands(sub: Any, state_dir: str, store: str | None) -> None:

@@ -17,7 +17,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from plugstrip.adapters.network import holder_pool
-from plugstrip.netdrivers.netlink import tx_checksum_off
+from plugstrip.netdrivers.datapath.netlink import tx_checksum_off
 from tests import harness, netns
 from tests.harness import Plugstrip
 from tests.ovs import ovs_in

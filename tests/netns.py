@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.contract import Endpoint, Network
+from plugstrip.netdrivers.domain.contract import Endpoint, Network
 
 
 @contextmanager

@@ -13,11 +13,11 @@ from contextlib import suppress
 import pytest
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.mesh import Mesh
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
-from plugstrip.netdrivers.testkit import RecordingDriver
+from plugstrip.netdrivers.control.mesh import Mesh
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.datapath.testkit import RecordingDriver
+from plugstrip.netdrivers.stores.etcd import EtcdStore
+from plugstrip.netdrivers.stores.store import NetworkRecord, NetworkSpec
 from tests.etcd import EtcdServer
 
 pytestmark = pytest.mark.system

@@ -14,10 +14,10 @@ import dns.rdatatype
 import pytest
 from netaddr import IPNetwork
 
-from plugstrip.netdrivers.dns import Responder, Upstreams
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import NetworkSpec
+from plugstrip.netdrivers.control.dns import Responder, Upstreams
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
+from plugstrip.netdrivers.stores.store import NetworkSpec
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from plugstrip.netdrivers.ovs import INTEGRATION_BRIDGE
+from plugstrip.netdrivers.datapath.ovs import INTEGRATION_BRIDGE
 from tests import netns
 from tests.harness import PLUGSTRIP
 from tests.ovs import ovs_in

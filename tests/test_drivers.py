@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteEndpoint
-from plugstrip.netdrivers.netlink import ZERO_MAC, Netlink
-from plugstrip.netdrivers.ovs import INTEGRATION_BRIDGE, OvsDriver, host_port_name
-from plugstrip.netdrivers.ovsdb import Ovsdb
-from plugstrip.netdrivers.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
+from plugstrip.netdrivers.datapath.netlink import ZERO_MAC, Netlink
+from plugstrip.netdrivers.datapath.ovs import INTEGRATION_BRIDGE, OvsDriver, host_port_name
+from plugstrip.netdrivers.datapath.ovsdb import Ovsdb
+from plugstrip.netdrivers.datapath.weave import WeaveDriver, bridge_name, host_veth_name, vxlan_name
+from plugstrip.netdrivers.domain.contract import Driver, Endpoint, Network, RemoteEndpoint
 from tests import netns
 from tests.ovs import ovs_in
 

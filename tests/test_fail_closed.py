@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.security import Policy
-from plugstrip.netdrivers.service import NetworkService, PolicyUnavailable
-from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import NetworkSpec
-from plugstrip.netdrivers.testkit import RecordingDriver
+from plugstrip.netdrivers.control.service import NetworkService, PolicyUnavailable
+from plugstrip.netdrivers.datapath.testkit import RecordingDriver
+from plugstrip.netdrivers.domain.security import Policy
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
+from plugstrip.netdrivers.stores.store import NetworkSpec
 
 DRIVER = "plugstrip/weave"
 NETNS = "/proc/1/ns/net"

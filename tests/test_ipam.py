@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.errors import Conflict, Exhausted, Invalid, NetworkError
-from plugstrip.netdrivers.ipam import (
+from plugstrip.netdrivers.domain.errors import Conflict, Exhausted, Invalid, NetworkError
+from plugstrip.netdrivers.domain.ipam import (
     DEFAULT_PREFIX6,
     DEFAULT_RANGE6,
     check_pair,

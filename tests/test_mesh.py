@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.contract import RemoteEndpoint
-from plugstrip.netdrivers.mesh import Mesh
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import Host, NetworkSpec
-from plugstrip.netdrivers.testkit import RecordingDriver
+from plugstrip.netdrivers.control.mesh import Mesh
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.datapath.testkit import RecordingDriver
+from plugstrip.netdrivers.domain.contract import RemoteEndpoint
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
+from plugstrip.netdrivers.stores.store import Host, NetworkSpec
 
 DRIVER = "plugstrip/weave"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugstrip.netdrivers.netlink import Netlink
+from plugstrip.netdrivers.datapath.netlink import Netlink
 from tests import netns
 
 pytestmark = pytest.mark.system  # namespaces, devices, daemons or installs of its own

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from plugstrip.adapters.network.routing import refusal
-from plugstrip.netdrivers import errors
-from plugstrip.netdrivers.errors import NetworkError
-from plugstrip.netdrivers.etcd_store import StoreUnavailable
-from plugstrip.netdrivers.ovsdb import OvsdbUnavailable
-from plugstrip.netdrivers.service import PolicyUnavailable, UnknownDriver
+from plugstrip.netdrivers.control.service import PolicyUnavailable, UnknownDriver
+from plugstrip.netdrivers.datapath.ovsdb import OvsdbUnavailable
+from plugstrip.netdrivers.domain import errors
+from plugstrip.netdrivers.domain.errors import NetworkError
+from plugstrip.netdrivers.stores.etcd import StoreUnavailable
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.adapters.network import shapes
-from plugstrip.netdrivers.service import Attachment
-from plugstrip.netdrivers.store import NetworkRecord
+from plugstrip.netdrivers.control.service import Attachment
+from plugstrip.netdrivers.stores.store import NetworkRecord
 
 RECORD = NetworkRecord(
     "abc123" + "0" * 58,

@@ -21,9 +21,9 @@ import pytest
 from netaddr import IPAddress
 from prometheus_client.parser import text_string_to_metric_families
 
-from plugstrip.netdrivers import nft, ovs_flows
-from plugstrip.netdrivers.ovs import bridge_socket
-from plugstrip.netdrivers.security import binding
+from plugstrip.netdrivers.datapath import nft, ovs_flows
+from plugstrip.netdrivers.datapath.ovs import bridge_socket
+from plugstrip.netdrivers.domain.security import binding
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for
 from tests.netcheck import DRIVERS, Networks, plugstrip_cmd, sleeper, uname

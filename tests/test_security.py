@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import nflog, nft, ovs_flows
-from plugstrip.netdrivers.errors import Invalid, NetworkError
-from plugstrip.netdrivers.security import (
+from plugstrip.netdrivers.datapath import nflog, nft, ovs_flows
+from plugstrip.netdrivers.domain.errors import Invalid, NetworkError
+from plugstrip.netdrivers.domain.security import (
     Counted,
     Group,
     Rule,
@@ -24,7 +24,7 @@ from plugstrip.netdrivers.security import (
     port_masks,
     rule_counter,
 )
-from plugstrip.netdrivers.store import dump_group, load_group
+from plugstrip.netdrivers.stores.store import dump_group, load_group
 
 
 def test_rules_from_the_operators_words() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import nft, ovs_flows
-from plugstrip.netdrivers.ovs import bridge_socket
-from plugstrip.netdrivers.security import Guarded, Policy
+from plugstrip.netdrivers.datapath import nft, ovs_flows
+from plugstrip.netdrivers.datapath.ovs import bridge_socket
+from plugstrip.netdrivers.domain.security import Guarded, Policy
 from tests import harness
 from tests.dockerhost import DockerHost
 from tests.harness import wait_for

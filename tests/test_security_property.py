@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import security
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network
-from plugstrip.netdrivers.ovs import OvsDriver
-from plugstrip.netdrivers.ovsdb import Ovsdb
-from plugstrip.netdrivers.security import Group, Rule
-from plugstrip.netdrivers.weave import WeaveDriver
+from plugstrip.netdrivers.datapath.ovs import OvsDriver
+from plugstrip.netdrivers.datapath.ovsdb import Ovsdb
+from plugstrip.netdrivers.datapath.weave import WeaveDriver
+from plugstrip.netdrivers.domain import security
+from plugstrip.netdrivers.domain.contract import Driver, Endpoint, Network
+from plugstrip.netdrivers.domain.security import Group, Rule
 from tests import netns
 from tests.ovs import ovs_in
 

@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import etcd_store
-from plugstrip.netdrivers.errors import Conflict, Exhausted, Invalid, NetworkError, NotFound
-from plugstrip.netdrivers.etcd_store import EtcdStore
-from plugstrip.netdrivers.security import Group
-from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import Allocation, Host, NetworkSpec, Store, StoreChange, StoreState
-from plugstrip.netdrivers.view import Delta, StoreView
+from plugstrip.netdrivers.control.view import Delta, StoreView
+from plugstrip.netdrivers.domain.errors import Conflict, Exhausted, Invalid, NetworkError, NotFound
+from plugstrip.netdrivers.domain.security import Group
+from plugstrip.netdrivers.stores import etcd as etcd_store
+from plugstrip.netdrivers.stores.etcd import EtcdStore
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
+from plugstrip.netdrivers.stores.store import (
+    Allocation,
+    Host,
+    NetworkSpec,
+    Store,
+    StoreChange,
+    StoreState,
+)
 from tests.etcd import etcd_server
 
 Opener = Callable[[], Store]

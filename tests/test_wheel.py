@@ -18,7 +18,7 @@ PROBE = """
 import importlib.util, sys
 from importlib.metadata import entry_points
 import plugstrip.proxy, plugstrip.adapters.policy, plugstrip.adapters.network
-import plugstrip.netdrivers.service, plugstrip.cli.main
+import plugstrip.netdrivers.control.service, plugstrip.cli.main
 assert plugstrip.proxy.__file__.startswith(sys.prefix), plugstrip.proxy.__file__
 for name in ("proxy", "adapters", "netdrivers", "cli"):
     assert importlib.util.find_spec(name) is None, name + " is importable at the top level"

@@ -11,10 +11,10 @@ from plugstrip.adapters.network.holder_life import Holders
 from plugstrip.adapters.network.holder_pool import DEFAULT_SIZE
 from plugstrip.adapters.network.networks import NetworkCalls
 from plugstrip.adapters.network.routing import dispatch, routes
-from plugstrip.netdrivers.flow_log import FlowLog
-from plugstrip.netdrivers.guard import Guard
-from plugstrip.netdrivers.mesh import Mesh
-from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.control.flow_log import FlowLog
+from plugstrip.netdrivers.control.guard import Guard
+from plugstrip.netdrivers.control.mesh import Mesh
+from plugstrip.netdrivers.control.service import NetworkService
 from plugstrip.proxy.contract import Call, split_version
 from plugstrip.proxy.docker_api import DockerApi
 from plugstrip.proxy.pipeline import BuiltIn, HookPolicy, LoadedAdapter

@@ -13,9 +13,9 @@ from plugstrip.adapters.network import holder, shapes, weave_cidr
 from plugstrip.adapters.network.holder_life import Holders
 from plugstrip.adapters.network.networks import existing_container
 from plugstrip.adapters.network.routing import On, query
-from plugstrip.netdrivers.errors import Conflict
-from plugstrip.netdrivers.service import Attachment, NetworkService
-from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
+from plugstrip.netdrivers.control.service import Attachment, NetworkService
+from plugstrip.netdrivers.domain.errors import Conflict
+from plugstrip.netdrivers.stores.store import NetworkRecord, NetworkSpec
 from plugstrip.proxy.contract import Call, Refuse
 from plugstrip.proxy.docker_api import DockerApi
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from plugstrip.adapters.network import holder
 from plugstrip.adapters.network.holder_life import Holders
-from plugstrip.netdrivers.service import NetworkService, PolicyUnavailable
+from plugstrip.netdrivers.control.service import NetworkService, PolicyUnavailable
 from plugstrip.proxy.docker_api import DockerApi
 
 log = logging.getLogger("plugstrip.network")

@@ -20,7 +20,7 @@ import tarfile
 from collections.abc import Sequence
 from typing import Any
 
-from plugstrip.netdrivers import dns
+from plugstrip.netdrivers.control import dns
 from plugstrip.proxy.docker_api import DockerApi
 
 IMAGE_REPO = "plugstrip/holder"

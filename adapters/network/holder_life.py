@@ -19,10 +19,11 @@ from netaddr import AddrFormatError, IPAddress
 
 from plugstrip.adapters.network import holder, resolv_conf
 from plugstrip.adapters.network.holder_pool import HolderPool
-from plugstrip.netdrivers import dns, ipam
-from plugstrip.netdrivers.dns import NameServer, Upstreams
-from plugstrip.netdrivers.service import Attachment, NetworkService
-from plugstrip.netdrivers.store import NetworkRecord
+from plugstrip.netdrivers.control import dns
+from plugstrip.netdrivers.control.dns import NameServer, Upstreams
+from plugstrip.netdrivers.control.service import Attachment, NetworkService
+from plugstrip.netdrivers.domain import ipam
+from plugstrip.netdrivers.stores.store import NetworkRecord
 from plugstrip.proxy.contract import Refuse
 from plugstrip.proxy.docker_api import DockerApi
 

@@ -14,9 +14,9 @@ from netaddr import AddrFormatError, IPAddress, IPNetwork
 from plugstrip.adapters.network import holder, shapes
 from plugstrip.adapters.network.holder_life import Holders, netns_of
 from plugstrip.adapters.network.routing import On, filters
-from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.store import NetworkRecord, NetworkSpec
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.domain import ipam
+from plugstrip.netdrivers.stores.store import NetworkRecord, NetworkSpec
 from plugstrip.proxy.contract import OWNER_KEY, OWNER_LABEL, Call, Refuse
 from plugstrip.proxy.docker_api import DockerApi
 

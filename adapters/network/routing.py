@@ -13,7 +13,7 @@ from typing import Literal
 from urllib.parse import parse_qs
 
 from plugstrip.adapters.network import shapes
-from plugstrip.netdrivers.errors import (
+from plugstrip.netdrivers.domain.errors import (
     Conflict,
     Exhausted,
     Invalid,

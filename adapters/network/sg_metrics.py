@@ -12,8 +12,8 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter
 
-from plugstrip.netdrivers.security import Count
-from plugstrip.netdrivers.service import NetworkService
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.domain.security import Count
 
 
 class SecurityGroupMetrics:

@@ -12,8 +12,8 @@ from typing import Any
 from netaddr import IPAddress, IPNetwork
 
 from plugstrip.adapters.network import holder
-from plugstrip.netdrivers.service import Attachment
-from plugstrip.netdrivers.store import NetworkRecord
+from plugstrip.netdrivers.control.service import Attachment
+from plugstrip.netdrivers.stores.store import NetworkRecord
 
 
 def endpoint_id(attachment: Attachment) -> str:

@@ -13,8 +13,8 @@ from typing import Literal
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from plugstrip.netdrivers.errors import NetworkError
-from plugstrip.netdrivers.ipam import parse_subnet
+from plugstrip.netdrivers.domain.errors import NetworkError
+from plugstrip.netdrivers.domain.ipam import parse_subnet
 
 
 class WeaveCidrError(ValueError):

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plugstrip.netdrivers.contract import Driver
-from plugstrip.netdrivers.security import Denial
-from plugstrip.netdrivers.service import Attachment, NetworkService
+from plugstrip.netdrivers.control.service import Attachment, NetworkService
+from plugstrip.netdrivers.domain.contract import Driver
+from plugstrip.netdrivers.domain.security import Denial
 
 log = logging.getLogger("plugstrip.flowlog")
 

@@ -15,18 +15,19 @@ from collections.abc import Callable, Collection
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import ovs_flows, verify
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.netlink import (
+from plugstrip.netdrivers.datapath import ovs_flows
+from plugstrip.netdrivers.datapath.netlink import (
     Netlink,
     ensure_endpoint_veth,
     link_name,
     plug_into_container,
     tx_checksum_off,
 )
-from plugstrip.netdrivers.ovsdb import Ovsdb, detect_datapath, rundir
-from plugstrip.netdrivers.security import Count, Denial, Policy, binding
-from plugstrip.netdrivers.verify import Finding
+from plugstrip.netdrivers.datapath.ovsdb import Ovsdb, detect_datapath, rundir
+from plugstrip.netdrivers.domain import verify
+from plugstrip.netdrivers.domain.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
+from plugstrip.netdrivers.domain.security import Count, Denial, Policy, binding
+from plugstrip.netdrivers.domain.verify import Finding
 
 INTEGRATION_BRIDGE = "psint"
 LOCAL_PORT = 65534  # OpenFlow's number of a bridge's own port

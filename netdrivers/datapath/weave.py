@@ -18,9 +18,8 @@ from socket import if_indextoname
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import firewall, nflog, nft, verify
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.netlink import (
+from plugstrip.netdrivers.datapath import firewall, nflog, nft
+from plugstrip.netdrivers.datapath.netlink import (
     ZERO_MAC,
     Netlink,
     ensure_endpoint_veth,
@@ -28,8 +27,10 @@ from plugstrip.netdrivers.netlink import (
     plug_into_container,
     run_in,
 )
-from plugstrip.netdrivers.security import FLOOD, SPOOFED, Count, Counted, Denial, Policy
-from plugstrip.netdrivers.verify import Finding
+from plugstrip.netdrivers.domain import verify
+from plugstrip.netdrivers.domain.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
+from plugstrip.netdrivers.domain.security import FLOOD, SPOOFED, Count, Counted, Denial, Policy
+from plugstrip.netdrivers.domain.verify import Finding
 
 VXLAN_PORT = 4789
 PREFIXES = ("psbr", "psvx", "psv")  # bridges, VXLAN devices, veth host ends

@@ -30,7 +30,7 @@ from typing import Literal
 
 from netaddr import EUI, AddrFormatError, IPAddress, IPNetwork
 
-from plugstrip.netdrivers.errors import Invalid
+from plugstrip.netdrivers.domain.errors import Invalid
 
 Proto = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
 PROTOS: tuple[Proto, ...] = ("tcp", "udp", "icmp", "icmpv6", "any")

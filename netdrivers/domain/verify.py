@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from plugstrip.netdrivers.security import Policy
+from plugstrip.netdrivers.domain.security import Policy
 
 Status = Literal["ok", "warn", "fail"]
 

@@ -12,9 +12,15 @@ import threading
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.security import Count, Denial, Policy
-from plugstrip.netdrivers.verify import Finding
+from plugstrip.netdrivers.domain.contract import (
+    Driver,
+    Endpoint,
+    Network,
+    RemoteChange,
+    RemoteEndpoint,
+)
+from plugstrip.netdrivers.domain.security import Count, Denial, Policy
+from plugstrip.netdrivers.domain.verify import Finding
 
 T = TypeVar("T")
 

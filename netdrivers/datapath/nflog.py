@@ -21,7 +21,7 @@ from netaddr import IPAddress
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, nla
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_ULOG, nfgen_msg
 
-from plugstrip.netdrivers.netlink import run_in
+from plugstrip.netdrivers.datapath.netlink import run_in
 
 GROUP = 7173  # plugstrip's NFLOG group ("ps" on a phone pad, give or take)
 NETLINK_NETFILTER = 12

@@ -39,10 +39,10 @@ import grpc
 from aetcd import rpc
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.errors import Conflict, NotFound, Unavailable
-from plugstrip.netdrivers.security import Group
-from plugstrip.netdrivers.store import (
+from plugstrip.netdrivers.domain import ipam
+from plugstrip.netdrivers.domain.errors import Conflict, NotFound, Unavailable
+from plugstrip.netdrivers.domain.security import Group
+from plugstrip.netdrivers.stores.store import (
     Allocation,
     GroupChange,
     Host,

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from plugstrip.netdrivers.security import Group
-from plugstrip.netdrivers.store import (
+from plugstrip.netdrivers.domain.security import Group
+from plugstrip.netdrivers.stores.store import (
     Allocation,
     Host,
     NetworkRecord,

@@ -28,9 +28,10 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import nflog, security
-from plugstrip.netdrivers.netlink import run_in
-from plugstrip.netdrivers.security import (
+from plugstrip.netdrivers.datapath import nflog
+from plugstrip.netdrivers.datapath.netlink import run_in
+from plugstrip.netdrivers.domain import security
+from plugstrip.netdrivers.domain.security import (
     Binding,
     Count,
     Counted,

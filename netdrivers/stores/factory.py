@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plugstrip.netdrivers.sqlite_store import SqliteStore
-from plugstrip.netdrivers.store import STORE_FILE, Store
+from plugstrip.netdrivers.stores.sqlite import SqliteStore
+from plugstrip.netdrivers.stores.store import STORE_FILE, Store
 
 
 def open_store(url: str | None, state_dir: str | Path) -> Store:
@@ -13,6 +13,6 @@ def open_store(url: str | None, state_dir: str | Path) -> Store:
     embedded SQLite store in the state directory."""
     if url is None:
         return SqliteStore(Path(state_dir) / STORE_FILE)
-    from plugstrip.netdrivers.etcd_store import EtcdStore  # gRPC is loaded only when used
+    from plugstrip.netdrivers.stores.etcd import EtcdStore  # gRPC is loaded only when used
 
     return EtcdStore.from_url(url)

@@ -13,8 +13,8 @@ from typing import Protocol
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers.security import Count, Denial, Policy
-from plugstrip.netdrivers.verify import Finding
+from plugstrip.netdrivers.domain.security import Count, Denial, Policy
+from plugstrip.netdrivers.domain.verify import Finding
 
 
 @dataclass(frozen=True)

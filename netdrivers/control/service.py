@@ -15,12 +15,12 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import ipam, security
-from plugstrip.netdrivers.contract import Driver, Endpoint, Network
-from plugstrip.netdrivers.errors import Conflict, Invalid, NotFound, Unavailable
-from plugstrip.netdrivers.security import Group, Rule
-from plugstrip.netdrivers.store import Allocation, NetworkRecord, NetworkSpec, Store
-from plugstrip.netdrivers.view import StoreView
+from plugstrip.netdrivers.control.view import StoreView
+from plugstrip.netdrivers.domain import ipam, security
+from plugstrip.netdrivers.domain.contract import Driver, Endpoint, Network
+from plugstrip.netdrivers.domain.errors import Conflict, Invalid, NotFound, Unavailable
+from plugstrip.netdrivers.domain.security import Group, Rule
+from plugstrip.netdrivers.stores.store import Allocation, NetworkRecord, NetworkSpec, Store
 
 READY_WAIT = 5.0  # seconds start waits for the store's state (then reads ask the store)
 

@@ -17,9 +17,9 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.errors import Exhausted, Invalid
-from plugstrip.netdrivers.security import Group, Rule
+from plugstrip.netdrivers.domain import ipam
+from plugstrip.netdrivers.domain.errors import Exhausted, Invalid
+from plugstrip.netdrivers.domain.security import Group, Rule
 
 T = TypeVar("T")
 GroupChange = Callable[["Group | None"], "Group | None"]

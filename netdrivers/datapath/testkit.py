@@ -3,7 +3,7 @@ programming the kernel, for the real service, store and mesh above it.
 
 ::
 
-    from plugstrip.netdrivers.testkit import RecordingDriver
+    from plugstrip.netdrivers.datapath.testkit import RecordingDriver
 
     driver = RecordingDriver()
     service = NetworkService(SqliteStore(path), {driver.name: driver})
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from plugstrip.netdrivers.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.security import Count, Denial, Policy
-from plugstrip.netdrivers.verify import Finding
+from plugstrip.netdrivers.domain.contract import Endpoint, Network, RemoteChange, RemoteEndpoint
+from plugstrip.netdrivers.domain.security import Count, Denial, Policy
+from plugstrip.netdrivers.domain.verify import Finding
 
 
 class RecordingDriver:

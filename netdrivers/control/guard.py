@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from plugstrip.netdrivers.service import NetworkService
-from plugstrip.netdrivers.view import Delta
+from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.netdrivers.control.view import Delta
 
 log = logging.getLogger("plugstrip.guard")
 

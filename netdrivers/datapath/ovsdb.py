@@ -16,7 +16,7 @@ from typing import Any
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
-from plugstrip.netdrivers.errors import Unavailable
+from plugstrip.netdrivers.domain.errors import Unavailable
 
 OWNER = "plugstrip"
 

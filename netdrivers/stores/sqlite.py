@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
-from plugstrip.netdrivers import ipam
-from plugstrip.netdrivers.errors import Conflict, NotFound
-from plugstrip.netdrivers.security import Group
-from plugstrip.netdrivers.store import (
+from plugstrip.netdrivers.domain import ipam
+from plugstrip.netdrivers.domain.errors import Conflict, NotFound
+from plugstrip.netdrivers.domain.security import Group
+from plugstrip.netdrivers.stores.store import (
     Allocation,
     GroupChange,
     Host,

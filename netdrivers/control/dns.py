@@ -37,7 +37,7 @@ import dns.rdatatype
 import dns.rrset
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.netlink import socket_in
+from plugstrip.netdrivers.datapath.netlink import socket_in
 
 log = logging.getLogger("plugstrip.dns")
 

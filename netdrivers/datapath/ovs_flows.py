@@ -47,8 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers import security
-from plugstrip.netdrivers.security import (
+from plugstrip.netdrivers.domain import security
+from plugstrip.netdrivers.domain.security import (
     Binding,
     Count,
     Counted,

@@ -21,7 +21,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
-from plugstrip.netdrivers.contract import Endpoint
+from plugstrip.netdrivers.domain.contract import Endpoint
 
 T = TypeVar("T")
 NUD_PERMANENT = 0x80

@@ -19,10 +19,10 @@ from collections import Counter
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.contract import RemoteChange, RemoteEndpoint
-from plugstrip.netdrivers.service import Attachment, NetworkService, to_network
-from plugstrip.netdrivers.store import Allocation, Host, NetworkRecord
-from plugstrip.netdrivers.view import Delta
+from plugstrip.netdrivers.control.service import Attachment, NetworkService, to_network
+from plugstrip.netdrivers.control.view import Delta
+from plugstrip.netdrivers.domain.contract import RemoteChange, RemoteEndpoint
+from plugstrip.netdrivers.stores.store import Allocation, Host, NetworkRecord
 
 log = logging.getLogger("plugstrip.mesh")
 

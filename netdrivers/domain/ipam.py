@@ -18,7 +18,7 @@ from typing import Literal
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet
 
-from plugstrip.netdrivers.errors import Conflict, Exhausted, Invalid
+from plugstrip.netdrivers.domain.errors import Conflict, Exhausted, Invalid
 
 # Weave's default allocation range, and Docker's default size for a user network.
 DEFAULT_RANGE = IPNetwork("10.32.0.0/12")

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress
 
-from plugstrip.netdrivers.contract import Driver
-from plugstrip.netdrivers.ovs import OvsDriver
-from plugstrip.netdrivers.ovsdb import Ovsdb
-from plugstrip.netdrivers.weave import WeaveDriver
+from plugstrip.netdrivers.datapath.ovs import OvsDriver
+from plugstrip.netdrivers.datapath.ovsdb import Ovsdb
+from plugstrip.netdrivers.datapath.weave import WeaveDriver
+from plugstrip.netdrivers.domain.contract import Driver
 
 DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 

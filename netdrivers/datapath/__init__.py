@@ -1,0 +1,1 @@
+"""The drivers: what programs the kernel and Open vSwitch, over the domain only."""

@@ -1,0 +1,1 @@
+"""Where networks and endpoints are kept: the store contract, SQLite and etcd."""
