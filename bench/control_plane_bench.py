@@ -43,7 +43,7 @@ from plugstrip.netdrivers.control.service import NetworkService
 from plugstrip.netdrivers.datapath.testkit import RecordingDriver
 from plugstrip.netdrivers.domain.contract import Network, RemoteChange, RemoteEndpoint
 from plugstrip.netdrivers.stores.etcd import EtcdStore
-from plugstrip.netdrivers.stores.store import NetworkRecord, NetworkSpec
+from plugstrip.netdrivers.stores.store import EndpointMeta, NetworkRecord, NetworkSpec
 from tests.etcd import EtcdServer
 
 DRIVER = "plugstrip/weave"
@@ -126,7 +126,7 @@ async def populate(url: str, hosts: int, per_host: int) -> list[NetworkRecord]:
             for h in range(hosts):  # host h's endpoint k is on network k % count
                 host = f"host{h:04d}"
                 for k in range(n, per_host, len(networks)):
-                    meta = {"host": host, "ifname": "ethps1", "name": f"{host}-c{k}"}
+                    meta = EndpointMeta(host=host, ifname="ethps1", name=f"{host}-c{k}")
                     await store.allocate(record.id, owner(host, k), meta=meta)
 
         await asyncio.gather(*(fill(n, r) for n, r in enumerate(networks)))

@@ -38,6 +38,7 @@ from plugstrip.netdrivers.datapath.ovs import bridge_socket
 from plugstrip.netdrivers.datapath.ovsdb import rundir
 from plugstrip.netdrivers.domain.security import parse_rule
 from plugstrip.netdrivers.stores.etcd import EtcdStore
+from plugstrip.netdrivers.stores.store import EndpointMeta
 from tests.cluster import cluster
 from tests.dockerhost import DockerHost, docker_host
 from tests.netcheck import DRIVERS, address, plugstrip_cmd, sleeper
@@ -255,9 +256,8 @@ async def fill_and_change(
             watches = {ns: FlowWatch(ovsdb, folder / ns) for ns, ovsdb in hosts}
         record = await store.get_network(network)
         for i in range(MEMBERS):
-            await store.allocate(
-                record.id, f"member-{i}", meta={"host": "elsewhere", "groups": ["cli"]}
-            )
+            meta = EndpointMeta(host="elsewhere", groups=("cli",))
+            await store.allocate(record.id, f"member-{i}", meta=meta)
         await asyncio.sleep(2)  # every host has enforced the members
         for i in range(changes):
             port = 7000 + i

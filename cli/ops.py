@@ -106,7 +106,7 @@ def _net_hosts(args: argparse.Namespace) -> int:
     hosts, attachments = asyncio.run(read_store(args, read))
     rows = [("HOST", "ADDRESS", "ENDPOINTS")]
     for h in hosts:
-        count = sum(a.meta.get("host") == h.id for a in attachments)
+        count = sum(a.meta.host == h.id for a in attachments)
         rows.append((h.id, str(h.address), str(count)))
     print_table(rows)
     return 0
@@ -135,15 +135,15 @@ def _net_inspect(args: argparse.Namespace) -> int:
         endpoints.append(
             {
                 # the container itself when it is plugged in its own namespace
-                "holder": None if a.owner == a.meta.get("container") else a.owner,
-                "container": a.meta.get("container"),
-                "name": a.meta.get("name"),
-                "aliases": a.meta.get("aliases", []),
+                "holder": None if a.owner == a.meta.container else a.owner,
+                "container": a.meta.container,
+                "name": a.meta.name or None,
+                "aliases": list(a.meta.aliases),
                 "address": f"{a.address}/{record.subnet.prefixlen}",
                 "address6": f"{a.address6}/{record.subnet6.prefixlen}" if record.subnet6 else None,
                 "mac": a.mac,
-                "interface": a.meta.get("ifname"),
-                "host": a.meta.get("host"),
+                "interface": a.meta.ifname,
+                "host": a.meta.host,
                 "host_interface": driver.describe(network, endpoint)["host_interface"],
             }
         )
@@ -252,9 +252,7 @@ async def _check_datapaths(
     here = this_host(args)
     checks = []
     for name, driver in _drivers(args).items():
-        local = [
-            a for a in attachments if a.meta.get("host", here) == here and a.network.driver == name
-        ]
+        local = [a for a in attachments if a.meta.is_on(here) and a.network.driver == name]
         networks = [to_network(r) for r in records if r.driver == name]
         endpoints = [NetworkService.endpoint(a, "") for a in local]
         wanted = host_policy(groups, attachments, name, here)
@@ -271,9 +269,7 @@ def host_policy(
 ) -> security.Policy:
     """The policy host ``here`` enforces on ``driver``'s datapath, as the store says: its
     ports' bindings and the security groups."""
-    mine = [
-        a for a in attachments if a.meta.get("host", here) == here and a.network.driver == driver
-    ]
+    mine = [a for a in attachments if a.meta.is_on(here) and a.network.driver == driver]
     endpoints = [(address, a.groups, a in mine) for a in attachments for address in a.addresses]
     bindings = [security.binding(a.network.id, a.owner, a.mac, a.addresses) for a in mine]
     return security.policy(groups, endpoints, bindings)

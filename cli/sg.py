@@ -127,11 +127,11 @@ def _inspect(args: argparse.Namespace) -> int:
             ],
             "Endpoints": [
                 {
-                    "Container": a.meta.get("container"),
-                    "Name": a.meta.get("name"),
+                    "Container": a.meta.container,
+                    "Name": a.meta.name or None,
                     "Network": a.network.name,
                     "Address": str(a.address),
-                    "Host": a.meta.get("host"),
+                    "Host": a.meta.host,
                 }
                 for a in await service.group_members(group.name)
             ],
@@ -147,7 +147,7 @@ def _trace(args: argparse.Namespace) -> int:
     groups, attachments = asyncio.run(read_store(args, _groups_and_endpoints))
     here = this_host(args)
     dst = _endpoint(attachments, args.dst)
-    if dst is None or dst.meta.get("host", here) != here:
+    if dst is None or not dst.meta.is_on(here):
         raise ValueError(f"{args.dst}: no plugstrip endpoint on this host (trace on its host)")
     src = _endpoint(attachments, args.src, dst.network.id)
     version: Literal[4, 6] = 6 if args.ipv6 else 4
@@ -195,8 +195,8 @@ def _endpoint(
     for a in attachments:
         if network is not None and a.network.id != network:
             continue
-        container = str(a.meta.get("container") or a.owner)
-        names = {str(a.meta.get("name", "")), *(str(x) for x in a.addresses)}
+        container = a.meta.container or a.owner
+        names = {a.meta.name, *(str(x) for x in a.addresses)}
         if name in names or (len(name) >= 4 and container.startswith(name)):
             return a
     return None
@@ -258,7 +258,7 @@ async def _in_port(url: str, src: Attachment | None, dst: Attachment, here: str)
         ports = await db.ports_with("network", dst.network.id)
     finally:
         await db.close()
-    if src is not None and src.meta.get("host", here) == here:
+    if src is not None and src.meta.is_on(here):
         return ofports.get(ovs.port_name(src.network.id, src.owner), "LOCAL")
     tunnels = [n for n in ports if n.startswith(ovs.TUNNEL_PREFIX) and n in ofports]
     return ofports[tunnels[0]] if tunnels else "LOCAL"

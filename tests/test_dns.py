@@ -17,7 +17,7 @@ from netaddr import IPNetwork
 from plugstrip.netdrivers.control.dns import Responder, Upstreams
 from plugstrip.netdrivers.control.service import NetworkService
 from plugstrip.netdrivers.stores.sqlite import SqliteStore
-from plugstrip.netdrivers.stores.store import NetworkSpec
+from plugstrip.netdrivers.stores.store import EndpointMeta, NetworkSpec
 
 
 @pytest.fixture
@@ -26,9 +26,9 @@ async def service(tmp_path: Path) -> AsyncIterator[NetworkService]:
     store = SqliteStore(tmp_path / "state.db")
     front = await store.create_network(NetworkSpec("front", "plugstrip/weave"))
     back = await store.create_network(NetworkSpec("back", "plugstrip/weave"))
-    await store.allocate(front.id, "holder-a", meta={"name": "client"})
-    await store.allocate(front.id, "holder-w", meta={"name": "web", "aliases": ["www"]})
-    await store.allocate(back.id, "holder-d", meta={"name": "db"})
+    await store.allocate(front.id, "holder-a", meta=EndpointMeta(name="client"))
+    await store.allocate(front.id, "holder-w", meta=EndpointMeta(name="web", aliases=("www",)))
+    await store.allocate(back.id, "holder-d", meta=EndpointMeta(name="db"))
     yield NetworkService(store, {})
     await store.close()
 
@@ -69,8 +69,8 @@ async def test_dual_stack_names_answer_a_and_aaaa(tmp_path: Path) -> None:
             subnet6=IPNetwork("fd70::/64"),
         )
     )
-    await store.allocate(six.id, "holder-a", meta={"name": "client"})
-    await store.allocate(six.id, "holder-w", meta={"name": "web"})
+    await store.allocate(six.id, "holder-a", meta=EndpointMeta(name="client"))
+    await store.allocate(six.id, "holder-w", meta=EndpointMeta(name="web"))
     service = NetworkService(store, {})
     try:
         for rdtype, wanted in (("A", ["10.70.0.3"]), ("AAAA", ["fd70::3"])):

@@ -16,7 +16,7 @@ from plugstrip.netdrivers.control.service import NetworkService, PolicyUnavailab
 from plugstrip.netdrivers.datapath.testkit import RecordingDriver
 from plugstrip.netdrivers.domain.security import Policy
 from plugstrip.netdrivers.stores.sqlite import SqliteStore
-from plugstrip.netdrivers.stores.store import NetworkSpec
+from plugstrip.netdrivers.stores.store import EndpointMeta, NetworkSpec
 
 DRIVER = "plugstrip/weave"
 NETNS = "/proc/1/ns/net"
@@ -68,7 +68,7 @@ async def test_a_grouped_endpoint_is_guarded_before_it_is_plugged(
 ) -> None:
     record = await service.create_network(NetworkSpec("n", DRIVER))
     await service.create_group("db")
-    db = await service.attach(record, "holder-db", NETNS, meta={"groups": ["db"]})
+    db = await service.attach(record, "holder-db", NETNS, meta=EndpointMeta(groups=("db",)))
     assert guarded_when_joined(recorded(service), "holder-db") == [db.address]
 
     # and again when it is plugged into a new namespace (its holder restarted)
@@ -92,7 +92,7 @@ async def test_an_endpoint_whose_groups_cannot_be_enforced_is_refused_holding_no
     await service.create_group("db")
     recorded(service).failing = True
     with pytest.raises(PolicyUnavailable, match="security groups db cannot be enforced here"):
-        await service.attach(record, "holder-db", NETNS, meta={"groups": ["db"]})
+        await service.attach(record, "holder-db", NETNS, meta=EndpointMeta(groups=("db",)))
     assert "join" not in [c for c, _, _ in recorded(service).calls]
     assert await service.attachments() == []  # its address is free again
 
@@ -103,7 +103,7 @@ async def test_an_endpoint_whose_groups_cannot_be_enforced_is_refused_holding_no
 
     # made while it could be guarded, then re-plugged when it cannot: not plugged in
     recorded(service).failing = False
-    await service.attach(record, "holder-db", NETNS, meta={"groups": ["db"]})
+    await service.attach(record, "holder-db", NETNS, meta=EndpointMeta(groups=("db",)))
     recorded(service).failing = True
     recorded(service).calls.clear()
     with pytest.raises(PolicyUnavailable):

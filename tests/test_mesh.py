@@ -16,7 +16,7 @@ from plugstrip.netdrivers.control.service import NetworkService
 from plugstrip.netdrivers.datapath.testkit import RecordingDriver
 from plugstrip.netdrivers.domain.contract import RemoteEndpoint
 from plugstrip.netdrivers.stores.sqlite import SqliteStore
-from plugstrip.netdrivers.stores.store import Host, NetworkSpec
+from plugstrip.netdrivers.stores.store import NO_META, EndpointMeta, Host, NetworkSpec
 
 DRIVER = "plugstrip/weave"
 
@@ -43,8 +43,8 @@ async def test_each_network_gets_exactly_the_live_hosts_endpoints(
     await service.attach(wide, "holder-local", "/proc/1/ns/net")
     await service.attach(alone, "holder-local", "/proc/1/ns/net")
     await store.register_host(Host("live", IPAddress("192.168.5.2")), ttl=30)
-    remote = await store.allocate(wide.id, "holder-live", meta={"host": "live"})
-    await store.allocate(wide.id, "holder-dead", meta={"host": "dead"})  # no lease: gone
+    remote = await store.allocate(wide.id, "holder-live", meta=EndpointMeta(host="live"))
+    await store.allocate(wide.id, "holder-dead", meta=EndpointMeta(host="dead"))  # no lease: gone
     await mesh.sync()
     assert driver.remotes_of("wide") == [
         [
@@ -72,7 +72,7 @@ async def test_each_network_gets_exactly_the_live_hosts_endpoints(
     assert not change.added and not change.hosts_added
     assert len(driver.remotes_of("wide")) == 2
 
-    await store.allocate(wide.id, "holder-new", meta={"host": "live"})  # and one comes
+    await store.allocate(wide.id, "holder-new", meta=EndpointMeta(host="live"))  # and one comes
     await mesh.sync()
     added = driver.changes_of("wide")[-1]
     assert len(added.added) == 1 and added.hosts_added == (IPAddress("192.168.5.2"),)
@@ -146,6 +146,6 @@ async def test_only_this_hosts_endpoints_are_its_own(
     service, _, _ = setup
     net = await service.create_network(NetworkSpec("shared", DRIVER))
     await service.attach(net, "mine", "/proc/1/ns/net")
-    await service.store.allocate(net.id, "theirs", meta={"host": "other"})
-    await service.store.allocate(net.id, "older", meta={})  # before hosts were recorded
+    await service.store.allocate(net.id, "theirs", meta=EndpointMeta(host="other"))
+    await service.store.allocate(net.id, "older", meta=NO_META)  # before hosts were recorded
     assert await service.owners() == {"mine", "older"}  # reconciliation leaves "theirs"

@@ -7,7 +7,7 @@ from netaddr import IPAddress, IPNetwork
 
 from plugstrip.adapters.network import shapes
 from plugstrip.netdrivers.control.service import Attachment
-from plugstrip.netdrivers.stores.store import NetworkRecord
+from plugstrip.netdrivers.stores.store import EndpointMeta, NetworkRecord
 
 RECORD = NetworkRecord(
     "abc123" + "0" * 58,
@@ -79,7 +79,7 @@ def test_network_and_endpoint_shapes() -> None:
         RECORD,
         "holder1",
         IPAddress("10.40.1.9"),
-        {"container": cid, "name": "web", "aliases": ["www"], "requested": "10.40.1.9"},
+        EndpointMeta(container=cid, name="web", aliases=("www",), requested="10.40.1.9"),
     )
     shown = shapes.network(RECORD, [attachment])
     assert shown["Created"] == "2023-11-14T22:13:20Z"

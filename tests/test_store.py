@@ -5,8 +5,10 @@ plugstrip processes or two hosts), persistence across a restart, reclaiming."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from plugstrip.netdrivers.stores.etcd import EtcdStore
 from plugstrip.netdrivers.stores.sqlite import SqliteStore
 from plugstrip.netdrivers.stores.store import (
     Allocation,
+    EndpointMeta,
     Host,
     NetworkSpec,
     Store,
@@ -101,6 +104,57 @@ async def test_allocation_is_idempotent_per_owner(store: Store) -> None:
         await store.allocate(net.id, "c3", IPAddress("10.32.0.10"))
     assert isinstance(info.value, Conflict)
     assert await store.allocations(net.id) == {"c1": first, "c2": IPAddress("10.32.0.10")}
+
+
+async def test_update_meta_changes_every_endpoint_of_one_owner(opener: Opener) -> None:
+    store = opener()
+    try:
+        a = await store.create_network(NetworkSpec("a", "d"))
+        b = await store.create_network(NetworkSpec("b", "d"))
+        meta = EndpointMeta(host="h1", ifname="ethps0", aliases=("web",))
+        await store.allocate(a.id, "holder", meta=meta)
+        await store.allocate(b.id, "holder", meta=replace(meta, ifname="ethps1"))
+        await store.allocate(a.id, "other", meta=meta)
+        await store.update_meta("holder", lambda m: replace(m, container="c1", name="x"))
+    finally:
+        await store.close()
+    reopened = opener()  # what was written, not what one object remembers
+    try:
+        metas = {(e.network_id, e.owner): e.meta for e in await reopened.endpoints()}
+    finally:
+        await reopened.close()
+    named = replace(meta, container="c1", name="x")
+    assert metas == {
+        (a.id, "holder"): named,
+        (b.id, "holder"): replace(named, ifname="ethps1"),
+        (a.id, "other"): meta,
+    }
+
+
+async def test_a_store_migrates_endpoints_of_an_older_shape(tmp_path: Path) -> None:
+    """Rows as earlier versions wrote them (nulls, empty lists) are rewritten in the shape
+    this one writes when it opens; keys of a newer version are kept."""
+    import sqlite3
+
+    store = SqliteStore(tmp_path / "s.db")
+    net = await store.create_network(NetworkSpec("n", "d"))
+    await store.allocate(net.id, "c1")
+    await store.close()
+    old = '{"ifname": "ethps0", "aliases": [], "requested": null, "name": "web", "vlan": 7}'
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("UPDATE allocations SET meta=?", (old,))
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        [endpoint] = await store.endpoints()
+        assert endpoint.meta == EndpointMeta(ifname="ethps0", name="web")
+    finally:
+        await store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    [(text,)] = db.execute("SELECT meta FROM allocations").fetchall()
+    db.close()
+    assert json.loads(text) == {"ifname": "ethps0", "name": "web", "vlan": 7}
 
 
 async def test_concurrent_allocations_from_two_stores_never_collide(opener: Opener) -> None:
@@ -257,12 +311,14 @@ async def test_a_view_follows_another_writers_changes(opener: Opener) -> None:
     try:
         await asyncio.wait_for(view.ready.wait(), 5)
         net = await writer.create_network(NetworkSpec("f", "plugstrip/weave"))
-        address = await writer.allocate(net.id, "c1", meta={"host": "h2"})
+        address = await writer.allocate(net.id, "c1", meta=EndpointMeta(host="h2"))
         await writer.register_host(Host("h2", IPAddress("192.168.90.2")), ttl=30)
         await writer.change_group("web", lambda _: Group("web"))
         await _until(view, lambda: "web" in view.groups)
         assert view.networks == {net.id: net}
-        assert view.attachments_of("c1") == [Allocation(net.id, "c1", address, {"host": "h2"})]
+        assert view.attachments_of("c1") == [
+            Allocation(net.id, "c1", address, EndpointMeta(host="h2"))
+        ]
         assert view.on_host == {"h2": {(net.id, "c1")}}
         assert view.hosts == {"h2": Host("h2", IPAddress("192.168.90.2"))}
 

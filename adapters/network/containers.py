@@ -4,6 +4,7 @@ lists show the container's plugstrip endpoints in Docker's shapes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -72,9 +73,15 @@ class ContainerCalls:
             async with self.holders.lock(hid):
                 ns = await self.holders.namespace(hid)  # starts it, unless a running spare
                 for index, (record, config) in enumerate(wanted):
-                    extra = {"mac": mac} if mac and index == 0 else {}
                     await self.holders.attach(
-                        hid, ns.netns, record, config, None, name, extra, body.get("Labels")
+                        hid,
+                        ns.netns,
+                        record,
+                        config,
+                        None,
+                        name,
+                        (mac or None) if index == 0 else None,
+                        body.get("Labels"),
                     )
                 await self.holders.serve_names(hid, ns)
         except BaseException:
@@ -169,7 +176,7 @@ class ContainerCalls:
             if not name:
                 info = await existing_container(self.api, cid)
                 name = info["Name"].lstrip("/")
-            await self.service.update_meta(hid, {"container": cid, "name": name})
+            await self.service.update_meta(hid, lambda m: replace(m, container=cid, name=name))
         finally:
             self.holders.created(hid)
 

@@ -23,7 +23,7 @@ from plugstrip.netdrivers.control import dns
 from plugstrip.netdrivers.control.dns import NameServer, Upstreams
 from plugstrip.netdrivers.control.service import Attachment, NetworkService
 from plugstrip.netdrivers.domain import ipam
-from plugstrip.netdrivers.stores.store import NetworkRecord
+from plugstrip.netdrivers.stores.store import EndpointMeta, NetworkRecord
 from plugstrip.proxy.contract import Refuse
 from plugstrip.proxy.docker_api import DockerApi
 
@@ -134,7 +134,7 @@ class Holders:
         config: dict[str, Any],
         container: dict[str, Any] | None = None,
         name: str = "",
-        extra: dict[str, Any] | None = None,
+        mac: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> Attachment:
         """Put ``owner`` (a holder, or a container itself) on ``record`` as Docker's
@@ -158,18 +158,18 @@ class Holders:
         )
         await self.service.check_groups(groups)
         allowed = _allowed(record, (labels or {}).get(holder.ALLOWED_ADDRESSES))
-        meta: dict[str, Any] = {
-            **({"groups": groups} if groups else {}),
-            **({"allowed": allowed} if allowed else {}),
-            "aliases": [str(a) for a in config.get("Aliases") or []],
-            "requested": requested_text,
-            **({"requested6": requested6_text} if requested6_text else {}),
-            **(extra or {}),
-        }
         if container is not None:
-            meta |= {"container": container["Id"], "name": container["Name"].lstrip("/")}
-        elif name:
-            meta["name"] = name
+            name = container["Name"].lstrip("/")
+        meta = EndpointMeta(
+            container=container["Id"] if container is not None else None,
+            name=name,
+            aliases=tuple(str(a) for a in config.get("Aliases") or []),
+            groups=tuple(groups),
+            allowed=tuple(allowed),
+            requested=requested_text,
+            requested6=requested6_text,
+            mac=mac,
+        )
         self.holding = True
         if container is not None and owner == container["Id"]:
             self.own.add(owner)
@@ -265,7 +265,7 @@ def _address(text: str | None, version: Literal[4, 6]) -> IPAddress | None:
         raise Refuse(400, f"invalid IPv{version} address: {text}") from None
 
 
-def _allowed(record: NetworkRecord, text: str | None) -> list[str]:
+def _allowed(record: NetworkRecord, text: str | None) -> list[IPAddress]:
     """The allowed addresses a label names that are on ``record`` (others are for the
     container's other networks), each one of its aux addresses: reserved, so IPAM never
     gives it to another endpoint as its own."""
@@ -284,5 +284,5 @@ def _allowed(record: NetworkRecord, text: str | None) -> list[str]:
                 f"allowed address {address} is not reserved on network {record.name}: "
                 f"create it with --aux-address NAME={address}",
             )
-        out.append(str(address))
+        out.append(address)
     return out

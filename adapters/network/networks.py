@@ -129,7 +129,7 @@ class NetworkCalls:
         for a in attachments:
             if not self.service.is_local(a) or a.owner in self.holders.pending:
                 continue
-            if a.owner == a.meta.get("container"):  # in its own namespace
+            if a.owner == a.meta.container:  # in its own namespace
                 if await self.api.inspect_container(a.owner) is None:
                     await self.holders.release(a.owner)
                 continue

@@ -53,15 +53,15 @@ def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, A
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": False,
         "Containers": {
-            a.meta["container"]: {
-                "Name": a.meta.get("name", ""),
+            a.meta.container: {
+                "Name": a.meta.name,
                 "EndpointID": endpoint_id(a),
                 "MacAddress": a.mac,
                 "IPv4Address": f"{a.address}/{record.subnet.prefixlen}",
                 "IPv6Address": _with_prefix(a.address6, record.subnet6),
             }
             for a in attachments
-            if a.meta.get("container")
+            if a.meta.container
         },
         "Options": dict(record.options),
         "Labels": dict(record.labels),
@@ -71,16 +71,17 @@ def network(record: NetworkRecord, attachments: list[Attachment]) -> dict[str, A
 def container_endpoint(attachment: Attachment, container_id: str) -> dict[str, Any]:
     """An entry of a container's ``NetworkSettings.Networks`` (Docker lists the short ID
     among the aliases on user-defined networks, after the user's own)."""
+    meta = attachment.meta
     requested = {
-        key: attachment.meta[meta]
-        for key, meta in (("IPv4Address", "requested"), ("IPv6Address", "requested6"))
-        if attachment.meta.get(meta)
+        key: value
+        for key, value in (("IPv4Address", meta.requested), ("IPv6Address", meta.requested6))
+        if value
     }
     network = attachment.network
     return {
         "IPAMConfig": requested or None,
         "Links": None,
-        "Aliases": [*attachment.meta.get("aliases", []), container_id[:12]],
+        "Aliases": [*meta.aliases, container_id[:12]],
         "NetworkID": attachment.network.id,
         "EndpointID": endpoint_id(attachment),
         "Gateway": str(attachment.network.gateway),

@@ -132,7 +132,7 @@ def _endpoint(found: Attachment | None, address: object) -> dict[str, Any] | Non
         return None if address is None else {"address": str(address)}
     return {
         "address": str(address if address is not None else found.address),
-        "container": found.meta.get("container"),
-        "name": found.meta.get("name"),
+        "container": found.meta.container,
+        "name": found.meta.name or None,
         "groups": found.groups,
     }

@@ -192,7 +192,7 @@ class Mesh:
         host that is not live."""
         if a is None or self.service.is_local(a):
             return None
-        host = self.service.view.hosts.get(str(a.meta.get("host")))
+        host = self.service.view.hosts.get(a.meta.host or "")
         if host is None:
             return None
         endpoint = Attachment(self.service.view.networks[a.network_id], a.owner, a.address, a.meta)

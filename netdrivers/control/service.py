@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from netaddr import IPAddress, IPNetwork
 
@@ -20,7 +19,15 @@ from plugstrip.netdrivers.domain import ipam, security
 from plugstrip.netdrivers.domain.contract import Driver, Endpoint, Network
 from plugstrip.netdrivers.domain.errors import Conflict, Invalid, NotFound, Unavailable
 from plugstrip.netdrivers.domain.security import Group, Rule
-from plugstrip.netdrivers.stores.store import Allocation, NetworkRecord, NetworkSpec, Store
+from plugstrip.netdrivers.stores.store import (
+    NO_META,
+    Allocation,
+    EndpointMeta,
+    MetaChange,
+    NetworkRecord,
+    NetworkSpec,
+    Store,
+)
 
 READY_WAIT = 5.0  # seconds start waits for the store's state (then reads ask the store)
 
@@ -48,7 +55,7 @@ class Attachment:
     network: NetworkRecord
     owner: str
     address: IPAddress
-    meta: dict[str, Any]
+    meta: EndpointMeta
 
     @property
     def address6(self) -> IPAddress | None:
@@ -57,13 +64,13 @@ class Attachment:
     @property
     def groups(self) -> list[str]:
         """The security groups the endpoint is in (none: open within its network)."""
-        return [str(g) for g in self.meta.get("groups") or []]
+        return list(self.meta.groups)
 
     @property
     def allowed(self) -> list[IPAddress]:
         """Addresses it may send from besides its own (its network's aux addresses): in
         its binding, its groups' members, guarded by its groups' rules."""
-        return [IPAddress(a) for a in self.meta.get("allowed") or []]
+        return list(self.meta.allowed)
 
     @property
     def addresses(self) -> list[IPAddress]:
@@ -74,7 +81,7 @@ class Attachment:
     @property
     def mac(self) -> str:
         # the one it was given (docker-py's ``mac_address``), else Docker's scheme
-        return str(self.meta.get("mac") or mac_for(self.address))
+        return self.meta.mac or mac_for(self.address)
 
 
 def mac_for(address: IPAddress) -> str:
@@ -190,7 +197,7 @@ class NetworkService:
         owner: str,
         netns_path: str | None,
         requested: IPAddress | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: EndpointMeta = NO_META,
     ) -> Attachment:
         """Give ``owner`` an address on ``record`` and plug it into ``netns_path`` as the
         next free ``ethpsN`` (None: the address only, plugged by :meth:`replug` once the
@@ -198,9 +205,9 @@ class NetworkService:
         held = await self.attachments(owner)
         mine = next((a for a in held if a.network.id == record.id), None)
         if mine is None:
-            used = {a.meta.get("ifname") for a in held}
+            used = {a.meta.ifname for a in held}
             ifname = next(n for i in range(4096) if (n := f"{IFNAME_PREFIX}{i}") not in used)
-            meta = {**(meta or {}), "ifname": ifname, "host": self.host}
+            meta = replace(meta, ifname=ifname, host=self.host)
         else:
             meta = mine.meta
         await self._ensure_here(record)
@@ -246,9 +253,9 @@ class NetworkService:
                 to_network(attachment.network), self.endpoint(attachment, netns_path)
             )
 
-    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
-        """Add to what the store says of ``owner``'s endpoints (its container's id, name)."""
-        await self.store.update_meta(owner, changes)
+    async def update_meta(self, owner: str, change: MetaChange) -> None:
+        """Change what the store says of ``owner``'s endpoints (its container's id, name)."""
+        await self.store.update_meta(owner, change)
 
     async def close(self) -> None:
         await self.view.close()
@@ -305,8 +312,7 @@ class NetworkService:
         return {a.owner for a in await self.attachments() if self.is_local(a)}
 
     def is_local(self, endpoint: Allocation | Attachment) -> bool:
-        # endpoints made before hosts were recorded are a single host's: this one's
-        return bool(endpoint.meta.get("host", self.host) == self.host)
+        return endpoint.meta.is_on(self.host)
 
     async def resolve(self, owner: str, name: str) -> list[IPAddress]:
         """Addresses ``name`` (a container name or alias) has on the networks ``owner`` is
@@ -316,9 +322,8 @@ class NetworkService:
         found = []
         for own in await self.attachments(owner):  # only the networks it is on are read
             for a in await self.attachments(network=own.network):
-                container = str(a.meta.get("container", ""))
-                names = [a.meta.get("name", ""), container[:12], *a.meta.get("aliases", [])]
-                if wanted in (str(n).lower() for n in names):
+                names = [a.meta.name, (a.meta.container or "")[:12], *a.meta.aliases]
+                if wanted in (n.lower() for n in names):
                     found += [a.address] if a.address6 is None else [a.address, a.address6]
         return found
 
@@ -462,7 +467,7 @@ class NetworkService:
             subnet.prefixlen,
             attachment.mac,
             netns_path,
-            ifname=str(attachment.meta.get("ifname", "eth0")),
+            ifname=attachment.meta.ifname or "eth0",
             address6=attachment.address6,
             prefixlen6=attachment.network.subnet6.prefixlen if attachment.network.subnet6 else 64,
             allowed=tuple(attachment.allowed),

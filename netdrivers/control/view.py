@@ -153,7 +153,7 @@ class StoreView:
     def _put(self, a: Allocation) -> None:
         self.endpoints.setdefault(a.network_id, {})[a.owner] = a
         self.owners.setdefault(a.owner, set()).add(a.network_id)
-        self.on_host.setdefault(str(a.meta.get("host", "")), set()).add((a.network_id, a.owner))
+        self.on_host.setdefault(a.meta.host or "", set()).add((a.network_id, a.owner))
 
     def _drop(self, network_id: str, owner: str) -> None:
         old = self.endpoints.get(network_id, {}).pop(owner, None)
@@ -164,7 +164,7 @@ class StoreView:
         self.owners[owner].discard(network_id)
         if not self.owners[owner]:
             del self.owners[owner]
-        host = str(old.meta.get("host", ""))
+        host = old.meta.host or ""
         self.on_host[host].discard((network_id, owner))
         if not self.on_host[host]:
             del self.on_host[host]

@@ -43,10 +43,13 @@ from plugstrip.netdrivers.domain import ipam
 from plugstrip.netdrivers.domain.errors import Conflict, NotFound, Unavailable
 from plugstrip.netdrivers.domain.security import Group
 from plugstrip.netdrivers.stores.store import (
+    NO_META,
     Allocation,
+    EndpointMeta,
     GroupChange,
     Host,
     Kind,
+    MetaChange,
     NetworkRecord,
     NetworkSpec,
     StoreChange,
@@ -292,7 +295,7 @@ class EtcdStore:
         network_id: str,
         owner: str,
         requested: IPAddress | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: EndpointMeta = NO_META,
     ) -> IPAddress:
         async def attempt(etcd: aetcd.Client) -> IPAddress | None:
             found = await etcd.get(self._key("net", network_id))
@@ -328,7 +331,7 @@ class EtcdStore:
                 tx.put(self._addr_key(network_id, address), _b(owner)),
                 tx.put(
                     self._key("alloc", network_id, owner),
-                    _b(json.dumps({"address": int(address), "meta": meta or {}})),
+                    _b(json.dumps({"address": int(address), "meta": meta.to_json()})),
                 ),
                 tx.put(self._key("ver", network_id), _b(owner)),
             ]
@@ -387,7 +390,7 @@ class EtcdStore:
 
         return await self._call(query)
 
-    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
+    async def update_meta(self, owner: str, change: MetaChange) -> None:
         for allocation in await self.endpoints(owner=owner):
 
             async def attempt(etcd: aetcd.Client, a: Allocation = allocation) -> bool | None:
@@ -396,7 +399,7 @@ class EtcdStore:
                 if held is None:
                     return True  # released meanwhile
                 doc = json.loads(held.value)
-                doc["meta"] = {**doc["meta"], **changes}
+                doc["meta"] = change(EndpointMeta.from_json(doc["meta"])).to_json(doc["meta"])
                 tx = etcd.transactions
                 won = await self._commit(
                     etcd,
@@ -597,7 +600,8 @@ class EtcdStore:
                 return kind, key, None
             doc = json.loads(value)
             address = IPAddress(doc["address"], 4)
-            return kind, key, Allocation(parts[1], parts[2], address, doc["meta"])
+            meta = EndpointMeta.from_json(doc["meta"])
+            return kind, key, Allocation(parts[1], parts[2], address, meta)
         name = parts[1]
         if value is None:
             return kind, name, None

@@ -18,9 +18,12 @@ from plugstrip.netdrivers.domain import ipam
 from plugstrip.netdrivers.domain.errors import Conflict, NotFound
 from plugstrip.netdrivers.domain.security import Group
 from plugstrip.netdrivers.stores.store import (
+    NO_META,
     Allocation,
+    EndpointMeta,
     GroupChange,
     Host,
+    MetaChange,
     NetworkRecord,
     NetworkSpec,
     StoreChange,
@@ -75,6 +78,7 @@ class SqliteStore:
             db.execute("ALTER TABLE networks ADD COLUMN subnet6 TEXT")
         if "aux" not in columns:  # a store made before aux addresses
             db.execute("ALTER TABLE networks ADD COLUMN aux TEXT")
+        _migrate_meta(db)
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -211,7 +215,7 @@ class SqliteStore:
         network_id: str,
         owner: str,
         requested: IPAddress | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: EndpointMeta = NO_META,
     ) -> IPAddress:
         def alloc(db: sqlite3.Connection) -> IPAddress:
             net = db.execute("SELECT * FROM networks WHERE id=?", (network_id,)).fetchone()
@@ -247,7 +251,7 @@ class SqliteStore:
                 )
             db.execute(
                 "INSERT INTO allocations VALUES (?,?,?,?)",
-                (network_id, owner, int(address), json.dumps(meta or {})),
+                (network_id, owner, int(address), _meta_text(meta)),
             )
             return address
 
@@ -276,9 +280,7 @@ class SqliteStore:
         """Allocations, all or of one network and/or one owner."""
         return await self._tx(lambda db: _endpoints(db, network_id, owner))
 
-    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None:
-        """Merge ``changes`` into the meta of every allocation ``owner`` holds."""
-
+    async def update_meta(self, owner: str, change: MetaChange) -> None:
         def update(db: sqlite3.Connection) -> None:
             rows = db.execute(
                 "SELECT network_id, meta FROM allocations WHERE owner=?", (owner,)
@@ -286,7 +288,7 @@ class SqliteStore:
             for network_id, meta in rows:
                 db.execute(
                     "UPDATE allocations SET meta=? WHERE network_id=? AND owner=?",
-                    (json.dumps({**json.loads(meta), **changes}), network_id, owner),
+                    (_rewritten(meta, change), network_id, owner),
                 )
 
         await self._tx(update)
@@ -380,7 +382,38 @@ def _endpoints(
         " ORDER BY network_id, address",
         (network_id, owner),
     )
-    return [Allocation(n, o, IPAddress(a, 4), json.loads(m)) for n, o, a, m in rows]
+    return [Allocation(n, o, IPAddress(a, 4), _meta(m)) for n, o, a, m in rows]
+
+
+def _migrate_meta(db: sqlite3.Connection) -> None:
+    """Endpoints' meta in the shape this version writes (older ones kept nulls and empty
+    lists), at open: a no-op once done."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.execute("SELECT network_id, owner, meta FROM allocations").fetchall()
+        for network_id, owner, text in rows:
+            if (new := _rewritten(text, lambda meta: meta)) != text:
+                db.execute(
+                    "UPDATE allocations SET meta=? WHERE network_id=? AND owner=?",
+                    (new, network_id, owner),
+                )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _meta(text: str) -> EndpointMeta:
+    return EndpointMeta.from_json(json.loads(text))
+
+
+def _meta_text(meta: EndpointMeta) -> str:
+    return json.dumps(meta.to_json())
+
+
+def _rewritten(text: str, change: MetaChange) -> str:
+    old = json.loads(text)
+    return json.dumps(change(EndpointMeta.from_json(old)).to_json(old))
 
 
 def _hosts(db: sqlite3.Connection) -> list[Host]:

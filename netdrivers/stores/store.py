@@ -2,16 +2,16 @@
 
 Every method that hands something out runs the IPAM decision and its write as one
 transaction, so nothing is handed out twice. The backends are modules of their own
-(``sqlite_store``, the embedded default for one host; ``etcd_store``, shared by hosts,
-with compare-and-swap); ``stores.open_store`` picks one.
+(``sqlite``, the embedded default for one host; ``etcd``, shared by hosts, with
+compare-and-swap); ``factory.open_store`` picks one.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -86,14 +86,74 @@ class NetworkRecord:
 
 
 @dataclass(frozen=True)
+class EndpointMeta:
+    """What the edge recorded of an endpoint beside its address (opaque to IPAM).
+
+    Kept as the JSON object it always was, defaults left out: a key a record lacks (one
+    written before the key existed) reads as its default, and a key this version does not
+    know (one a newer host wrote) is ignored, but kept when the record is rewritten."""
+
+    host: str | None = None  # the host that plugs it (None: written before hosts were)
+    ifname: str | None = None  # its interface in the namespace (ethpsN)
+    container: str | None = None  # its container's id (a holder's owner is another id)
+    name: str = ""  # its container's name, for names and inspect
+    aliases: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()  # its security groups (none: open within its network)
+    allowed: tuple[IPAddress, ...] = ()  # aux addresses it may send from
+    requested: str | None = None  # the --ip and --ip6 it was given, as given (IPAMConfig)
+    requested6: str | None = None
+    mac: str | None = None  # the MAC it was given (else one derived from its address)
+
+    def is_on(self, host: str) -> bool:
+        # endpoints made before hosts were recorded are a single host's: any asker's
+        return (self.host or host) == host
+
+    def to_json(self, old: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The record's JSON, with the keys of ``old`` (the one it replaces) that are not
+        fields of this version."""
+        known = {f.name for f in fields(self)}
+        doc = {k: v for k, v in (old or {}).items() if k not in known}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value not in (None, "", ()):
+                doc[f.name] = [str(v) for v in value] if isinstance(value, tuple) else value
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> EndpointMeta:
+        def text(key: str) -> str | None:
+            value = doc.get(key)
+            return None if value in (None, "") else str(value)
+
+        def texts(key: str) -> tuple[str, ...]:
+            return tuple(str(v) for v in doc.get(key) or ())
+
+        return cls(
+            host=text("host"),
+            ifname=text("ifname"),
+            container=text("container"),
+            name=text("name") or "",
+            aliases=texts("aliases"),
+            groups=texts("groups"),
+            allowed=tuple(IPAddress(a) for a in texts("allowed")),
+            requested=text("requested"),
+            requested6=text("requested6"),
+            mac=text("mac"),
+        )
+
+
+NO_META = EndpointMeta()  # an endpoint nothing was recorded of
+MetaChange = Callable[[EndpointMeta], EndpointMeta]
+
+
+@dataclass(frozen=True)
 class Allocation:
-    """An address held by ``owner`` on a network, with what the edge recorded about it
-    (the container's name and aliases, its interface name: opaque to the store)."""
+    """An address held by ``owner`` on a network, with what the edge recorded about it."""
 
     network_id: str
     owner: str
     address: IPAddress
-    meta: dict[str, Any]
+    meta: EndpointMeta = NO_META
 
 
 @dataclass(frozen=True)
@@ -156,7 +216,7 @@ class Store(Protocol):
         network_id: str,
         owner: str,
         requested: IPAddress | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: EndpointMeta = NO_META,
     ) -> IPAddress: ...
 
     async def release(self, network_id: str, owner: str) -> None: ...
@@ -167,7 +227,9 @@ class Store(Protocol):
         self, network_id: str | None = None, owner: str | None = None
     ) -> list[Allocation]: ...
 
-    async def update_meta(self, owner: str, changes: dict[str, Any]) -> None: ...
+    async def update_meta(self, owner: str, change: MetaChange) -> None:
+        """Rewrite the meta of every allocation ``owner`` holds with ``change``."""
+        ...
 
     async def groups(self) -> list[Group]: ...
 
