@@ -121,7 +121,7 @@ async def _run(
         builtins = []
         if underlay is not None:
             log.info("underlay", extra={"mtu": underlay.mtu, "from": underlay.source})
-            network = _network_adapter(args, stack, upstream, underlay.mtu)
+            network = _network_adapter(args, upstream, underlay.mtu)
             builtins.append(network.builtin())
         raise_open_files_limit()
         server = ProxyServer(upstream, args.config, builtins=builtins, flags=_flag_adapters(args))
@@ -184,11 +184,10 @@ async def _underlay(args: argparse.Namespace) -> Underlay:
 
 
 def _network_adapter(
-    args: argparse.Namespace, stack: AsyncExitStack, upstream: Upstream, underlay_mtu: int
+    args: argparse.Namespace, upstream: Upstream, underlay_mtu: int
 ) -> NetworkAdapter:
-    """The network adapter over its control plane and drivers, whose closing (the store,
-    the drivers' connections, their loop thread) goes on ``stack``. The adapter's own
-    start and close are the server's to run."""
+    """The network adapter over its control plane and drivers, which it owns: the
+    server's adapter manager starts it and closes it, and it closes them."""
     try:
         pool = ipam.parse_subnet(args.ipalloc_range)
     except NetworkError as exc:
@@ -207,12 +206,13 @@ def _network_adapter(
             raise UsageError(msg) from None
     elif args.store is not None:
         log.warning("no --advertise-addr: other hosts' containers are not reachable from here")
+    parts = AsyncExitStack()
     datapath = LoopThread()
-    stack.callback(datapath.stop)
+    parts.callback(datapath.stop)
     settings = DriverSettings(args.ovsdb, args.ovs_datapath, underlay_mtu, advertise)
     drivers = {name: OnOwnLoop(d, datapath) for name, d in make_drivers(settings).items()}
     for driver in drivers.values():
-        stack.push_async_callback(driver.close)
+        parts.push_async_callback(driver.close)
     changes = asyncio.Event()  # endpoints here came or went: the mesh syncs
     enforce = asyncio.Event()  # ... and the security groups are enforced again
 
@@ -228,7 +228,7 @@ def _network_adapter(
         host=host_id(args.state_dir),
         on_change=changed,
     )
-    stack.push_async_callback(service.close)
+    parts.push_async_callback(service.close)
     mesh = None if advertise is None else Mesh(service, advertise, changes)
     api = DockerApi(upstream.address, upstream.tls)
     flow_log = args.flow_log or str(Path(args.state_dir) / "flow-log.jsonl")
@@ -239,6 +239,7 @@ def _network_adapter(
         mesh=mesh,
         guard=Guard(service, enforce),
         flow_log=None if flow_log == "off" else FlowLog(service, flow_log),
+        parts=parts,
     )
 
 

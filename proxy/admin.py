@@ -20,12 +20,11 @@ def admin_app(server: ProxyServer) -> web.Application:
         )
 
     async def status(_: web.Request) -> web.Response:
-        pipeline = server.shared.pipeline
         return web.json_response(
             {
                 "upstream": str(server.shared.upstream.address),
                 "config": server.config_path,
-                "adapters": [a.name for a in pipeline.registry],
+                "adapters": [a.name for a in server.shared.loaded.registry],
                 "connections": server.connection_count,
             }
         )

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from plugstrip.proxy.adapter_manager import Loaded
 from plugstrip.proxy.canonical import BadRequest, canonical_path
 from plugstrip.proxy.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
 from plugstrip.proxy.docker_types import body_schema
@@ -35,7 +36,7 @@ from plugstrip.proxy.http1 import (
     pipe,
 )
 from plugstrip.proxy.metrics import Metrics, endpoint_label
-from plugstrip.proxy.pipeline import Chain, Pipeline
+from plugstrip.proxy.pipeline import Chain
 from plugstrip.proxy.splice import splice_pipe, spliceable
 from plugstrip.proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
 from plugstrip.proxy.trace import Record, Trace
@@ -60,10 +61,11 @@ class _ClientGone(Exception):
 
 @dataclass
 class Shared:
-    """What every connection uses; ``pipeline`` is swapped whole on reload."""
+    """What every connection uses; ``loaded`` (the adapters and their pipeline) is
+    swapped whole on reload."""
 
     upstream: Upstream
-    pipeline: Pipeline
+    loaded: Loaded
     metrics: Metrics
     trace: Trace
 
@@ -156,7 +158,7 @@ class ClientConnection:
                 await self._reply_error(400, f"bad request: {refused}")
                 return False
             # The chain matched here fixes the call's adapters, even across a reload.
-            chain = self.shared.pipeline.match(head.method, path)
+            chain = self.shared.loaded.pipeline.match(head.method, path)
             if chain is None:
                 await self._forward(request, None, None, None, held=False)
             else:
@@ -191,7 +193,7 @@ class ClientConnection:
         )
         try:
             try:
-                await self.shared.pipeline.run("pre_hook", chain, call, record)
+                await self.shared.loaded.pipeline.run("pre_hook", chain, call, record)
             except Refuse as refusal:
                 # An unread streamed body cannot be skipped on a kept-alive connection.
                 self._must_close = self._must_close or not held
@@ -208,12 +210,12 @@ class ClientConnection:
             return call.status
         finally:
             record.status = call.status
-            await self.shared.pipeline.finish(chain, call)
+            await self.shared.loaded.pipeline.finish(chain, call)
 
     async def _answer_here(self, call: Call, chain: Chain, record: Record) -> int:
         """Send the answer a pre-hook gave, after the post-hooks have seen it."""
         try:
-            await self.shared.pipeline.run("post_hook", chain, call, record)
+            await self.shared.loaded.pipeline.run("post_hook", chain, call, record)
         except Refuse as refusal:
             return await self._reply_error(refusal.status, refusal.message)
         response = call.response
@@ -298,7 +300,7 @@ class ClientConnection:
             call.response = response
             before = response.snapshot()
             try:
-                await self.shared.pipeline.run("post_hook", chain, call, record)
+                await self.shared.loaded.pipeline.run("post_hook", chain, call, record)
             except Refuse as refusal:
                 if not up.complete:
                     self.close_upstream()

@@ -19,42 +19,23 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
-from plugstrip.proxy.config import DEFAULT_TIMEOUT, Config, ConfigError, FailurePolicy
+from plugstrip.proxy.adapter_model import BuiltIn, LoadedAdapter
+from plugstrip.proxy.config import Config, ConfigError
 from plugstrip.proxy.contract import AdapterError, Call, HttpRequest, HttpResponse, Refuse
 from plugstrip.proxy.metrics import Metrics
+from plugstrip.proxy.registry import Registry
 from plugstrip.proxy.routes import Route
 from plugstrip.proxy.trace import Record, Step, changes
-
-if TYPE_CHECKING:
-    from plugstrip.proxy.registry import Registry
 
 log = logging.getLogger("plugstrip.pipeline")
 
 Hook = Literal["pre_hook", "post_hook"]
 # Chains of the configured endpoints, by method and path (a container's calls repeat).
 _CHAINS_REMEMBERED = 4096
-
-
-@dataclass(frozen=True)
-class HookPolicy:
-    """How the pipeline runs an adapter's hooks: under this deadline, and on a failure
-    other than ``Refuse`` either refusing the call (fail closed) or skipping the adapter."""
-
-    timeout: float = DEFAULT_TIMEOUT
-    on_failure: FailurePolicy = "refuse"
-
-
-@dataclass(frozen=True)
-class LoadedAdapter:
-    """An adapter as the pipeline runs it: a live object with hooks, under a policy."""
-
-    name: str
-    instance: Any
-    policy: HookPolicy = HookPolicy()
 
 
 @dataclass(frozen=True)
@@ -73,17 +54,6 @@ class Chain:
         )
 
 
-@dataclass(frozen=True)
-class BuiltIn:
-    """An adapter that is part of plugstrip, on the routes it owns."""
-
-    routes: tuple[Route, ...]
-    adapter: LoadedAdapter
-    # Asked per call, cheaply, before anything is held: False lets the call pass as if
-    # the built-in were not there.
-    wants: Callable[[str, str], bool] = lambda method, path: True
-
-
 class Pipeline:
     def __init__(
         self,
@@ -92,7 +62,6 @@ class Pipeline:
         metrics: Metrics,
         builtins: Sequence[BuiltIn] = (),
     ) -> None:
-        self.registry = registry
         self.builtins = tuple(builtins)
         self._metrics = metrics
         self._endpoints: list[tuple[Route, tuple[LoadedAdapter, ...], tuple[LoadedAdapter, ...]]]

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
-from plugstrip.proxy import lifecycle
+from plugstrip.proxy.adapter_model import HookPolicy, LoadedAdapter
 from plugstrip.proxy.config import AdapterSpec, ConfigError
 from plugstrip.proxy.contract import hooks_of
 from plugstrip.proxy.docker_api import DockerApi
-from plugstrip.proxy.pipeline import HookPolicy, LoadedAdapter
 from plugstrip.proxy.remote import RemoteAdapter
 
 ENTRY_POINT_GROUP = "plugstrip.adapters"
 
 
 class Registry:
-    """Live adapters by name. Built whole or not at all, so a bad reload changes nothing."""
+    """Live adapters by name, not started yet (the manager starts them). Built whole or
+    not at all, so a bad reload changes nothing."""
 
     def __init__(self, specs: Iterable[AdapterSpec], daemon: DockerApi | None = None) -> None:
         # Remote adapters open their HTTP sessions lazily, so a half-built registry holds
@@ -39,23 +38,8 @@ class Registry:
     def __getitem__(self, name: str) -> LoadedAdapter:
         return self._adapters[name]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[LoadedAdapter]:
         return iter(self._adapters.values())
-
-    async def start(self) -> None:
-        """Start the adapters in order (``aclose`` closes them, also after a failed start)."""
-        for loaded in self._adapters.values():
-            try:
-                await lifecycle.start(loaded.instance)
-            except Exception as exc:
-                raise ConfigError(f"adapters.{loaded.name}: could not start: {exc}") from exc
-
-    async def aclose(self) -> None:
-        """Close every adapter, in reverse order, started or not: each close runs even
-        if one before it raised."""
-        async with AsyncExitStack() as stack:
-            for loaded in self._adapters.values():
-                lifecycle.on_close(stack, loaded.instance)
 
 
 def _instantiate(spec: AdapterSpec) -> Any:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugstrip.proxy import lifecycle
 from plugstrip.proxy import tls as tls_layer
+from plugstrip.proxy.adapter_manager import AdapterManager
+from plugstrip.proxy.adapter_model import BuiltIn
 from plugstrip.proxy.addresses import SocketAddress
 from plugstrip.proxy.config import Config, ConfigError, load_file
 from plugstrip.proxy.connection import ClientConnection, Shared
@@ -26,15 +27,10 @@ from plugstrip.proxy.contract import Peer
 from plugstrip.proxy.docker_api import DockerApi
 from plugstrip.proxy.http1 import ByteReader, ByteWriter
 from plugstrip.proxy.metrics import Metrics
-from plugstrip.proxy.pipeline import BuiltIn, Pipeline
-from plugstrip.proxy.registry import Registry
 from plugstrip.proxy.trace import Trace
 from plugstrip.proxy.upstream import STREAM_LIMIT, Upstream
 
 log = logging.getLogger("plugstrip.server")
-
-# In-flight calls may still be using the adapters a reload replaced.
-_OLD_ADAPTERS_GRACE = 60.0
 
 
 def _max_backlog() -> int:
@@ -63,15 +59,6 @@ class Listener:
     tls: ssl.SSLContext | None = None
 
 
-def build_pipeline(
-    config: Config,
-    metrics: Metrics,
-    builtins: Sequence[BuiltIn] = (),
-    daemon: DockerApi | None = None,
-) -> Pipeline:
-    return Pipeline(config, Registry(config.adapters.values(), daemon), metrics, builtins)
-
-
 class ProxyServer:
     def __init__(
         self,
@@ -83,18 +70,16 @@ class ProxyServer:
     ) -> None:
         self.metrics = metrics or Metrics()
         self.config_path = config_path
-        self.builtins = tuple(builtins)  # kept across reloads: they own long-lived state
         self.flags = flags or Config()  # adapters set up by command-line flags, kept across reloads
         config = self.flags.before(load_file(config_path) if config_path else Config())
         self.daemon = DockerApi(upstream.address, upstream.tls)  # for adapters' lookups
-        pipeline = build_pipeline(config, self.metrics, builtins, self.daemon)
-        self.shared = Shared(upstream, pipeline, self.metrics, Trace())
+        self.adapters = AdapterManager(builtins, self.metrics, self.daemon)
+        self.shared = Shared(upstream, self.adapters.build(config), self.metrics, Trace())
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []  # asyncio (before 3.13) leaves socket files behind
         self._connections: dict[ClientConnection, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._config_mtime = _mtime(config_path)
-        self._retired: set[Registry] = set()  # replaced by a reload, closed after a grace
         self._closing = contextlib.AsyncExitStack()
         self._closing.push_async_callback(self.daemon.close)
 
@@ -103,10 +88,9 @@ class ProxyServer:
     async def start(self) -> None:
         """Start the built-ins, then the configured adapters. ``aclose`` undoes it in
         reverse order, also after a start that failed half way."""
-        for builtin in self.builtins:
-            await lifecycle.enter(self._closing, builtin.adapter.instance)
-        self._closing.push_async_callback(self._close_registries)
-        await self.shared.pipeline.registry.start()
+        self._closing.push_async_callback(self.adapters.aclose)
+        await self.adapters.start_builtins()
+        await self.adapters.start(self.shared.loaded)
 
     async def aclose(self) -> None:
         """Stop listening (if ``drain`` did not), then close what ``start`` started."""
@@ -120,11 +104,6 @@ class ProxyServer:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._unix_paths.clear()
-
-    async def _close_registries(self) -> None:
-        for registry in (*self._retired, self.shared.pipeline.registry):
-            await registry.aclose()
-        self._retired.clear()
 
     # ---- listening ---------------------------------------------------------------------
 
@@ -194,19 +173,14 @@ class ProxyServer:
         if not self.config_path:
             return False
         self._config_mtime = _mtime(self.config_path)
-        pipeline = None
         try:
-            config = self.flags.before(load_file(self.config_path))
-            pipeline = build_pipeline(config, self.metrics, self.builtins, self.daemon)
-            await pipeline.registry.start()
+            loaded = self.adapters.build(self.flags.before(load_file(self.config_path)))
+            await self.adapters.start(loaded)
         except ConfigError as exc:
-            if pipeline is not None:  # built, and an adapter would not start
-                await pipeline.registry.aclose()
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             return False
-        old, self.shared.pipeline = self.shared.pipeline, pipeline
-        self._retired.add(old.registry)
-        self._spawn(self._close_later(old.registry))
+        old, self.shared.loaded = self.shared.loaded, loaded
+        self.adapters.retire(old)
         log.info("configuration reloaded", extra={"config": self.config_path})
         return True
 
@@ -219,11 +193,6 @@ class ProxyServer:
             await asyncio.sleep(interval)
             if self.config_path and _mtime(self.config_path) != self._config_mtime:
                 await self.reload()
-
-    async def _close_later(self, registry: Registry) -> None:
-        await asyncio.sleep(_OLD_ADAPTERS_GRACE)
-        self._retired.discard(registry)
-        await registry.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)

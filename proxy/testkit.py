@@ -21,12 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from plugstrip.proxy.adapter_model import BuiltIn, HookPolicy, LoadedAdapter
 from plugstrip.proxy.canonical import canonical_path
 from plugstrip.proxy.config import Config
 from plugstrip.proxy.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
 from plugstrip.proxy.docker_types import body_schema
 from plugstrip.proxy.metrics import Metrics
-from plugstrip.proxy.pipeline import BuiltIn, Hook, HookPolicy, LoadedAdapter, Pipeline
+from plugstrip.proxy.pipeline import Hook, Pipeline
 from plugstrip.proxy.registry import Registry
 from plugstrip.proxy.routes import Route
 from plugstrip.proxy.trace import Record

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
+from plugstrip.proxy.adapter_manager import AdapterManager
 from plugstrip.proxy.config import parse
 from plugstrip.proxy.contract import Call, Refuse
-from plugstrip.proxy.metrics import Metrics
-from plugstrip.proxy.server import build_pipeline
 from plugstrip.proxy.testkit import make_call, respond
 from plugstrip.proxy.trace import Trace
 
@@ -52,7 +51,7 @@ class No:
 
 
 def pipeline(text: str) -> Any:
-    return build_pipeline(parse(text), Metrics())
+    return AdapterManager().build(parse(text)).pipeline
 
 
 ADAPTERS = """

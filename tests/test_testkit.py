@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from plugstrip.proxy.adapter_model import HookPolicy
 from plugstrip.proxy.contract import Call, Refuse
-from plugstrip.proxy.pipeline import HookPolicy
 from plugstrip.proxy.testkit import FakeDaemon, make_call, respond, run_chain
 
 

@@ -4,6 +4,7 @@ the pipeline runs it."""
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 
 from plugstrip.adapters.network.containers import ContainerCalls
 from plugstrip.adapters.network.events import Events
@@ -15,9 +16,9 @@ from plugstrip.netdrivers.control.flow_log import FlowLog
 from plugstrip.netdrivers.control.guard import Guard
 from plugstrip.netdrivers.control.mesh import Mesh
 from plugstrip.netdrivers.control.service import NetworkService
+from plugstrip.proxy.adapter_model import BuiltIn, HookPolicy, LoadedAdapter
 from plugstrip.proxy.contract import Call, split_version
 from plugstrip.proxy.docker_api import DockerApi
-from plugstrip.proxy.pipeline import BuiltIn, HookPolicy, LoadedAdapter
 
 log = logging.getLogger("plugstrip.network")
 
@@ -35,12 +36,16 @@ class NetworkAdapter:
         mesh: Mesh | None = None,
         guard: Guard | None = None,
         flow_log: FlowLog | None = None,
+        parts: AsyncExitStack | None = None,
     ) -> None:
         self.service = service
         self.api = api
         self.mesh = mesh  # with other hosts: tunnels to them
         self.guard = guard  # security groups enforced
         self.flow_log = flow_log  # what they drop, sampled
+        # what it was built over (the store, the drivers, their loop thread): its own to
+        # close, after itself, so one manager runs the whole life cycle
+        self.parts = parts or AsyncExitStack()
         self.holders = Holders(service, api, spare_holders)
         self.events = Events(service, api, self.holders)
         table = (
@@ -71,15 +76,17 @@ class NetworkAdapter:
             self.flow_log.start()
 
     async def close(self) -> None:
-        if self.flow_log is not None:
-            await self.flow_log.close()
-        await self.events.close()
-        if self.guard is not None:
-            await self.guard.close()
-        if self.mesh is not None:
-            await self.mesh.close()
-        await self.holders.close()
-        await self.api.close()
+        """Close what start started, then the parts; each close runs even if one before
+        it raised (``start`` may not have finished)."""
+        async with self.parts, AsyncExitStack() as stack:
+            stack.push_async_callback(self.api.close)
+            stack.push_async_callback(self.holders.close)
+            for part in (self.mesh, self.guard):
+                if part is not None:
+                    stack.push_async_callback(part.close)
+            stack.push_async_callback(self.events.close)
+            if self.flow_log is not None:
+                stack.push_async_callback(self.flow_log.close)
 
     def wants(self, method: str, path: str) -> bool:
         """Container lists and inspects, which dashboards poll, are none of this adapter's
