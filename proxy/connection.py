@@ -37,8 +37,9 @@ from plugstrip.proxy.http1 import (
 )
 from plugstrip.proxy.metrics import Metrics, endpoint_label
 from plugstrip.proxy.pipeline import Chain
+from plugstrip.proxy.relay_plan import RelayPlan, relay_plan
 from plugstrip.proxy.splice import splice_pipe, spliceable
-from plugstrip.proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
+from plugstrip.proxy.streams import may_hijack
 from plugstrip.proxy.trace import Record, Trace
 from plugstrip.proxy.upstream import Upstream, UpstreamUnavailable
 
@@ -74,6 +75,26 @@ def _decode(headers: list[tuple[bytes, bytes]]) -> Headers:
     return Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
 
 
+@dataclass
+class Exchange:
+    """One request and its answer as the connection carries them: made anew for each
+    request, so nothing of one call's state reaches the next."""
+
+    head: Head | None = None  # the client's request head
+    # The request goes upstream in the client's HTTP version and Connection header, so
+    # the daemon frames its answer and keeps the connection (or not) as it would for this
+    # client: plugstrip follows it. Only answers of plugstrip's own follow the client's
+    # wish directly.
+    client_closes: bool = False  # the client asked to close after this call
+    endpoint: str = ""  # its metrics label
+    must_close: bool = False  # plugstrip closes the client connection after this call
+    sent: int = 0  # the status sent to the client (0: none yet)
+    hijackable: bool = False  # a call that may turn into a raw pipe
+    continued: bool = False  # the client was sent 100 Continue
+    early_head: Head | None = None  # a final answer read before the body went
+    plan: RelayPlan | None = None  # how the answer is relayed, once its head came
+
+
 class ClientConnection:
     def __init__(self, shared: Shared, reader: ByteReader, writer: ByteWriter, peer: Peer) -> None:
         self.shared = shared
@@ -82,24 +103,17 @@ class ClientConnection:
         self.upstream: HttpSide | None = None
         self.busy = False  # a request is in flight (used by drain)
         self.draining = False  # set on shutdown: close once the call in flight is done
-        self._head: Head | None = None  # the client's request head in flight
-        self._endpoint = ""  # its metrics label
-        self._must_close = False  # plugstrip closes the client connection after this call
-        self._client_closes = False  # the client asked to close after this call
-        self._sent = 0  # the status sent to the client for the call in flight (0: none yet)
+        self.exchange = Exchange()  # the call in flight
         self._upstream_reusable = False
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._hijackable = False
         self._client_gone = False
-        self._continued = False  # the client was sent 100 Continue for the call in flight
-        self._early_head: Head | None = None  # a final answer read before the body went
 
     @property
     def _version(self) -> str:
         """The HTTP version of the request in flight."""
-        return self._head.version if self._head is not None else "1.1"
+        return self.exchange.head.version if self.exchange.head is not None else "1.1"
 
     async def serve(self) -> None:
         try:
@@ -107,7 +121,7 @@ class ClientConnection:
                 try:
                     event = await self.client.next()
                 except ProtocolError as exc:
-                    self._must_close, self._sent = True, 0
+                    self.exchange = Exchange(must_close=True)
                     await self._reply_error(exc.status, f"bad request: {exc}")
                     return
                 if event is None:
@@ -135,26 +149,17 @@ class ClientConnection:
     async def _exchange(self, head: Head) -> bool:
         """Handle one request; False when the connection must close afterwards."""
         raw_path, _, query = head.target.partition("?")
-        self._head = head
+        self.exchange = ex = Exchange(head, client_closes=not head.keep_alive)
         refused = ""
         try:
             path = canonical_path(raw_path)
         except BadRequest as exc:  # routed elsewhere by the daemon: no hook could see it
             path, refused = "", str(exc)
         request = HttpRequest(head.method, path, query, _decode(head.headers), raw_path=raw_path)
-        self._endpoint = endpoint_label(path)
-        # The request goes upstream in the client's HTTP version and Connection header, so
-        # the daemon frames its answer and keeps the connection (or not) as it would for
-        # this client: plugstrip follows it. Only answers of plugstrip's own follow the
-        # client's wish directly.
-        self._client_closes = not head.keep_alive
-        self._must_close = False
-        self._sent = 0
-        self._continued = False
-        self._early_head = None
+        ex.endpoint = endpoint_label(path)
         try:
             if refused:
-                self._must_close = True  # its body, if any, is not read
+                self.exchange.must_close = True  # its body, if any, is not read
                 await self._reply_error(400, f"bad request: {refused}")
                 return False
             # The chain matched here fixes the call's adapters, even across a reload.
@@ -164,19 +169,19 @@ class ClientConnection:
             else:
                 await self._intercept(request, chain)
         finally:  # hijacks and hang-ups end in exceptions: count them too
-            status = str(self._sent) if self._sent else "aborted"
-            self.shared.metrics.count_request(self._endpoint, head.method, status)
-        return not self._must_close
+            status = str(self.exchange.sent) if self.exchange.sent else "aborted"
+            self.shared.metrics.count_request(self.exchange.endpoint, head.method, status)
+        return not self.exchange.must_close
 
     async def _intercept(self, request: HttpRequest, chain: Chain) -> int:
         held = _holdable(request.headers)
         if held:
             if self._expects_continue(request):  # plugstrip reads the body, as a server
                 await self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self._continued = True
+                self.exchange.continued = True
             body = await self._read_client_body(MAX_HELD_BODY)
             if body is None:
-                self._must_close = True
+                self.exchange.must_close = True
                 return await self._reply_error(413, f"request body over {MAX_HELD_BODY} bytes")
             request.set_body(body)
             request.schema = body_schema(request.method, request.path) if body else None
@@ -196,11 +201,11 @@ class ClientConnection:
                 await self.shared.loaded.pipeline.run("pre_hook", chain, call, record)
             except Refuse as refusal:
                 # An unread streamed body cannot be skipped on a kept-alive connection.
-                self._must_close = self._must_close or not held
+                self.exchange.must_close |= not held
                 call.status = await self._reply_error(refusal.status, refusal.message)
                 return call.status
             if call.response is not None:  # a pre-hook answered: the daemon is not asked
-                self._must_close = self._must_close or not held
+                self.exchange.must_close |= not held
                 call.status = await self._answer_here(call, chain, record)
                 return call.status
             call.request.settle()
@@ -222,10 +227,10 @@ class ClientConnection:
         assert response is not None
         response.settle()
         _set_length(response.headers, response.body)
-        self._must_close = self._must_close or self._client_closes
-        if self._must_close:
+        self.exchange.must_close |= self.exchange.client_closes
+        if self.exchange.must_close:
             response.headers.set("Connection", "close")
-        self._sent = response.status
+        self.exchange.sent = response.status
         await self.client.write(
             encode_response_head(response.status, "", list(response.headers))
             + (response.body or b"")
@@ -244,9 +249,11 @@ class ClientConnection:
         try:
             up = await self._send_request(request, held)
         except UpstreamUnavailable as exc:
-            self._must_close = self._must_close or not held
+            self.exchange.must_close |= not held
             return await self._reply_error(502, str(exc))
-        self._hijackable = may_hijack(request.method, request.path, "Upgrade" in request.headers)
+        self.exchange.hijackable = may_hijack(
+            request.method, request.path, "Upgrade" in request.headers
+        )
         self._main = asyncio.current_task()
         # Most answers come at once; only a slow one (or a stream) gets a watcher for the
         # client hanging up, so quick calls pay no extra task.
@@ -270,27 +277,16 @@ class ClientConnection:
     ) -> int:
         started = time.perf_counter()
         head = await self._response_head(up)
-        self.shared.metrics.observe_upstream(self._endpoint, time.perf_counter() - started)
+        self.shared.metrics.observe_upstream(self.exchange.endpoint, time.perf_counter() - started)
         response = HttpResponse(head.status, _decode(head.headers))
-        switching = head.status == 101
-        legacy = (
-            head.status == 200
-            and self._hijackable
-            and response.content_type in RAW_STREAM_TYPES
-            and head.length is None
-            and not head.chunked
-        )
+        hooked = chain is not None and bool(chain.post) and call is not None and record is not None
+        self.exchange.plan = plan = relay_plan(request, head, response.content_type, hooked)
         prefix = b""  # body already read (and decoded) for post-hooks, if any
         changed = False
-        if chain is not None and chain.post and call is not None and record is not None:
-            hold = (
-                not (switching or legacy)
-                and request.method != "HEAD"
-                and "json" in response.content_type
-                and not is_json_stream(request.method, request.path, request.query)
-            )
+        if hooked:
+            assert chain is not None and call is not None and record is not None
             response.streaming = True
-            if hold:
+            if plan.hold:
                 body, complete = await self._read_upstream_body(up, MAX_HELD_BODY)
                 if complete:
                     response.set_body(body)
@@ -314,8 +310,8 @@ class ClientConnection:
             if not response.streaming and response.body != before.body:
                 _set_length(response.headers, response.body)
                 changed = True
-        if switching or legacy:
-            await self._hijack(up, response, head, legacy, changed)
+        if plan.pipe:
+            await self._hijack(up, response, head, plan.legacy, changed)
         await self._relay(up, head, response, changed, prefix)
         if self.client.upgraded:  # it asked to switch protocols, and the daemon did not
             self.client.after_refused_upgrade()
@@ -326,7 +322,7 @@ class ClientConnection:
     ) -> None:
         """Pass the response on: as received when nothing changed it, else with a head of
         ours; a body is framed as the daemon framed it unless an adapter rewrote it."""
-        self._sent = response.status
+        self.exchange.sent = response.status
         if not response.streaming and response.body is not None:  # held, maybe rewritten
             body = response.body
             if (response.headers.get("Transfer-Encoding") or "").lower() == "chunked":
@@ -338,20 +334,22 @@ class ClientConnection:
         else:
             await self.client.write(self._head_bytes(response, head))
             await self._streaming(self._relay_decoded(up, prefix, head.chunked))
-        self._upstream_reusable = head.keep_alive and up.complete
-        if not head.keep_alive:
-            self._must_close = True
+        assert self.exchange.plan is not None
+        keep_alive = self.exchange.plan.keep_alive
+        self._upstream_reusable = keep_alive and up.complete
+        if not keep_alive:
+            self.exchange.must_close = True
 
     def _first_bytes(self, response: HttpResponse, head: Head, changed: bool) -> bytes:
         """The head as received, unless it changed or plugstrip will close a connection the
         daemon keeps open: then the client must be told (RFC 9112 §9.6)."""
-        if changed or (self._must_close and head.keep_alive):
+        if changed or (self.exchange.must_close and head.keep_alive):
             return self._head_bytes(response, head)
         return head.raw
 
     def _head_bytes(self, response: HttpResponse, head: Head) -> bytes:
         headers = list(response.headers)
-        if self._must_close:
+        if self.exchange.must_close:
             headers = [(k, v) for k, v in headers if k.lower() != "connection"]
             headers.append(("Connection", "close"))
         return encode_response_head(response.status, head.reason, headers)
@@ -398,12 +396,12 @@ class ClientConnection:
                 await up.write(head + body)
                 return up
             await up.write(head)
-            if self._expects_continue(request) and not self._continued:
+            if self._expects_continue(request) and not self.exchange.continued:
                 # The client sends the body once told to: only the daemon may tell it.
                 first = await self._next_answer(up, until_continue=True)
                 if first is not None:
-                    self._early_head = first
-                    self._must_close = True  # its body was never read
+                    self.exchange.early_head = first
+                    self.exchange.must_close = True  # its body was never read
                     return up
             await self._stream_client_body(up, chunked)
         except (ConnectionError, OSError):
@@ -432,8 +430,8 @@ class ClientConnection:
 
     async def _response_head(self, up: HttpSide) -> Head:
         """The final answer's head (it may have come before the request body went)."""
-        head = self._early_head or await self._next_answer(up)
-        self._early_head = None
+        head = self.exchange.early_head or await self._next_answer(up)
+        self.exchange.early_head = None
         assert head is not None  # only until_continue answers None
         return head
 
@@ -448,11 +446,11 @@ class ClientConnection:
             if not 100 <= event.status < 200 or event.status == 101:
                 return event
             await up.next()  # its END
-            if event.status == 100 and self._continued:
+            if event.status == 100 and self.exchange.continued:
                 continue
             await self.client.write(event.raw)
             if event.status == 100:
-                self._continued = True
+                self.exchange.continued = True
                 if until_continue:
                     return None
 
@@ -522,7 +520,7 @@ class ClientConnection:
             data = await client.reader.read(READ_SIZE)
             if not data:
                 client.eof = True
-                if not self._hijackable and self._main is not None:
+                if not self.exchange.hijackable and self._main is not None:
                     self._client_gone = True
                     self._main.cancel()
                 return
@@ -531,15 +529,15 @@ class ClientConnection:
 
     async def _reply_error(self, status: int, message: str) -> int:
         """Docker's error shape, which the CLI prints as 'Error response from daemon: ...'."""
-        if self._sent:
+        if self.exchange.sent:
             return status
-        self._sent = status
+        self.exchange.sent = status
         body = dumps({"message": message}) + b"\n"
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        self._must_close = self._must_close or self._client_closes
-        if self._must_close:
+        self.exchange.must_close |= self.exchange.client_closes
+        if self.exchange.must_close:
             headers.append(("Connection", "close"))
-        if self._head is not None and self._head.method == "HEAD":
+        if self.exchange.head is not None and self.exchange.head.method == "HEAD":
             body = b""  # an answer to HEAD has its head only (RFC 9110 §9.3.2)
         await self.client.write(encode_response_head(status, "", headers) + body)
         return status
@@ -549,7 +547,7 @@ class ClientConnection:
     async def _hijack(
         self, up: HttpSide, response: HttpResponse, head: Head, legacy: bool, changed: bool
     ) -> None:
-        self._sent = response.status
+        self.exchange.sent = response.status
         first = self._head_bytes(response, head) if changed else head.raw
         await self._stop_watcher()  # from here the pipe reads the client
         client = self.client
