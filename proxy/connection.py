@@ -52,10 +52,6 @@ MAX_HELD_BODY = 16 << 20
 _WATCH_AFTER = 0.05
 
 
-class _Hijacked(Exception):
-    """The connection became a raw pipe and is finished."""
-
-
 class _ClientGone(Exception):
     pass
 
@@ -93,6 +89,13 @@ class Exchange:
     continued: bool = False  # the client was sent 100 Continue
     early_head: Head | None = None  # a final answer read before the body went
     plan: RelayPlan | None = None  # how the answer is relayed, once its head came
+    hooked: tuple[Chain, Call, Record] | None = None  # its adapters, call and trace
+    # While the daemon answers: a task watching for the client hanging up (started late,
+    # by ``timer``), which cancels ``main`` (the relay) and says so in ``client_gone``.
+    main: asyncio.Task[Any] | None = None
+    timer: asyncio.TimerHandle | None = None
+    watcher: asyncio.Task[None] | None = None
+    client_gone: bool = False
 
 
 class ClientConnection:
@@ -105,10 +108,6 @@ class ClientConnection:
         self.draining = False  # set on shutdown: close once the call in flight is done
         self.exchange = Exchange()  # the call in flight
         self._upstream_reusable = False
-        self._watcher: asyncio.Task[None] | None = None
-        self._main: asyncio.Task[Any] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._client_gone = False
 
     @property
     def _version(self) -> str:
@@ -134,7 +133,7 @@ class ClientConnection:
                     self.busy = False
                 if not keep or self.draining:
                     return
-        except (_Hijacked, _ClientGone):
+        except _ClientGone:
             pass
         except (ConnectionError, OSError, ProtocolError) as exc:
             log.debug("connection ended: %s", exc)
@@ -165,10 +164,10 @@ class ClientConnection:
             # The chain matched here fixes the call's adapters, even across a reload.
             chain = self.shared.loaded.pipeline.match(head.method, path)
             if chain is None:
-                await self._forward(request, None, None, None, held=False)
+                await self._forward(request, held=False)
             else:
                 await self._intercept(request, chain)
-        finally:  # hijacks and hang-ups end in exceptions: count them too
+        finally:  # hang-ups end in exceptions: count them too
             status = str(self.exchange.sent) if self.exchange.sent else "aborted"
             self.shared.metrics.count_request(self.exchange.endpoint, head.method, status)
         return not self.exchange.must_close
@@ -196,6 +195,7 @@ class ClientConnection:
         record = self.shared.trace.start(
             request.method, request.target, chain.endpoint, self.peer.describe()
         )
+        self.exchange.hooked = (chain, call, record)
         try:
             try:
                 await self.shared.loaded.pipeline.run("pre_hook", chain, call, record)
@@ -211,7 +211,7 @@ class ClientConnection:
             call.request.settle()
             if held and call.request.body != call.client_request.body:
                 _set_length(call.request.headers, call.request.body)
-            call.status = await self._forward(call.request, chain, call, record, held)
+            call.status = await self._forward(call.request, held)
             return call.status
         finally:
             record.status = call.status
@@ -237,14 +237,7 @@ class ClientConnection:
         )
         return response.status
 
-    async def _forward(
-        self,
-        request: HttpRequest,
-        chain: Chain | None,
-        call: Call | None,
-        record: Record | None,
-        held: bool,
-    ) -> int:
+    async def _forward(self, request: HttpRequest, held: bool) -> int:
         """Send ``request`` upstream and relay the answer; returns the status sent."""
         try:
             up = await self._send_request(request, held)
@@ -254,37 +247,36 @@ class ClientConnection:
         self.exchange.hijackable = may_hijack(
             request.method, request.path, "Upgrade" in request.headers
         )
-        self._main = asyncio.current_task()
+        self.exchange.main = asyncio.current_task()
         # Most answers come at once; only a slow one (or a stream) gets a watcher for the
         # client hanging up, so quick calls pay no extra task.
-        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start_watcher)
+        self.exchange.timer = asyncio.get_running_loop().call_later(
+            _WATCH_AFTER, self._start_watcher
+        )
         try:
-            return await self._answer(up, request, chain, call, record)
+            return await self._answer(up, request)
         except asyncio.CancelledError:
-            if self._client_gone:
+            if self.exchange.client_gone:
                 raise _ClientGone() from None
             raise
         finally:
             await self._stop_watcher()
 
-    async def _answer(
-        self,
-        up: HttpSide,
-        request: HttpRequest,
-        chain: Chain | None,
-        call: Call | None,
-        record: Record | None,
-    ) -> int:
+    async def _answer(self, up: HttpSide, request: HttpRequest) -> int:
         started = time.perf_counter()
         head = await self._response_head(up)
         self.shared.metrics.observe_upstream(self.exchange.endpoint, time.perf_counter() - started)
         response = HttpResponse(head.status, _decode(head.headers))
-        hooked = chain is not None and bool(chain.post) and call is not None and record is not None
-        self.exchange.plan = plan = relay_plan(request, head, response.content_type, hooked)
+        hooked = self.exchange.hooked
+        if hooked is not None and not hooked[0].post:
+            hooked = None  # no post-hooks on this call: the answer streams past
+        self.exchange.plan = plan = relay_plan(
+            request, head, response.content_type, hooked is not None
+        )
         prefix = b""  # body already read (and decoded) for post-hooks, if any
         changed = False
-        if hooked:
-            assert chain is not None and call is not None and record is not None
+        if hooked is not None:
+            chain, call, record = hooked
             response.streaming = True
             if plan.hold:
                 body, complete = await self._read_upstream_body(up, MAX_HELD_BODY)
@@ -312,6 +304,7 @@ class ClientConnection:
                 changed = True
         if plan.pipe:
             await self._hijack(up, response, head, plan.legacy, changed)
+            return response.status
         await self._relay(up, head, response, changed, prefix)
         if self.client.upgraded:  # it asked to switch protocols, and the daemon did not
             self.client.after_refused_upgrade()
@@ -498,18 +491,18 @@ class ClientConnection:
             await up.write(LAST_CHUNK)
 
     def _start_watcher(self) -> None:
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch_client())
+        if self.exchange.watcher is None:
+            self.exchange.watcher = asyncio.create_task(self._watch_client())
 
     async def _stop_watcher(self) -> None:
         """No watcher now, nor later: a splice reads the client itself from here on."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
+        if self.exchange.timer is not None:
+            self.exchange.timer.cancel()
+            self.exchange.timer = None
+        if self.exchange.watcher is not None:
+            self.exchange.watcher.cancel()
+            await asyncio.gather(self.exchange.watcher, return_exceptions=True)
+            self.exchange.watcher = None
 
     async def _watch_client(self) -> None:
         """Read ahead from the client while a response is pending or streaming, and end the
@@ -520,9 +513,9 @@ class ClientConnection:
             data = await client.reader.read(READ_SIZE)
             if not data:
                 client.eof = True
-                if not self.exchange.hijackable and self._main is not None:
-                    self._client_gone = True
-                    self._main.cancel()
+                if not self.exchange.hijackable and self.exchange.main is not None:
+                    self.exchange.client_gone = True
+                    self.exchange.main.cancel()
                 return
             client.unparsed += data
         await asyncio.Event().wait()  # enough read ahead: let TCP push back
@@ -571,7 +564,7 @@ class ClientConnection:
         finally:
             metrics.open_hijacks.dec()
             self.close_upstream()
-        raise _Hijacked()
+        self.exchange.must_close = True  # the pipe is over: so is the connection
 
     async def _pipe_both_ways(self, up: HttpSide) -> None:
         client = self.client

@@ -29,6 +29,7 @@ from plugstrip.proxy.connection import ClientConnection, Shared
 from plugstrip.proxy.contract import Peer
 from plugstrip.proxy.http1 import ByteReader, ByteWriter
 from plugstrip.proxy.metrics import Metrics
+from plugstrip.proxy.relay_plan import RelayPlan
 from plugstrip.proxy.routes import Route
 from plugstrip.proxy.trace import Trace
 from plugstrip.proxy.upstream import Upstream
@@ -75,8 +76,8 @@ class Playbook:
     async def __aenter__(self) -> Playbook:
         ours, self._client = await _pair()
         shared = Shared(self.upstream, self._adapters.build(Config()), Metrics(), Trace())
-        conn = ClientConnection(shared, *ours, Peer("unix", uid=0, pid=1))
-        self._served = asyncio.create_task(conn.serve())
+        self.connection = ClientConnection(shared, *ours, Peer("unix", uid=0, pid=1))
+        self._served = asyncio.create_task(self.connection.serve())
         return self
 
     async def __aexit__(
@@ -88,6 +89,11 @@ class Playbook:
             await asyncio.wait_for(self._served, WAIT)  # the client gone: serve returns
         finally:
             await self._adapters.aclose()
+
+    @property
+    def plan(self) -> RelayPlan | None:
+        """How the connection decided to relay the last answer from the daemon."""
+        return self.connection.exchange.plan
 
     # ---- the client ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from plugstrip.proxy.contract import Call
+from plugstrip.proxy.relay_plan import RelayPlan
 from tests.playbook import Playbook, builtin
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
@@ -87,6 +88,7 @@ async def test_an_upgrade_becomes_a_raw_pipe_both_ways() -> None:
     async with Playbook() as pb:
         await pb.to_daemon(request)
         await pb.to_client(switched)
+        assert pb.plan == RelayPlan(pipe=True, keep_alive=False)
         await pb.to_daemon(b"ls\n")
         await pb.to_client(b"\x01\x00\x00\x00\x00\x00\x00\x04bin\n")
         await pb.daemon_closes()
@@ -99,6 +101,7 @@ async def test_an_old_style_hijack_without_101_is_a_raw_pipe_too() -> None:
     async with Playbook() as pb:
         await pb.to_daemon(request)
         await pb.to_client(hijacked + b"out")
+        assert pb.plan == RelayPlan(pipe=True, legacy=True, keep_alive=False)
         await pb.to_daemon(b"in")
         await pb.daemon_closes()
         await pb.client_closed()
@@ -153,6 +156,7 @@ async def test_hooks_hold_a_body_and_plugstrip_sends_100_continue_itself() -> No
         await pb.client_expects(b"HTTP/1.1 100 Continue\r\n\r\n")  # its body is held
         await pb.client_sends(b"{}")
         await pb.daemon_expects(head + b"{}")
+        assert pb.plan is None  # nothing decided before the answer's head
         await pb.daemon_sends(
             b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
             b'Content-Length: 11\r\n\r\n{"Id":"c1"}'
@@ -161,6 +165,7 @@ async def test_hooks_hold_a_body_and_plugstrip_sends_100_continue_itself() -> No
             b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
             b'Content-Length: 18\r\n\r\n{"rewritten":true}'
         )
+        assert pb.plan == RelayPlan(hold=True)
         await pb.client_kept()
 
 
