@@ -271,7 +271,7 @@ class ClientConnection:
         if hooked is not None and not hooked[0].post:
             hooked = None  # no post-hooks on this call: the answer streams past
         self.exchange.plan = plan = relay_plan(
-            request, head, response.content_type, hooked is not None
+            request, head, response.content_type, hooked is not None, self.exchange.hijackable
         )
         prefix = b""  # body already read (and decoded) for post-hooks, if any
         changed = False

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from plugstrip.proxy.contract import HttpRequest
 from plugstrip.proxy.http1 import Head
-from plugstrip.proxy.streams import RAW_STREAM_TYPES, is_json_stream, may_hijack
+from plugstrip.proxy.streams import RAW_STREAM_TYPES, is_json_stream
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,12 @@ class RelayPlan:
     keep_alive: bool = True
 
 
-def relay_plan(request: HttpRequest, head: Head, content_type: str, post_hooks: bool) -> RelayPlan:
+def relay_plan(
+    request: HttpRequest, head: Head, content_type: str, post_hooks: bool, hijackable: bool
+) -> RelayPlan:
     """The plan for answer ``head`` (of type ``content_type``) to ``request``, with or
-    without post-hooks to run on it."""
-    hijackable = may_hijack(request.method, request.path, "Upgrade" in request.headers)
+    without post-hooks to run on it; ``hijackable``: the request may take the connection
+    over (``streams.may_hijack``, asked once by the connection as the request went)."""
     legacy = (
         head.status == 200
         and hijackable

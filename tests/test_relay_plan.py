@@ -8,6 +8,7 @@ import pytest
 from plugstrip.proxy.contract import Headers, HttpRequest
 from plugstrip.proxy.http1 import Head
 from plugstrip.proxy.relay_plan import RelayPlan, relay_plan
+from plugstrip.proxy.streams import may_hijack
 
 RAW = "application/vnd.docker.raw-stream"
 JSON = "application/json"
@@ -95,4 +96,5 @@ CASES = [
 def test_relay_plan(
     req: HttpRequest, answer: Head, content_type: str, post_hooks: bool, expected: RelayPlan
 ) -> None:
-    assert relay_plan(req, answer, content_type, post_hooks) == expected
+    hijackable = may_hijack(req.method, req.path, "Upgrade" in req.headers)
+    assert relay_plan(req, answer, content_type, post_hooks, hijackable) == expected
