@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugstrip.proxy.adapter_manager import Loaded
+from plugstrip.proxy.bulk import plain_sockets, relay_body
 from plugstrip.proxy.canonical import BadRequest, canonical_path
+from plugstrip.proxy.chunked import BadChunking
 from plugstrip.proxy.contract import Call, Headers, HttpRequest, HttpResponse, Peer, Refuse, dumps
 from plugstrip.proxy.docker_types import body_schema
 from plugstrip.proxy.http1 import (
@@ -396,7 +398,7 @@ class ClientConnection:
                     self.exchange.early_head = first
                     self.exchange.must_close = True  # its body was never read
                     return up
-            await self._stream_client_body(up, chunked)
+            await self._send_client_body(up, chunked)
         except (ConnectionError, OSError):
             # The daemon may answer (say, an error) before reading the whole body; the
             # answer is still readable.
@@ -481,6 +483,23 @@ class ClientConnection:
                 return None
             parts.append(event)
         return b"".join(parts)
+
+    async def _send_client_body(self, up: HttpSide, chunked: bool) -> None:
+        """A body no adapter reads: between plain sockets, relayed as framed off the loop
+        (bench: uploads); else as parsed events, framed again."""
+        client = self.client
+        assert self.exchange.head is not None
+        end_of = client.body_end(self.exchange.head)
+        if end_of is None or not plain_sockets(client.reader, client.writer, up.writer):
+            await self._stream_client_body(up, chunked)
+            return
+        first = bytes(client.unparsed)
+        client.unparsed.clear()
+        try:
+            rest = await relay_body(client.reader, client.writer, up.writer, end_of, first)
+        except BadChunking as exc:
+            raise ProtocolError(f"bad chunked encoding: {exc}") from exc
+        client.body_relayed(rest)
 
     async def _stream_client_body(self, up: HttpSide, chunked: bool) -> None:
         while (event := await self.client.next()) is not END:

@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol
 
 import httptools
 
+from plugstrip.proxy.chunked import BodyEnd, ChunkedEnd, LengthEnd
+
 READ_SIZE = 1 << 16
 # Relays and pipes move bulk data: fewer, larger reads cost less CPU per byte.
 RELAY_READ_SIZE = 1 << 18
@@ -226,6 +228,9 @@ class HttpSide:
         return self._c.events.popleft()
 
     def _feed(self, data: bytes) -> None:
+        if self.kind == "request" and (self._c.in_head or self._c.complete):
+            self._feed_request_head(data)
+            return
         if self._c.in_head:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD + READ_SIZE:
@@ -236,6 +241,36 @@ class HttpSide:
             self._parse(data)
         if not self._c.in_head:
             self._head_bytes = 0
+
+    def _feed_request_head(self, data: bytes) -> None:
+        """Parse a request head and keep what follows it unfed: the body is parsed only if
+        it is read as events (``next``), and relayed as framed otherwise (``relay_body``)."""
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD + READ_SIZE:
+            raise ProtocolError("request header fields too large", 431)
+        while data:
+            start = len(self._head_buf)
+            self._head_buf += data
+            end = self._head_buf.find(b"\r\n\r\n", max(0, start - 3))
+            if end < 0:
+                self._parse(data)
+                return
+            cut = end + 4 - start
+            self._head_buf.clear()
+            self._parse(data[:cut])
+            data = data[cut:]
+            if not self._c.in_head:  # else empty lines before a request line: go on
+                break
+        self._head_bytes = 0
+        if not data:
+            return
+        if self.upgraded:  # what follows is the body llhttp skipped, then raw bytes
+            if self._upgrade_body:
+                self._take_upgrade_body(data)
+            else:
+                self.trailing += data
+        else:
+            self.unparsed[:0] = data
 
     def _feed_head(self, data: bytes) -> bool:
         """Keep a response head's bytes, and end a bodiless response at its head: what
@@ -348,6 +383,22 @@ class HttpSide:
             await out.drain()
         self._c.events.clear()
         self._c.skip_body = False
+
+    def body_end(self, head: Head) -> BodyEnd | None:
+        """How to find the end of request ``head``'s body while relaying it as framed
+        (its bytes still unparsed): by its length, or where its chunks end. None if the
+        body is to be read as events: a request that upgrades, or an unusual coding."""
+        if self.upgraded:
+            return None
+        if head.chunked:
+            return ChunkedEnd()
+        return LengthEnd(head.length) if head.length else None
+
+    def body_relayed(self, rest: bytes) -> None:
+        """After a body relayed as framed: ``rest`` was read past its end."""
+        self.unparsed[:0] = rest
+        self._new_parser()  # it saw the head only: it starts again at the next one
+        self._c.complete = True  # until that one begins
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)

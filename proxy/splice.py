@@ -35,29 +35,37 @@ def spliceable(reader: ByteReader, writer: ByteWriter) -> bool:
     return sock is not None and buffered is not None and not buffered and not reader.at_eof()
 
 
-def _wait(fd: int, event: int) -> None:
+def wait_for(fd: int, event: int) -> None:
+    """Block until ``fd`` is ready for ``event`` (or hung up)."""
     poller = select.poll()
     poller.register(fd, event | select.POLLHUP | select.POLLERR)
     poller.poll()
+
+
+def _splice_in(src: int, w: int, most: int) -> int:
+    """Up to ``most`` bytes from ``src`` into the pipe; 0 at EOF."""
+    while True:
+        try:
+            return os.splice(src, w, most, flags=_FLAGS)
+        except BlockingIOError:
+            wait_for(src, select.POLLIN)
+
+
+def _splice_out(r: int, dst: int, n: int) -> None:
+    """All ``n`` bytes in the pipe to ``dst``."""
+    while n:
+        try:
+            n -= os.splice(r, dst, n, flags=_FLAGS)
+        except BlockingIOError:
+            wait_for(dst, select.POLLOUT)
 
 
 def move(src: int, dst: int, dst_sock: socket.socket) -> None:
     """Everything from ``src`` to ``dst`` until EOF, then a half-close of ``dst``."""
     r, w = os.pipe()
     try:
-        while True:
-            try:
-                n = os.splice(src, w, _CHUNK, flags=_FLAGS)
-            except BlockingIOError:
-                _wait(src, select.POLLIN)
-                continue
-            if n == 0:
-                break
-            while n:
-                try:
-                    n -= os.splice(r, dst, n, flags=_FLAGS)
-                except BlockingIOError:
-                    _wait(dst, select.POLLOUT)
+        while n := _splice_in(src, w, _CHUNK):
+            _splice_out(r, dst, n)
     except OSError:
         pass  # a peer reset: the other direction ends on its own
     finally:
@@ -67,6 +75,20 @@ def move(src: int, dst: int, dst_sock: socket.socket) -> None:
             dst_sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+def splice_exactly(src: int, dst: int, count: int) -> int:
+    """``count`` bytes from ``src`` to ``dst`` (fewer if ``src`` ends first): how many."""
+    r, w = os.pipe()
+    moved = 0
+    try:
+        while moved < count and (n := _splice_in(src, w, min(_CHUNK, count - moved))):
+            _splice_out(r, dst, n)
+            moved += n
+    finally:
+        os.close(r)
+        os.close(w)
+    return moved
 
 
 async def splice_pipe(

@@ -1,0 +1,105 @@
+"""Where a chunked body ends, found without decoding it, so the body can be relayed as the
+bytes that came.
+
+Only the framing is read: a size line per chunk, a jump over its data, then the trailer
+section; the cost is per chunk, not per byte. A body is taken only if its framing is
+canonical (RFC 9112 §7.1): hex sizes, extensions of visible characters, every line ended by
+CRLF and no other CR or LF. The daemon's parser (Go's net/http) accepts all of that and
+ends each line at its LF, so both agree on where the body ends: a request cannot be
+smuggled in a body's tail. What Go reads more leniently (bare LF, spaces after the size)
+is refused here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# Go's net/http refuses a chunk line of 4096 bytes or more, and a trailer that does not end
+# within its 4 KiB read buffer.
+MAX_LINE = 4095
+MAX_TRAILER = 4096
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_EXT = frozenset(range(0x20, 0x7F)) | {0x09}
+
+
+class BadChunking(ValueError):
+    pass
+
+
+class BodyEnd(Protocol):
+    def feed(self, data: bytes | bytearray, size: int) -> int | None: ...
+
+
+class LengthEnd:
+    """A body of a known length: never read past it."""
+
+    def __init__(self, length: int) -> None:
+        self.left = length
+
+    def feed(self, data: bytes | bytearray, size: int) -> int | None:
+        take = min(self.left, size)
+        self.left -= take
+        return None if self.left else take
+
+
+class ChunkedEnd:
+    """Fed a chunked body's bytes in order; says where the body ends."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # a size or trailer line, until its LF
+        self._data = 0  # chunk data still to skip
+        self._crlf = 0  # bytes of the CRLF after chunk data still due
+        self._trailer = -1  # bytes of trailer seen, once the last chunk came (else -1)
+
+    def feed(self, data: bytes | bytearray, size: int) -> int | None:
+        """The offset just past the body's end in ``data[:size]``, or None if the body
+        goes on past it. Raises BadChunking on framing that is not canonical."""
+        pos = 0
+        while pos < size:
+            if self._data:
+                step = min(self._data, size - pos)
+                self._data -= step
+                pos += step
+                continue
+            if self._crlf:
+                expected = b"\r\n"[2 - self._crlf :]
+                got = bytes(data[pos : min(pos + len(expected), size)])
+                if not expected.startswith(got):
+                    raise BadChunking("no CRLF after chunk data")
+                self._crlf -= len(got)
+                pos += len(got)
+                continue
+            lf = data.find(b"\n", pos, size)
+            end = size if lf < 0 else lf + 1
+            self._line += data[pos:end]
+            pos = end
+            limit = MAX_LINE if self._trailer < 0 else MAX_TRAILER - self._trailer
+            if len(self._line) > limit:
+                raise BadChunking("line too long")
+            if lf < 0:
+                break
+            line = bytes(self._line)
+            self._line.clear()
+            if self._line_done(line):
+                return pos
+        return None
+
+    def _line_done(self, line: bytes) -> bool:
+        """Take one whole line (LF included); True if it ended the body."""
+        text = line[:-2]
+        if not line.endswith(b"\r\n") or b"\r" in text:
+            raise BadChunking("a line not ended by CRLF")
+        if self._trailer >= 0:  # the trailer section, ended by an empty line
+            self._trailer += len(line)
+            return not text
+        digits, semi, ext = text.partition(b";")
+        if not digits or len(digits) > 15 or not _HEX.issuperset(digits):
+            raise BadChunking("bad chunk size")
+        if semi and (not ext or not _EXT.issuperset(ext)):
+            raise BadChunking("bad chunk extension")
+        self._data = int(digits, 16)
+        if self._data:
+            self._crlf = 2
+        else:
+            self._trailer = 0
+        return False
