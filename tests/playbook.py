@@ -114,6 +114,10 @@ class Playbook:
         rest = await asyncio.wait_for(self._client[0].read(), WAIT)
         assert rest == b"", f"client got {rest!r} before the close"
 
+    async def client_hangs_up(self) -> None:
+        assert self._client is not None
+        self._client[1].close()
+
     async def client_kept(self) -> None:
         """The client connection stays open, with nothing more sent."""
         assert self._client is not None

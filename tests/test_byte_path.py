@@ -186,3 +186,70 @@ async def test_a_daemon_gone_between_calls_is_dialled_again() -> None:
         await pb.daemon_sends(OK)
         await pb.client_expects(OK)  # on the daemon's new connection
         assert pb.upstream.opened == 2
+
+
+# ---- uploads: a body no adapter reads is relayed as the client framed it ---------------
+
+UPLOAD = b"PUT /containers/c1/archive?path=/ HTTP/1.1\r\nHost: docker\r\n"
+
+
+async def test_a_chunked_upload_passes_as_framed_then_the_next_request_in_the_same_read() -> None:
+    body = b"4;name=value\r\nwxyz\r\n" + b"8000\r\n" + b"t" * 0x8000 + b"\r\n0\r\nX-Sum: 1\r\n\r\n"
+    request = UPLOAD + b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with Playbook() as pb:
+        await pb.client_sends(request + body + PING)
+        await pb.daemon_expects(request + body)
+        await pb.to_client(OK)
+        await pb.daemon_expects(PING)  # the next request, on the same connection
+        await pb.to_client(OK)
+        await pb.client_kept()
+        assert pb.upstream.opened == 1
+
+
+async def test_an_upload_of_known_length_is_spliced_to_its_last_byte() -> None:
+    body = bytes(range(256)) * (3 << 12)  # 3 MiB, sent in pieces
+    request = UPLOAD + b"Content-Type: application/x-tar\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    async def send() -> None:
+        await pb.client_sends(request + body[:1000])
+        for at in range(1000, len(body), 1 << 20):
+            await pb.client_sends(body[at : at + (1 << 20)])
+        await pb.client_sends(PING)
+
+    async with Playbook() as pb:
+        sending = asyncio.create_task(send())  # more than the sockets hold: read meanwhile
+        await pb.daemon_expects(request + body)
+        await sending
+        await pb.to_client(OK)
+        await pb.daemon_expects(PING)
+        await pb.to_client(OK)
+        await pb.client_kept()
+
+
+async def test_an_upload_with_framing_go_reads_otherwise_ends_both_connections() -> None:
+    request = UPLOAD + b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with Playbook() as pb:
+        await pb.client_sends(request + b"3\nabc\r\n0\r\n\r\n" + PING)
+        await pb.daemon_expects(request)
+        await pb.upstream_closed()  # none of the body, nor the request hidden after it
+        await pb.client_closed()
+
+
+async def test_a_client_gone_in_the_middle_of_an_upload_ends_the_call() -> None:
+    request = UPLOAD + b"Content-Type: application/x-tar\r\nContent-Length: 100\r\n\r\n"
+    async with Playbook() as pb:
+        await pb.to_daemon(request + b"part")
+        await pb.client_hangs_up()
+        await pb.upstream_closed()
+
+
+async def test_the_daemon_may_answer_an_upload_before_reading_it() -> None:
+    request = UPLOAD + b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    refusal = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    async with Playbook() as pb:
+        await pb.to_daemon(request + b"3\r\nabc\r\n")
+        await pb.daemon_sends(refusal)  # while the body still comes
+        await pb.to_daemon(b"3\r\ndef\r\n0\r\n\r\n")
+        await pb.client_expects(refusal)
+        await pb.passes(PING, OK)  # the body ended where it said: the connection goes on
+        await pb.client_kept()
