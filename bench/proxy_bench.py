@@ -241,6 +241,45 @@ def stream_verdict(speed: dict[str, float | None], cpu: float, gib: float) -> st
     return "; ".join(parts)
 
 
+TRANSFER_MB = 300
+
+
+def transfers(
+    direct: str, targets: Sequence[Target], root: Path, rounds: int, pid: int
+) -> list[Row]:
+    """300 MB each way: uploads (a file copied into a container, an image loaded, a build
+    context) and downloads (the image saved, the file copied out), on every path."""
+    blob = root / "ctx" / "blob"
+    blob.parent.mkdir()
+    (blob.parent / "Dockerfile").write_text("FROM busybox\n")
+    with blob.open("wb") as f:
+        for _ in range(TRANSFER_MB):
+            f.write(os.urandom(1 << 20))
+    image, box = "bench-transfer:latest", "bench-transfer"
+    harness.docker(direct, "create", "--name", box, "busybox", "true")
+    harness.docker(direct, "cp", str(blob), f"{box}:/transfer")
+    harness.docker(direct, "commit", box, image)
+    saved = root / "image.tar"
+    harness.docker(direct, "save", "-o", str(saved), image)
+    mb = saved.stat().st_size / (1 << 20)  # busybox and the 300 MB layer
+    out: list[Row] = []
+    for label, size, cmd in [
+        ("upload: docker cp in", TRANSFER_MB, ("cp", str(blob), f"{box}:/upload")),
+        ("upload: docker load", mb, ("load", "-q", "-i", str(saved))),
+        ("upload: docker build context", TRANSFER_MB, ("build", "-q", str(blob.parent))),
+        ("download: docker save", mb, ("save", "-o", str(root / "saved.tar"), image)),
+        ("download: docker cp out", TRANSFER_MB, ("cp", f"{box}:/transfer", str(root))),
+    ]:
+        secs, cpu = in_turns(rounds, targets, *cmd, cpu_of={"plugstrip": pid})
+        speed = [None if t is None else size / t for t in secs]
+        by_name = {t.name: v for t, v in zip(targets, speed, strict=True)}
+        verdict = stream_verdict(by_name, cpu["plugstrip"], rounds * size / 1024)
+        out.append((f"{label} ({size:.0f} MiB)", with_ratios(speed, "MiB/s"), verdict))
+    harness.docker(direct, "rm", "-f", box)
+    harness.docker(direct, "rmi", "-f", image)
+    return out
+
+
 def calls_without_plugstrip_networks(
     direct: str, plain: harness.Plugstrip, bare: harness.Plugstrip, rounds: int, others: int
 ) -> list[Row]:
@@ -351,6 +390,7 @@ def main() -> None:
             f"head -c {logs_mb}m /dev/zero | tr '\\0' 'x' | fold -w 1000",
         )
         hwm_before = vm_hwm_kb(plain.proc.pid)
+        rows.extend(transfers(direct, targets, root, rounds, plain.proc.pid))
         for label, mb, cmd in [
             (
                 "docker exec output",
