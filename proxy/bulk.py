@@ -17,6 +17,7 @@ import asyncio
 import os
 import select
 import socket
+import threading
 from typing import Any
 
 from plugstrip.proxy.chunked import BodyEnd, LengthEnd
@@ -56,17 +57,46 @@ async def relay_body(
     finally:
         out.set_write_buffer_limits(high=high)
     src, dst = _duplicate(reader_side), _duplicate(writer)
+    loop = asyncio.get_running_loop()
+    moved: asyncio.Future[bytes] = loop.create_future()
+
+    def run() -> None:
+        rest, error = b"", None
+        try:
+            rest = _move(src, dst, end_of, first + ahead)
+        except BaseException as exc:  # handed to the loop, raised there
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, moved, rest, error)
+        except RuntimeError:
+            pass  # the loop is gone: plugstrip is stopping
+
+    # A thread of its own, not the loop's executor: uploads last long, and as many may
+    # run at once as clients send them.
+    threading.Thread(target=run, name="plugstrip-upload", daemon=True).start()
     try:
-        return await asyncio.to_thread(_move, src, dst, end_of, first + ahead)
+        return await asyncio.shield(moved)
     except asyncio.CancelledError:
         for s in (src, dst):  # wake the thread: the connection is ending anyway
             _shutdown(s)
+        await asyncio.wait([moved], timeout=2)  # its descriptors are closed below
+        if moved.done():
+            moved.exception()  # the error it ended with is the cancel's doing
         raise
     finally:
         src.close()
         dst.close()
         if not getattr(reader, "_paused", False) and not transport.is_closing():
             transport.resume_reading()
+
+
+def _settle(fut: asyncio.Future[bytes], rest: bytes, exc: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(rest)
 
 
 def _duplicate(writer: ByteWriter) -> socket.socket:
