@@ -649,7 +649,10 @@ def test_smuggled_bodies_reach_nothing(setup: tuple[str, str], dockerd: str) -> 
     before = _names(daemon)
     for name, raw in tricks.items():
         status, answer = attack.exchange(sock, raw)
-        assert status in (400, 403), (name, status, answer)
+        # A length of 0 is read as the daemon reads it: an empty create (the daemon's own
+        # 500 "EOF"), the bytes after it a next request that is no HTTP. Else refused.
+        expected = (500,) if name == "length 0, body after" else (400, 403)
+        assert status in expected, (name, status, answer)
         containers = attack.get(daemon, "/v1.41/containers/json?all=1") or []
         for c in containers:
             info = attack.get(daemon, f"/v1.41/containers/{c['Id']}/json")
