@@ -165,7 +165,7 @@ class HttpSide:
         self.unparsed = bytearray()  # read ahead, not yet fed (a hijack's early bytes)
         self.eof = False
         self.trailing = b""  # bytes after an upgrade
-        self._head_buf = bytearray()  # responses: the bytes read since the current head began
+        self._head_buf = bytearray()  # a response head so far; of a request, its last 3 bytes
         self._fresh_head = False  # the next byte fed starts a new head
         self._no_body = False  # the response answers a HEAD
         self._to_eof = False  # the response body is delimited by the upstream closing
@@ -249,13 +249,12 @@ class HttpSide:
         if self._head_bytes > MAX_HEAD + READ_SIZE:
             raise ProtocolError("request header fields too large", 431)
         while data:
-            start = len(self._head_buf)
-            self._head_buf += data
-            end = self._head_buf.find(b"\r\n\r\n", max(0, start - 3))
-            if end < 0:
+            cut = self._head_cut(data)
+            if cut < 0:
+                self._head_buf += data[-3:]  # all a blank line across reads needs
+                del self._head_buf[:-3]
                 self._parse(data)
                 return
-            cut = end + 4 - start
             self._head_buf.clear()
             self._parse(data[:cut])
             data = data[cut:]
@@ -279,16 +278,15 @@ class HttpSide:
             self._head_buf.clear()
             self._fresh_head = False
         start = len(self._head_buf)
+        cut = self._head_cut(data)
         self._head_buf += data
-        end = self._head_buf.find(b"\r\n\r\n", max(0, start - 3))
-        if end < 0:
+        if cut < 0:
             return False
-        cut = end + 4 - start
         bodiless = self._bodiless()
         self._parse(data[:cut])
         head = next((e for e in reversed(self._c.events) if isinstance(e, Head)), None)
         if head is not None:
-            head.raw = bytes(self._head_buf[: end + 4])
+            head.raw = bytes(self._head_buf[: start + cut])
         if not bodiless:
             if self.upgraded:
                 self.trailing += data[cut:]
@@ -311,6 +309,18 @@ class HttpSide:
         if len(data) > cut:
             self._feed(data[cut:])
         return True
+
+    def _head_cut(self, data: bytes) -> int:
+        """Where in ``data`` the head being read ends (just past its blank line), or -1.
+        The blank line may begin in the last bytes read (kept in ``_head_buf``); ``data``
+        itself is searched in place, not copied."""
+        if self._head_buf:
+            held = bytes(self._head_buf[-3:])
+            seam = (held + data[:3]).find(b"\r\n\r\n")  # only one across the seam is new
+            if seam >= 0:
+                return seam + 4 - len(held)
+        end = data.find(b"\r\n\r\n")
+        return end + 4 if end >= 0 else -1
 
     def _bodiless(self) -> bool:
         """RFC 9112 §6.3: the head now in the buffer ends its message (101 is an upgrade)."""

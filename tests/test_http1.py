@@ -207,3 +207,32 @@ async def test_raw_relay_passes_chunked_bytes_exactly() -> None:
     while chunk := b.recv(4096):
         got += chunk
     assert got == b"".join(raw) and s.complete
+
+
+_SPLIT_REQUEST = b"POST /b HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nhi"
+_SPLIT_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+@pytest.mark.parametrize("back", range(1, 7))
+@pytest.mark.parametrize(
+    ("kind", "message"), [("request", _SPLIT_REQUEST), ("response", _SPLIT_RESPONSE)]
+)
+async def test_a_head_ends_where_its_blank_line_ends_whatever_the_reads(
+    kind: str, message: bytes, back: int
+) -> None:
+    # The blank line cut between two reads at each of its bytes (and just before it):
+    # the head's end is found across the seam, and the body is not taken for head.
+    cut = len(message) - 2 - back
+    s, peer = await side(kind, message[:cut])
+    if kind == "response":
+        s.expect_response("POST")
+    head = asyncio.create_task(s.next())
+    await asyncio.sleep(0.05)  # the first part is read alone
+    assert not head.done()
+    peer.write(message[cut:])
+    got = await asyncio.wait_for(head, 5)
+    assert isinstance(got, Head) and got.length == 2
+    if kind == "request":  # the body is left raw, for relaying as framed
+        assert s.unparsed == b"hi"
+    else:
+        assert got.raw == message[:-2]
