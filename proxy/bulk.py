@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from plugstrip.proxy.chunked import BodyEnd, LengthEnd
@@ -25,24 +26,36 @@ from plugstrip.proxy.http1 import RELAY_READ_SIZE, ByteReader, ByteWriter
 from plugstrip.proxy.splice import splice_exactly, wait_for
 
 
-def plain_sockets(reader: ByteReader, reader_side: ByteWriter, writer: ByteWriter) -> bool:
-    """Both ends are sockets under asyncio streams (not TLS, not a test's pipe)."""
-    return (
+@dataclass(frozen=True)
+class PlainSockets:
+    """A client's stream (``reader``, its connection's writer ``reader_side``) and the
+    upstream's writer, each a socket under asyncio streams."""
+
+    reader: asyncio.StreamReader
+    reader_side: asyncio.StreamWriter
+    writer: asyncio.StreamWriter
+
+
+def plain_sockets(
+    reader: ByteReader, reader_side: ByteWriter, writer: ByteWriter
+) -> PlainSockets | None:
+    """The ends as plain sockets, or None if one is not (TLS, a test's pipe)."""
+    if (
         isinstance(reader, asyncio.StreamReader)
         and isinstance(reader_side, asyncio.StreamWriter)
         and isinstance(writer, asyncio.StreamWriter)
         and reader_side.get_extra_info("socket") is not None
         and writer.get_extra_info("socket") is not None
-    )
+    ):
+        return PlainSockets(reader, reader_side, writer)
+    return None
 
 
-async def relay_body(
-    reader: ByteReader, reader_side: ByteWriter, writer: ByteWriter, end_of: BodyEnd, first: bytes
-) -> bytes:
-    """Move a body from ``reader`` (its connection's writer: ``reader_side``) to ``writer``,
-    plain sockets: ``first`` (read with its head), then the rest until ``end_of`` says it
-    ended. Returns what was read past its end: the start of the next request."""
-    assert isinstance(reader, asyncio.StreamReader) and isinstance(writer, asyncio.StreamWriter)
+async def relay_body(ends: PlainSockets, end_of: BodyEnd, first: bytes) -> bytes:
+    """Move a body from the client to the upstream: ``first`` (read with its head), then
+    the rest until ``end_of`` says it ended. Returns what was read past its end: the start
+    of the next request."""
+    reader, writer = ends.reader, ends.writer
     transport: Any = reader._transport  # type: ignore[attr-defined]
     transport.pause_reading()
     ahead = b""
@@ -56,7 +69,7 @@ async def relay_body(
         await writer.drain()
     finally:
         out.set_write_buffer_limits(high=high)
-    src, dst = _duplicate(reader_side), _duplicate(writer)
+    src, dst = _duplicate(ends.reader_side), _duplicate(writer)
     loop = asyncio.get_running_loop()
     moved: asyncio.Future[bytes] = loop.create_future()
 

@@ -490,13 +490,14 @@ class ClientConnection:
         client = self.client
         assert self.exchange.head is not None
         end_of = client.body_end(self.exchange.head)
-        if end_of is None or not plain_sockets(client.reader, client.writer, up.writer):
+        ends = plain_sockets(client.reader, client.writer, up.writer)
+        if end_of is None or ends is None:
             await self._stream_client_body(up, chunked)
             return
         first = bytes(client.unparsed)
         client.unparsed.clear()
         try:
-            rest = await relay_body(client.reader, client.writer, up.writer, end_of, first)
+            rest = await relay_body(ends, end_of, first)
         except BadChunking as exc:
             raise ProtocolError(f"bad chunked encoding: {exc}") from exc
         client.body_relayed(rest)

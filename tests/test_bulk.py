@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from typing import Any
 
 import pytest
 
-from plugstrip.proxy.bulk import relay_body
+from plugstrip.proxy.bulk import plain_sockets, relay_body
 from plugstrip.proxy.chunked import ChunkedEnd, LengthEnd
 
 pytestmark = pytest.mark.unit
@@ -23,7 +24,9 @@ async def _relay_pair(end_of: Any) -> tuple[Any, Any, asyncio.Task[bytes]]:
     """A client and a daemon end, and a body relay between them already started."""
     (c_reader, c_writer), client = await _streams()
     (_, u_writer), daemon = await _streams()
-    task = asyncio.create_task(relay_body(c_reader, c_writer, u_writer, end_of, b""))
+    ends = plain_sockets(c_reader, c_writer, u_writer)
+    assert ends is not None
+    task = asyncio.create_task(relay_body(ends, end_of, b""))
     return client, daemon, task
 
 
@@ -54,3 +57,8 @@ async def test_a_cancelled_relay_lets_its_thread_go() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 3)
+    # The cancel woke the thread and waited for its answer: it ends, not left blocked
+    # on the sockets (it may still be returning from its last line).
+    for thread in [t for t in threading.enumerate() if t.name == "plugstrip-upload"]:
+        thread.join(1)
+        assert not thread.is_alive()
