@@ -8,11 +8,15 @@ got through plugstrip (no normalising there: the same run, the same bytes).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
 import os
 import shutil
 import socket
 import socketserver
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -152,6 +156,76 @@ def test_docker_cp_into_and_out_of_an_existing_directory(rig: Rig, tmp_path: Pat
 
     rig.compare(workload)
     assert (tmp_path / "back9").read_bytes() == src.read_bytes()
+
+
+def _chunked(body: bytes) -> list[bytes | float]:
+    """``body`` as chunks of every shape the grammar takes (sizes with leading zeros and
+    upper-case hex, extensions with token and quoted values, a trailer field), with pauses
+    that cut a size line and a chunk's data between reads."""
+    cuts = [0, 1, 512, 4608, len(body) // 2, len(body)]
+    exts = [b"", b";a=b", b';q="x y\\"";flag', b";" + b"e" * 200, b""]
+    out: list[bytes | float] = []
+    for (lo, hi), ext in zip(itertools.pairwise(cuts), exts, strict=True):
+        size, mid = b"%06X" % (hi - lo), min(lo + 7, hi)
+        out += [size[:3], 0.05, size[3:] + ext + b"\r\n" + body[lo:mid], 0.05]
+        out.append(body[mid:hi] + b"\r\n")
+    return [*out, b"0;last\r\nX-Check: 1\r\n\r\n"]
+
+
+def _raw_exchange(host: str, script: list[bytes | float]) -> bytes:
+    """Write the script's bytes (a float: pause) on one connection; all it gets until the
+    daemon closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(host[len("unix://") :])
+        s.settimeout(30)
+        for step in script:
+            if isinstance(step, float):
+                time.sleep(step)
+            else:
+                s.sendall(step)
+        got = b""
+        while data := s.recv(65536):
+            got += data
+        return got
+
+
+def test_chunked_uploads_end_where_the_daemon_ends_them(rig: Rig) -> None:
+    # The daemon is the parser: a chunked upload with extensions and a trailer, then a
+    # request pipelined right after its last chunk, must read through plugstrip (which
+    # relays it as framed) as it reads directly.
+    marker = b"chunked-marker-" + os.urandom(16).hex().encode()
+    content = marker * 700  # about 33 KB: chunks of several reads
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("marker.txt")
+        info.size, info.mtime = len(content), 1_700_000_000
+        tar.addfile(info, io.BytesIO(content))
+    put = (
+        f"PUT /containers/{C}/archive?path=/tmp HTTP/1.1\r\nHost: docker\r\n"
+        "Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    get = (
+        f"GET /containers/{C}/archive?path=/tmp/marker.txt HTTP/1.1\r\nHost: docker\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    got: dict[str, bytes] = {}
+
+    def workload(host: str) -> None:
+        docker(host, "run", "-d", "--name", C, "busybox", "sleep", "60")
+        try:
+            script = [put, *_chunked(packed.getvalue())]
+            script[-1] += get  # type: ignore[operator]  # pipelined: in the same write
+            got[host] = _raw_exchange(host, script)
+            # A digest, not the file: a long output's stream frames vary from run to run.
+            summed = docker(host, "exec", C, "sha256sum", "/tmp/marker.txt")
+            assert summed.stdout.split()[0].decode() == hashlib.sha256(content).hexdigest()
+        finally:
+            docker(host, "rm", "-f", C)
+
+    rig.compare(workload)
+    for host, answers in got.items():
+        assert answers.startswith(b"HTTP/1.1 200 OK\r\n"), (host, answers[:200])
+        assert answers.count(b"HTTP/1.1 200 OK\r\n") == 2 and marker in answers, host
 
 
 def test_compose_project_up_and_down(rig: Rig, tmp_path: Path) -> None:
