@@ -490,7 +490,7 @@ class ClientConnection:
         client = self.client
         assert self.exchange.head is not None
         end_of = client.body_end(self.exchange.head)
-        ends = plain_sockets(client.reader, client.writer, up.writer)
+        ends = None if end_of is None else plain_sockets(client.reader, client.writer, up.writer)
         if end_of is None or ends is None:
             await self._stream_client_body(up, chunked)
             return
