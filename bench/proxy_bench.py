@@ -12,7 +12,8 @@ streams report the median of the rounds. Printed for each: the figure per path a
 ratio to the daemon:
 - added median latency of GET /_ping over a kept-alive connection (target: <= HAProxy's);
 - calls per second (ping, container list, container inspect) from 32 and 256 concurrent
-  keep-alive clients (target: plugstrip >= HAProxy);
+  keep-alive clients (target: plugstrip >= HAProxy), and the CPU each proxy process
+  spends per ping;
 - throughput of `docker exec` output, `docker logs` and `docker cp` (target: plugstrip
   >= 0.95x the splice relay and never below HAProxy), with plugstrip's CPU s per GiB;
 - plugstrip's peak RSS while 1 GiB streams through it (target: flat, under 100 MB);
@@ -305,10 +306,13 @@ def _added_verdict(latency: list[float], names: list[str]) -> str:
     return f"plugstrip adds {added[0] / added[1]:.2f}x what HAProxy adds (<= 1.0x)"
 
 
-def rate_rows(targets: Sequence[Target], container: str, seconds: float, rounds: int) -> list[Row]:
+def rate_rows(
+    targets: Sequence[Target], container: str, seconds: float, rounds: int, pids: dict[str, int]
+) -> list[Row]:
     """Calls per second at 32 and 256 concurrent clients, for what pollers call: ping,
     list, inspect. Targets take turns, each round; medians; the verdict is plugstrip's
-    multiple of HAProxy's rate in the same run."""
+    multiple of HAProxy's rate in the same run. For pings, also the CPU each proxy in
+    ``pids`` (target name: pid) spent per call over its own turns: where the rate is lost."""
     calls = [
         ("GET /_ping", PING),
         ("GET /containers/json", b"GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\n\r\n"),
@@ -322,17 +326,28 @@ def rate_rows(targets: Sequence[Target], container: str, seconds: float, rounds:
     for clients in (32, 256):
         for label, request in calls:
             got: list[list[float]] = [[] for _ in targets]
+            cpu = dict.fromkeys(pids, 0.0)
             for _ in range(rounds):
                 for i, target in enumerate(targets):
+                    pid = pids.get(target.name)
+                    before = cpu_seconds(pid) if pid else 0.0
                     got[i].append(
                         asyncio.run(request_rate(target.socket, clients, seconds, request))
                     )
+                    if pid:
+                        cpu[target.name] += cpu_seconds(pid) - before
             rate = [statistics.median(g) for g in got]
             verdict = ""
             if "HAProxy" in names:
                 ratio = rate[names.index("plugstrip")] / rate[names.index("HAProxy")]
                 verdict = f"plugstrip {ratio:.2f}x HAProxy (>= 1.0x)"
             out.append((f"{label}/s, {clients} clients", with_ratios(rate, "/s"), verdict))
+            if request is PING:  # calls made: the sum of the rounds' rates x seconds
+                calls_made = {n: sum(got[names.index(n)]) * seconds for n in cpu}
+                cells = [
+                    f"{cpu[n] / calls_made[n] * 1e6:.0f} us" if n in cpu else "-" for n in names
+                ]
+                out.append((f"  CPU per ping, {clients} clients", cells, "proxy process only"))
     return out
 
 
@@ -442,7 +457,10 @@ def main() -> None:
             "-c",
             f"head -c {logs_mb}m /dev/zero | tr '\\0' 'x' | fold -w 1000",
         )
-        rows.extend(rate_rows(targets, c, rate_seconds, 1 if args.quick else 3))
+        proxy_pids = {"plugstrip": plain.proc.pid}
+        if haproxy is not None:
+            proxy_pids["HAProxy"] = haproxy.pid
+        rows.extend(rate_rows(targets, c, rate_seconds, 1 if args.quick else 3, proxy_pids))
         hwm_before = vm_hwm_kb(plain.proc.pid)
         rows.extend(transfers(direct, targets, root, rounds, plain.proc.pid))
         for label, mb, cmd in [
