@@ -172,23 +172,6 @@ def _chunked(body: bytes) -> list[bytes | float]:
     return [*out, b"0;last\r\nX-Check: 1\r\n\r\n"]
 
 
-def _raw_exchange(host: str, script: list[bytes | float]) -> bytes:
-    """Write the script's bytes (a float: pause) on one connection; all it gets until the
-    daemon closes."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(host[len("unix://") :])
-        s.settimeout(30)
-        for step in script:
-            if isinstance(step, float):
-                time.sleep(step)
-            else:
-                s.sendall(step)
-        got = b""
-        while data := s.recv(65536):
-            got += data
-        return got
-
-
 def test_chunked_uploads_end_where_the_daemon_ends_them(rig: Rig) -> None:
     # The daemon is the parser: a chunked upload with extensions and a trailer, then a
     # request pipelined right after its last chunk, must read through plugstrip (which
@@ -215,7 +198,7 @@ def test_chunked_uploads_end_where_the_daemon_ends_them(rig: Rig) -> None:
         try:
             script = [put, *_chunked(packed.getvalue())]
             script[-1] += get  # type: ignore[operator]  # pipelined: in the same write
-            got[host] = _raw_exchange(host, script)
+            got[host] = _client(host, script, quiet=None)
             # A digest, not the file: a long output's stream frames vary from run to run.
             summed = docker(host, "exec", C, "sha256sum", "/tmp/marker.txt")
             assert summed.stdout.split()[0].decode() == hashlib.sha256(content).hexdigest()
@@ -349,26 +332,28 @@ class _Upstream(socketserver.BaseRequestHandler):
                 return
 
 
-def _client(host: str, script: list[bytes | float]) -> None:
-    """Write the script's bytes (a float: pause), read until the peer ends or is quiet
-    for 0.5 s, then close."""
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(host[len("unix://") :])
-    s.settimeout(0.5)
-    try:
+def _client(host: str, script: list[bytes | float], quiet: float | None = 0.5) -> bytes:
+    """Write the script's bytes (a float: pause) on one connection; return what comes
+    until the peer closes, or (with ``quiet``) until it is quiet that long."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(host[len("unix://") :])
+        s.settimeout(30 if quiet is None else quiet)
         for step in script:
             if isinstance(step, float):
                 time.sleep(step)
             else:
                 s.sendall(step)
+        got = b""
         while True:
             try:
-                if not s.recv(65536):
-                    break
+                data = s.recv(65536)
             except TimeoutError:
-                break
-    finally:
-        s.close()
+                if quiet is None:
+                    raise
+                return got
+            if not data:
+                return got
+            got += data
 
 
 def _get(path: str, method: str = "GET") -> bytes:
