@@ -490,8 +490,10 @@ class ClientConnection:
         client = self.client
         assert self.exchange.head is not None
         end_of = client.body_end(self.exchange.head)
-        ends = None if end_of is None else plain_sockets(client.reader, client.writer, up.writer)
-        if end_of is None or ends is None:
+        if (
+            end_of is None
+            or (ends := plain_sockets(client.reader, client.writer, up.writer)) is None
+        ):
             await self._stream_client_body(up, chunked)
             return
         first = bytes(client.unparsed)
