@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,50 +177,69 @@ def timed(host: str, *args: str) -> float:
 
 
 def in_turns(
-    rounds: int, targets: Sequence[Target], *args: str, cpu_of: dict[str, int] | None = None
-) -> tuple[list[float | None], dict[str, float]]:
-    """Seconds for ``docker ARGS``, the median of ``rounds`` per target, the targets
-    taking turns, so a slow moment of the machine is shared rather than landing on one.
-    None for a target where the command fails (printed once). With ``cpu_of`` (target
-    name: pid), also the CPU seconds that process spent over its own turns."""
+    rounds: int,
+    targets: Sequence[Target],
+    measure: Callable[[Target], float],
+    cpu_of: dict[str, int] | None = None,
+) -> tuple[list[list[float] | None], dict[str, float]]:
+    """``measure`` of each target, ``rounds`` times, the targets taking turns, so a slow
+    moment of the machine is shared rather than landing on one. None for a target where a
+    docker command fails (printed once). With ``cpu_of`` (target name: pid), also the CPU
+    seconds that process spent over its own turns."""
     got: list[list[float] | None] = [[] for _ in targets]
     cpu = dict.fromkeys(cpu_of or {}, 0.0)
     for _ in range(rounds):
         for i, target in enumerate(targets):
-            times = got[i]
-            if times is None:
+            values = got[i]
+            if values is None:
                 continue
             pid = (cpu_of or {}).get(target.name)
             before = cpu_seconds(pid) if pid else 0.0
             try:
-                times.append(timed(target.host, *args))
+                values.append(measure(target))
             except subprocess.CalledProcessError as exc:
-                print(f"{target.name}: docker {' '.join(args)} failed: {exc.stderr.strip()}")
+                print(f"{target.name}: {' '.join(exc.cmd)} failed: {exc.stderr.strip()}")
                 got[i] = None
             if pid:
                 cpu[target.name] += cpu_seconds(pid) - before
-    return [None if g is None else statistics.median(g) for g in got], cpu
+    return got, cpu
 
 
-def api_calls(sock_path: str, path: str, count: int) -> float:
+def medians(got: list[list[float] | None]) -> list[float | None]:
+    return [None if g is None else statistics.median(g) for g in got]
+
+
+def docker_command(*args: str) -> Callable[[Target], float]:
+    return lambda target: timed(target.host, *args)
+
+
+def api_calls(path: str, count: int) -> Callable[[Target], float]:
     """Seconds for ``count`` GETs of ``path`` on one kept-alive connection, each answer
     read whole."""
-    conn = UnixHTTPConnection(sock_path)
-    started = time.perf_counter()
-    for _ in range(count):
-        conn.request("GET", path)
-        conn.getresponse().read()
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return elapsed
+
+    def measure(target: Target) -> float:
+        conn = UnixHTTPConnection(target.socket)
+        started = time.perf_counter()
+        for _ in range(count):
+            conn.request("GET", path)
+            conn.getresponse().read()
+        elapsed = time.perf_counter() - started
+        conn.close()
+        return elapsed
+
+    return measure
 
 
-def calls_in_turns(rounds: int, targets: Sequence[Target], path: str, count: int) -> list[float]:
-    got: list[list[float]] = [[] for _ in targets]
-    for _ in range(rounds):
-        for i, target in enumerate(targets):
-            got[i].append(api_calls(target.socket, path, count))
-    return [statistics.median(g) for g in got]
+def stream_row(
+    targets: Sequence[Target], rounds: int, pid: int, label: str, mb: float, *cmd: str
+) -> Row:
+    """MiB/s of ``docker CMD`` moving ``mb`` MiB, per target, with the verdict against the
+    floor and plugstrip's CPU per GiB."""
+    got, cpu = in_turns(rounds, targets, docker_command(*cmd), cpu_of={"plugstrip": pid})
+    speed = [None if t is None else mb / t for t in medians(got)]
+    by_name = {t.name: v for t, v in zip(targets, speed, strict=True)}
+    verdict = stream_verdict(by_name, cpu["plugstrip"], rounds * mb / 1024)
+    return (f"{label} ({mb:.0f} MiB)", with_ratios(speed, "MiB/s"), verdict)
 
 
 def vm_hwm_kb(pid: int) -> int:
@@ -289,11 +308,7 @@ def transfers(
         ("download: docker save", mb, ("save", "-o", str(root / "saved.tar"), image)),
         ("download: docker cp out", TRANSFER_MB, ("cp", f"{box}:/transfer", str(root))),
     ]:
-        secs, cpu = in_turns(rounds, targets, *cmd, cpu_of={"plugstrip": pid})
-        speed = [None if t is None else size / t for t in secs]
-        by_name = {t.name: v for t, v in zip(targets, speed, strict=True)}
-        verdict = stream_verdict(by_name, cpu["plugstrip"], rounds * size / 1024)
-        out.append((f"{label} ({size:.0f} MiB)", with_ratios(speed, "MiB/s"), verdict))
+        out.append(stream_row(targets, rounds, pid, label, size, *cmd))
     harness.docker(direct, "rm", "-f", box)
     harness.docker(direct, "rmi", "-f", image)
     return out
@@ -304,6 +319,10 @@ def _added_verdict(latency: list[float], names: list[str]) -> str:
         return "plugstrip: <= HAProxy's added latency"
     added = [latency[names.index(n)] - latency[0] for n in ("plugstrip", "HAProxy")]
     return f"plugstrip adds {added[0] / added[1]:.2f}x what HAProxy adds (<= 1.0x)"
+
+
+def rate_of(clients: int, seconds: float, request: bytes) -> Callable[[Target], float]:
+    return lambda target: asyncio.run(request_rate(target.socket, clients, seconds, request))
 
 
 def rate_rows(
@@ -325,25 +344,15 @@ def rate_rows(
     out: list[Row] = []
     for clients in (32, 256):
         for label, request in calls:
-            got: list[list[float]] = [[] for _ in targets]
-            cpu = dict.fromkeys(pids, 0.0)
-            for _ in range(rounds):
-                for i, target in enumerate(targets):
-                    pid = pids.get(target.name)
-                    before = cpu_seconds(pid) if pid else 0.0
-                    got[i].append(
-                        asyncio.run(request_rate(target.socket, clients, seconds, request))
-                    )
-                    if pid:
-                        cpu[target.name] += cpu_seconds(pid) - before
-            rate = [statistics.median(g) for g in got]
-            verdict = ""
-            if "HAProxy" in names:
-                ratio = rate[names.index("plugstrip")] / rate[names.index("HAProxy")]
-                verdict = f"plugstrip {ratio:.2f}x HAProxy (>= 1.0x)"
+            rates = rate_of(clients, seconds, request)
+            got, cpu = in_turns(rounds, targets, rates, cpu_of=pids)
+            rate = medians(got)
+            by_name = dict(zip(names, rate, strict=True))
+            ours, theirs = by_name.get("plugstrip"), by_name.get("HAProxy")
+            verdict = f"plugstrip {ours / theirs:.2f}x HAProxy (>= 1.0x)" if ours and theirs else ""
             out.append((f"{label}/s, {clients} clients", with_ratios(rate, "/s"), verdict))
             if request is PING:  # calls made: the sum of the rounds' rates x seconds
-                calls_made = {n: sum(got[names.index(n)]) * seconds for n in cpu}
+                calls_made = {n: sum(got[names.index(n)] or []) * seconds for n in cpu}
                 cells = [
                     f"{cpu[n] / calls_made[n] * 1e6:.0f} us" if n in cpu else "-" for n in names
                 ]
@@ -369,9 +378,11 @@ def calls_without_plugstrip_networks(
             ("GET /containers/json?all=1 (300), 5 lists", "/v1.41/containers/json?all=1", 5),
             ("container inspect, 100 calls", "/v1.41/containers/bench-many-7/json", 100),
         ]:
-            secs = calls_in_turns(rounds * 2, paths, path, count)
+            secs = medians(in_turns(rounds * 2, paths, api_calls(path, count))[0])
             cells = with_ratios(secs, "ms", 1e3, digits=1)
-            verdict = f"networks on {secs[1] / secs[2]:.2f}x of --no-networks (<= 1.05x)"
+            on, off = secs[1], secs[2]
+            ratio = f"{on / off:.2f}x" if on and off else "?"
+            verdict = f"networks on {ratio} of --no-networks (<= 1.05x)"
             out.append((label, [cells[0], "-", cells[1], *["-"] * others], verdict))
             out.append(("  the same, --no-networks", ["-", "-", cells[2], *["-"] * others], ""))
         return out
@@ -472,11 +483,7 @@ def main() -> None:
             ("docker cp out", stream_mb, ("cp", f"{c}:/big", "-")),
             ("docker logs, 1000-byte lines", logs_mb, ("logs", lc)),
         ]:
-            secs, cpu = in_turns(rounds, targets, *cmd, cpu_of={"plugstrip": plain.proc.pid})
-            speed = [None if t is None else mb / t for t in secs]
-            by_name = {t.name: v for t, v in zip(targets, speed, strict=True)}
-            verdict = stream_verdict(by_name, cpu["plugstrip"], rounds * mb / 1024)
-            row(f"{label} ({mb} MiB)", with_ratios(speed, "MiB/s"), verdict)
+            rows.append(stream_row(targets, rounds, plain.proc.pid, label, mb, *cmd))
         hwm_after = vm_hwm_kb(plain.proc.pid)
         row(
             "plugstrip peak RSS streaming",
@@ -485,7 +492,10 @@ def main() -> None:
         )
 
         run_targets = [targets[0], Target("plugstrip, create hook", hooked.host)]
-        run, _ = in_turns(rounds * 3, run_targets, "run", "-d", "--rm", "busybox", "true")
+        got, _ = in_turns(
+            rounds * 3, run_targets, docker_command("run", "-d", "--rm", "busybox", "true")
+        )
+        run = medians(got)
         row(
             "docker run -d, create pre-hook",
             [*with_ratios(run, "ms", 1e3)[:1], "-", with_ratios(run, "ms", 1e3)[1]]
