@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from plugstrip.proxy.http1 import (
     ProtocolError,
     chunk,
     encode_head,
+    encode_request_head,
     encode_response_head,
     pipe,
 )
@@ -92,6 +94,7 @@ class Exchange:
     early_head: Head | None = None  # a final answer read before the body went
     plan: RelayPlan | None = None  # how the answer is relayed, once its head came
     hooked: tuple[Chain, Call, Record] | None = None  # its adapters, call and trace
+    path: str = ""  # its path as the daemon reads it (``canonical_path``)
     # While the daemon answers: a task watching for the client hanging up (started late,
     # by ``timer``), which cancels ``main`` (the relay) and says so in ``client_gone``.
     main: asyncio.Task[Any] | None = None
@@ -149,26 +152,27 @@ class ClientConnection:
 
     async def _exchange(self, head: Head) -> bool:
         """Handle one request; False when the connection must close afterwards."""
-        raw_path, _, query = head.target.partition("?")
         self.exchange = ex = Exchange(head, client_closes=not head.keep_alive)
         refused = ""
         try:
-            path = canonical_path(raw_path)
+            ex.path = canonical_path(head.target.partition("?")[0])
         except BadRequest as exc:  # routed elsewhere by the daemon: no hook could see it
-            path, refused = "", str(exc)
-        request = HttpRequest(head.method, path, query, _decode(head.headers), raw_path=raw_path)
-        ex.endpoint = endpoint_label(path)
+            refused = str(exc)
+        ex.endpoint = endpoint_label(ex.path)
         try:
             if refused:
                 self.exchange.must_close = True  # its body, if any, is not read
                 await self._reply_error(400, f"bad request: {refused}")
                 return False
             # The chain matched here fixes the call's adapters, even across a reload.
-            chain = self.shared.loaded.pipeline.match(head.method, path)
-            if chain is None:
-                await self._forward(request, held=False)
+            chain = self.shared.loaded.pipeline.match(head.method, ex.path)
+            ex.hijackable = may_hijack(head.method, ex.path, head.asks_upgrade)
+            if chain is None and self.client.complete and not ex.hijackable:
+                await self._pass_through(head)  # what pollers call: bench, request rate
+            elif chain is None:
+                await self._forward(_request(head, ex.path), held=False)
             else:
-                await self._intercept(request, chain)
+                await self._intercept(_request(head, ex.path), chain)
         finally:  # hang-ups end in exceptions: count them too
             status = str(self.exchange.sent) if self.exchange.sent else "aborted"
             self.shared.metrics.count_request(self.exchange.endpoint, head.method, status)
@@ -246,17 +250,35 @@ class ClientConnection:
         except UpstreamUnavailable as exc:
             self.exchange.must_close |= not held
             return await self._reply_error(502, str(exc))
-        self.exchange.hijackable = may_hijack(
-            request.method, request.path, "Upgrade" in request.headers
-        )
+        return await self._watching(self._answer(up, request))
+
+    async def _pass_through(self, head: Head) -> int:
+        """A call no adapter matches, with no body, that cannot take the connection over:
+        its head goes as parsed, with no request object made, and its answer is relayed
+        as received."""
+        if await self.client.next() is not END:  # its body's end, come with the head
+            raise ProtocolError("a request without a body had one", 500)
+        try:
+            up = await self._upstream_side()
+        except UpstreamUnavailable as exc:
+            return await self._reply_error(502, str(exc))
+        up.expect_response(head.method)
+        try:
+            await up.write(encode_request_head(head))
+        except (ConnectionError, OSError):
+            log.debug("upstream closed as the request went")  # reading its answer says
+        return await self._watching(self._answer(up, None))
+
+    async def _watching(self, answer: Coroutine[Any, Any, int]) -> int:
+        """Await ``answer`` (relaying the daemon's answer) while watching for the client
+        hanging up. Most answers come at once; only a slow one (or a stream) gets a
+        watcher, so quick calls pay no extra task."""
         self.exchange.main = asyncio.current_task()
-        # Most answers come at once; only a slow one (or a stream) gets a watcher for the
-        # client hanging up, so quick calls pay no extra task.
         self.exchange.timer = asyncio.get_running_loop().call_later(
             _WATCH_AFTER, self._start_watcher
         )
         try:
-            return await self._answer(up, request)
+            return await answer
         except asyncio.CancelledError:
             if self.exchange.client_gone:
                 raise _ClientGone() from None
@@ -264,14 +286,23 @@ class ClientConnection:
         finally:
             await self._stop_watcher()
 
-    async def _answer(self, up: HttpSide, request: HttpRequest) -> int:
+    async def _answer(self, up: HttpSide, request: HttpRequest | None) -> int:
+        """Relay the answer to ``request`` (None: a pass-through call, whose request
+        object is made only if its answer needs more than to be passed on)."""
         started = time.perf_counter()
         head = await self._response_head(up)
         self.shared.metrics.observe_upstream(self.exchange.endpoint, time.perf_counter() - started)
-        response = HttpResponse(head.status, _decode(head.headers))
         hooked = self.exchange.hooked
         if hooked is not None and not hooked[0].post:
             hooked = None  # no post-hooks on this call: the answer streams past
+        if hooked is None and not self.exchange.hijackable and head.status != 101:
+            # relay_plan's answer here, without the objects it is asked with
+            self.exchange.plan = RelayPlan(keep_alive=head.keep_alive)
+            await self._relay(up, head, None, False, b"")
+            return head.status
+        response = HttpResponse(head.status, _decode(head.headers))
+        assert self.exchange.head is not None
+        request = request or _request(self.exchange.head, self.exchange.path)
         self.exchange.plan = plan = relay_plan(
             request, head, response.content_type, hooked is not None, self.exchange.hijackable
         )
@@ -308,41 +339,48 @@ class ClientConnection:
             await self._hijack(up, response, head, plan.legacy, changed)
             return response.status
         await self._relay(up, head, response, changed, prefix)
-        if self.client.upgraded:  # it asked to switch protocols, and the daemon did not
-            self.client.after_refused_upgrade()
         return response.status
 
     async def _relay(
-        self, up: HttpSide, head: Head, response: HttpResponse, changed: bool, prefix: bytes
+        self, up: HttpSide, head: Head, response: HttpResponse | None, changed: bool, prefix: bytes
     ) -> None:
-        """Pass the response on: as received when nothing changed it, else with a head of
-        ours; a body is framed as the daemon framed it unless an adapter rewrote it."""
-        self.exchange.sent = response.status
-        if not response.streaming and response.body is not None:  # held, maybe rewritten
+        """Pass the response on: as received when nothing changed it (``response`` None: no
+        adapter saw it), else with a head of ours; a body is framed as the daemon framed
+        it unless an adapter rewrote it."""
+        self.exchange.sent = head.status if response is None else response.status
+        if response is not None and not response.streaming and response.body is not None:
+            # held, maybe rewritten
             body = response.body
             if (response.headers.get("Transfer-Encoding") or "").lower() == "chunked":
                 body = (chunk(body) if body else b"") + LAST_CHUNK  # held whole, unchanged
-            await self.client.write(self._first_bytes(response, head, changed) + body)
+            await self.client.write(self._first_bytes(head, response, changed) + body)
         elif not prefix:
-            first = self._first_bytes(response, head, changed)
+            first = self._first_bytes(head, response, changed)
             await self._streaming(up.relay_raw(self.client.writer, first))
         else:
-            await self.client.write(self._head_bytes(response, head))
+            await self.client.write(self._head_bytes(head, response))
             await self._streaming(self._relay_decoded(up, prefix, head.chunked))
         assert self.exchange.plan is not None
         keep_alive = self.exchange.plan.keep_alive
         self._upstream_reusable = keep_alive and up.complete
         if not keep_alive:
             self.exchange.must_close = True
+        if self.client.upgraded:  # it asked to switch protocols, and the daemon did not
+            self.client.after_refused_upgrade()
 
-    def _first_bytes(self, response: HttpResponse, head: Head, changed: bool) -> bytes:
+    def _first_bytes(
+        self, head: Head, response: HttpResponse | None = None, changed: bool = False
+    ) -> bytes:
         """The head as received, unless it changed or plugstrip will close a connection the
         daemon keeps open: then the client must be told (RFC 9112 §9.6)."""
         if changed or (self.exchange.must_close and head.keep_alive):
-            return self._head_bytes(response, head)
+            return self._head_bytes(head, response)
         return head.raw
 
-    def _head_bytes(self, response: HttpResponse, head: Head) -> bytes:
+    def _head_bytes(self, head: Head, response: HttpResponse | None) -> bytes:
+        """A head of ours: ``response``'s (None: the daemon's, as parsed)."""
+        if response is None:
+            response = HttpResponse(head.status, _decode(head.headers))
         headers = list(response.headers)
         if self.exchange.must_close:
             headers = [(k, v) for k, v in headers if k.lower() != "connection"]
@@ -563,7 +601,7 @@ class ClientConnection:
         self, up: HttpSide, response: HttpResponse, head: Head, legacy: bool, changed: bool
     ) -> None:
         self.exchange.sent = response.status
-        first = self._head_bytes(response, head) if changed else head.raw
+        first = self._head_bytes(head, response) if changed else head.raw
         await self._stop_watcher()  # from here the pipe reads the client
         client = self.client
         client_early = client.trailing + bytes(client.unparsed)
@@ -598,6 +636,12 @@ class ClientConnection:
             to_upstream = asyncio.ensure_future(pipe(client.reader, up.writer))
         to_client = asyncio.ensure_future(pipe(up.reader, client.writer))
         await asyncio.gather(to_upstream, to_client)
+
+
+def _request(head: Head, path: str) -> HttpRequest:
+    """The request object adapters see, for request ``head`` (``path``: canonical)."""
+    raw_path, _, query = head.target.partition("?")
+    return HttpRequest(head.method, path, query, _decode(head.headers), raw_path=raw_path)
 
 
 def _holdable(headers: Headers) -> bool:

@@ -57,7 +57,7 @@ class ProtocolError(Exception):
         self.status = status
 
 
-@dataclass
+@dataclass(slots=True)
 class Head:
     headers: list[tuple[bytes, bytes]]
     version: str
@@ -69,6 +69,7 @@ class Head:
     reason: str = ""
     chunked: bool = False
     length: int | None = None  # Content-Length, if any
+    asks_upgrade: bool = False  # it has an Upgrade header (``upgrade``: llhttp switched)
     raw: bytes = b""  # responses: the head as received
 
 
@@ -80,6 +81,10 @@ def persistent(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
     if b"close" in tokens:
         return False
     return version == "1.1" or b"keep-alive" in tokens
+
+
+# The headers a head notes as it is parsed: those that frame a body, and Upgrade.
+_NOTED_LENGTHS = (len(b"content-length"), len(b"transfer-encoding"), len(b"upgrade"))
 
 
 class _End:
@@ -100,14 +105,16 @@ class _Collector:
     url: bytes = b""
     status: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    noted: list[tuple[bytes, bytes]] = field(default_factory=list)  # _NOTED, names lower-case
     in_head: bool = True
     complete: bool = False
     skip_body: bool = False  # relaying raw: body bytes are already on their way
     messages: int = 0
     parser: Any = None
+    requests: bool = False  # the parser reads requests
 
     def on_message_begin(self) -> None:
-        self.url, self.status, self.headers = b"", b"", []
+        self.url, self.status, self.headers, self.noted = b"", b"", [], []
         self.in_head, self.complete = True, False
         self.messages += 1
 
@@ -119,23 +126,26 @@ class _Collector:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        if len(name) in _NOTED_LENGTHS:  # most headers are none of these: no lower() for them
+            self.noted.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         p = self.parser
         head = Head(self.headers, p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
-        if isinstance(p, httptools.HttpRequestParser):
+        if self.requests:
             head.method = p.get_method().decode("ascii")
             head.target = self.url.decode("latin-1")
         else:
             head.status = p.get_status_code()
             head.reason = self.status.decode("latin-1")
-        for k, v in self.headers:
-            lk = k.lower()
-            if lk == b"transfer-encoding":
+        for k, v in self.noted:
+            if k == b"transfer-encoding":
                 head.chunked = v.strip().lower() == b"chunked"
-            elif lk == b"content-length":
+            elif k == b"content-length":
                 head.length = int(v)
+            elif k == b"upgrade":
+                head.asks_upgrade = True
         self.events.append(head)
 
     def on_body(self, body: bytes) -> None:
@@ -173,12 +183,9 @@ class HttpSide:
         self._new_parser()
 
     def _new_parser(self) -> None:
-        self._c = _Collector(events=self._c.events)
-        cls = (
-            httptools.HttpRequestParser
-            if self.kind == "request"
-            else (httptools.HttpResponseParser)
-        )
+        requests = self.kind == "request"
+        self._c = _Collector(events=self._c.events, requests=requests)
+        cls = httptools.HttpRequestParser if requests else httptools.HttpResponseParser
         self._c.parser = self._parser = cls(self._c)
         self.upgraded = False
         self._upgrade_body = 0  # body bytes still due from a request that asked to upgrade
@@ -425,6 +432,14 @@ def encode_head(
     """A request head in the client's own HTTP version, header order and spelling."""
     lines = [f"{method} {target} HTTP/{version}"] + [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def encode_request_head(head: Head) -> bytes:
+    """A request head as parsed, unchanged: each field on one line of its own, so the
+    daemon reads the fields plugstrip read, in the client's order and spelling."""
+    fields = [b"%s: %s\r\n" % field for field in head.headers]
+    line = f"{head.method} {head.target} HTTP/{head.version}\r\n".encode("latin-1")
+    return b"".join((line, *fields, b"\r\n"))
 
 
 def encode_response_head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:

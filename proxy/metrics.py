@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -91,6 +92,7 @@ class Metrics:
         return out
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every call: pollers repeat theirs
 def endpoint_label(path: str) -> str:
     """A low-cardinality label: the resource, without ids (``/containers/{id}/start``)."""
     parts = split_version(path)[1].strip("/").split("/")

@@ -9,6 +9,8 @@ is not JSON (logs, tar archives, raw attach streams) is streamed anyway.
 
 from __future__ import annotations
 
+import functools
+
 from plugstrip.proxy.routes import Route
 
 _JSON_STREAMS = tuple(
@@ -47,4 +49,9 @@ def is_json_stream(method: str, path: str, query: str) -> bool:
 
 def may_hijack(method: str, path: str, upgrade: bool) -> bool:
     """Attach, exec start, session and grpc hijack the connection, with or without Upgrade."""
-    return upgrade or any(r.matches(method, path) for r in _HIJACKS)
+    return upgrade or _hijacks(method, path)
+
+
+@functools.lru_cache(maxsize=4096)  # asked on every call: pollers repeat theirs
+def _hijacks(method: str, path: str) -> bool:
+    return any(r.matches(method, path) for r in _HIJACKS)
