@@ -59,7 +59,9 @@ class ProtocolError(Exception):
 
 @dataclass(slots=True)
 class Head:
-    headers: list[tuple[bytes, bytes]]
+    # The fields as llhttp gave them (requests); None until asked, then read from ``raw``
+    # (responses: most are passed on as they came, and their fields are never read).
+    parsed: list[tuple[bytes, bytes]] | None
     version: str
     keep_alive: bool
     upgrade: bool
@@ -71,6 +73,35 @@ class Head:
     length: int | None = None  # Content-Length, if any
     asks_upgrade: bool = False  # it has an Upgrade header (``upgrade``: llhttp switched)
     raw: bytes = b""  # responses: the head as received
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.parsed is None:
+            self.parsed = _fields(self.raw)
+        return self.parsed
+
+
+def _fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """A head's fields, read from its bytes. llhttp has checked them: each on a line of
+    its own (no folding, no bare LF) as a name, a colon and the value, white space around
+    it optional."""
+    lines = raw.split(b"\r\n")[1:-2]  # the start line; the blank line's two empty ends
+    return [(k, v.strip(b" \t")) for k, _, v in (line.partition(b":") for line in lines)]
+
+
+def _note_framing(head: Head) -> None:
+    """Content-Length and Transfer-Encoding from a response head's bytes: the two a
+    relay must know, found without reading every field. Each name is at a line's start,
+    where no value can hold it; of several Transfer-Encoding fields the last counts."""
+    raw = head.raw
+    lowered = raw.lower()
+    at = lowered.find(b"\r\ncontent-length:")
+    if at >= 0:
+        head.length = int(raw[at + 17 : raw.index(b"\r\n", at + 2)])
+    at = lowered.rfind(b"\r\ntransfer-encoding:")
+    if at >= 0:
+        value = lowered[at + 20 : lowered.index(b"\r\n", at + 2)]
+        head.chunked = value.strip(b" \t") == b"chunked"
 
 
 def persistent(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -99,7 +130,8 @@ Event = Head | bytes | _End
 @dataclass
 class _Collector:
     """httptools callbacks, queued as events (the queue outlives a parser renewed
-    between two messages of one read)."""
+    between two messages of one read). A response's fields are not called back one by
+    one: its head is kept as bytes (``Head.raw``)."""
 
     events: deque[Event] = field(default_factory=deque)
     url: bytes = b""
@@ -118,22 +150,15 @@ class _Collector:
         self.in_head, self.complete = True, False
         self.messages += 1
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
     def on_status(self, status: bytes) -> None:
         self.status += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        if len(name) in _NOTED_LENGTHS:  # most headers are none of these: no lower() for them
-            self.noted.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         p = self.parser
-        head = Head(self.headers, p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
+        head = Head(None, p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
         if self.requests:
+            head.parsed = self.headers
             head.method = p.get_method().decode("ascii")
             head.target = self.url.decode("latin-1")
         else:
@@ -155,6 +180,17 @@ class _Collector:
     def on_message_complete(self) -> None:
         self.complete = True
         self.events.append(END)
+
+
+@dataclass
+class _RequestCollector(_Collector):
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if len(name) in _NOTED_LENGTHS:  # most headers are none of these: no lower() for them
+            self.noted.append((name.lower(), value))
 
 
 class HttpSide:
@@ -183,10 +219,15 @@ class HttpSide:
         self._new_parser()
 
     def _new_parser(self) -> None:
-        requests = self.kind == "request"
-        self._c = _Collector(events=self._c.events, requests=requests)
-        cls = httptools.HttpRequestParser if requests else httptools.HttpResponseParser
-        self._c.parser = self._parser = cls(self._c)
+        events = self._c.events
+        self._parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+        if self.kind == "request":
+            self._c = _RequestCollector(events=events, requests=True)
+            self._parser = httptools.HttpRequestParser(self._c)
+        else:
+            self._c = _Collector(events=events)
+            self._parser = httptools.HttpResponseParser(self._c)
+        self._c.parser = self._parser
         self.upgraded = False
         self._upgrade_body = 0  # body bytes still due from a request that asked to upgrade
         self._head_bytes = 0
@@ -294,6 +335,7 @@ class HttpSide:
         head = next((e for e in reversed(self._c.events) if isinstance(e, Head)), None)
         if head is not None:
             head.raw = bytes(self._head_buf[: start + cut])
+            _note_framing(head)
         if not bodiless:
             if self.upgraded:
                 self.trailing += data[cut:]
