@@ -13,6 +13,7 @@ no other process sharing the CPU: steady enough to compare two versions of the c
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import pstats
 import tempfile
@@ -40,12 +41,15 @@ PONG = (
 
 
 class Repeat:
-    """A reader that gives ``data`` ``times`` times, then end of file."""
+    """A reader that gives ``data`` ``times`` times, then end of file; with ``yields``, it
+    lets the loop run others before each read, as a socket with nothing yet to read does."""
 
-    def __init__(self, data: bytes, times: int) -> None:
-        self.data, self.left = data, times
+    def __init__(self, data: bytes, times: int, yields: bool = False) -> None:
+        self.data, self.left, self.yields = data, times, yields
 
     async def read(self, n: int = -1) -> bytes:
+        if self.yields:
+            await asyncio.sleep(0)
         if self.left == 0:
             return b""
         self.left -= 1
@@ -94,23 +98,33 @@ class Noop:
         pass
 
 
-async def serve_calls(config: str | None, calls: int, profile: cProfile.Profile | None) -> float:
-    """Microseconds of Python per call over ``calls`` pings on one connection."""
+async def serve_calls(
+    config: str | None, calls: int, profile: cProfile.Profile | None, connections: int = 1
+) -> float:
+    """Microseconds of Python per call over ``calls`` pings, on ``connections`` clients
+    taking turns (one: each call straight after the last)."""
     server = ProxyServer(AnsweringDaemon(SocketAddress.parse("unix:///nowhere")), config)
-    conn = ClientConnection(server.shared, Repeat(PING, calls), Sink(), Peer("unix"))
+    each = calls // connections
+    conns = [
+        ClientConnection(server.shared, Repeat(PING, each, connections > 1), Sink(), Peer("unix"))
+        for _ in range(connections)
+    ]
     started = time.perf_counter()
     if profile is not None:
         profile.enable()
-    await conn.serve()
+    await asyncio.gather(*(conn.serve() for conn in conns))
     if profile is not None:
         profile.disable()
-    return (time.perf_counter() - started) / calls * 1e6
+    return (time.perf_counter() - started) / (each * connections) * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=30000)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 25")
+    parser.add_argument(
+        "--connections", type=int, nargs="*", default=[], help="also with this many clients"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         hooked = Path(tmp) / "hooked.yml"
@@ -122,6 +136,9 @@ def main() -> None:
             uvloop.run(serve_calls(config, 2000, None))  # warm up
             cost = uvloop.run(serve_calls(config, args.calls, None))
             print(f"GET /_ping, {label}: {cost:.1f} us of Python per call")
+            for connections in args.connections:
+                cost = uvloop.run(serve_calls(config, args.calls, None, connections))
+                print(f"  {connections} clients taking turns: {cost:.1f} us per call")
             if args.profile:
                 profile = cProfile.Profile()
                 uvloop.run(serve_calls(config, args.calls // 3, profile))
